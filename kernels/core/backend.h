@@ -1,0 +1,116 @@
+// The backend interface: what the server and tpctl call to run a tensor product, implemented by
+// the CPU backend (kernels/cpu) and the CUDA backend (kernels/cuda).
+//
+// Life cycle: Prepare(plan) once per model (the backend uploads 3j tables, picks kernels, sizes
+// workspaces); then any number of Forward / Backward / LossGradient calls with tensors that live
+// in the backend's memory_space(). A PreparedPlan holds no weights: callers own all tensors,
+// so one prepared plan serves any number of weight sets (models or replicas).
+//
+// Threading: a Backend and its PreparedPlans may be used from several threads when each call has
+// its own ExecutionContext (CUDA: its own stream); results are ordered on that context.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/core/plan.h"
+#include "kernels/core/tensor.h"
+
+namespace tpserve {
+
+// Arithmetic of the GEMM-shaped work for float32 tensors (float64 is always computed in float64).
+//   kFp32: fp32 accuracy (CUDA: error-corrected tf32 on tensor cores, or CUDA cores)
+//   kTf32: tf32 tensor cores, ~1e-3 relative error
+//   kBf16: bf16 operands with fp32 accumulation, ~1e-2 relative error
+enum class Precision : uint8_t { kFp32, kTf32, kBf16 };
+const char* PrecisionName(Precision precision);  // "fp32", "tf32", "bf16"
+absl::StatusOr<Precision> ParsePrecision(absl::string_view name);
+
+// Losses whose output gradient the backend derives itself from `out`.
+enum class Loss : uint8_t {
+  kSum,      // L = sum(out):        grad_out = 1
+  kSumTanh,  // L = sum(tanh(out)):  grad_out = 1 - tanh(out)^2   (the seed benchmark)
+};
+const char* LossName(Loss loss);  // "sum", "sum_tanh"
+absl::StatusOr<Loss> ParseLoss(absl::string_view name);
+
+struct ExecutionContext {
+  Precision precision = Precision::kFp32;
+  void* stream = nullptr;  // cudaStream_t for the CUDA backend (nullptr: default stream); CPU ignores it
+};
+
+// Outputs of a vector-Jacobian product; each is optional (absent view = not requested).
+struct GradientOutputs {
+  TensorView grad_weight;         // shape of the weights
+  TensorView grad_x1;             // [batch, dim_in1]
+  TensorView grad_x2;             // [batch, dim_in2]
+  bool accumulate_grad_weight = false;  // grad_weight += instead of =
+};
+
+// Backend-specific state of one plan (device tables, kernel choice). Created by Backend::Prepare.
+class PreparedPlan {
+ public:
+  virtual ~PreparedPlan() = default;
+  const TensorProductPlan& plan() const { return plan_; }
+
+ protected:
+  explicit PreparedPlan(TensorProductPlan plan) : plan_(std::move(plan)) {}
+
+ private:
+  TensorProductPlan plan_;
+};
+
+// Memory owned by a backend (host memory for CPU, device memory for CUDA). Freed on destruction.
+class BackendBuffer {
+ public:
+  virtual ~BackendBuffer() = default;
+  virtual void* data() const = 0;
+  virtual size_t bytes() const = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual std::string name() const = 0;  // "cpu", "cuda:0"
+  virtual MemorySpace memory_space() const = 0;
+  virtual bool SupportsDType(DType dtype) const = 0;
+
+  virtual absl::StatusOr<std::unique_ptr<PreparedPlan>> Prepare(const TensorProductPlan& plan) = 0;
+
+  // out = TP(weight, x1, x2).
+  virtual absl::Status Forward(const PreparedPlan& plan, ConstTensorView weight, ConstTensorView x1,
+                               ConstTensorView x2, TensorView out, const ExecutionContext& ctx) = 0;
+
+  // Vector-Jacobian product of TP at (weight, x1, x2) with the given grad_out.
+  virtual absl::Status Backward(const PreparedPlan& plan, ConstTensorView weight, ConstTensorView x1,
+                                ConstTensorView x2, ConstTensorView grad_out, const GradientOutputs& grads,
+                                const ExecutionContext& ctx) = 0;
+
+  // Gradients of loss(TP(weight, x1, x2)), forward pass included. `out` (optional) receives the
+  // forward result. LossGradient(kSumTanh) with only grad_weight is the seed task d/dw sum tanh TP.
+  virtual absl::Status LossGradient(const PreparedPlan& plan, Loss loss, ConstTensorView weight,
+                                    ConstTensorView x1, ConstTensorView x2, TensorView out,
+                                    const GradientOutputs& grads, const ExecutionContext& ctx) = 0;
+
+  // Memory in this backend's space, and copies between it and the host (ordered on ctx).
+  virtual absl::StatusOr<std::unique_ptr<BackendBuffer>> Allocate(size_t bytes) = 0;
+  virtual absl::Status CopyFromHost(void* dst, const void* host_src, size_t bytes, const ExecutionContext& ctx) = 0;
+  virtual absl::Status CopyToHost(void* host_dst, const void* src, size_t bytes, const ExecutionContext& ctx) = 0;
+  // Blocks until all work issued on ctx has finished; reports asynchronous errors.
+  virtual absl::Status Synchronize(const ExecutionContext& ctx) = 0;
+};
+
+// Shape and dtype checks shared by every backend, so each names the same expectations.
+// `batch` is taken from x1; every other tensor must agree with it and with the plan.
+absl::Status ValidateForward(const TensorProductPlan& plan, const ConstTensorView& weight, const ConstTensorView& x1,
+                             const ConstTensorView& x2, const TensorView& out);
+absl::Status ValidateGradients(const TensorProductPlan& plan, const ConstTensorView& weight,
+                               const ConstTensorView& x1, const ConstTensorView& x2, const GradientOutputs& grads);
+// Expected weight shape for this plan and batch: [weight_numel] or [batch, weight_numel].
+std::vector<int64_t> WeightShape(const TensorProductPlan& plan, int64_t batch);
+
+}  // namespace tpserve

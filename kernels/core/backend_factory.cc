@@ -1,0 +1,37 @@
+#include "kernels/core/backend_factory.h"
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/cpu_backend.h"
+#ifdef TPSERVE_HAVE_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
+
+namespace tpserve {
+
+int CudaDeviceCount() {
+#ifdef TPSERVE_HAVE_CUDA
+  return CudaBackend::DeviceCount();
+#else
+  return 0;
+#endif
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(absl::string_view name) {
+  if (name == "cpu") return std::unique_ptr<Backend>(std::make_unique<CpuBackend>());
+  if (name == "cuda" || absl::StartsWith(name, "cuda:")) {
+    int device = 0;
+    if (name.size() > 4 && !absl::SimpleAtoi(name.substr(5), &device)) {
+      return absl::InvalidArgumentError(absl::StrCat("backend '", name, "': expected cuda:<device index>"));
+    }
+#ifdef TPSERVE_HAVE_CUDA
+    return CudaBackend::Create(device);
+#else
+    return absl::UnavailableError(absl::StrCat("backend '", name, "': this build has no CUDA support"));
+#endif
+  }
+  return absl::InvalidArgumentError(absl::StrCat("backend '", name, "': expected cpu, cuda or cuda:N"));
+}
+
+}  // namespace tpserve
