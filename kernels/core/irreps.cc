@@ -73,11 +73,12 @@ absl::StatusOr<Irreps> Irreps::Parse(absl::string_view text) {
     const size_t term_position = position;
     position += term.size() + 1;
     absl::string_view stripped = absl::StripAsciiWhitespace(term);
+    // Copied before the increment: the lambda runs later, and must name this term (0-based).
+    const int this_term = term_index++;
     auto where = [&] {
-      return absl::StrCat("irreps \"", text, "\": term ", term_index, " ('", stripped, "') at character ",
+      return absl::StrCat("irreps \"", text, "\": term ", this_term, " ('", stripped, "') at character ",
                           term_position);
     };
-    ++term_index;
     if (stripped.empty()) {
       return absl::InvalidArgumentError(
           absl::StrCat(where(), " is empty; expected terms like '128x0e' joined by '+'"));
