@@ -97,7 +97,7 @@ absl::StatusOr<TensorProductPlan> TensorProductPlan::FromInstructions(
     double alpha = 1.0;
     switch (options.irrep_normalization) {
       case IrrepNormalization::kComponent: alpha = path.dim_out(); break;
-      case IrrepNormalization::kNorm: alpha = double{path.dim_in1()} * path.dim_in2(); break;
+      case IrrepNormalization::kNorm: alpha = static_cast<double>(path.dim_in1()) * path.dim_in2(); break;
       case IrrepNormalization::kNone: alpha = 1.0; break;
     }
     double fan_in = 1.0;

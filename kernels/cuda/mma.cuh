@@ -1,0 +1,128 @@
+// Warp-level tensor-core products from shared memory (mma.sync, sm_80+), in three precisions:
+// 3xTF32 (fp32-accurate: a_big*b_big + a_big*b_small + a_small*b_big), TF32, and BF16 operands.
+// A tile is read either m-major (sA[m * lda + k]) or k-major (sA[k * lda + m]); B is k-major
+// (sB[k * ldb + n]). Accumulators follow the m16n8 C fragment layout:
+//   acc[mt][nt][i] is (row g + 8*(i/2), column 2t + (i%2)) of the (mt, nt) 16x8 tile,
+//   with g = lane / 4 and t = lane % 4.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+
+#include "kernels/cuda/tp_kernels.h"
+
+namespace tpserve::cuda {
+
+__device__ __forceinline__ uint32_t ToTf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+}
+
+__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+__device__ __forceinline__ void MmaTf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ void MmaBf16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// acc += A[warp_m0 .. +16*MT, 0 .. kTileK) * B[0 .. kTileK, warp_n0 .. +8*NT).
+template <MmaPrecision kPrec, int MT, int NT, bool kAKMajor>
+__device__ __forceinline__ void WarpMmaTileK(float (&acc)[MT][NT][4], const float* sA, int lda, const float* sB,
+                                             int ldb, int warp_m0, int warp_n0, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+  auto A = [&](int m, int k) { return kAKMajor ? sA[k * lda + m] : sA[m * lda + k]; };
+  auto B = [&](int k, int n) { return sB[k * ldb + n]; };
+  if constexpr (kPrec == MmaPrecision::kBf16) {
+#pragma unroll
+    for (int kk = 0; kk < kTileK; kk += 16) {
+      uint32_t a[MT][4], b[NT][2];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        const int m = warp_m0 + mt * 16 + g;
+        const int k = kk + 2 * t;
+        a[mt][0] = PackBf16(A(m, k), A(m, k + 1));
+        a[mt][1] = PackBf16(A(m + 8, k), A(m + 8, k + 1));
+        a[mt][2] = PackBf16(A(m, k + 8), A(m, k + 9));
+        a[mt][3] = PackBf16(A(m + 8, k + 8), A(m + 8, k + 9));
+      }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const int n = warp_n0 + nt * 8 + g;
+        const int k = kk + 2 * t;
+        b[nt][0] = PackBf16(B(k, n), B(k + 1, n));
+        b[nt][1] = PackBf16(B(k + 8, n), B(k + 9, n));
+      }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) MmaBf16(acc[mt][nt], a[mt], b[nt]);
+    }
+  } else {
+#pragma unroll
+    for (int kk = 0; kk < kTileK; kk += 8) {
+      uint32_t a_big[MT][4], b_big[NT][2];
+      uint32_t a_small[kPrec == MmaPrecision::k3xTf32 ? MT : 1][4];
+      uint32_t b_small[kPrec == MmaPrecision::k3xTf32 ? NT : 1][2];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        const int m = warp_m0 + mt * 16 + g;
+        const float v[4] = {A(m, kk + t), A(m + 8, kk + t), A(m, kk + t + 4), A(m + 8, kk + t + 4)};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          a_big[mt][i] = ToTf32(v[i]);
+          if constexpr (kPrec == MmaPrecision::k3xTf32) a_small[mt][i] = ToTf32(v[i] - __uint_as_float(a_big[mt][i]));
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const int n = warp_n0 + nt * 8 + g;
+        const float v[2] = {B(kk + t, n), B(kk + t + 4, n)};
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          b_big[nt][i] = ToTf32(v[i]);
+          if constexpr (kPrec == MmaPrecision::k3xTf32) b_small[nt][i] = ToTf32(v[i] - __uint_as_float(b_big[nt][i]));
+        }
+      }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          if constexpr (kPrec == MmaPrecision::k3xTf32) {
+            MmaTf32(acc[mt][nt], a_small[mt], b_big[nt]);
+            MmaTf32(acc[mt][nt], a_big[mt], b_small[nt]);
+          }
+          MmaTf32(acc[mt][nt], a_big[mt], b_big[nt]);
+        }
+    }
+  }
+}
+
+// Tile shapes: BM x BN block tile, WM x WN warps (256 threads), BK = kTileK.
+template <int BM_, int BN_, int WM_, int WN_>
+struct TileConfig {
+  static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_;
+  static constexpr int kThreads = WM * WN * 32;
+  static constexpr int kWarps = WM * WN;
+  static constexpr int MT = BM / WM / 16;
+  static constexpr int NT = BN / WN / 8;
+};
+using WideTile = TileConfig<128, 128, 2, 4>;   // warp tile 64 x 32
+using NarrowTile = TileConfig<128, 32, 4, 2>;  // warp tile 32 x 16
+
+}  // namespace tpserve::cuda

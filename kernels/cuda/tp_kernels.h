@@ -1,0 +1,101 @@
+// Launch interface of the tensor-product kernels: the device-side tables the host fills in
+// (path descriptors, tile work lists, 3j nonzeros) and one launcher per kernel family.
+// Host code includes this header only; kernel bodies live in the .cu files.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace tpserve::cuda {
+
+// Arithmetic of the tensor-core products (fp32 accumulation in every case).
+enum class MmaPrecision : int { k3xTf32 = 0, kTf32 = 1, kBf16 = 2 };
+// Tile shapes: kWide 128 rows x 128 columns (multiplicities above 32), kNarrow 128 x 32.
+enum class TileShape : int { kWide = 0, kNarrow = 1 };
+inline constexpr int kTileRows = 128;  // BM of both shapes
+inline constexpr int kTileK = 32;      // BK of both shapes
+inline int TileCols(TileShape shape) { return shape == TileShape::kWide ? 128 : 32; }
+
+// One nonzero 3j coefficient in a role's index names: c = C[s-index of a, t-index of b, r-index].
+struct NzEntry {
+  int16_t s, t;
+  float c;
+};
+
+// One path in a "forward-shaped" role (forward, grad_x1, grad_x2):
+//   out[z, off_out + n*R + r] += scale * sum_{p<P, q<Q} Wt[p, q, n] * A[z, r, p, q]
+//   A[z, r, p, q] = sum_{(s, t) nonzero for r} c * a[z, off_a + p*S + s] * b[z, off_b + q*T + t]
+//   Wt[p, q, n]   = w[w_offset + p*w_stride_p + q*w_stride_q + n*w_stride_n]
+struct TpGemmPath {
+  int R, P, Q, N, S, T;
+  int a_offset, b_offset, out_offset;
+  int roff_begin;  // nonzeros with r-index r are nz[roff[roff_begin + r] .. roff[roff_begin + r + 1])
+  long long w_offset, w_stride_p, w_stride_q, w_stride_n;
+  float scale;
+};
+
+// One thread block of a forward-shaped launch: rows of samples [z0, z0 + 128 / R), output columns
+// [n0, n0 + tile cols), reduction indices [k_begin, k_end) of the flattened (p, q).
+struct TpGemmWork {
+  int path, z0, n0, k_begin, k_end;
+};
+
+struct TpGemmArgs {
+  const TpGemmPath* paths;
+  const TpGemmWork* work;
+  int num_work;
+  const NzEntry* nz;
+  const int* roff;
+  const float* a;
+  long long a_row_stride;
+  const float* b;
+  long long b_row_stride;
+  const float* w;
+  float* out;  // accumulated with atomics: zero it first
+  long long out_row_stride;
+  int batch;
+};
+
+// One path of the weight gradient:
+//   dW[w_offset + (p*Q + q)*N + n] (=|+=) scale * sum_{z, r} A[z, r, p, q] * g[z, off_g + n*R + r]
+// with A generated as above from a = x1, b = x2.
+struct WeightGradPath {
+  int R, P, Q, N, S, T;
+  int a_offset, b_offset, g_offset;
+  int roff_begin;
+  long long w_offset;
+  float scale;
+};
+
+// One thread block: rows [m0, m0 + 128) of the flattened (p, q), columns [n0, ...), reduction
+// indices [k_begin, k_end) of the flattened (z, r).
+struct WeightGradWork {
+  int path, m0, n0, k_begin, k_end;
+};
+
+enum class WeightGradStore : int { kAssign = 0, kAdd = 1, kAtomicAdd = 2 };
+
+struct WeightGradArgs {
+  const WeightGradPath* paths;
+  const WeightGradWork* work;
+  int num_work;
+  const NzEntry* nz;
+  const int* roff;
+  const float* x1;
+  long long x1_row_stride;
+  const float* x2;
+  long long x2_row_stride;
+  const float* g;
+  long long g_row_stride;
+  float* grad_w;
+  WeightGradStore store;
+};
+
+cudaError_t LaunchTpGemm(MmaPrecision precision, TileShape shape, const TpGemmArgs& args, cudaStream_t stream);
+cudaError_t LaunchWeightGrad(MmaPrecision precision, TileShape shape, const WeightGradArgs& args,
+                             cudaStream_t stream);
+// g[i] = 1 - tanh(out[i])^2 (sum tanh loss) or 1 (sum loss), i < n.
+cudaError_t LaunchLossGradOut(bool sum_tanh, const float* out, float* g, long long n, cudaStream_t stream);
+
+}  // namespace tpserve::cuda
