@@ -1,0 +1,442 @@
+// tp-bench: verifies the CUDA backend against the float64 CPU reference, then times the seed task
+// (d/dw sum tanh TP, forward included) and the forward pass alone for batches 64, 1024 and 16384 in
+// every precision. CUDA events around each run, warm-up first, median and min of --runs runs, inputs
+// rotated among several sets. Prints a table; --json PATH writes every number.
+//
+//   tp-bench [--json PATH] [--runs 100] [--batches 64,1024,16384] [--precisions fp32,tf32,bf16]
+//            [--irreps "128x0e+128x1e+128x2e"] [--backend cuda|cpu|both]
+//
+// Verification: batches up to --verify_max_batch (1024) are checked in full against CpuBackend in
+// float64 on the same float32-rounded inputs; larger batches check the forward pass on their first 128
+// samples against the CPU and the seed task's dW against the CUDA fp32 result (itself checked above).
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "kernels/core/backend.h"
+#include "kernels/core/plan.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cuda/cuda_backend.h"
+
+namespace tpserve {
+namespace {
+
+// Ceilings of the H100 SXM used for the floor (docs/BENCHMARKS.md): dense tensor-core rates and
+// the measured device-memory copy bandwidth. 3xTF32 does three TF32 products per product.
+constexpr double kTf32Flops = 495e12;
+constexpr double kBf16Flops = 990e12;
+constexpr double kMemoryBytesPerSecond = 3.0e12;
+
+double PeakFlops(Precision p) {
+  switch (p) {
+    case Precision::kFp32: return kTf32Flops / 3;
+    case Precision::kTf32: return kTf32Flops;
+    case Precision::kBf16: return kBf16Flops;
+  }
+  return kTf32Flops;
+}
+
+double Tolerance(Precision p) { return p == Precision::kFp32 ? 1e-5 : p == Precision::kTf32 ? 2e-3 : 2e-2; }
+
+struct Config {
+  std::string json_path;
+  int runs = 100;
+  int warmup = 10;
+  std::vector<int64_t> batches = {64, 1024, 16384};
+  std::vector<Precision> precisions = {Precision::kFp32, Precision::kTf32, Precision::kBf16};
+  std::string irreps = "128x0e+128x1e+128x2e";
+  bool cuda = true, cpu = false;
+  int64_t verify_max_batch = 1024;
+  int64_t cpu_max_batch = 1024;
+};
+
+struct Record {
+  std::string task, backend, precision;
+  int64_t batch;
+  double median_ms, min_ms, flops, bytes, floor_ms, rel_error;
+  std::string verified_against;
+  int runs;
+  double workspace_bytes;
+};
+
+#define CHECK_OK(expr)                                                                            \
+  do {                                                                                            \
+    const absl::Status s_ = (expr);                                                               \
+    if (!s_.ok()) {                                                                               \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, s_.ToString().c_str()); \
+      std::exit(2);                                                                               \
+    }                                                                                             \
+  } while (0)
+#define CHECK_CUDA(expr)                                                                               \
+  do {                                                                                                 \
+    const cudaError_t e_ = (expr);                                                                     \
+    if (e_ != cudaSuccess) {                                                                           \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_));      \
+      std::exit(2);                                                                                    \
+    }                                                                                                  \
+  } while (0)
+
+double RelError(const std::vector<float>& got, const std::vector<double>& want, size_t n) {
+  double d = 0, r = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double e = double(got[i]) - want[i];
+    d += e * e;
+    r += want[i] * want[i];
+  }
+  return std::sqrt(d) / std::max(std::sqrt(r), 1e-300);
+}
+
+std::vector<float> RandomFloats(size_t n, std::mt19937_64& rng) {
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::vector<float> v(n);
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
+struct DeviceBuf {
+  float* ptr = nullptr;
+  size_t n = 0;
+  explicit DeviceBuf(size_t count) : n(count) { CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&ptr), std::max<size_t>(n, 1) * 4)); }
+  ~DeviceBuf() { cudaFree(ptr); }
+  void Upload(const std::vector<float>& v) { CHECK_CUDA(cudaMemcpy(ptr, v.data(), n * 4, cudaMemcpyHostToDevice)); }
+  std::vector<float> Download() const {
+    std::vector<float> v(n);
+    CHECK_CUDA(cudaMemcpy(v.data(), ptr, n * 4, cudaMemcpyDeviceToHost));
+    return v;
+  }
+  void Poison() { CHECK_CUDA(cudaMemset(ptr, 0xff, n * 4)); }
+};
+
+// Median and min in ms of `runs` timed calls of fn(i) (after `warmup` untimed calls).
+std::pair<double, double> TimeCuda(const std::function<void(int)>& fn, int warmup, int runs, cudaStream_t stream) {
+  for (int i = 0; i < warmup; ++i) fn(i);
+  std::vector<cudaEvent_t> events(2 * runs);
+  for (auto& e : events) CHECK_CUDA(cudaEventCreate(&e));
+  for (int i = 0; i < runs; ++i) {
+    CHECK_CUDA(cudaEventRecord(events[2 * i], stream));
+    fn(i);
+    CHECK_CUDA(cudaEventRecord(events[2 * i + 1], stream));
+  }
+  CHECK_CUDA(cudaStreamSynchronize(stream));
+  std::vector<double> ms(runs);
+  for (int i = 0; i < runs; ++i) {
+    float t = 0;
+    CHECK_CUDA(cudaEventElapsedTime(&t, events[2 * i], events[2 * i + 1]));
+    ms[i] = t;
+  }
+  for (auto& e : events) cudaEventDestroy(e);
+  std::sort(ms.begin(), ms.end());
+  return {ms[ms.size() / 2], ms[0]};
+}
+
+template <typename F>
+std::pair<double, double> TimeHost(F fn, int warmup, int runs) {
+  for (int i = 0; i < warmup; ++i) fn(i);
+  std::vector<double> ms(runs);
+  for (int i = 0; i < runs; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    fn(i);
+    ms[i] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  }
+  std::sort(ms.begin(), ms.end());
+  return {ms[ms.size() / 2], ms[0]};
+}
+
+void PrintRecord(const Record& r) {
+  const double seconds = r.median_ms * 1e-3;
+  std::printf("%-12s %-5s %-5s %6lld %10.4f %10.4f %8.1f %8.0f %9.4f %7.2fx %10.2e  %s\n", r.task.c_str(),
+              r.backend.c_str(), r.precision.c_str(), static_cast<long long>(r.batch), r.median_ms, r.min_ms,
+              r.flops / seconds * 1e-12, r.bytes / seconds * 1e-9, r.floor_ms, r.median_ms / r.floor_ms, r.rel_error,
+              r.verified_against.c_str());
+  std::fflush(stdout);
+}
+
+void WriteJson(const Config& config, const std::vector<Record>& records, const std::string& device) {
+  std::ofstream out(config.json_path);
+  out << "{\n  \"device\": \"" << device << "\",\n  \"irreps\": \"" << config.irreps << "\",\n  \"runs\": "
+      << config.runs << ",\n  \"results\": [\n";
+  for (size_t i = 0; i < records.size(); ++i) {
+    const Record& r = records[i];
+    const double s = r.median_ms * 1e-3;
+    out << absl::StrFormat(
+        "    {\"task\": \"%s\", \"backend\": \"%s\", \"precision\": \"%s\", \"batch\": %d, \"median_ms\": %.6f, "
+        "\"min_ms\": %.6f, \"tflops\": %.3f, \"gbps\": %.1f, \"flop\": %.6g, \"bytes\": %.6g, \"floor_ms\": %.6f, "
+        "\"ratio_to_floor\": %.3f, \"rel_error\": %.3e, \"verified_against\": \"%s\", \"workspace_bytes\": %.0f, "
+        "\"runs\": %d}%s\n",
+        r.task, r.backend, r.precision, r.batch, r.median_ms, r.min_ms, r.flops / s * 1e-12, r.bytes / s * 1e-9,
+        r.flops, r.bytes, r.floor_ms, r.median_ms / r.floor_ms, r.rel_error, r.verified_against, r.workspace_bytes,
+        r.runs, i + 1 < records.size() ? "," : "");
+  }
+  out << "  ]\n}\n";
+}
+
+int Main(const Config& config) {
+  auto plan_or = TensorProductPlan::FullyConnected(config.irreps, config.irreps, config.irreps);
+  CHECK_OK(plan_or.status());
+  const TensorProductPlan& plan = *plan_or;
+  const int64_t wn = plan.weight_numel();
+  std::printf("irreps %s (all three): %zu paths, %lld weights (%.1f MB fp32)\n", config.irreps.c_str(),
+              plan.paths().size(), static_cast<long long>(wn), wn * 4e-6);
+
+  std::unique_ptr<Backend> cuda;
+  std::string device_name = "none";
+  if (config.cuda) {
+    if (CudaBackend::DeviceCount() == 0) {
+      std::fprintf(stderr, "no CUDA device\n");
+      return 2;
+    }
+    auto c = CudaBackend::Create(0);
+    CHECK_OK(c.status());
+    cuda = std::move(c).value();
+    cudaDeviceProp prop{};
+    CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+    device_name = absl::StrFormat("%s (%d SMs, %.0f MB L2)", prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6);
+    std::printf("device: %s\n", device_name.c_str());
+  }
+  CpuBackend cpu;
+  auto cpu_plan = cpu.Prepare(plan);
+  CHECK_OK(cpu_plan.status());
+  std::unique_ptr<PreparedPlan> cuda_plan;
+  if (cuda) {
+    auto p = cuda->Prepare(plan);
+    CHECK_OK(p.status());
+    cuda_plan = std::move(p).value();
+  }
+
+  std::mt19937_64 rng(12345);
+  const std::vector<float> w_host = RandomFloats(wn, rng);
+  std::vector<double> w_double(w_host.begin(), w_host.end());
+  std::vector<Record> records;
+  bool all_ok = true;
+  std::printf("\n%-12s %-5s %-5s %6s %10s %10s %8s %8s %9s %8s %10s  %s\n", "task", "bkend", "prec", "batch",
+              "median_ms", "min_ms", "TFLOP/s", "GB/s", "floor_ms", "/floor", "rel_err", "verified against");
+
+  DeviceBuf w_dev(cuda ? wn : 0), dw_dev(cuda ? wn : 0);
+  if (cuda) w_dev.Upload(w_host);
+  cudaStream_t stream = nullptr;
+  if (cuda) CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+
+  for (int64_t batch : config.batches) {
+    const int64_t d1 = plan.dim_in1(), d2 = plan.dim_in2(), dout = plan.dim_out();
+    // Rotate among input sets while they are small enough to sit in L2 (W never fits).
+    const int sets = batch * (d1 + d2) * 4 <= (64 << 20) / 4 ? 4 : 1;
+    std::vector<std::vector<float>> x1s, x2s;
+    for (int s = 0; s < sets; ++s) {
+      x1s.push_back(RandomFloats(batch * d1, rng));
+      x2s.push_back(RandomFloats(batch * d2, rng));
+    }
+    // float64 CPU reference on set 0 (in full, or the first 128 samples' forward for big batches).
+    const bool full_verify = batch <= config.verify_max_batch;
+    const int64_t ref_batch = full_verify ? batch : std::min<int64_t>(batch, 128);
+    std::vector<double> x1d(x1s[0].begin(), x1s[0].begin() + ref_batch * d1),
+        x2d(x2s[0].begin(), x2s[0].begin() + ref_batch * d2);
+    std::vector<double> ref_out(ref_batch * dout), ref_dw;
+    ConstTensorView w_view{w_double.data(), DType::kFloat64, {wn}};
+    ConstTensorView x1_view{x1d.data(), DType::kFloat64, {ref_batch, d1}};
+    ConstTensorView x2_view{x2d.data(), DType::kFloat64, {ref_batch, d2}};
+    if (full_verify) {
+      ref_dw.resize(wn);
+      CHECK_OK(cpu.LossGradient(**cpu_plan, Loss::kSumTanh, w_view, x1_view, x2_view,
+                                {ref_out.data(), DType::kFloat64, {ref_batch, dout}},
+                                GradientOutputs{{ref_dw.data(), DType::kFloat64, {wn}}, {}, {}}, {}));
+    } else {
+      CHECK_OK(cpu.Forward(**cpu_plan, w_view, x1_view, x2_view, {ref_out.data(), DType::kFloat64, {ref_batch, dout}},
+                           {}));
+    }
+
+    const double fwd_flops = plan.ForwardFlops(batch);
+    const double io_bytes = 4.0 * batch * (d1 + d2 + dout);
+    if (cuda) {
+      std::vector<std::unique_ptr<DeviceBuf>> x1_dev, x2_dev;
+      for (int s = 0; s < sets; ++s) {
+        x1_dev.push_back(std::make_unique<DeviceBuf>(batch * d1));
+        x1_dev.back()->Upload(x1s[s]);
+        x2_dev.push_back(std::make_unique<DeviceBuf>(batch * d2));
+        x2_dev.back()->Upload(x2s[s]);
+      }
+      DeviceBuf out_dev(batch * dout);
+      std::vector<double> cuda_fp32_dw;
+      for (Precision precision : config.precisions) {
+        ExecutionContext ctx;
+        ctx.precision = precision;
+        ctx.stream = stream;
+        auto view = [&](const DeviceBuf& b, std::vector<int64_t> shape) {
+          return ConstTensorView{b.ptr, DType::kFloat32, std::move(shape)};
+        };
+        auto forward = [&](int i) {
+          const int s = i % sets;
+          CHECK_OK(cuda->Forward(*cuda_plan, view(w_dev, {wn}), view(*x1_dev[s], {batch, d1}),
+                                 view(*x2_dev[s], {batch, d2}), {out_dev.ptr, DType::kFloat32, {batch, dout}}, ctx));
+        };
+        auto seed = [&](int i) {
+          const int s = i % sets;
+          CHECK_OK(cuda->LossGradient(*cuda_plan, Loss::kSumTanh, view(w_dev, {wn}), view(*x1_dev[s], {batch, d1}),
+                                      view(*x2_dev[s], {batch, d2}), {},
+                                      GradientOutputs{{dw_dev.ptr, DType::kFloat32, {wn}}, {}, {}}, ctx));
+        };
+        // Verify (outputs poisoned first), then time.
+        out_dev.Poison();
+        forward(0);
+        CHECK_OK(cuda->Synchronize(ctx));
+        const double fwd_err = RelError(out_dev.Download(), ref_out, ref_out.size());
+        dw_dev.Poison();
+        cudaMemPool_t pool;
+        CHECK_CUDA(cudaDeviceGetDefaultMemPool(&pool, 0));
+        uint64_t zero = 0;
+        CHECK_CUDA(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero));
+        seed(0);
+        CHECK_OK(cuda->Synchronize(ctx));
+        uint64_t pool_high = 0;
+        CHECK_CUDA(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &pool_high));
+        const std::vector<float> dw = dw_dev.Download();
+        double seed_err = 0;
+        std::string seed_ref = "cpu-fp64";
+        if (full_verify) {
+          seed_err = RelError(dw, ref_dw, wn);
+        } else if (!cuda_fp32_dw.empty()) {
+          seed_err = RelError(dw, cuda_fp32_dw, wn);
+          seed_ref = "cuda-fp32";
+        } else {
+          seed_ref = "none";
+          seed_err = NAN;
+        }
+        if (precision == Precision::kFp32) cuda_fp32_dw.assign(dw.begin(), dw.end());
+        const double tol = Tolerance(precision);
+        const bool fwd_ok = fwd_err <= tol, seed_ok = seed_ref == "none" ? true : seed_err <= tol;
+        if (!fwd_ok || !seed_ok) all_ok = false;
+
+        auto [f_med, f_min] = TimeCuda(forward, config.warmup, config.runs, stream);
+        const double f_bytes = 4.0 * wn + io_bytes;
+        Record fr{"forward", "cuda", PrecisionName(precision), batch, f_med, f_min, fwd_flops, f_bytes,
+                  std::max(fwd_flops / PeakFlops(precision), f_bytes / kMemoryBytesPerSecond) * 1e3, fwd_err,
+                  full_verify ? "cpu-fp64" : "cpu-fp64 (first 128 samples)", config.runs, 0};
+        if (!fwd_ok) fr.verified_against += " FAILED";
+        PrintRecord(fr);
+        records.push_back(fr);
+        auto [s_med, s_min] = TimeCuda(seed, config.warmup, config.runs, stream);
+        const double s_flops = 2 * fwd_flops, s_bytes = 8.0 * wn + 4.0 * batch * (d1 + d2);
+        Record sr{"dw_sum_tanh", "cuda", PrecisionName(precision), batch, s_med, s_min, s_flops, s_bytes,
+                  std::max(s_flops / PeakFlops(precision), s_bytes / kMemoryBytesPerSecond) * 1e3, seed_err,
+                  seed_ref, config.runs, double(pool_high)};
+        if (!seed_ok) sr.verified_against += " FAILED";
+        PrintRecord(sr);
+        records.push_back(sr);
+      }
+    }
+    if (config.cpu && batch <= config.cpu_max_batch) {
+      const int cpu_runs = std::max(3, config.runs / 20);
+      std::vector<float> out(batch * dout), dw(wn);
+      ConstTensorView w32{w_host.data(), DType::kFloat32, {wn}};
+      auto x1v = [&](int i) { return ConstTensorView{x1s[i % sets].data(), DType::kFloat32, {batch, d1}}; };
+      auto x2v = [&](int i) { return ConstTensorView{x2s[i % sets].data(), DType::kFloat32, {batch, d2}}; };
+      CHECK_OK(cpu.Forward(**cpu_plan, w32, x1v(0), x2v(0), {out.data(), DType::kFloat32, {batch, dout}}, {}));
+      const double fwd_err = RelError(out, ref_out, ref_out.size());
+      auto [f_med, f_min] = TimeHost(
+          [&](int i) {
+            CHECK_OK(cpu.Forward(**cpu_plan, w32, x1v(i), x2v(i), {out.data(), DType::kFloat32, {batch, dout}}, {}));
+          },
+          1, cpu_runs);
+      const double f_bytes = 4.0 * wn + io_bytes;
+      Record fr{"forward", "cpu", "fp32", batch, f_med, f_min, fwd_flops, f_bytes, 0, fwd_err, "cpu-fp64", cpu_runs, 0};
+      fr.floor_ms = f_med;  // no floor model for the CPU
+      PrintRecord(fr);
+      records.push_back(fr);
+      auto [s_med, s_min] = TimeHost(
+          [&](int i) {
+            CHECK_OK(cpu.LossGradient(**cpu_plan, Loss::kSumTanh, w32, x1v(i), x2v(i), {},
+                                      GradientOutputs{{dw.data(), DType::kFloat32, {wn}}, {}, {}}, {}));
+          },
+          1, cpu_runs);
+      Record sr{"dw_sum_tanh", "cpu", "fp32", batch, s_med, s_min, 2 * fwd_flops, 8.0 * wn, s_med,
+                full_verify ? RelError(dw, ref_dw, wn) : NAN, full_verify ? "cpu-fp64" : "none", cpu_runs, 0};
+      PrintRecord(sr);
+      records.push_back(sr);
+    }
+  }
+  if (stream) cudaStreamDestroy(stream);
+  if (!config.json_path.empty()) {
+    WriteJson(config, records, device_name);
+    std::printf("wrote %s\n", config.json_path.c_str());
+  }
+  if (!all_ok) {
+    std::fprintf(stderr, "VERIFICATION FAILED (see rows marked FAILED)\n");
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace tpserve
+
+int main(int argc, char** argv) {
+  tpserve::Config config;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", arg.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (arg == "--json") {
+      config.json_path = value();
+    } else if (arg == "--runs") {
+      config.runs = std::atoi(value().c_str());
+    } else if (arg == "--warmup") {
+      config.warmup = std::atoi(value().c_str());
+    } else if (arg == "--irreps") {
+      config.irreps = value();
+    } else if (arg == "--batches") {
+      config.batches.clear();
+      for (absl::string_view b : absl::StrSplit(value(), ',')) {
+        int64_t n = 0;
+        if (!absl::SimpleAtoi(b, &n) || n <= 0) {
+          std::fprintf(stderr, "--batches: expected positive integers\n");
+          return 2;
+        }
+        config.batches.push_back(n);
+      }
+    } else if (arg == "--precisions") {
+      config.precisions.clear();
+      for (absl::string_view p : absl::StrSplit(value(), ',')) {
+        auto precision = tpserve::ParsePrecision(p);
+        if (!precision.ok()) {
+          std::fprintf(stderr, "%s\n", precision.status().ToString().c_str());
+          return 2;
+        }
+        config.precisions.push_back(*precision);
+      }
+    } else if (arg == "--backend") {
+      const std::string b = value();
+      config.cuda = b == "cuda" || b == "both";
+      config.cpu = b == "cpu" || b == "both";
+    } else if (arg == "--verify_max_batch") {
+      config.verify_max_batch = std::atoll(value().c_str());
+    } else if (arg == "--cpu_max_batch") {
+      config.cpu_max_batch = std::atoll(value().c_str());
+    } else {
+      std::fprintf(stderr,
+                   "usage: tp-bench [--json PATH] [--runs N] [--warmup N] [--batches 64,1024,16384] "
+                   "[--precisions fp32,tf32,bf16] [--irreps IRREPS] [--backend cuda|cpu|both] "
+                   "[--verify_max_batch N] [--cpu_max_batch N]\n");
+      return arg == "--help" ? 0 : 2;
+    }
+  }
+  if (config.runs < 1) config.runs = 1;
+  return tpserve::Main(config);
+}

@@ -1,0 +1,346 @@
+// CUDA backend vs the CPU backend's float64 reference, on fresh random inputs: every e3nn
+// reference case's irreps, the seed shape and randomly drawn irreps, in every precision, for the
+// forward pass, the backward pass (each gradient) and the built-in losses. Outputs are poisoned
+// with NaN before each run, so an unwritten element fails. Every test skips without a GPU.
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "gtest/gtest.h"
+#include "kernels/core/backend.h"
+#include "kernels/core/plan.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "tests/support/random.h"
+#include "tests/support/reference_case.h"
+
+namespace tpserve {
+namespace {
+
+using testing::FreshRng;
+using testing::RandomNormal;
+using testing::RelativeError;
+
+double Tolerance(Precision precision) {
+  switch (precision) {
+    case Precision::kFp32: return 1e-5;
+    case Precision::kTf32: return 2e-3;
+    case Precision::kBf16: return 2e-2;
+  }
+  return 0;
+}
+
+constexpr Precision kAllPrecisions[] = {Precision::kFp32, Precision::kTf32, Precision::kBf16};
+
+std::vector<double> RoundToFloat(std::vector<double> values) {
+  for (double& v : values) v = static_cast<float>(v);
+  return values;
+}
+
+// A device copy of host doubles as float32 (or an uninitialized, NaN-poisoned buffer).
+class DeviceTensor {
+ public:
+  DeviceTensor(Backend* backend, std::vector<int64_t> shape) : backend_(backend), shape_(std::move(shape)) {
+    int64_t n = 1;
+    for (int64_t s : shape_) n *= s;
+    numel_ = n;
+    auto buffer = backend_->Allocate(sizeof(float) * std::max<int64_t>(n, 1));
+    EXPECT_TRUE(buffer.ok()) << buffer.status();
+    buffer_ = std::move(buffer).value();
+  }
+  void Upload(const std::vector<double>& values) {
+    std::vector<float> f(values.begin(), values.end());
+    ASSERT_TRUE(backend_->CopyFromHost(buffer_->data(), f.data(), f.size() * sizeof(float), {}).ok());
+  }
+  void Poison() {
+    std::vector<float> nan(numel_, std::nanf(""));
+    ASSERT_TRUE(backend_->CopyFromHost(buffer_->data(), nan.data(), nan.size() * sizeof(float), {}).ok());
+  }
+  std::vector<double> Download() {
+    std::vector<float> f(numel_);
+    EXPECT_TRUE(backend_->CopyToHost(f.data(), buffer_->data(), f.size() * sizeof(float), {}).ok());
+    EXPECT_TRUE(backend_->Synchronize({}).ok());
+    return std::vector<double>(f.begin(), f.end());
+  }
+  TensorView view() const { return {buffer_->data(), DType::kFloat32, shape_}; }
+  ConstTensorView cview() const { return AsConst(view()); }
+
+ private:
+  Backend* backend_;
+  std::vector<int64_t> shape_;
+  int64_t numel_ = 0;
+  std::unique_ptr<BackendBuffer> buffer_;
+};
+
+TensorView HostView(std::vector<double>& v, std::vector<int64_t> shape) { return {v.data(), DType::kFloat64, shape}; }
+ConstTensorView HostCView(const std::vector<double>& v, std::vector<int64_t> shape) {
+  return {v.data(), DType::kFloat64, shape};
+}
+
+class CudaBackendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (CudaBackend::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+    auto cuda = CudaBackend::Create(0);
+    ASSERT_TRUE(cuda.ok()) << cuda.status();
+    cuda_ = std::move(cuda).value();
+  }
+
+  // Checks forward, backward (all gradients, then each alone) and both losses of `plan` at `batch`
+  // against the float64 CPU reference on the same float32-rounded random inputs.
+  void CheckPlan(const TensorProductPlan& plan, int64_t batch, Precision precision) {
+    uint64_t seed = 0;
+    std::mt19937_64 rng = FreshRng(&seed);
+    const double tol = Tolerance(precision);
+    SCOPED_TRACE(absl::StrFormat("plan %s x %s -> %s, batch %d, precision %s, seed %d",
+                                 plan.irreps_in1().ToString(), plan.irreps_in2().ToString(),
+                                 plan.irreps_out().ToString(), batch, PrecisionName(precision), seed));
+    const std::vector<int64_t> w_shape = WeightShape(plan, batch);
+    const std::vector<int64_t> x1_shape = {batch, plan.dim_in1()}, x2_shape = {batch, plan.dim_in2()},
+                               out_shape = {batch, plan.dim_out()};
+    std::vector<double> w = RoundToFloat(RandomNormal(plan.weight_numel(), rng));
+    std::vector<double> x1 = RoundToFloat(RandomNormal(batch * plan.dim_in1(), rng));
+    std::vector<double> x2 = RoundToFloat(RandomNormal(batch * plan.dim_in2(), rng));
+    std::vector<double> gout = RoundToFloat(RandomNormal(batch * plan.dim_out(), rng));
+
+    // Reference.
+    CpuBackend cpu;
+    auto cpu_plan = cpu.Prepare(plan);
+    ASSERT_TRUE(cpu_plan.ok()) << cpu_plan.status();
+    std::vector<double> ref_out(batch * plan.dim_out()), ref_dw(w.size()), ref_dx1(x1.size()), ref_dx2(x2.size());
+    ASSERT_TRUE(cpu.Forward(**cpu_plan, HostCView(w, w_shape), HostCView(x1, x1_shape), HostCView(x2, x2_shape),
+                            HostView(ref_out, out_shape), {})
+                    .ok());
+    GradientOutputs ref_grads{HostView(ref_dw, w_shape), HostView(ref_dx1, x1_shape), HostView(ref_dx2, x2_shape)};
+    ASSERT_TRUE(cpu.Backward(**cpu_plan, HostCView(w, w_shape), HostCView(x1, x1_shape), HostCView(x2, x2_shape),
+                             HostCView(gout, out_shape), ref_grads, {})
+                    .ok());
+
+    auto prepared = cuda_->Prepare(plan);
+    ASSERT_TRUE(prepared.ok()) << prepared.status();
+    DeviceTensor d_w(cuda_.get(), w_shape), d_x1(cuda_.get(), x1_shape), d_x2(cuda_.get(), x2_shape),
+        d_gout(cuda_.get(), out_shape), d_out(cuda_.get(), out_shape), d_dw(cuda_.get(), w_shape),
+        d_dx1(cuda_.get(), x1_shape), d_dx2(cuda_.get(), x2_shape);
+    d_w.Upload(w);
+    d_x1.Upload(x1);
+    d_x2.Upload(x2);
+    d_gout.Upload(gout);
+    ExecutionContext ctx;
+    ctx.precision = precision;
+
+    // Forward.
+    d_out.Poison();
+    ASSERT_TRUE(cuda_->Forward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), d_out.view(), ctx).ok());
+    EXPECT_LE(RelativeError(d_out.Download(), ref_out), tol) << "forward";
+
+    // Backward, all gradients together.
+    d_dw.Poison();
+    d_dx1.Poison();
+    d_dx2.Poison();
+    GradientOutputs grads{d_dw.view(), d_dx1.view(), d_dx2.view()};
+    ASSERT_TRUE(
+        cuda_->Backward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), d_gout.cview(), grads, ctx).ok());
+    EXPECT_LE(RelativeError(d_dw.Download(), ref_dw), tol) << "backward grad_weight";
+    EXPECT_LE(RelativeError(d_dx1.Download(), ref_dx1), tol) << "backward grad_x1";
+    EXPECT_LE(RelativeError(d_dx2.Download(), ref_dx2), tol) << "backward grad_x2";
+
+    // Each gradient alone, and grad_weight accumulated onto existing values.
+    d_dx2.Poison();
+    ASSERT_TRUE(cuda_->Backward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), d_gout.cview(),
+                                GradientOutputs{{}, {}, d_dx2.view()}, ctx)
+                    .ok());
+    EXPECT_LE(RelativeError(d_dx2.Download(), ref_dx2), tol) << "backward grad_x2 alone";
+    // Existing values of dW's size, so that rounding of the sum stays at float precision of dW.
+    double rms = 0;
+    for (double v : ref_dw) rms += v * v;
+    rms = std::sqrt(rms / std::max<size_t>(ref_dw.size(), 1));
+    std::vector<double> base = RandomNormal(w.size(), rng);
+    for (double& v : base) v = static_cast<float>(v * rms);
+    d_dw.Upload(base);
+    GradientOutputs acc_grads{d_dw.view(), {}, {}};
+    acc_grads.accumulate_grad_weight = true;
+    ASSERT_TRUE(
+        cuda_->Backward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), d_gout.cview(), acc_grads, ctx).ok());
+    std::vector<double> want_acc = base;
+    for (size_t i = 0; i < want_acc.size(); ++i) want_acc[i] += ref_dw[i];
+    std::vector<double> got_acc = d_dw.Download();
+    for (size_t i = 0; i < got_acc.size(); ++i) got_acc[i] -= base[i];
+    EXPECT_LE(RelativeError(got_acc, ref_dw), tol)
+        << "backward grad_weight accumulated";
+
+    // Losses: sum tanh (the seed task) and sum, with out and every gradient.
+    for (Loss loss : {Loss::kSumTanh, Loss::kSum}) {
+      SCOPED_TRACE(LossName(loss));
+      std::vector<double> g(ref_out.size());
+      for (size_t i = 0; i < g.size(); ++i) {
+        const double y = std::tanh(ref_out[i]);
+        g[i] = loss == Loss::kSumTanh ? 1 - y * y : 1.0;
+      }
+      std::vector<double> want_dw(w.size()), want_dx1(x1.size()), want_dx2(x2.size());
+      ASSERT_TRUE(cpu.Backward(**cpu_plan, HostCView(w, w_shape), HostCView(x1, x1_shape), HostCView(x2, x2_shape),
+                               HostCView(g, out_shape),
+                               {HostView(want_dw, w_shape), HostView(want_dx1, x1_shape), HostView(want_dx2, x2_shape)},
+                               {})
+                      .ok());
+      d_out.Poison();
+      d_dw.Poison();
+      d_dx1.Poison();
+      d_dx2.Poison();
+      ASSERT_TRUE(cuda_->LossGradient(**prepared, loss, d_w.cview(), d_x1.cview(), d_x2.cview(), d_out.view(),
+                                      GradientOutputs{d_dw.view(), d_dx1.view(), d_dx2.view()}, ctx)
+                      .ok());
+      EXPECT_LE(RelativeError(d_out.Download(), ref_out), tol) << "loss out";
+      EXPECT_LE(RelativeError(d_dw.Download(), want_dw), tol) << "loss grad_weight";
+      EXPECT_LE(RelativeError(d_dx1.Download(), want_dx1), tol) << "loss grad_x1";
+      EXPECT_LE(RelativeError(d_dx2.Download(), want_dx2), tol) << "loss grad_x2";
+      // Only grad_weight, no out: the seed task's call.
+      d_dw.Poison();
+      ASSERT_TRUE(cuda_->LossGradient(**prepared, loss, d_w.cview(), d_x1.cview(), d_x2.cview(), {},
+                                      GradientOutputs{d_dw.view(), {}, {}}, ctx)
+                      .ok());
+      EXPECT_LE(RelativeError(d_dw.Download(), want_dw), tol) << "loss grad_weight only";
+    }
+  }
+
+  std::unique_ptr<Backend> cuda_;
+};
+
+TEST_F(CudaBackendTest, Forward_MatchesE3nnReferenceOutputs) {
+  const std::vector<std::string> files = testing::ReferenceCaseFiles();
+  ASSERT_FALSE(files.empty()) << "no reference cases in " << testing::ReferenceDir();
+  for (const std::string& file : files) {
+    SCOPED_TRACE(file);
+    auto ref = testing::LoadReferenceCase(file);
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    auto plan = TensorProductPlan::FullyConnected(ref->irreps_in1, ref->irreps_in2, ref->irreps_out);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    auto prepared = cuda_->Prepare(*plan);
+    ASSERT_TRUE(prepared.ok()) << prepared.status();
+    const int64_t batch = ref->batch;
+    DeviceTensor w(cuda_.get(), WeightShape(*plan, batch)), x1(cuda_.get(), {batch, plan->dim_in1()}),
+        x2(cuda_.get(), {batch, plan->dim_in2()}), out(cuda_.get(), {batch, plan->dim_out()}),
+        dw(cuda_.get(), WeightShape(*plan, batch));
+    w.Upload(ref->weight);
+    x1.Upload(ref->x1);
+    x2.Upload(ref->x2);
+    out.Poison();
+    dw.Poison();
+    ASSERT_TRUE(cuda_->LossGradient(**prepared, Loss::kSumTanh, w.cview(), x1.cview(), x2.cview(), out.view(),
+                                    GradientOutputs{dw.view(), {}, {}}, {})
+                    .ok());
+    // The reference was computed from float64 inputs; float32 rounding of the inputs alone is ~1e-7.
+    EXPECT_LE(RelativeError(out.Download(), ref->out), 1e-5);
+    EXPECT_LE(RelativeError(dw.Download(), ref->grad_weight_sum_tanh), 1e-5);
+  }
+}
+
+TEST_F(CudaBackendTest, AllPasses_MatchCpuReference_OnReferenceCaseIrreps) {
+  for (const std::string& file : testing::ReferenceCaseFiles()) {
+    auto ref = testing::LoadReferenceCase(file);
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    auto plan = TensorProductPlan::FullyConnected(ref->irreps_in1, ref->irreps_in2, ref->irreps_out);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    for (Precision precision : kAllPrecisions) {
+      CheckPlan(*plan, ref->batch, precision);
+      CheckPlan(*plan, 203, precision);
+    }
+  }
+}
+
+TEST_F(CudaBackendTest, AllPasses_MatchCpuReference_OnSeedShape) {
+  auto plan = TensorProductPlan::FullyConnected("128x0e+128x1e+128x2e", "128x0e+128x1e+128x2e",
+                                                "128x0e+128x1e+128x2e");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  for (Precision precision : kAllPrecisions) CheckPlan(*plan, 64, precision);
+}
+
+TEST_F(CudaBackendTest, AllPasses_MatchCpuReference_OnOddMultiplicitiesAndHighL) {
+  // Odd and zero multiplicities, mixed parity, l up to 11, batch not a multiple of any tile.
+  const char* cases[][3] = {
+      {"3x0e + 5x1o + 1x2e", "1x0e + 3x1o + 2x2o", "5x0e + 3x1o + 1x1e + 7x2e + 2x3o"},
+      {"0x0e + 4x1o", "2x1o + 0x2e", "3x0e + 0x1e + 2x2e"},
+      {"2x11o + 1x5e", "1x6e + 1x0e", "3x11o + 2x5e + 1x17e"},
+      {"33x1e + 65x0o", "31x1o + 1x0e", "40x0o + 33x1o + 3x2o"},
+  };
+  for (const auto& irreps : cases) {
+    auto plan = TensorProductPlan::FullyConnected(irreps[0], irreps[1], irreps[2]);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    for (Precision precision : kAllPrecisions) CheckPlan(*plan, 77, precision);
+  }
+}
+
+TEST_F(CudaBackendTest, AllPasses_MatchCpuReference_OnRandomlyDrawnIrreps) {
+  uint64_t seed = 0;
+  std::mt19937_64 rng = FreshRng(&seed);
+  SCOPED_TRACE(absl::StrCat("irreps seed ", seed));
+  auto draw = [&](int max_l) {
+    std::string text;
+    const int terms = 1 + rng() % 3;
+    for (int t = 0; t < terms; ++t) {
+      const int muls[] = {1, 2, 3, 5, 8, 16, 24, 40};
+      absl::StrAppend(&text, t ? " + " : "", muls[rng() % 8], "x", rng() % (max_l + 1), rng() % 2 ? "e" : "o");
+    }
+    return text;
+  };
+  int checked = 0;
+  for (int attempt = 0; attempt < 50 && checked < 4; ++attempt) {
+    const int max_l = attempt % 2 ? 3 : 6;
+    auto plan = TensorProductPlan::FullyConnected(draw(max_l), draw(max_l), draw(max_l));
+    if (!plan.ok() || plan->paths().empty()) continue;
+    ++checked;
+    const int64_t batch = 1 + rng() % 150;
+    for (Precision precision : kAllPrecisions) CheckPlan(*plan, batch, precision);
+  }
+  EXPECT_EQ(checked, 4);
+}
+
+TEST_F(CudaBackendTest, LargeBatch_SplitsAndAtomicsStayCorrect) {
+  auto plan = TensorProductPlan::FullyConnected("4x0e + 3x1o", "2x1o + 1x0e", "5x1o + 2x0e");
+  ASSERT_TRUE(plan.ok());
+  CheckPlan(*plan, 5000, Precision::kFp32);
+}
+
+TEST_F(CudaBackendTest, Float64_IsUnimplemented) {
+  EXPECT_FALSE(cuda_->SupportsDType(DType::kFloat64));
+  auto plan = TensorProductPlan::FullyConnected("2x0e", "2x0e", "2x0e");
+  ASSERT_TRUE(plan.ok());
+  auto prepared = cuda_->Prepare(*plan);
+  ASSERT_TRUE(prepared.ok());
+  DeviceTensor buf(cuda_.get(), {64});
+  ConstTensorView w{buf.view().data, DType::kFloat64, {8}}, x{buf.view().data, DType::kFloat64, {1, 2}};
+  TensorView out{buf.view().data, DType::kFloat64, {1, 2}};
+  const absl::Status status = cuda_->Forward(**prepared, w, x, x, out, {});
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented) << status;
+}
+
+TEST_F(CudaBackendTest, UvuAndPerSampleWeights_AreUnimplemented) {
+  auto in = Irreps::Parse("2x1o");
+  auto sh = Irreps::Parse("1x0e");
+  ASSERT_TRUE(in.ok() && sh.ok());
+  auto uvu = TensorProductPlan::FromInstructions(*in, *sh, *in, {{0, 0, 0, ConnectionMode::kUvu}});
+  ASSERT_TRUE(uvu.ok()) << uvu.status();
+  EXPECT_EQ(cuda_->Prepare(*uvu).status().code(), absl::StatusCode::kUnimplemented);
+  TensorProductOptions options;
+  options.weight_sharing = WeightSharing::kPerSample;
+  auto per_sample = TensorProductPlan::FullyConnected(*in, *sh, *in, options);
+  ASSERT_TRUE(per_sample.ok());
+  EXPECT_EQ(cuda_->Prepare(*per_sample).status().code(), absl::StatusCode::kUnimplemented);
+}
+
+TEST_F(CudaBackendTest, WrongShape_IsInvalidArgument) {
+  auto plan = TensorProductPlan::FullyConnected("2x0e", "2x0e", "2x0e");
+  ASSERT_TRUE(plan.ok());
+  auto prepared = cuda_->Prepare(*plan);
+  ASSERT_TRUE(prepared.ok());
+  DeviceTensor w(cuda_.get(), {8}), x(cuda_.get(), {3, 2}), out(cuda_.get(), {3, 3});
+  const absl::Status status = cuda_->Forward(**prepared, w.cview(), x.cview(), x.cview(), out.view(), {});
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+}
+
+}  // namespace
+}  // namespace tpserve
