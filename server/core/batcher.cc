@@ -1,0 +1,108 @@
+#include "server/core/batcher.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace tpserve::server {
+
+Batcher::Batcher(BatcherConfig config) : config_(config) {}
+
+bool Batcher::Compatible(const PendingRequest& a, const PendingRequest& b) {
+  const InferenceRequest& x = a.request;
+  const InferenceRequest& y = b.request;
+  if (a.model != b.model || x.op != y.op || x.precision != y.precision) return false;
+  if (x.op == Op::kForward) return true;
+  if (x.weight_grad == WeightGradMode::kReturn || y.weight_grad == WeightGradMode::kReturn) return false;
+  return x.grad_out.present() == y.grad_out.present() && x.loss == y.loss && x.want_out == y.want_out &&
+         x.want_grad_x1 == y.want_grad_x1 && x.want_grad_x2 == y.want_grad_x2 && x.weight_grad == y.weight_grad;
+}
+
+absl::Status Batcher::Enqueue(std::unique_ptr<PendingRequest>& request) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (shutdown_) return absl::UnavailableError("server is shutting down");
+    if (static_cast<int64_t>(queue_.size()) >= config_.max_queued_requests) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("request queue full (", config_.max_queued_requests, " requests waiting); retry later"));
+    }
+    request->enqueue_time = absl::Now();
+    queue_.push_back(std::move(request));
+  }
+  cv_.notify_one();
+  return absl::OkStatus();
+}
+
+Batcher::Work Batcher::Next() {
+  Work work;
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [&] { return shutdown_ || !queue_.empty(); });
+    if (queue_.empty()) return work;  // shut down and drained
+
+    // Drop what nobody waits for any more.
+    absl::Time now = absl::Now();
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      const InferenceRequest& r = (*it)->request;
+      if (r.deadline <= now || (r.cancelled && r.cancelled->load())) {
+        work.expired.push_back(std::move(*it));
+        it = queue_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (queue_.empty()) {
+      if (!work.expired.empty()) return work;
+      continue;
+    }
+
+    const PendingRequest& head = *queue_.front();
+    bool mergeable = !(head.request.op == Op::kBackward && head.request.weight_grad == WeightGradMode::kReturn);
+    int64_t samples = 0;
+    if (mergeable) {
+      for (const auto& pending : queue_) {
+        if (Compatible(head, *pending)) samples += pending->batch;
+      }
+    }
+    absl::Time launch_at = head.enqueue_time + absl::Microseconds(config_.max_queue_delay_us);
+    if (mergeable && samples < config_.max_batch_size && now < launch_at && !shutdown_) {
+      if (!work.expired.empty()) return work;  // answer those first; come back for the batch
+      cv_.wait_until(lock, absl::ToChronoTime(launch_at));
+      continue;
+    }
+
+    // Take the head and, in queue order, every compatible request that still fits.
+    std::unique_ptr<PendingRequest> first = std::move(queue_.front());
+    queue_.pop_front();
+    int64_t taken = first->batch;
+    if (mergeable) {
+      for (auto it = queue_.begin(); it != queue_.end() && taken < config_.max_batch_size;) {
+        if (Compatible(*first, **it) && taken + (*it)->batch <= config_.max_batch_size) {
+          taken += (*it)->batch;
+          work.batch.push_back(std::move(*it));
+          it = queue_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    work.batch.insert(work.batch.begin(), std::move(first));
+    bool more = !queue_.empty();
+    lock.unlock();
+    if (more) cv_.notify_one();
+    return work;
+  }
+}
+
+void Batcher::Shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    shutdown_ = true;
+  }
+  cv_.notify_all();
+}
+
+int64_t Batcher::queued() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int64_t>(queue_.size());
+}
+
+}  // namespace tpserve::server

@@ -1,0 +1,70 @@
+// Dynamic batching: a bounded queue of admitted requests from which workers take batches that
+// merge compatible requests (same model instance, same operation and options) into one launch.
+//
+// A batch is handed out when its samples reach max_batch_size, when its oldest request has waited
+// max_queue_delay_us, or at shutdown (which drains: everything admitted is still handed out).
+// Requests whose deadline passed or that were cancelled while queued are returned separately,
+// never launched. Backward calls that return the weight gradient never merge (the gradient is a
+// sum over the whole launch).
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "server/core/model.h"
+#include "server/core/request.h"
+
+namespace tpserve::server {
+
+struct PendingRequest {
+  InferenceRequest request;
+  std::shared_ptr<Model> model;
+  ResultCallback done;
+  absl::Time enqueue_time;
+  int64_t batch = 0;  // samples
+};
+
+struct BatcherConfig {
+  int64_t max_batch_size = 4096;
+  int64_t max_queue_delay_us = 200;
+  int64_t max_queued_requests = 1024;
+};
+
+class Batcher {
+ public:
+  explicit Batcher(BatcherConfig config);
+
+  // RESOURCE_EXHAUSTED when max_queued_requests are waiting; UNAVAILABLE after Shutdown.
+  // On error the request is not taken (its callback is not called).
+  absl::Status Enqueue(std::unique_ptr<PendingRequest>& request);
+
+  struct Work {
+    std::vector<std::unique_ptr<PendingRequest>> batch;    // launch these together (maybe empty)
+    std::vector<std::unique_ptr<PendingRequest>> expired;  // deadline passed or cancelled
+  };
+  // Blocks until there is work; returns an empty Work (both vectors empty) once shut down and
+  // drained.
+  Work Next();
+
+  // Stops admission and wakes every waiting worker; queued requests are still handed out.
+  void Shutdown();
+  int64_t queued() const;
+
+  // True when a and b may run in one launch.
+  static bool Compatible(const PendingRequest& a, const PendingRequest& b);
+
+ private:
+  const BatcherConfig config_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<PendingRequest>> queue_;
+  bool shutdown_ = false;
+};
+
+}  // namespace tpserve::server

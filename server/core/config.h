@@ -1,0 +1,27 @@
+// Configuration of the inference core (batching, queues, input policy), filled from flags or a
+// config file by server/main.cc and printed at start-up.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace tpserve::server {
+
+struct CoreConfig {
+  // Directory of the model repository ("" keeps models in memory only).
+  std::string model_dir;
+  // Most samples in one launch, and in one request (a larger request is INVALID_ARGUMENT).
+  int64_t max_batch_size = 4096;
+  // How long the first request of a batch may wait for others to merge with it.
+  int64_t max_queue_delay_us = 200;
+  // Requests admitted but not yet launched, over all models; beyond it: RESOURCE_EXHAUSTED.
+  int64_t max_queued_requests = 1024;
+  // Non-finite values (NaN, +-Inf) in x1, x2, grad_out: rejected (INVALID_ARGUMENT) or passed on.
+  bool reject_non_finite = true;
+  // Largest weight gradient returned inline by a unary Backward (bigger: use BackwardChunked).
+  int64_t max_inline_grad_bytes = 4 << 20;
+
+  std::string DebugString() const;
+};
+
+}  // namespace tpserve::server

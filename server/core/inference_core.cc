@@ -1,0 +1,318 @@
+#include "server/core/inference_core.h"
+
+#include <cmath>
+#include <future>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "kernels/core/status_macros.h"
+
+namespace tpserve::server {
+namespace {
+
+WeightsSnapshot MakeSnapshot(uint64_t version, std::vector<float> weights) {
+  WeightsSnapshot snapshot;
+  snapshot.version = version;
+  snapshot.fnv1a64 = Fnv1a64(weights.data(), weights.size() * sizeof(float));
+  snapshot.weights = std::make_shared<const std::vector<float>>(std::move(weights));
+  return snapshot;
+}
+
+absl::Status NotFound(const std::string& name) {
+  return absl::NotFoundError(absl::StrCat("model '", name, "' not found"));
+}
+
+// INVALID_ARGUMENT naming the expected [batch, dim] when `t` is not exactly that.
+absl::Status CheckMatrix(const HostTensor& t, const char* what, int64_t batch, int64_t dim, const char* dim_name) {
+  if (t.shape.size() != 2 || t.shape[0] != batch || t.shape[1] != dim) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": expected shape [", batch, ", ", dim, "] ([batch, ",
+                                                   dim_name, "]), got ", ShapeString(t.shape)));
+  }
+  if (static_cast<int64_t>(t.data.size()) != batch * dim) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": holds ", t.data.size(), " values, expected ", batch * dim));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckFinite(const HostTensor& t, const char* what) {
+  for (size_t i = 0; i < t.data.size(); ++i) {
+    if (!std::isfinite(t.data[i])) {
+      int64_t cols = t.shape.size() == 2 ? t.shape[1] : 1;
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s: non-finite value %f at [%d, %d] (the server rejects NaN and Inf; see --non_finite)", what, t.data[i],
+          static_cast<int64_t>(i) / cols, static_cast<int64_t>(i) % cols));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+// ---- WeightsAssembler -----------------------------------------------------------------------
+
+WeightsAssembler::WeightsAssembler(int64_t weight_numel) : weight_numel_(weight_numel) {
+  weights_.reserve(static_cast<size_t>(weight_numel));
+}
+
+absl::Status WeightsAssembler::Append(int64_t offset, std::vector<float> values) {
+  if (offset != received()) {
+    return absl::InvalidArgumentError(absl::StrCat("weights chunk at offset ", offset, ": expected offset ",
+                                                   received(), " (chunks in order, no gaps or overlaps)"));
+  }
+  if (received() + static_cast<int64_t>(values.size()) > weight_numel_) {
+    return absl::InvalidArgumentError(absl::StrCat("weights chunk [", offset, ", ", offset + values.size(),
+                                                   ") runs past weight_numel ", weight_numel_));
+  }
+  weights_.insert(weights_.end(), values.begin(), values.end());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<float>> WeightsAssembler::Finish() && {
+  if (received() != weight_numel_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("weights upload ended after ", received(), " of ", weight_numel_, " elements"));
+  }
+  return std::move(weights_);
+}
+
+// ---- InferenceCore --------------------------------------------------------------------------
+
+InferenceCore::InferenceCore(CoreConfig config, CoreObserver* observer)
+    : config_(std::move(config)),
+      observer_(observer != nullptr ? observer : &null_observer_),
+      repository_(config_.model_dir) {}
+
+absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(CoreConfig config,
+                                                                     std::vector<std::unique_ptr<Backend>> backends,
+                                                                     CoreObserver* observer) {
+  if (backends.empty()) return absl::InvalidArgumentError("the inference core needs at least one backend");
+  if (config.max_batch_size < 1 || config.max_queued_requests < 1 || config.max_queue_delay_us < 0) {
+    return absl::InvalidArgumentError(
+        "max_batch_size and max_queued_requests must be >= 1, max_queue_delay_us >= 0");
+  }
+  std::unique_ptr<InferenceCore> core(new InferenceCore(std::move(config), observer));
+  RETURN_IF_ERROR(core->repository_.Init());
+  ASSIGN_OR_RETURN(std::vector<StoredModel> stored, core->repository_.LoadAll());
+  for (StoredModel& m : stored) {
+    absl::StatusOr<TensorProductPlan> plan = PlanForSpec(m.spec);
+    if (!plan.ok()) return absl::DataLossError(absl::StrCat("model '", m.name, "': ", plan.status().message()));
+    if (plan->weight_numel() != static_cast<int64_t>(m.weights.size())) {
+      return absl::DataLossError(absl::StrCat("model '", m.name, "': ", m.weights.size(),
+                                              " weights on disk, its plan needs ", plan->weight_numel()));
+    }
+    core->models_[m.name] =
+        std::make_shared<Model>(m.name, *std::move(plan), MakeSnapshot(m.version, std::move(m.weights)));
+  }
+  core->batcher_ = std::make_unique<Batcher>(BatcherConfig{core->config_.max_batch_size,
+                                                           core->config_.max_queue_delay_us,
+                                                           core->config_.max_queued_requests});
+  for (auto& backend : backends) {
+    core->workers_.push_back(std::make_unique<Worker>(std::move(backend), core->batcher_.get(), core->observer_));
+  }
+  for (auto& worker : core->workers_) worker->Start();
+  return core;
+}
+
+InferenceCore::~InferenceCore() { Shutdown(); }
+
+void InferenceCore::Shutdown() {
+  if (shut_down_.exchange(true)) return;
+  batcher_->Shutdown();
+  for (auto& worker : workers_) worker->Join();
+}
+
+std::vector<std::string> InferenceCore::devices() const {
+  std::vector<std::string> names;
+  for (const auto& worker : workers_) names.push_back(worker->device());
+  return names;
+}
+
+absl::StatusOr<std::shared_ptr<Model>> InferenceCore::FindModel(const std::string& name) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = models_.find(name);
+  if (it == models_.end()) return NotFound(name);
+  return it->second;
+}
+
+absl::StatusOr<ModelInfo> InferenceCore::CreateModel(const std::string& name, const ModelSpec& spec,
+                                                     std::optional<std::vector<float>> weights, uint64_t seed) {
+  RETURN_IF_ERROR(ValidateModelName(name));
+  ASSIGN_OR_RETURN(TensorProductPlan plan, PlanForSpec(spec));
+  if (weights.has_value() && static_cast<int64_t>(weights->size()) != plan.weight_numel()) {
+    return absl::InvalidArgumentError(absl::StrCat("weights: expected [", plan.weight_numel(),
+                                                   "] (weight_numel of this plan), got [", weights->size(), "]"));
+  }
+  std::lock_guard<std::mutex> create_lock(create_mu_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (models_.count(name)) return absl::AlreadyExistsError(absl::StrCat("model '", name, "' already exists"));
+  }
+  std::vector<float> initial = weights.has_value() ? *std::move(weights) : SeededWeights(plan.weight_numel(), seed);
+  WeightsSnapshot snapshot = MakeSnapshot(1, std::move(initial));
+  StoredModel stored{name, NormalizedSpec(plan), snapshot.version, *snapshot.weights, snapshot.fnv1a64};
+  RETURN_IF_ERROR(repository_.Create(stored));
+  auto model = std::make_shared<Model>(name, std::move(plan), std::move(snapshot));
+  ModelInfo info = model->Info();
+  std::lock_guard<std::mutex> lock(mu_);
+  models_[name] = std::move(model);
+  return info;
+}
+
+absl::StatusOr<ModelInfo> InferenceCore::GetModel(const std::string& name) const {
+  ASSIGN_OR_RETURN(std::shared_ptr<Model> model, FindModel(name));
+  return model->Info();
+}
+
+std::vector<ModelInfo> InferenceCore::ListModels() const {
+  std::vector<ModelInfo> infos;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [name, model] : models_) infos.push_back(model->Info());
+  return infos;
+}
+
+absl::Status InferenceCore::DeleteModel(const std::string& name) {
+  std::lock_guard<std::mutex> create_lock(create_mu_);
+  ASSIGN_OR_RETURN(std::shared_ptr<Model> model, FindModel(name));
+  std::lock_guard<std::mutex> update_lock(model->update_mutex());
+  RETURN_IF_ERROR(repository_.Remove(name));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    models_.erase(name);
+  }
+  // Requests already admitted keep the model alive (shared_ptr) and finish; replicas go now or
+  // are rebuilt and dropped with the last reference.
+  for (auto& worker : workers_) worker->DropModel(*model);
+  return absl::OkStatus();
+}
+
+absl::Status InferenceCore::CommitWeights(Model& model, std::vector<float> weights) {
+  WeightsSnapshot next = MakeSnapshot(model.weights().version + 1, std::move(weights));
+  RETURN_IF_ERROR(repository_.WriteWeights(model.name(), model.spec(), next.version, *next.weights, next.fnv1a64));
+  model.SetWeights(std::move(next));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ModelInfo> InferenceCore::ReplaceWeights(const std::string& name, std::vector<float> weights,
+                                                        uint64_t expected_version) {
+  ASSIGN_OR_RETURN(std::shared_ptr<Model> model, FindModel(name));
+  if (static_cast<int64_t>(weights.size()) != model->plan().weight_numel()) {
+    return absl::InvalidArgumentError(absl::StrCat("weights of '", name, "': expected [", model->plan().weight_numel(),
+                                                   "], got [", weights.size(), "]"));
+  }
+  std::lock_guard<std::mutex> update_lock(model->update_mutex());
+  // A delete that won the race leaves this model unreachable: do not resurrect its files.
+  RETURN_IF_ERROR(FindModel(name).status());
+  uint64_t current = model->weights().version;
+  if (expected_version != 0 && expected_version != current) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model '", name, "' is at version ", current, ", upload expected ", expected_version));
+  }
+  RETURN_IF_ERROR(CommitWeights(*model, std::move(weights)));
+  return model->Info();
+}
+
+absl::StatusOr<WeightsSnapshot> InferenceCore::GetWeights(const std::string& name) const {
+  ASSIGN_OR_RETURN(std::shared_ptr<Model> model, FindModel(name));
+  return model->weights();
+}
+
+absl::StatusOr<std::vector<float>> InferenceCore::GetGradient(const std::string& name) {
+  ASSIGN_OR_RETURN(std::shared_ptr<Model> model, FindModel(name));
+  std::vector<float> total(static_cast<size_t>(model->plan().weight_numel()), 0.0f);
+  for (auto& worker : workers_) {
+    ASSIGN_OR_RETURN(std::vector<float> part, worker->ReadGradient(*model, /*zero=*/false));
+    for (size_t i = 0; i < total.size(); ++i) total[i] += part[i];
+  }
+  return total;
+}
+
+absl::Status InferenceCore::ZeroGradient(const std::string& name) {
+  ASSIGN_OR_RETURN(std::shared_ptr<Model> model, FindModel(name));
+  for (auto& worker : workers_) RETURN_IF_ERROR(worker->ZeroGradient(*model));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ModelInfo> InferenceCore::SgdStep(const std::string& name, double learning_rate, bool zero_gradient) {
+  if (!std::isfinite(learning_rate)) {
+    return absl::InvalidArgumentError(absl::StrCat("learning_rate: expected a finite number, got ", learning_rate));
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<Model> model, FindModel(name));
+  std::lock_guard<std::mutex> update_lock(model->update_mutex());
+  RETURN_IF_ERROR(FindModel(name).status());
+  std::vector<float> weights = *model->weights().weights;
+  for (auto& worker : workers_) {
+    ASSIGN_OR_RETURN(std::vector<float> part, worker->ReadGradient(*model, zero_gradient));
+    for (size_t i = 0; i < weights.size(); ++i) {
+      weights[i] -= static_cast<float>(learning_rate * part[i]);
+    }
+  }
+  RETURN_IF_ERROR(CommitWeights(*model, std::move(weights)));
+  return model->Info();
+}
+
+absl::Status InferenceCore::Validate(const InferenceRequest& r, const Model& model) const {
+  const TensorProductPlan& plan = model.plan();
+  int64_t batch = r.x1.rows();
+  if (r.x1.shape.size() != 2) {
+    return absl::InvalidArgumentError(absl::StrCat("x1: expected shape [batch, ", plan.dim_in1(), "], got ",
+                                                   ShapeString(r.x1.shape)));
+  }
+  if (batch < 1 || batch > config_.max_batch_size) {
+    return absl::InvalidArgumentError(absl::StrCat("batch ", batch, ": expected 1 to ", config_.max_batch_size,
+                                                   " samples (the server's max_batch_size)"));
+  }
+  RETURN_IF_ERROR(CheckMatrix(r.x1, "x1", batch, plan.dim_in1(), "dim_in1"));
+  RETURN_IF_ERROR(CheckMatrix(r.x2, "x2", batch, plan.dim_in2(), "dim_in2"));
+  if (r.op == Op::kBackward) {
+    if (r.grad_out.present()) {
+      RETURN_IF_ERROR(CheckMatrix(r.grad_out, "grad_out", batch, plan.dim_out(), "dim_out"));
+      if (r.want_out) {
+        return absl::InvalidArgumentError("want_out: only with a named loss (with grad_out, out is not computed)");
+      }
+    } else if (!r.loss.has_value()) {
+      return absl::InvalidArgumentError("backward: expected grad_out [batch, dim_out] or a loss (sum, sum_tanh)");
+    }
+    if (!r.want_grad_x1 && !r.want_grad_x2 && r.weight_grad == WeightGradMode::kNone && !r.want_out) {
+      return absl::InvalidArgumentError(
+          "backward requests nothing: set want_grad_x1, want_grad_x2, want_out or a weight_grad mode");
+    }
+  }
+  if (config_.reject_non_finite) {
+    RETURN_IF_ERROR(CheckFinite(r.x1, "x1"));
+    RETURN_IF_ERROR(CheckFinite(r.x2, "x2"));
+    if (r.grad_out.present()) RETURN_IF_ERROR(CheckFinite(r.grad_out, "grad_out"));
+  }
+  return absl::OkStatus();
+}
+
+void InferenceCore::Submit(InferenceRequest request, ResultCallback done) {
+  absl::StatusOr<std::shared_ptr<Model>> model = FindModel(request.model);
+  if (!model.ok()) return done(model.status());
+  if (absl::Status status = Validate(request, **model); !status.ok()) return done(status);
+  auto pending = std::make_unique<PendingRequest>();
+  pending->batch = request.x1.rows();
+  pending->request = std::move(request);
+  pending->model = *std::move(model);
+  pending->done = std::move(done);
+  absl::Status status = batcher_->Enqueue(pending);
+  observer_->OnQueueDepth(batcher_->queued());
+  // On error the batcher left the request with us.
+  if (!status.ok()) pending->done(status);
+}
+
+absl::StatusOr<InferenceResult> InferenceCore::Run(InferenceRequest request) {
+  auto promise = std::make_shared<std::promise<absl::StatusOr<InferenceResult>>>();
+  std::future<absl::StatusOr<InferenceResult>> future = promise->get_future();
+  Submit(std::move(request), [promise](absl::StatusOr<InferenceResult> result) { promise->set_value(std::move(result)); });
+  return future.get();
+}
+
+std::string CoreConfig::DebugString() const {
+  return absl::StrFormat(
+      "model_dir=%s max_batch_size=%d max_queue_delay_us=%d max_queued_requests=%d non_finite=%s "
+      "max_inline_grad_bytes=%d",
+      model_dir.empty() ? "(memory)" : model_dir, max_batch_size, max_queue_delay_us, max_queued_requests,
+      reject_non_finite ? "reject" : "pass", max_inline_grad_bytes);
+}
+
+}  // namespace tpserve::server

@@ -1,0 +1,103 @@
+// The inference core: models (in memory and in the repository), the batcher and the workers.
+// Everything the server does goes through this class, which knows nothing of gRPC; the transport
+// (server/grpc) converts wire messages to these calls and back.
+//
+// Threading: every method is thread-safe. Submit() never blocks on compute: it validates, admits
+// the request into the batcher (or fails fast) and returns; the callback runs on a worker thread.
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/core/backend.h"
+#include "server/core/batcher.h"
+#include "server/core/config.h"
+#include "server/core/model.h"
+#include "server/core/model_repository.h"
+#include "server/core/observer.h"
+#include "server/core/request.h"
+#include "server/core/worker.h"
+
+namespace tpserve::server {
+
+// Assembles a flat weight vector from chunks sent in order (offset = elements already received).
+class WeightsAssembler {
+ public:
+  explicit WeightsAssembler(int64_t weight_numel);
+  absl::Status Append(int64_t offset, std::vector<float> values);
+  // FAILED_PRECONDITION unless exactly weight_numel elements arrived.
+  absl::StatusOr<std::vector<float>> Finish() &&;
+  int64_t received() const { return static_cast<int64_t>(weights_.size()); }
+
+ private:
+  int64_t weight_numel_;
+  std::vector<float> weights_;
+};
+
+class InferenceCore {
+ public:
+  // One worker per backend (one per GPU, or a single CPU backend). Loads every model of the
+  // repository named by config.model_dir. `observer` may be null; it must outlive the core.
+  static absl::StatusOr<std::unique_ptr<InferenceCore>> Create(CoreConfig config,
+                                                               std::vector<std::unique_ptr<Backend>> backends,
+                                                               CoreObserver* observer);
+  ~InferenceCore();
+
+  const CoreConfig& config() const { return config_; }
+  std::vector<std::string> devices() const;
+
+  // ---- models --------------------------------------------------------------------------
+  // `weights` absent: seeded N(0, 1) initialization. Durable before it returns.
+  absl::StatusOr<ModelInfo> CreateModel(const std::string& name, const ModelSpec& spec,
+                                        std::optional<std::vector<float>> weights, uint64_t seed);
+  absl::StatusOr<ModelInfo> GetModel(const std::string& name) const;
+  absl::StatusOr<std::shared_ptr<Model>> FindModel(const std::string& name) const;
+  std::vector<ModelInfo> ListModels() const;
+  absl::Status DeleteModel(const std::string& name);
+  // Commits new weights as the next version (durable before it returns). expected_version 0:
+  // unconditional.
+  absl::StatusOr<ModelInfo> ReplaceWeights(const std::string& name, std::vector<float> weights,
+                                           uint64_t expected_version);
+  absl::StatusOr<WeightsSnapshot> GetWeights(const std::string& name) const;
+
+  // ---- gradient buffer -----------------------------------------------------------------
+  absl::StatusOr<std::vector<float>> GetGradient(const std::string& name);
+  absl::Status ZeroGradient(const std::string& name);
+  // weights -= learning_rate * gradient, committed as the next version.
+  absl::StatusOr<ModelInfo> SgdStep(const std::string& name, double learning_rate, bool zero_gradient);
+
+  // ---- compute -------------------------------------------------------------------------
+  // Checks a request against its model (NOT_FOUND, INVALID_ARGUMENT naming expected shapes).
+  absl::Status Validate(const InferenceRequest& request, const Model& model) const;
+  // `done` is called exactly once: inline with an admission error, later with the result.
+  void Submit(InferenceRequest request, ResultCallback done);
+  // Submit and wait.
+  absl::StatusOr<InferenceResult> Run(InferenceRequest request);
+
+  // Stops admission, finishes everything admitted, joins the workers. Idempotent.
+  void Shutdown();
+
+ private:
+  InferenceCore(CoreConfig config, CoreObserver* observer);
+  absl::Status CommitWeights(Model& model, std::vector<float> weights);
+
+  const CoreConfig config_;
+  CoreObserver* observer_;
+  CoreObserver null_observer_;
+  ModelRepository repository_;
+  std::unique_ptr<Batcher> batcher_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+
+  mutable std::mutex mu_;  // models_
+  std::map<std::string, std::shared_ptr<Model>> models_;
+  std::mutex create_mu_;  // serializes create/delete with their disk writes
+  std::atomic<bool> shut_down_{false};
+};
+
+}  // namespace tpserve::server

@@ -1,0 +1,84 @@
+// A model: a named tensor-product plan plus its current weights (an immutable, versioned
+// snapshot swapped atomically on every committed change). Models live in memory in the
+// InferenceCore and on disk in the ModelRepository; workers hold device replicas of the weights.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/core/plan.h"
+
+namespace tpserve::server {
+
+// What a model computes: e3nn's FullyConnectedTensorProduct(irreps_in1, irreps_in2, irreps_out).
+struct ModelSpec {
+  std::string irreps_in1, irreps_in2, irreps_out;
+};
+
+using WeightsPtr = std::shared_ptr<const std::vector<float>>;
+
+// A model's weights at one version.
+struct WeightsSnapshot {
+  uint64_t version = 0;
+  WeightsPtr weights;
+  uint64_t fnv1a64 = 0;  // checksum of the float32 little-endian bytes
+};
+
+// What clients see of a model.
+struct ModelInfo {
+  std::string name;
+  ModelSpec spec;  // normalized to e3nn's printing
+  int64_t weight_numel = 0, dim_in1 = 0, dim_in2 = 0, dim_out = 0;
+  int num_paths = 0;
+  uint64_t version = 0;
+  uint64_t weights_fnv1a64 = 0;
+};
+
+// OK for [A-Za-z0-9_.-]{1,128} not starting with '.'; INVALID_ARGUMENT otherwise.
+absl::Status ValidateModelName(const std::string& name);
+
+// Parses the spec's irreps and builds the plan; INVALID_ARGUMENT naming the bad field, or when the
+// product has no paths (no output irrep reachable from in1 x in2).
+absl::StatusOr<TensorProductPlan> PlanForSpec(const ModelSpec& spec);
+
+// The spec with each irreps string in e3nn's printing ("128x0e+128x1e").
+ModelSpec NormalizedSpec(const TensorProductPlan& plan);
+
+uint64_t Fnv1a64(const void* data, size_t bytes);
+
+// weight_numel draws from N(0, 1) (e3nn's initialization), deterministic in `seed`.
+std::vector<float> SeededWeights(int64_t weight_numel, uint64_t seed);
+
+class Model {
+ public:
+  // `weights` must hold plan.weight_numel() elements.
+  Model(std::string name, TensorProductPlan plan, WeightsSnapshot weights);
+
+  const std::string& name() const { return name_; }
+  const TensorProductPlan& plan() const { return plan_; }
+  const ModelSpec& spec() const { return spec_; }
+  // Distinguishes this model from a later one of the same name (delete + create).
+  uint64_t instance_id() const { return instance_id_; }
+
+  WeightsSnapshot weights() const;
+  void SetWeights(WeightsSnapshot weights);
+  ModelInfo Info() const;
+
+  // Serializes weight changes (upload commit, SGD step) of this model.
+  std::mutex& update_mutex() { return update_mu_; }
+
+ private:
+  const std::string name_;
+  const TensorProductPlan plan_;
+  const ModelSpec spec_;
+  const uint64_t instance_id_;
+  mutable std::mutex mu_;
+  WeightsSnapshot weights_;
+  std::mutex update_mu_;
+};
+
+}  // namespace tpserve::server

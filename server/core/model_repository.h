@@ -1,0 +1,60 @@
+// The model repository: models on disk, one directory each, written so that a crash or kill -9 at
+// any moment leaves every model at its last committed version.
+//
+// Layout under root:
+//   <name>/config.json           {"name", "irreps_in1", "irreps_in2", "irreps_out", "version",
+//                                  "weight_numel", "weights_file", "weights_fnv1a64", "format": 1}
+//   <name>/weights-v<N>.bin      weight_numel float32, little-endian, e3nn's flat layout
+// Commit protocol (every step that publishes is a rename after fsync, then an fsync of the
+// directory, so a reader after a crash sees either the old or the new file, complete):
+//   create:  write both files into .tmp-<name>-<nonce>/, fsync them and the directory, rename the
+//            directory to <name>, fsync root.
+//   weights: write weights-v<N>.bin (temp + fsync + rename + fsync dir), then config.json pointing
+//            at it (same), then unlink the previous weights file. A crash between the two leaves
+//            config.json naming the old, intact file; the orphan is removed at the next load.
+//   delete:  rename <name> to .deleted-<name>-<nonce>, fsync root, then remove it.
+// The root may be empty: the repository then keeps nothing (an in-memory server).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/core/model.h"
+
+namespace tpserve::server {
+
+struct StoredModel {
+  std::string name;
+  ModelSpec spec;
+  uint64_t version = 0;
+  std::vector<float> weights;
+  uint64_t weights_fnv1a64 = 0;
+};
+
+class ModelRepository {
+ public:
+  explicit ModelRepository(std::string root);
+
+  bool persistent() const { return !root_.empty(); }
+  const std::string& root() const { return root_; }
+
+  // Creates root if needed and removes leftovers of interrupted writes (.tmp-*, .deleted-*).
+  absl::Status Init();
+  // Every committed model, sorted by name. A model whose files fail their checks is an error
+  // naming it (the server refuses to start rather than serve wrong weights).
+  absl::StatusOr<std::vector<StoredModel>> LoadAll();
+
+  // ALREADY_EXISTS if a model of that name is on disk.
+  absl::Status Create(const StoredModel& model);
+  // Commits `weights` as `version` of an existing model.
+  absl::Status WriteWeights(const std::string& name, const ModelSpec& spec, uint64_t version,
+                            const std::vector<float>& weights, uint64_t weights_fnv1a64);
+  absl::Status Remove(const std::string& name);
+
+ private:
+  std::string root_;
+};
+
+}  // namespace tpserve::server

@@ -1,0 +1,25 @@
+// What the core reports about its work, so that a metrics module (server/metrics) can record it
+// without the core knowing about Prometheus. Calls come from worker threads; implementations
+// must be thread-safe. The default implementation records nothing.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace tpserve::server {
+
+class CoreObserver {
+ public:
+  virtual ~CoreObserver() = default;
+  // One launch on `device` that merged `requests` requests of `model` into `batch` samples.
+  virtual void OnBatch(const std::string& model, const std::string& device, int64_t batch, int requests,
+                       double compute_seconds) {}
+  // A request waited `queue_seconds` between admission and the start of its launch.
+  virtual void OnQueueTime(const std::string& model, const std::string& device, double queue_seconds) {}
+  // Bytes a worker holds in its device's memory (replicas, gradient buffers, staging).
+  virtual void OnDeviceMemory(const std::string& device, int64_t bytes) {}
+  // Requests waiting for a worker, over all models.
+  virtual void OnQueueDepth(int64_t requests) {}
+};
+
+}  // namespace tpserve::server

@@ -1,0 +1,56 @@
+// The core's unit of work: one forward or backward call on one model, with owning host tensors,
+// and its result. Independent of any transport.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "kernels/core/backend.h"
+#include "server/core/host_tensor.h"
+
+namespace tpserve::server {
+
+enum class Op : uint8_t { kForward, kBackward };
+
+enum class WeightGradMode : uint8_t { kNone, kReturn, kAccumulate };
+
+struct InferenceRequest {
+  std::string model;
+  Op op = Op::kForward;
+  HostTensor x1;  // [batch, dim_in1]
+  HostTensor x2;  // [batch, dim_in2]
+  // Backward: an explicit grad_out [batch, dim_out], or (when absent) `loss`.
+  HostTensor grad_out;
+  std::optional<Loss> loss;
+  bool want_out = false;  // backward with a loss: also return out
+  bool want_grad_x1 = false;
+  bool want_grad_x2 = false;
+  WeightGradMode weight_grad = WeightGradMode::kNone;
+  Precision precision = Precision::kFp32;
+
+  // Dropped with DEADLINE_EXCEEDED / CANCELLED if still queued when these trip.
+  absl::Time deadline = absl::InfiniteFuture();
+  std::shared_ptr<std::atomic<bool>> cancelled;
+};
+
+struct InferenceResult {
+  HostTensor out;          // forward, or backward with want_out
+  HostTensor grad_x1;      // when requested
+  HostTensor grad_x2;      // when requested
+  HostTensor grad_weight;  // weight_grad == kReturn: [weight_numel]
+  uint64_t model_version = 0;
+  std::string device;          // "cpu", "cuda:0"
+  int64_t executed_batch = 0;  // samples in the launch that computed this request
+  double queue_seconds = 0, compute_seconds = 0;
+};
+
+// Called exactly once per submitted request, from a worker thread (or inline on admission errors).
+using ResultCallback = std::function<void(absl::StatusOr<InferenceResult>)>;
+
+}  // namespace tpserve::server

@@ -1,0 +1,78 @@
+// A worker owns one backend (one GPU with its own stream, or the CPU) and runs the batches it
+// takes from the shared Batcher. It holds, per model, a replica of the weights in its device's
+// memory (refreshed when the model's version changes) and its share of the model's gradient
+// buffer (the model's gradient is the sum over workers).
+//
+// Gradient operations (read, zero) run under the worker's lock, serialized with its launches.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/core/backend.h"
+#include "server/core/batcher.h"
+#include "server/core/observer.h"
+
+namespace tpserve::server {
+
+class Worker {
+ public:
+  Worker(std::unique_ptr<Backend> backend, Batcher* batcher, CoreObserver* observer);
+  ~Worker();
+
+  const std::string& device() const { return device_; }
+  void Start();
+  // Returns once the batcher is shut down and drained and the last launch has finished.
+  void Join();
+
+  // This worker's part of `model`'s gradient buffer, copied to the host (zeros when it has none);
+  // zeroed afterwards when `zero` is set.
+  absl::StatusOr<std::vector<float>> ReadGradient(const Model& model, bool zero);
+  absl::Status ZeroGradient(const Model& model);
+  // Frees the replica of a deleted model.
+  void DropModel(const Model& model);
+
+  // Runs one batch now on the calling thread (the worker thread calls this; tests may too).
+  void Execute(std::vector<std::unique_ptr<PendingRequest>> batch);
+
+ private:
+  struct Replica {
+    std::unique_ptr<PreparedPlan> prepared;
+    std::unique_ptr<BackendBuffer> weights;
+    uint64_t version = 0;
+    bool loaded = false;
+    std::unique_ptr<BackendBuffer> grad;  // allocated on first accumulation
+  };
+  // A growable buffer in device memory.
+  struct Staging {
+    std::unique_ptr<BackendBuffer> buffer;
+    void* data() const { return buffer ? buffer->data() : nullptr; }
+  };
+
+  void Loop();
+  absl::StatusOr<Replica*> ReplicaFor(const Model& model, const WeightsSnapshot& weights);
+  absl::Status EnsureStaging(Staging& staging, size_t bytes);
+  absl::Status RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batch, Replica& replica,
+                        std::vector<InferenceResult>& results);
+  void ReportMemory();
+
+  std::unique_ptr<Backend> backend_;
+  const std::string device_;
+  Batcher* batcher_;
+  CoreObserver* observer_;
+  ExecutionContext ctx_;
+  void* stream_ = nullptr;  // owned CUDA stream (nullptr on CPU)
+
+  std::mutex mu_;  // replicas_ and staging, held for each launch
+  std::map<uint64_t, Replica> replicas_;  // by Model::instance_id()
+  Staging x1_, x2_, grad_out_, out_, grad_x1_, grad_x2_, grad_weight_;
+  std::thread thread_;
+};
+
+}  // namespace tpserve::server

@@ -1,0 +1,92 @@
+#include "server/grpc/grpc_server.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "server/grpc/compute_service.h"
+#include "server/grpc/model_service.h"
+
+namespace tpserve::server {
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(what, " ", path, ": cannot read"));
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+}  // namespace
+
+std::string TransportConfig::DebugString() const {
+  return absl::StrFormat(
+      "listen=%s tls=%s auth=%s max_message_bytes=%d reflection=%v chunk_elements=%d stream_max_in_flight=%d",
+      listen_address, tls() ? absl::StrCat("on (cert ", tls_cert_file, ")") : "off",
+      auth_token.empty() ? "off" : "bearer token", max_message_bytes, reflection, chunk_elements,
+      stream_max_in_flight);
+}
+
+absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportConfig& config, InferenceCore* core,
+                                                              Metrics* metrics) {
+  std::unique_ptr<GrpcServer> server(new GrpcServer());
+  server->env_.core = core;
+  server->env_.metrics = metrics;
+  server->env_.auth_token = config.auth_token;
+  server->env_.chunk_elements = config.chunk_elements;
+  server->env_.stream_max_in_flight = config.stream_max_in_flight;
+  server->model_service_ = std::make_unique<ModelServiceImpl>(server->env_);
+  server->compute_service_ = std::make_unique<ComputeServiceImpl>(server->env_);
+
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  if (config.tls()) {
+    if (config.tls_cert_file.empty() || config.tls_key_file.empty()) {
+      return absl::InvalidArgumentError("TLS needs both --tls_cert and --tls_key");
+    }
+    absl::StatusOr<std::string> cert = ReadFile(config.tls_cert_file, "TLS certificate");
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadFile(config.tls_key_file, "TLS key");
+    if (!key.ok()) return key.status();
+    grpc::SslServerCredentialsOptions options;
+    options.pem_key_cert_pairs.push_back({*key, *cert});
+    credentials = grpc::SslServerCredentials(options);
+  } else {
+    credentials = grpc::InsecureServerCredentials();
+  }
+
+  grpc::EnableDefaultHealthCheckService(true);
+  if (config.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(config.listen_address, credentials, &server->port_);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
+  builder.SetMaxSendMessageSize(static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
+  builder.RegisterService(server->model_service_.get());
+  builder.RegisterService(server->compute_service_.get());
+  server->server_ = builder.BuildAndStart();
+  if (!server->server_ || server->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen_address));
+  }
+  server->server_->GetHealthCheckService()->SetServingStatus(true);
+  return server;
+}
+
+GrpcServer::~GrpcServer() {
+  if (server_) {
+    server_->Shutdown(std::chrono::system_clock::now());
+    server_->Wait();
+  }
+}
+
+void GrpcServer::Shutdown(absl::Duration grace) {
+  server_->GetHealthCheckService()->SetServingStatus(false);
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+}
+
+void GrpcServer::Wait() { server_->Wait(); }
+
+}  // namespace tpserve::server

@@ -1,0 +1,53 @@
+#include "server/grpc/rpc_scope.h"
+
+#include "server/grpc/convert.h"
+
+namespace tpserve::server {
+namespace {
+
+// Same length, every byte compared: no early exit that a timing attack could measure.
+bool ConstantTimeEquals(const std::string& a, const std::string& b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+}  // namespace
+
+RpcScope::RpcScope(const ServiceEnv& env, const char* method, grpc::ServerContext* context)
+    : env_(env), method_(method), context_(context), start_(std::chrono::steady_clock::now()) {
+  if (env_.metrics != nullptr) env_.metrics->RequestStarted(method_);
+}
+
+RpcScope::~RpcScope() {
+  if (!finished_) Finish(grpc::Status(grpc::StatusCode::INTERNAL, "handler ended without a status"));
+}
+
+grpc::Status RpcScope::Authorize() const {
+  if (env_.auth_token.empty()) return grpc::Status::OK;
+  auto range = context_->client_metadata().equal_range("authorization");
+  for (auto it = range.first; it != range.second; ++it) {
+    std::string value(it->second.data(), it->second.size());
+    if (ConstantTimeEquals(value, "Bearer " + env_.auth_token)) return grpc::Status::OK;
+  }
+  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                      "expected metadata 'authorization: Bearer <token>' with the server's token");
+}
+
+grpc::Status RpcScope::Finish(grpc::Status status) {
+  if (finished_) return status;
+  finished_ = true;
+  if (env_.metrics != nullptr) {
+    // Only models that exist become label values, so a client cannot grow the label set at will.
+    std::string model = "-";
+    if (!model_.empty() && env_.core != nullptr && env_.core->FindModel(model_).ok()) model = model_;
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    env_.metrics->RequestFinished(method_, model, device_, StatusCodeName(status.error_code()), seconds);
+  }
+  return status;
+}
+
+grpc::Status RpcScope::Finish(const absl::Status& status) { return Finish(ToGrpcStatus(status)); }
+
+}  // namespace tpserve::server

@@ -1,0 +1,46 @@
+// What every handler shares: the core, the metrics, the auth token and transport limits
+// (ServiceEnv), and one RpcScope per call that checks the bearer token, counts the call in flight
+// and records its latency and status code when it finishes.
+#pragma once
+
+#include <chrono>
+#include <string>
+
+#include "grpcpp/grpcpp.h"
+#include "server/core/inference_core.h"
+#include "server/metrics/metrics.h"
+
+namespace tpserve::server {
+
+struct ServiceEnv {
+  InferenceCore* core = nullptr;
+  Metrics* metrics = nullptr;     // may be null
+  std::string auth_token;         // empty: no authentication
+  int64_t chunk_elements = 262144;  // default elements per WeightsChunk sent (1 MB of float32)
+  int64_t stream_max_in_flight = 64;  // requests a Stream call may have outstanding
+};
+
+class RpcScope {
+ public:
+  RpcScope(const ServiceEnv& env, const char* method, grpc::ServerContext* context);
+  ~RpcScope();
+
+  // UNAUTHENTICATED unless the call carries "authorization: Bearer <token>" (when one is set).
+  grpc::Status Authorize() const;
+
+  void set_model(const std::string& model) { model_ = model; }
+  void set_device(const std::string& device) { device_ = device; }
+  // Records the call and returns `status`.
+  grpc::Status Finish(grpc::Status status);
+  grpc::Status Finish(const absl::Status& status);
+
+ private:
+  const ServiceEnv& env_;
+  const char* method_;
+  grpc::ServerContext* context_;
+  std::string model_, device_ = "none";
+  std::chrono::steady_clock::time_point start_;
+  bool finished_ = false;
+};
+
+}  // namespace tpserve::server

@@ -1,0 +1,112 @@
+#include "server/metrics/metrics.h"
+
+#include "absl/strings/str_cat.h"
+#include "prometheus/exposer.h"
+#include "prometheus/text_serializer.h"
+
+namespace tpserve::server {
+
+std::vector<double> LatencyBuckets() {
+  std::vector<double> buckets;
+  for (double b = 50e-6; b < 15.0; b *= 1.5) buckets.push_back(b);
+  return buckets;
+}
+
+namespace {
+
+std::vector<double> SizeBuckets() {
+  std::vector<double> buckets;
+  for (double b = 1; b <= 65536; b *= 2) buckets.push_back(b);
+  return buckets;
+}
+
+}  // namespace
+
+Metrics::Metrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      request_latency_(prometheus::BuildHistogram()
+                           .Name("tp_request_latency_seconds")
+                           .Help("End-to-end RPC handling time by method, model and device")
+                           .Register(*registry_)),
+      requests_(prometheus::BuildCounter()
+                    .Name("tp_requests_total")
+                    .Help("Finished RPCs by method and gRPC status code")
+                    .Register(*registry_)),
+      in_flight_(prometheus::BuildGauge()
+                     .Name("tp_in_flight_requests")
+                     .Help("RPCs being handled now, by method")
+                     .Register(*registry_)),
+      queue_time_(prometheus::BuildHistogram()
+                      .Name("tp_queue_time_seconds")
+                      .Help("Time from admission to the start of the launch, by model and device")
+                      .Register(*registry_)),
+      compute_time_(prometheus::BuildHistogram()
+                        .Name("tp_compute_time_seconds")
+                        .Help("Time of one launch on a device, copies included")
+                        .Register(*registry_)),
+      batch_size_(prometheus::BuildHistogram()
+                      .Name("tp_batch_size")
+                      .Help("Samples per launch after dynamic batching")
+                      .Register(*registry_)),
+      batch_requests_(prometheus::BuildHistogram()
+                          .Name("tp_batch_requests")
+                          .Help("Requests merged into one launch")
+                          .Register(*registry_)),
+      queue_depth_(prometheus::BuildGauge()
+                       .Name("tp_queue_depth")
+                       .Help("Requests admitted and not yet launched")
+                       .Register(*registry_)
+                       .Add({})),
+      device_memory_(prometheus::BuildGauge()
+                         .Name("tp_device_memory_bytes")
+                         .Help("Memory a worker holds on its device (weights, gradients, staging)")
+                         .Register(*registry_)),
+      time_buckets_(LatencyBuckets()),
+      size_buckets_(SizeBuckets()) {}
+
+Metrics::~Metrics() = default;
+
+absl::Status Metrics::StartHttp(const std::string& address) {
+  try {
+    exposer_ = std::make_unique<prometheus::Exposer>(address);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat("metrics HTTP server on ", address, ": ", e.what()));
+  }
+  exposer_->RegisterCollectable(registry_);
+  std::vector<int> ports = exposer_->GetListeningPorts();
+  port_ = ports.empty() ? 0 : ports.front();
+  return absl::OkStatus();
+}
+
+std::string Metrics::Serialize() const {
+  prometheus::TextSerializer serializer;
+  return serializer.Serialize(registry_->Collect());
+}
+
+void Metrics::RequestStarted(const std::string& method) { in_flight_.Add({{"method", method}}).Increment(); }
+
+void Metrics::RequestFinished(const std::string& method, const std::string& model, const std::string& device,
+                              const std::string& code, double seconds) {
+  in_flight_.Add({{"method", method}}).Decrement();
+  requests_.Add({{"method", method}, {"code", code}}).Increment();
+  request_latency_.Add({{"method", method}, {"model", model}, {"device", device}}, time_buckets_).Observe(seconds);
+}
+
+void Metrics::OnBatch(const std::string& model, const std::string& device, int64_t batch, int requests,
+                      double compute_seconds) {
+  batch_size_.Add({{"model", model}, {"device", device}}, size_buckets_).Observe(static_cast<double>(batch));
+  batch_requests_.Add({{"model", model}, {"device", device}}, size_buckets_).Observe(requests);
+  compute_time_.Add({{"device", device}}, time_buckets_).Observe(compute_seconds);
+}
+
+void Metrics::OnQueueTime(const std::string& model, const std::string& device, double queue_seconds) {
+  queue_time_.Add({{"model", model}, {"device", device}}, time_buckets_).Observe(queue_seconds);
+}
+
+void Metrics::OnDeviceMemory(const std::string& device, int64_t bytes) {
+  device_memory_.Add({{"device", device}}).Set(static_cast<double>(bytes));
+}
+
+void Metrics::OnQueueDepth(int64_t requests) { queue_depth_.Set(static_cast<double>(requests)); }
+
+}  // namespace tpserve::server

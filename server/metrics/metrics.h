@@ -1,0 +1,82 @@
+// Every metric tpserve exports, named in one place, on a prometheus-cpp registry served at
+// /metrics on its own HTTP port.
+//
+//   tp_request_latency_seconds{method,model,device}   histogram  end-to-end time in the handler
+//   tp_requests_total{method,code}                    counter    finished RPCs by gRPC status code
+//   tp_in_flight_requests{method}                     gauge      RPCs being handled now
+//   tp_queue_time_seconds{model,device}               histogram  admission -> launch
+//   tp_compute_time_seconds{device}                   histogram  one launch (copies included)
+//   tp_batch_size{model,device}                       histogram  samples per launch
+//   tp_batch_requests{model,device}                   histogram  requests merged per launch
+//   tp_queue_depth                                    gauge      requests admitted, not launched
+//   tp_device_memory_bytes{device}                    gauge      worker memory in use
+// Time buckets grow by 1.5x from 50 us to past 10 s. Labels are bounded: method names, model
+// names (bounded by the repository), devices, status codes; never request ids.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "server/core/observer.h"
+
+namespace prometheus {
+class Exposer;
+}
+
+namespace tpserve::server {
+
+// 50e-6 * 1.5^k for k = 0.. until past 10 s.
+std::vector<double> LatencyBuckets();
+
+class Metrics final : public CoreObserver {
+ public:
+  Metrics();
+  ~Metrics() override;
+
+  // Serves /metrics on `address` ("0.0.0.0:9090"; port 0 picks one, see port()).
+  absl::Status StartHttp(const std::string& address);
+  int port() const { return port_; }
+  // The exposition text, as /metrics serves it.
+  std::string Serialize() const;
+  prometheus::Registry& registry() { return *registry_; }
+
+  // ---- transport ----
+  void RequestStarted(const std::string& method);
+  // `device`: where it ran ("none" when it never reached a worker); `code`: gRPC status code name.
+  void RequestFinished(const std::string& method, const std::string& model, const std::string& device,
+                       const std::string& code, double seconds);
+
+  // ---- core (CoreObserver) ----
+  void OnBatch(const std::string& model, const std::string& device, int64_t batch, int requests,
+               double compute_seconds) override;
+  void OnQueueTime(const std::string& model, const std::string& device, double queue_seconds) override;
+  void OnDeviceMemory(const std::string& device, int64_t bytes) override;
+  void OnQueueDepth(int64_t requests) override;
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  int port_ = 0;
+  prometheus::Family<prometheus::Histogram>& request_latency_;
+  prometheus::Family<prometheus::Counter>& requests_;
+  prometheus::Family<prometheus::Gauge>& in_flight_;
+  prometheus::Family<prometheus::Histogram>& queue_time_;
+  prometheus::Family<prometheus::Histogram>& compute_time_;
+  prometheus::Family<prometheus::Histogram>& batch_size_;
+  prometheus::Family<prometheus::Histogram>& batch_requests_;
+  prometheus::Gauge& queue_depth_;
+  prometheus::Family<prometheus::Gauge>& device_memory_;
+  const std::vector<double> time_buckets_;
+  const std::vector<double> size_buckets_;
+};
+
+}  // namespace tpserve::server
