@@ -1,0 +1,94 @@
+// tp_client: a C++ client of tpserve over the generated stubs. It adds what every caller would
+// otherwise repeat: channel set-up (TLS, bearer token, message limits), chunked weight uploads and
+// downloads, reassembly of chunked gradients, and grpc::Status -> absl::Status.
+//
+// Thread-safety: a TpClient may be shared by threads (one channel, many concurrent calls).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "grpcpp/grpcpp.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "tp/v1/tensor_product.grpc.pb.h"
+
+namespace tpserve::client {
+
+struct ClientOptions {
+  std::string target;               // "host:port"
+  std::string auth_token;           // sent as "authorization: Bearer <token>" when set
+  bool tls = false;                 // TLS channel (server certificate checked against tls_ca_file)
+  std::string tls_ca_file;          // PEM roots; empty: the system's roots
+  std::string tls_server_name;      // override of the name checked in the certificate
+  int64_t max_message_bytes = 64 << 20;
+  double timeout_seconds = 0;       // per call; 0: none
+  int64_t chunk_elements = 262144;  // float32 elements per uploaded chunk (1 MB)
+};
+
+absl::Status FromGrpc(const grpc::Status& status);
+
+class TpClient {
+ public:
+  static absl::StatusOr<std::unique_ptr<TpClient>> Connect(const ClientOptions& options);
+
+  // ---- models ----
+  // Seeded initialization when `weights` is absent, else an upload in chunks.
+  absl::StatusOr<tp::v1::ModelInfo> CreateModel(const std::string& name, const tp::v1::ModelSpec& spec,
+                                                const std::vector<float>* weights, uint64_t seed = 0);
+  absl::StatusOr<tp::v1::ModelInfo> GetModel(const std::string& name);
+  absl::StatusOr<std::vector<tp::v1::ModelInfo>> ListModels();
+  absl::Status DeleteModel(const std::string& name);
+  // `after_chunk(elements_sent)` runs after each chunk is written (tests use it to crash the server
+  // mid-upload).
+  absl::StatusOr<tp::v1::ModelInfo> UploadWeights(const std::string& name, const std::vector<float>& weights,
+                                                  uint64_t expected_version = 0,
+                                                  const std::function<void(int64_t)>& after_chunk = nullptr);
+  // Weights (float32) and the version they belong to.
+  absl::StatusOr<std::vector<float>> DownloadWeights(const std::string& name, uint64_t* version = nullptr);
+
+  // ---- compute ----
+  absl::StatusOr<tp::v1::ForwardResponse> Forward(const tp::v1::ForwardRequest& request);
+  absl::StatusOr<tp::v1::BackwardResponse> Backward(const tp::v1::BackwardRequest& request);
+  // Reassembles the chunked weight gradient into response.grad_weight (float32, [weight_numel]).
+  absl::StatusOr<tp::v1::BackwardResponse> BackwardChunked(const tp::v1::BackwardRequest& request);
+  absl::StatusOr<tp::v1::EchoResponse> Echo(const tp::v1::EchoRequest& request);
+
+  // A bidirectional Stream call: Write requests, Read responses (in request order).
+  struct Stream {
+    std::unique_ptr<grpc::ClientContext> context;
+    std::unique_ptr<grpc::ClientReaderWriter<tp::v1::StreamRequest, tp::v1::StreamResponse>> rpc;
+  };
+  Stream OpenStream();
+
+  // ---- gradient buffer ----
+  absl::StatusOr<std::vector<float>> GetGradient(const std::string& name);
+  absl::Status ZeroGradient(const std::string& name);
+  absl::StatusOr<tp::v1::ModelInfo> SgdStep(const std::string& name, double learning_rate, bool zero_gradient);
+
+  // grpc.health.v1 Check ("" = the whole server): SERVING, NOT_SERVING, ...
+  absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> Health(const std::string& service = "");
+
+  // A context carrying the token and the per-call deadline, for direct stub calls.
+  std::unique_ptr<grpc::ClientContext> NewContext() const;
+  tp::v1::ModelService::Stub& models() { return *models_; }
+  tp::v1::TensorProductService::Stub& compute() { return *compute_; }
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+
+ private:
+  explicit TpClient(ClientOptions options) : options_(std::move(options)) {}
+  absl::StatusOr<std::vector<float>> ReadChunks(grpc::ClientReader<tp::v1::WeightsChunk>& reader,
+                                                grpc::ClientContext& context, const char* what);
+
+  ClientOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<tp::v1::ModelService::Stub> models_;
+  std::unique_ptr<tp::v1::TensorProductService::Stub> compute_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+};
+
+}  // namespace tpserve::client

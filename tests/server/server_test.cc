@@ -1,0 +1,622 @@
+// The gRPC service end to end on loopback (CPU backend): every RPC, stream ordering, dynamic
+// batching seen in the metrics, each kind of bad input, auth, TLS, health, restarts.
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "gtest/gtest.h"
+#include "tests/server/server_test_util.h"
+#include "tests/support/random.h"
+#include "tests/support/reference_case.h"
+
+namespace tpserve::testing {
+namespace {
+
+using ::tp::v1::BackwardRequest;
+using ::tp::v1::ForwardRequest;
+
+constexpr char kSmallIn1[] = "3x0e + 2x1o + 1x2e";
+constexpr char kSmallIn2[] = "2x0e + 1x1o + 2x1e";
+constexpr char kSmallOut[] = "2x0e + 3x1o + 2x1e + 1x2e + 1x2o + 1x3o";
+
+ReferenceCase LoadCase(const std::string& file = "ref_mixed_parity.json") {
+  auto loaded = LoadReferenceCase(file);
+  EXPECT_TRUE(loaded.ok()) << loaded.status();
+  return loaded.ok() ? *loaded : ReferenceCase{};
+}
+
+int64_t Dim(const std::vector<double>& flat, int batch) { return static_cast<int64_t>(flat.size()) / batch; }
+
+// Creates `name` from a reference case with its weights uploaded.
+tp::v1::ModelInfo CreateFromCase(client::TpClient& client, const std::string& name, const ReferenceCase& c) {
+  std::vector<float> weights = ToFloats(c.weight);
+  auto info = client.CreateModel(name, Spec(c.irreps_in1, c.irreps_in2, c.irreps_out), &weights);
+  EXPECT_TRUE(info.ok()) << info.status();
+  return info.ok() ? *info : tp::v1::ModelInfo{};
+}
+
+ForwardRequest ForwardFor(const std::string& model, const ReferenceCase& c) {
+  ForwardRequest request;
+  request.set_model(model);
+  *request.mutable_x1() = F32({c.batch, Dim(c.x1, c.batch)}, c.x1);
+  *request.mutable_x2() = F32({c.batch, Dim(c.x2, c.batch)}, c.x2);
+  return request;
+}
+
+BackwardRequest BackwardFor(const std::string& model, const ReferenceCase& c) {
+  BackwardRequest request;
+  request.set_model(model);
+  *request.mutable_x1() = F32({c.batch, Dim(c.x1, c.batch)}, c.x1);
+  *request.mutable_x2() = F32({c.batch, Dim(c.x2, c.batch)}, c.x2);
+  *request.mutable_grad_out() = F32({c.batch, Dim(c.out, c.batch)}, c.grad_out);
+  return request;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+class ServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server_ = TestServer::Start();
+    ASSERT_NE(server_, nullptr);
+    client_ = server_->Connect();
+    ASSERT_NE(client_, nullptr);
+  }
+  std::unique_ptr<TestServer> server_;
+  std::unique_ptr<client::TpClient> client_;
+};
+
+// ---- models ---------------------------------------------------------------------------------
+
+TEST_F(ServerTest, CreateGetListDelete_ManagesModels) {
+  auto a = client_->CreateModel("a", Spec(kSmallIn1, kSmallIn2, kSmallOut), nullptr, /*seed=*/7);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->weight_numel(), 84);
+  EXPECT_EQ(a->dim_in1(), 3 + 6 + 5);
+  EXPECT_EQ(a->version(), 1u);
+  EXPECT_EQ(a->spec().irreps_in1(), "3x0e+2x1o+1x2e");
+  auto b = client_->CreateModel("b", Spec(kSmallIn1, kSmallIn2, kSmallOut), nullptr, /*seed=*/7);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(a->weights_fnv1a64(), b->weights_fnv1a64()) << "seeded init must be deterministic";
+  auto c = client_->CreateModel("c", Spec(kSmallIn1, kSmallIn2, kSmallOut), nullptr, /*seed=*/8);
+  ASSERT_TRUE(c.ok());
+  EXPECT_NE(a->weights_fnv1a64(), c->weights_fnv1a64());
+
+  EXPECT_EQ(client_->CreateModel("a", Spec(kSmallIn1, kSmallIn2, kSmallOut), nullptr).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  auto list = client_->ListModels();
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 3u);
+  EXPECT_EQ((*list)[0].name(), "a");
+  EXPECT_EQ((*list)[2].name(), "c");
+  auto got = client_->GetModel("b");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->weights_fnv1a64(), b->weights_fnv1a64());
+
+  ASSERT_TRUE(client_->DeleteModel("b").ok());
+  EXPECT_EQ(client_->GetModel("b").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(client_->DeleteModel("b").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(client_->ListModels()->size(), 2u);
+}
+
+TEST_F(ServerTest, UploadAndDownloadWeights_RoundTripInChunks) {
+  ReferenceCase c = LoadCase();
+  auto created = client_->CreateModel("m", Spec(c.irreps_in1, c.irreps_in2, c.irreps_out), nullptr, 1);
+  ASSERT_TRUE(created.ok());
+  std::mt19937_64 rng = FreshRng();
+  std::vector<float> weights = ToFloats(RandomNormal(created->weight_numel(), rng));
+  auto uploaded = client_->UploadWeights("m", weights);
+  ASSERT_TRUE(uploaded.ok()) << uploaded.status();
+  EXPECT_EQ(uploaded->version(), 2u);
+  uint64_t version = 0;
+  auto downloaded = client_->DownloadWeights("m", &version);
+  ASSERT_TRUE(downloaded.ok()) << downloaded.status();
+  EXPECT_EQ(*downloaded, weights);
+  EXPECT_EQ(version, 2u);
+  // Optimistic concurrency.
+  EXPECT_EQ(client_->UploadWeights("m", weights, /*expected_version=*/1).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(client_->UploadWeights("m", weights, /*expected_version=*/2).ok());
+}
+
+TEST(ServerChunks, UploadWithManySmallChunks_AssemblesInOrder) {
+  server::TransportConfig transport;
+  transport.chunk_elements = 10;
+  auto server = TestServer::Start({}, transport);
+  client::ClientOptions options = server->ClientOptions();
+  options.chunk_elements = 7;  // 84 weights: 12 chunks
+  auto client = *client::TpClient::Connect(options);
+  ReferenceCase c = LoadCase();
+  std::vector<float> weights = ToFloats(c.weight);
+  ASSERT_TRUE(client->CreateModel("m", Spec(c.irreps_in1, c.irreps_in2, c.irreps_out), &weights).ok());
+  auto downloaded = client->DownloadWeights("m");  // 9 chunks of 10
+  ASSERT_TRUE(downloaded.ok());
+  EXPECT_EQ(*downloaded, weights);
+}
+
+TEST_F(ServerTest, UploadWeights_RejectsGapsShortStreamsAndUnknownModels) {
+  ASSERT_TRUE(client_->CreateModel("m", Spec(kSmallIn1, kSmallIn2, kSmallOut), nullptr).ok());
+  std::vector<float> short_weights(50, 1.0f);
+  auto status = client_->UploadWeights("m", short_weights).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(status.message(), "50 of 84")) << status;
+  EXPECT_EQ(client_->UploadWeights("nope", short_weights).status().code(), absl::StatusCode::kNotFound);
+  // A chunk with a gap.
+  auto context = client_->NewContext();
+  tp::v1::ModelInfo info;
+  auto writer = client_->models().UploadWeights(context.get(), &info);
+  tp::v1::UploadWeightsRequest message;
+  message.set_model("m");
+  message.mutable_chunk()->set_offset(5);
+  message.mutable_chunk()->set_dtype(tp::v1::DTYPE_FLOAT32);
+  message.mutable_chunk()->set_data(std::string(16, '\0'));
+  writer->Write(message);
+  writer->WritesDone();
+  grpc::Status gap = writer->Finish();
+  EXPECT_EQ(gap.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(absl::StrContains(gap.error_message(), "expected offset 0")) << gap.error_message();
+  EXPECT_EQ(client_->GetModel("m")->version(), 1u) << "failed uploads change nothing";
+}
+
+// ---- compute --------------------------------------------------------------------------------
+
+TEST_F(ServerTest, Forward_MatchesE3nnReference) {
+  int index = 0;
+  for (const char* file : {"ref_mixed_parity.json", "ref_lmax3.json", "ref_unsorted_repeats.json"}) {
+    SCOPED_TRACE(file);
+    ReferenceCase c = LoadCase(file);
+    std::string name = "m" + std::to_string(index++);
+    CreateFromCase(*client_, name, c);
+    auto response = client_->Forward(ForwardFor(name, c));
+    ASSERT_TRUE(response.ok()) << response.status();
+    EXPECT_EQ(response->out().dtype(), tp::v1::DTYPE_FLOAT32);
+    EXPECT_EQ(response->out().shape(0), c.batch);
+    EXPECT_LT(RelativeError(ToDoubles(response->out()), c.out), 1e-5);
+    EXPECT_EQ(response->device(), "cpu");
+    EXPECT_EQ(response->model_version(), 1u);
+  }
+}
+
+TEST_F(ServerTest, Forward_AnswersInTheInputDtypeOrTheRequestedOne) {
+  ReferenceCase c = LoadCase();
+  CreateFromCase(*client_, "m", c);
+  ForwardRequest request = ForwardFor("m", c);
+  *request.mutable_x1() = F64({c.batch, Dim(c.x1, c.batch)}, c.x1);
+  *request.mutable_x2() = F64({c.batch, Dim(c.x2, c.batch)}, c.x2);
+  auto f64 = client_->Forward(request);
+  ASSERT_TRUE(f64.ok()) << f64.status();
+  EXPECT_EQ(f64->out().dtype(), tp::v1::DTYPE_FLOAT64);
+  EXPECT_LT(RelativeError(ToDoubles(f64->out()), c.out), 1e-5);
+  request.set_output_dtype(tp::v1::DTYPE_BFLOAT16);
+  auto bf16 = client_->Forward(request);
+  ASSERT_TRUE(bf16.ok());
+  EXPECT_EQ(bf16->out().data().size(), c.out.size() * 2);
+  EXPECT_LT(RelativeError(ToDoubles(bf16->out()), c.out), 1e-2);
+  request.set_output_dtype(tp::v1::DTYPE_FLOAT16);
+  auto f16 = client_->Forward(request);
+  ASSERT_TRUE(f16.ok());
+  EXPECT_LT(RelativeError(ToDoubles(f16->out()), c.out), 2e-3);
+}
+
+TEST_F(ServerTest, Backward_WithGradOutMatchesE3nnReference) {
+  ReferenceCase c = LoadCase();
+  CreateFromCase(*client_, "m", c);
+  BackwardRequest request = BackwardFor("m", c);
+  request.set_want_grad_x1(true);
+  request.set_want_grad_x2(true);
+  request.set_weight_grad(tp::v1::WEIGHT_GRAD_RETURN);
+  auto response = client_->Backward(request);
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_LT(RelativeError(ToDoubles(response->grad_x1()), c.grad_x1), 1e-5);
+  EXPECT_LT(RelativeError(ToDoubles(response->grad_x2()), c.grad_x2), 1e-5);
+  EXPECT_LT(RelativeError(ToDoubles(response->grad_weight()), c.grad_weight), 1e-5);
+  EXPECT_FALSE(response->has_out());
+}
+
+TEST_F(ServerTest, BackwardChunked_ReturnsTheWholeWeightGradient) {
+  ReferenceCase c = LoadCase("ref_lmax3.json");
+  CreateFromCase(*client_, "m", c);
+  BackwardRequest request = BackwardFor("m", c);
+  request.set_weight_grad(tp::v1::WEIGHT_GRAD_RETURN);
+  request.set_want_grad_x1(true);
+  auto response = client_->BackwardChunked(request);
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_LT(RelativeError(ToDoubles(response->grad_weight()), c.grad_weight), 1e-5);
+  EXPECT_LT(RelativeError(ToDoubles(response->grad_x1()), c.grad_x1), 1e-5);
+}
+
+TEST_F(ServerTest, Backward_SumTanhLossMatchesE3nnReference) {
+  ReferenceCase c = LoadCase();
+  CreateFromCase(*client_, "m", c);
+  BackwardRequest request = BackwardFor("m", c);
+  request.set_loss(tp::v1::LOSS_SUM_TANH);
+  request.set_want_out(true);
+  request.set_weight_grad(tp::v1::WEIGHT_GRAD_RETURN);
+  auto response = client_->Backward(request);
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_LT(RelativeError(ToDoubles(response->grad_weight()), c.grad_weight_sum_tanh), 1e-5);
+  EXPECT_LT(RelativeError(ToDoubles(response->out()), c.out), 1e-5);
+}
+
+TEST_F(ServerTest, GradientBuffer_AccumulatesZeroesAndAppliesSgdStep) {
+  ReferenceCase c = LoadCase();
+  CreateFromCase(*client_, "m", c);
+  BackwardRequest request = BackwardFor("m", c);
+  request.set_weight_grad(tp::v1::WEIGHT_GRAD_ACCUMULATE);
+  ASSERT_TRUE(client_->Backward(request).ok());
+  ASSERT_TRUE(client_->Backward(request).ok());
+  auto gradient = client_->GetGradient("m");
+  ASSERT_TRUE(gradient.ok()) << gradient.status();
+  std::vector<double> twice(c.grad_weight.size());
+  for (size_t i = 0; i < twice.size(); ++i) twice[i] = 2 * c.grad_weight[i];
+  EXPECT_LT(RelativeError(ToDoubles(*gradient), twice), 1e-5);
+
+  auto stepped = client_->SgdStep("m", 0.25, /*zero_gradient=*/false);
+  ASSERT_TRUE(stepped.ok()) << stepped.status();
+  EXPECT_EQ(stepped->version(), 2u);
+  std::vector<double> expected(c.weight.size());
+  for (size_t i = 0; i < expected.size(); ++i) expected[i] = c.weight[i] - 0.25 * twice[i];
+  EXPECT_LT(RelativeError(ToDoubles(*client_->DownloadWeights("m")), expected), 1e-6);
+
+  ASSERT_TRUE(client_->ZeroGradient("m").ok());
+  auto zeroed = client_->GetGradient("m");
+  ASSERT_TRUE(zeroed.ok());
+  for (float g : *zeroed) ASSERT_EQ(g, 0.0f);
+  EXPECT_EQ(client_->SgdStep("m", std::nan(""), false).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(client_->GetGradient("nope").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ServerTest, Stream_AnswersEveryRequestInOrderAndSurvivesABadOne) {
+  ReferenceCase c = LoadCase();
+  CreateFromCase(*client_, "m", c);
+  auto unary = client_->Forward(ForwardFor("m", c));
+  ASSERT_TRUE(unary.ok());
+  client::TpClient::Stream stream = client_->OpenStream();
+  constexpr int kRequests = 40;
+  std::thread writer([&] {
+    for (int i = 0; i < kRequests; ++i) {
+      tp::v1::StreamRequest request;
+      request.set_request_id(1000 + i);
+      if (i == 17) {
+        *request.mutable_forward() = ForwardFor("no-such-model", c);
+      } else if (i % 3 == 2) {
+        *request.mutable_backward() = BackwardFor("m", c);
+        request.mutable_backward()->set_want_grad_x1(true);
+      } else {
+        *request.mutable_forward() = ForwardFor("m", c);
+      }
+      ASSERT_TRUE(stream.rpc->Write(request));
+    }
+    stream.rpc->WritesDone();
+  });
+  tp::v1::StreamResponse response;
+  int received = 0;
+  while (stream.rpc->Read(&response)) {
+    SCOPED_TRACE(received);
+    EXPECT_EQ(response.request_id(), 1000u + received);
+    if (received == 17) {
+      EXPECT_EQ(response.code(), static_cast<int>(grpc::StatusCode::NOT_FOUND));
+    } else if (received % 3 == 2) {
+      EXPECT_EQ(response.code(), 0) << response.message();
+      EXPECT_LT(RelativeError(ToDoubles(response.backward().grad_x1()), c.grad_x1), 1e-5);
+    } else {
+      EXPECT_EQ(response.code(), 0) << response.message();
+      EXPECT_EQ(ToDoubles(response.forward().out()), ToDoubles(unary->out()));
+    }
+    ++received;
+  }
+  writer.join();
+  EXPECT_TRUE(stream.rpc->Finish().ok());
+  EXPECT_EQ(received, kRequests);
+}
+
+TEST_F(ServerTest, Echo_ReturnsThePayload) {
+  tp::v1::EchoRequest request;
+  request.set_payload(std::string(100000, 'x'));
+  auto response = client_->Echo(request);
+  ASSERT_TRUE(response.ok());
+  EXPECT_EQ(response->payload(), request.payload());
+  request.set_response_bytes(10);
+  EXPECT_EQ(client_->Echo(request)->payload().size(), 10u);
+}
+
+TEST_F(ServerTest, Health_ReportsServing) {
+  auto health = client_->Health();
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_EQ(*health, grpc::health::v1::HealthCheckResponse::SERVING);
+}
+
+// ---- dynamic batching -------------------------------------------------------------------------
+
+TEST(ServerBatching, ConcurrentRequestsMergeIntoOneLaunch) {
+  server::CoreConfig core;
+  core.max_queue_delay_us = 300000;  // long enough that all clients arrive before the first launch
+  core.max_batch_size = 64;
+  auto server = TestServer::Start(core);
+  auto client = server->Connect();
+  ReferenceCase c = LoadCase();
+  CreateFromCase(*client, "m", c);
+  constexpr int kClients = 8;  // 8 x batch 4 = 32 samples <= 64
+  std::vector<std::thread> threads;
+  std::atomic<int64_t> max_executed{0};
+  std::atomic<int> ok{0};
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&] {
+      auto response = client->Forward(ForwardFor("m", c));
+      if (!response.ok()) return;
+      ++ok;
+      if (RelativeError(ToDoubles(response->out()), c.out) < 1e-5) {
+        int64_t seen = max_executed.load();
+        while (response->executed_batch() > seen && !max_executed.compare_exchange_weak(seen, response->executed_batch())) {
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), kClients);
+  EXPECT_GT(max_executed.load(), c.batch) << "no request was merged with another";
+  std::string text = server->metrics().Serialize();
+  double launches = MetricValue(text, "tp_batch_size_count", {"model=\"m\""});
+  double samples = MetricValue(text, "tp_batch_size_sum", {"model=\"m\""});
+  EXPECT_EQ(samples, kClients * c.batch);
+  EXPECT_LT(launches, kClients) << "the batch-size histogram must show merged launches";
+  EXPECT_GE(launches, 1);
+}
+
+TEST(ServerBatching, FullQueueAnswersResourceExhausted) {
+  server::CoreConfig core;
+  core.max_queue_delay_us = 500000;
+  core.max_queued_requests = 1;
+  auto server = TestServer::Start(core);
+  auto client = server->Connect();
+  ReferenceCase c = LoadCase();
+  CreateFromCase(*client, "m", c);
+  std::thread first([&] { EXPECT_TRUE(client->Forward(ForwardFor("m", c)).ok()); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto second = client->Forward(ForwardFor("m", c));
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted) << second.status();
+  first.join();
+  EXPECT_GE(MetricValue(server->metrics().Serialize(), "tp_requests_total", {"code=\"RESOURCE_EXHAUSTED\""}), 1);
+}
+
+TEST(ServerBatching, DeadlinePassedWhileQueuedIsDeadlineExceeded) {
+  server::CoreConfig core;
+  core.max_queue_delay_us = 400000;
+  auto server = TestServer::Start(core);
+  client::ClientOptions options = server->ClientOptions();
+  auto client = *client::TpClient::Connect(options);
+  ReferenceCase c = LoadCase();
+  CreateFromCase(*client, "m", c);
+  options.timeout_seconds = 0.05;
+  auto hurried = *client::TpClient::Connect(options);
+  auto response = hurried->Forward(ForwardFor("m", c));
+  EXPECT_EQ(response.status().code(), absl::StatusCode::kDeadlineExceeded) << response.status();
+  // The server is still fine afterwards.
+  EXPECT_TRUE(client->Forward(ForwardFor("m", c)).ok());
+}
+
+TEST(ServerShutdown, FinishesCallsInFlight) {
+  server::CoreConfig core;
+  core.max_queue_delay_us = 300000;
+  auto server = TestServer::Start(core);
+  auto client = server->Connect();
+  ReferenceCase c = LoadCase();
+  CreateFromCase(*client, "m", c);
+  absl::StatusOr<tp::v1::ForwardResponse> response = absl::UnknownError("not run");
+  std::thread call([&] { response = client->Forward(ForwardFor("m", c)); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  server->grpc().Shutdown(absl::Seconds(5));
+  server->grpc().Wait();
+  call.join();
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_LT(RelativeError(ToDoubles(response->out()), c.out), 1e-5);
+}
+
+// ---- bad input ------------------------------------------------------------------------------
+
+TEST_F(ServerTest, BadInput_MalformedIrrepsIsInvalidArgument) {
+  auto status = client_->CreateModel("m", Spec("3x0e + 2xq", kSmallIn2, kSmallOut), nullptr).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(status.message(), "irreps_in1")) << status;
+  status = client_->CreateModel("m", Spec("1x0e", "1x0e", "1x1o"), nullptr).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(status.message(), "no path")) << status;
+  status = client_->CreateModel("../evil", Spec("1x0e", "1x0e", "1x0e"), nullptr).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  std::vector<float> wrong(3, 1.0f);
+  status = client_->CreateModel("m", Spec(kSmallIn1, kSmallIn2, kSmallOut), &wrong).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+}
+
+TEST_F(ServerTest, BadInput_ShapeMismatchNamesTheExpectedShape) {
+  ReferenceCase c = LoadCase();
+  CreateFromCase(*client_, "m", c);
+  ForwardRequest request = ForwardFor("m", c);
+  *request.mutable_x1() = F32({c.batch, 5}, std::vector<double>(c.batch * 5, 1.0));
+  auto status = client_->Forward(request).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(status.message(), "expected shape [4, 14]")) << status;
+  request = ForwardFor("m", c);
+  *request.mutable_x2() = F32({c.batch + 1, Dim(c.x2, c.batch)}, std::vector<double>((c.batch + 1) * 11, 1.0));
+  status = client_->Forward(request).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(status.message(), "x2: expected shape [4, 11]")) << status;
+  BackwardRequest backward = BackwardFor("m", c);
+  *backward.mutable_grad_out() = F32({c.batch, 3}, std::vector<double>(c.batch * 3, 1.0));
+  backward.set_want_grad_x1(true);
+  status = client_->Backward(backward).status();
+  EXPECT_TRUE(absl::StrContains(status.message(), "grad_out: expected shape [4, ")) << status;
+}
+
+TEST_F(ServerTest, BadInput_WrongDtypeOrByteLengthIsInvalidArgument) {
+  ReferenceCase c = LoadCase();
+  CreateFromCase(*client_, "m", c);
+  ForwardRequest request = ForwardFor("m", c);
+  request.mutable_x1()->set_dtype(tp::v1::DTYPE_UNSPECIFIED);
+  auto status = client_->Forward(request).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(status.message(), "x1")) << status;
+  request = ForwardFor("m", c);
+  request.mutable_x1()->mutable_data()->pop_back();
+  status = client_->Forward(request).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(status.message(), "expected 224 bytes")) << status;
+  request = ForwardFor("m", c);
+  request.mutable_x1()->set_shape(0, -4);
+  EXPECT_EQ(client_->Forward(request).status().code(), absl::StatusCode::kInvalidArgument);
+  request = ForwardFor("m", c);
+  request.clear_x2();
+  EXPECT_EQ(client_->Forward(request).status().code(), absl::StatusCode::kInvalidArgument);
+  BackwardRequest backward = BackwardFor("m", c);  // requests nothing
+  EXPECT_EQ(client_->Backward(backward).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(ServerTest, BadInput_UnknownModelIsNotFound) {
+  ReferenceCase c = LoadCase();
+  auto status = client_->Forward(ForwardFor("ghost", c)).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(absl::StrContains(status.message(), "ghost")) << status;
+}
+
+TEST(ServerBadInput, BatchOverTheLimitIsInvalidArgument) {
+  server::CoreConfig core;
+  core.max_batch_size = 3;
+  auto server = TestServer::Start(core);
+  auto client = server->Connect();
+  ReferenceCase c = LoadCase();  // batch 4
+  CreateFromCase(*client, "m", c);
+  auto status = client->Forward(ForwardFor("m", c)).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(status.message(), "expected 1 to 3")) << status;
+}
+
+TEST(ServerBadInput, NonFiniteValuesAreRejectedOrPassedByConfig) {
+  ReferenceCase c = LoadCase();
+  std::vector<double> x1 = c.x1;
+  x1[5] = std::nan("");
+  for (bool reject : {true, false}) {
+    SCOPED_TRACE(reject);
+    server::CoreConfig core;
+    core.reject_non_finite = reject;
+    auto server = TestServer::Start(core);
+    auto client = server->Connect();
+    CreateFromCase(*client, "m", c);
+    ForwardRequest request = ForwardFor("m", c);
+    *request.mutable_x1() = F32({c.batch, Dim(x1, c.batch)}, x1);
+    auto response = client->Forward(request);
+    if (reject) {
+      EXPECT_EQ(response.status().code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_TRUE(absl::StrContains(response.status().message(), "x1: non-finite")) << response.status();
+    } else {
+      ASSERT_TRUE(response.ok()) << response.status();
+      std::vector<double> out = ToDoubles(response->out());
+      EXPECT_TRUE(std::any_of(out.begin(), out.end(), [](double v) { return std::isnan(v); }));
+    }
+  }
+}
+
+TEST(ServerBadInput, OversizedMessageIsResourceExhaustedAndServerStaysUp) {
+  server::TransportConfig transport;
+  transport.max_message_bytes = 64 << 10;
+  auto server = TestServer::Start({}, transport);
+  auto client = server->Connect();
+  tp::v1::EchoRequest request;
+  request.set_payload(std::string(100 << 10, 'x'));
+  EXPECT_EQ(client->Echo(request).status().code(), absl::StatusCode::kResourceExhausted);
+  request.set_payload("small");
+  EXPECT_TRUE(client->Echo(request).ok());
+}
+
+// ---- auth and TLS ---------------------------------------------------------------------------
+
+TEST(ServerAuth, BearerTokenIsRequiredWhenConfigured) {
+  server::TransportConfig transport;
+  transport.auth_token = "s3cret";
+  auto server = TestServer::Start({}, transport);
+  client::ClientOptions options = server->ClientOptions();
+  auto good = *client::TpClient::Connect(options);
+  EXPECT_TRUE(good->ListModels().ok());
+  options.auth_token = "";
+  auto missing = *client::TpClient::Connect(options);
+  EXPECT_EQ(missing->ListModels().status().code(), absl::StatusCode::kUnauthenticated);
+  options.auth_token = "s3cret-not";
+  auto wrong = *client::TpClient::Connect(options);
+  auto status = wrong->CreateModel("m", Spec("1x0e", "1x0e", "1x0e"), nullptr).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(good->ListModels()->size(), 0u);
+  EXPECT_GE(MetricValue(server->metrics().Serialize(), "tp_requests_total", {"code=\"UNAUTHENTICATED\""}), 2);
+}
+
+TEST(ServerTls, ServesOverTlsWithACertificateMadeAtTestTime) {
+  TempDir dir;
+  std::string cert = dir.path() + "/cert.pem", key = dir.path() + "/key.pem";
+  std::string command = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+                        "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " + key + " -out " + cert +
+                        " >/dev/null 2>&1";
+  ASSERT_EQ(std::system(command.c_str()), 0) << command;
+  server::TransportConfig transport;
+  transport.tls_cert_file = cert;
+  transport.tls_key_file = key;
+  auto server = TestServer::Start({}, transport);
+  ASSERT_NE(server, nullptr);
+  client::ClientOptions options = server->ClientOptions();
+  options.target = "localhost:" + std::to_string(server->port());
+  options.tls = true;
+  options.tls_ca_file = cert;
+  auto secure = *client::TpClient::Connect(options);
+  auto created = secure->CreateModel("m", Spec("2x0e", "1x0e", "2x0e"), nullptr, 3);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_EQ(secure->ListModels()->size(), 1u);
+  options.tls = false;
+  options.timeout_seconds = 2;
+  auto plain = *client::TpClient::Connect(options);
+  EXPECT_FALSE(plain->ListModels().ok()) << "a plaintext client must not get through";
+}
+
+// ---- persistence ----------------------------------------------------------------------------
+
+TEST(ServerRestart, KeepsModelsWeightsAndVersions) {
+  TempDir dir;
+  server::CoreConfig core;
+  core.model_dir = dir.path();
+  ReferenceCase c = LoadCase();
+  uint64_t fnv = 0;
+  {
+    auto server = TestServer::Start(core);
+    auto client = server->Connect();
+    CreateFromCase(*client, "m", c);
+    ASSERT_TRUE(client->CreateModel("seeded", Spec("4x0e + 2x1o", "1x0e + 1x1o", "3x0e + 2x1o"), nullptr, 11).ok());
+    BackwardRequest request = BackwardFor("m", c);
+    request.set_weight_grad(tp::v1::WEIGHT_GRAD_ACCUMULATE);
+    ASSERT_TRUE(client->Backward(request).ok());
+    auto stepped = client->SgdStep("m", 0.5, true);
+    ASSERT_TRUE(stepped.ok());
+    fnv = stepped->weights_fnv1a64();
+    ASSERT_TRUE(client->CreateModel("gone", Spec("1x0e", "1x0e", "1x0e"), nullptr).ok());
+    ASSERT_TRUE(client->DeleteModel("gone").ok());
+  }
+  auto server = TestServer::Start(core);
+  auto client = server->Connect();
+  auto list = client->ListModels();
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 2u);
+  auto m = client->GetModel("m");
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(m->version(), 2u);
+  EXPECT_EQ(m->weights_fnv1a64(), fnv);
+  std::vector<double> expected(c.weight.size());
+  for (size_t i = 0; i < expected.size(); ++i) expected[i] = c.weight[i] - 0.5 * c.grad_weight[i];
+  EXPECT_LT(RelativeError(ToDoubles(*client->DownloadWeights("m")), expected), 1e-6);
+  EXPECT_TRUE(client->Forward(ForwardFor("m", c)).ok());
+}
+
+}  // namespace
+}  // namespace tpserve::testing

@@ -1,0 +1,62 @@
+// Shared by the server tests: an in-process tpserve (CPU backend) on a loopback port, temporary
+// directories, and wire-tensor helpers.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "client/lib/tp_client.h"
+#include "server/core/inference_core.h"
+#include "server/grpc/grpc_server.h"
+#include "server/metrics/metrics.h"
+#include "tp/v1/tensor_product.pb.h"
+
+namespace tpserve::testing {
+
+// A fresh empty directory under $TMPDIR (removed by the destructor).
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+class TestServer {
+ public:
+  static std::unique_ptr<TestServer> Start(server::CoreConfig core = {}, server::TransportConfig transport = {});
+  ~TestServer();
+
+  int port() const { return grpc_->port(); }
+  std::string target() const { return "127.0.0.1:" + std::to_string(port()); }
+  client::ClientOptions ClientOptions() const;
+  std::unique_ptr<client::TpClient> Connect() const;
+
+  server::Metrics& metrics() { return *metrics_; }
+  server::InferenceCore& core() { return *core_; }
+  server::GrpcServer& grpc() { return *grpc_; }
+
+ private:
+  std::unique_ptr<server::Metrics> metrics_;
+  std::unique_ptr<server::InferenceCore> core_;
+  std::unique_ptr<server::GrpcServer> grpc_;
+  server::TransportConfig transport_;
+};
+
+tp::v1::Tensor F32(std::vector<int64_t> shape, const std::vector<double>& values);
+tp::v1::Tensor F64(std::vector<int64_t> shape, const std::vector<double>& values);
+std::vector<double> ToDoubles(const tp::v1::Tensor& tensor);
+std::vector<float> ToFloats(const std::vector<double>& values);
+std::vector<double> ToDoubles(const std::vector<float>& values);
+
+tp::v1::ModelSpec Spec(const std::string& in1, const std::string& in2, const std::string& out);
+
+// Sum of the values of every sample line "name{...labels...} value" whose labels contain all of
+// `label_substrings`, in Prometheus text format. -1 when no line matches.
+double MetricValue(const std::string& text, const std::string& name, const std::vector<std::string>& label_substrings);
+
+}  // namespace tpserve::testing
