@@ -840,7 +840,8 @@ TEST_P(BadInputTest, WrongShapesDTypesAndMissingTensorsAreInvalidArgument) {
   Buffer x1_wide(dtype, {batch, d1 + 1}), x1_flat(dtype, {batch * d1}), x2_batch(dtype, {batch + 1, d2}),
       x2_other(other, {batch, d2}), w_short(dtype, {n - 1}), w_per_sample(dtype, {batch, n}),
       out_wrong(dtype, {batch, d3 - 1}), out_other(other, {batch, d3}), g_wrong(dtype, {batch, d3 + 2}),
-      gx1_wrong(dtype, {batch, d1 - 1}), gw_wrong(dtype, {n + 1}), gx2_other(other, {batch, d2});
+      gx1_wrong(dtype, {batch, d1 - 1}), gw_wrong(dtype, {n + 1}), gx2_other(other, {batch, d2}), w_other(other, {n}),
+      g_other(other, {batch, d3});
   struct ForwardCase {
     const char* name;
     ConstTensorView weight, x1, x2;
@@ -860,6 +861,7 @@ TEST_P(BadInputTest, WrongShapesDTypesAndMissingTensorsAreInvalidArgument) {
       {"out missing", w.cview(), x1.cview(), x2.cview(), TensorView{nullptr, dtype, {batch, d3}}, "out", {batch, d3}},
       {"x2 missing", w.cview(), x1.cview(), ConstTensorView{nullptr, dtype, {batch, d2}}, out.view(), "x2", {batch, d2}},
       {"weight missing", ConstTensorView{nullptr, dtype, {n}}, x1.cview(), x2.cview(), out.view(), "weight", {n}},
+      {"weight dtype differs from x1", w_other.cview(), x1.cview(), x2.cview(), out.view(), "weight", {n}},
   };
   for (const ForwardCase& c : forward_cases) {
     SCOPED_TRACE(c.name);
@@ -890,6 +892,8 @@ TEST_P(BadInputTest, WrongShapesDTypesAndMissingTensorsAreInvalidArgument) {
                            "grad_out", {batch, d3}));
   EXPECT_TRUE(IsShapeError(backend.Backward(**prepared, w.cview(), x1.cview(), x2.cview(),
                                             ConstTensorView{nullptr, dtype, {batch, d3}}, good, ctx),
+                           "grad_out", {batch, d3}));
+  EXPECT_TRUE(IsShapeError(backend.Backward(**prepared, w.cview(), x1.cview(), x2.cview(), g_other.cview(), good, ctx),
                            "grad_out", {batch, d3}));
   {
     GradientOutputs bad = good;
@@ -953,7 +957,21 @@ TEST(CpuBackend, DescribesItselfAndCopiesHostMemory) {
   EXPECT_EQ(back, values);
 }
 
-// An empty batch and a plan without paths are valid and give zeros / nothing.
+// A batch of zero samples is valid: nothing to compute, a shared grad_weight of zeros.
+TEST(CpuBackend, EmptyBatchIsValid) {
+  const TensorProductPlan plan = *TensorProductPlan::FullyConnected("2x0e + 1x1o", "1x1o", "1x0e + 2x1e");
+  for (DType dtype : kDTypes) {
+    SCOPED_TRACE(DTypeName(dtype));
+    Runner runner(plan, dtype, 0);
+    EXPECT_TRUE(runner.Forward(std::vector<double>(plan.weight_numel(), 0.5), {}, {}).empty());
+    const Runner::Grads g =
+        runner.LossGradient(Loss::kSumTanh, std::vector<double>(plan.weight_numel(), 0.5), {}, {});
+    ASSERT_EQ(static_cast<int64_t>(g.weight.size()), plan.weight_numel());
+    for (double v : g.weight) EXPECT_EQ(v, 0.0);
+  }
+}
+
+// A plan without paths is valid and gives zeros.
 TEST(CpuBackend, PlanWithoutPathsGivesZeroOutput) {
   const TensorProductPlan plan = *TensorProductPlan::FullyConnected("2x0e", "1x0e", "3x1o");
   ASSERT_TRUE(plan.paths().empty());
