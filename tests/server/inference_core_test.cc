@@ -1,0 +1,191 @@
+// The inference core without any transport: dynamic batching, admission control, deadlines,
+// cancellation, shutdown, the non-finite policy and the gradient buffer.
+#include "server/core/inference_core.h"
+
+#include <atomic>
+#include <cmath>
+#include <future>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "tests/support/random.h"
+#include "tests/support/reference_case.h"
+
+namespace tpserve::server {
+namespace {
+
+using ::tpserve::testing::RelativeError;
+
+// Counts launches and samples, as the metrics module would.
+class CountingObserver : public CoreObserver {
+ public:
+  void OnBatch(const std::string&, const std::string&, int64_t batch, int requests, double) override {
+    launches += 1;
+    samples += batch;
+    max_requests = std::max(max_requests.load(), requests);
+  }
+  std::atomic<int> launches{0}, max_requests{0};
+  std::atomic<int64_t> samples{0};
+};
+
+struct Fixture {
+  explicit Fixture(CoreConfig config) {
+    std::vector<std::unique_ptr<Backend>> backends;
+    backends.push_back(std::make_unique<CpuBackend>(CpuBackendOptions{2}));
+    core = *InferenceCore::Create(config, std::move(backends), &observer);
+    auto loaded = testing::LoadReferenceCase("ref_mixed_parity.json");
+    EXPECT_TRUE(loaded.ok()) << loaded.status();
+    c = *loaded;
+    EXPECT_TRUE(core->CreateModel("m", {c.irreps_in1, c.irreps_in2, c.irreps_out},
+                                  std::vector<float>(c.weight.begin(), c.weight.end()), 0)
+                    .ok());
+  }
+  InferenceRequest Forward() const {
+    InferenceRequest r;
+    r.model = "m";
+    int64_t d1 = c.x1.size() / c.batch, d2 = c.x2.size() / c.batch;
+    r.x1 = HostTensor({c.batch, d1}, std::vector<float>(c.x1.begin(), c.x1.end()));
+    r.x2 = HostTensor({c.batch, d2}, std::vector<float>(c.x2.begin(), c.x2.end()));
+    return r;
+  }
+  CountingObserver observer;
+  std::unique_ptr<InferenceCore> core;
+  testing::ReferenceCase c;
+};
+
+std::vector<double> D(const HostTensor& t) { return {t.data.begin(), t.data.end()}; }
+
+TEST(InferenceCoreTest, ConcurrentRequestsForOneModel_MergeIntoOneLaunch) {
+  CoreConfig config;
+  config.max_queue_delay_us = 200000;
+  Fixture f(config);
+  std::vector<std::future<absl::StatusOr<InferenceResult>>> results;
+  for (int i = 0; i < 6; ++i) {
+    results.push_back(std::async(std::launch::async, [&] { return f.core->Run(f.Forward()); }));
+  }
+  for (auto& result : results) {
+    auto r = result.get();
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_LT(RelativeError(D(r->out), f.c.out), 1e-5) << "merged results must be split back correctly";
+  }
+  EXPECT_EQ(f.observer.samples.load(), 6 * f.c.batch);
+  EXPECT_LT(f.observer.launches.load(), 6);
+  EXPECT_GT(f.observer.max_requests.load(), 1);
+}
+
+TEST(InferenceCoreTest, MaxBatchSize_BoundsEachLaunch) {
+  CoreConfig config;
+  config.max_queue_delay_us = 100000;
+  config.max_batch_size = 8;  // two requests of 4 per launch at most
+  Fixture f(config);
+  std::vector<std::future<absl::StatusOr<InferenceResult>>> results;
+  for (int i = 0; i < 6; ++i) {
+    results.push_back(std::async(std::launch::async, [&] { return f.core->Run(f.Forward()); }));
+  }
+  for (auto& result : results) {
+    auto r = result.get();
+    ASSERT_TRUE(r.ok());
+    EXPECT_LE(r->executed_batch, 8);
+  }
+  EXPECT_GE(f.observer.launches.load(), 3);
+}
+
+TEST(InferenceCoreTest, FullQueue_IsResourceExhausted) {
+  CoreConfig config;
+  config.max_queue_delay_us = 300000;
+  config.max_queued_requests = 2;
+  Fixture f(config);
+  std::vector<absl::Status> statuses(4);
+  std::atomic<int> done{0};
+  for (int i = 0; i < 4; ++i) {
+    f.core->Submit(f.Forward(), [&, i](absl::StatusOr<InferenceResult> r) {
+      statuses[i] = r.status();
+      ++done;
+    });
+  }
+  while (done.load() < 4) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_TRUE(statuses[0].ok());
+  EXPECT_TRUE(statuses[1].ok());
+  EXPECT_EQ(statuses[2].code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(statuses[3].code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST(InferenceCoreTest, ExpiredOrCancelledWhileQueued_NeverLaunches) {
+  CoreConfig config;
+  config.max_queue_delay_us = 100000;
+  Fixture f(config);
+  InferenceRequest late = f.Forward();
+  late.deadline = absl::Now() + absl::Milliseconds(10);
+  InferenceRequest cancelled = f.Forward();
+  cancelled.cancelled = std::make_shared<std::atomic<bool>>(true);
+  auto a = std::async(std::launch::async, [&] { return f.core->Run(std::move(late)); });
+  auto b = std::async(std::launch::async, [&] { return f.core->Run(std::move(cancelled)); });
+  EXPECT_EQ(a.get().status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(b.get().status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(f.observer.launches.load(), 0);
+}
+
+TEST(InferenceCoreTest, Shutdown_FinishesAdmittedWorkThenRefusesNewWork) {
+  CoreConfig config;
+  config.max_queue_delay_us = 1000000;
+  Fixture f(config);
+  std::promise<absl::StatusOr<InferenceResult>> promise;
+  f.core->Submit(f.Forward(), [&](absl::StatusOr<InferenceResult> r) { promise.set_value(std::move(r)); });
+  f.core->Shutdown();  // does not wait out the queue delay: drains now
+  auto result = promise.get_future().get();
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_LT(RelativeError(D(result->out), f.c.out), 1e-5);
+  EXPECT_EQ(f.core->Run(f.Forward()).status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(InferenceCoreTest, NonFinitePolicy_RejectNamesTheElement) {
+  Fixture f(CoreConfig{});
+  InferenceRequest r = f.Forward();
+  r.x2.data[13] = INFINITY;
+  auto result = f.core->Run(std::move(r));
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(result.status().message().find("x2: non-finite value inf at [1, 2]"), std::string::npos)
+      << result.status();
+}
+
+TEST(InferenceCoreTest, SgdStep_SubtractsTheAccumulatedGradientAndBumpsTheVersion) {
+  Fixture f(CoreConfig{});
+  InferenceRequest r = f.Forward();
+  r.op = Op::kBackward;
+  r.loss = Loss::kSumTanh;
+  r.weight_grad = WeightGradMode::kAccumulate;
+  ASSERT_TRUE(f.core->Run(std::move(r)).ok());
+  auto gradient = f.core->GetGradient("m");
+  ASSERT_TRUE(gradient.ok());
+  EXPECT_LT(RelativeError({gradient->begin(), gradient->end()}, f.c.grad_weight_sum_tanh), 1e-5);
+  auto info = f.core->SgdStep("m", 0.1, /*zero_gradient=*/true);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->version, 2u);
+  auto weights = f.core->GetWeights("m");
+  for (size_t i = 0; i < f.c.weight.size(); ++i) {
+    ASSERT_NEAR((*weights->weights)[i], f.c.weight[i] - 0.1 * f.c.grad_weight_sum_tanh[i], 1e-5);
+  }
+  auto zeroed = f.core->GetGradient("m");
+  ASSERT_TRUE(zeroed.ok());
+  for (float g : *zeroed) ASSERT_EQ(g, 0.0f);
+  // The forward pass now uses the new weights (the worker's replica was refreshed).
+  auto after = f.core->Run(f.Forward());
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->model_version, 2u);
+  EXPECT_GT(RelativeError(D(after->out), f.c.out), 1e-4);
+}
+
+TEST(InferenceCoreTest, DeletedModel_IsNotFoundAndCanBeRecreated) {
+  Fixture f(CoreConfig{});
+  ASSERT_TRUE(f.core->Run(f.Forward()).ok());
+  ASSERT_TRUE(f.core->DeleteModel("m").ok());
+  EXPECT_EQ(f.core->Run(f.Forward()).status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(f.core->CreateModel("m", {f.c.irreps_in1, f.c.irreps_in2, f.c.irreps_out}, std::nullopt, 3).ok());
+  auto result = f.core->Run(f.Forward());
+  ASSERT_TRUE(result.ok());
+  EXPECT_GT(RelativeError(D(result->out), f.c.out), 1e-3) << "the new model has new (seeded) weights";
+}
+
+}  // namespace
+}  // namespace tpserve::server
