@@ -107,7 +107,7 @@ void RunPath(const Job<T>& job, const PathPlan& path, Worker<T>& w) {
     for (int64_t z = 0; z < (per_sample ? job.batch : 1); ++z)
       std::fill_n(job.grad_weight + z * weight_stride + path.weight_offset, path.weight_numel, T(0));
   }
-  if (uv == 0 || mul_out == 0) return;  // an empty path contributes nothing
+  if (uv == 0 || mul_out == 0 || job.batch == 0) return;  // nothing flows through an empty path
 
   const int64_t row_bytes = int64_t{d3} * uv * sizeof(T);
   const int64_t chunk = std::clamp<int64_t>(kChunkBytes / std::max<int64_t>(row_bytes, 1), 1, job.batch);
