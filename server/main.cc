@@ -22,7 +22,7 @@ ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9090", "Prometheus /metrics add
 ABSL_FLAG(std::string, model_dir, "", "model repository directory (\"\": in memory only)");
 ABSL_FLAG(std::string, backend, "auto", "auto | cpu | cuda | cuda:0,cuda:1,...");
 ABSL_FLAG(int64_t, max_batch_size, 4096, "most samples per launch and per request");
-ABSL_FLAG(int64_t, max_queue_delay_us, 200, "how long a request may wait for others to batch with");
+ABSL_FLAG(int64_t, max_queue_delay_us, 0, "how long a request may wait for others to batch with (0: greedy)");
 ABSL_FLAG(int64_t, max_queued_requests, 1024, "admitted requests waiting; beyond: RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::string, non_finite, "reject", "NaN/Inf in inputs: reject (INVALID_ARGUMENT) | pass");
 ABSL_FLAG(int64_t, max_inline_grad_bytes, 4 << 20, "largest weight gradient a unary Backward returns");

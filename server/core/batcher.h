@@ -32,7 +32,7 @@ struct PendingRequest {
 
 struct BatcherConfig {
   int64_t max_batch_size = 4096;
-  int64_t max_queue_delay_us = 200;
+  int64_t max_queue_delay_us = 0;
   int64_t max_queued_requests = 1024;
 };
 

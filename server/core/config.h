@@ -12,8 +12,10 @@ struct CoreConfig {
   std::string model_dir;
   // Most samples in one launch, and in one request (a larger request is INVALID_ARGUMENT).
   int64_t max_batch_size = 4096;
-  // How long the first request of a batch may wait for others to merge with it.
-  int64_t max_queue_delay_us = 200;
+  // How long the first request of a batch may wait for others to merge with it. 0 (greedy): a
+  // free worker launches at once with every compatible request already waiting, so a lone
+  // request pays no delay while a busy server still merges what queued up during a launch.
+  int64_t max_queue_delay_us = 0;
   // Requests admitted but not yet launched, over all models; beyond it: RESOURCE_EXHAUSTED.
   int64_t max_queued_requests = 1024;
   // Non-finite values (NaN, +-Inf) in x1, x2, grad_out: rejected (INVALID_ARGUMENT) or passed on.

@@ -1,0 +1,313 @@
+// tp-load: load and latency benchmark of a running tpserve.
+//
+//   1. verify: one Forward on the server against the same tensor product computed locally (CPU
+//      backend, the model's downloaded weights); refuses to time a wrong answer;
+//   2. latency: one client, unary Forward at --batch, back to back: p50/p90/p99 end to end;
+//   3. throughput: --streams concurrent bidirectional Streams, each keeping --window requests in
+//      flight, for --duration_s; then the same number of concurrent callers on Echo with the same
+//      request and response bytes (the transport's own ceiling); the ratio of the two.
+// Prints a table and writes JSON (--json). Creates the model (seeded) when it does not exist.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <mutex>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_format.h"
+#include "client/lib/tp_client.h"
+#include "kernels/core/backend_factory.h"
+#include "nlohmann/json.hpp"
+#include "server/grpc/tensor_codec.h"
+
+ABSL_FLAG(std::string, server, "127.0.0.1:50051", "tpserve address");
+ABSL_FLAG(std::string, token, "", "bearer token");
+ABSL_FLAG(bool, tls, false, "TLS channel");
+ABSL_FLAG(std::string, tls_ca, "", "PEM roots for --tls");
+ABSL_FLAG(std::string, model, "seed", "model to load (created, seeded, when missing)");
+ABSL_FLAG(std::string, irreps, "128x0e + 128x1e + 128x2e", "irreps_in1 = irreps_in2 = irreps_out of a created model");
+ABSL_FLAG(int64_t, batch, 64, "samples per request");
+ABSL_FLAG(int, latency_iters, 200, "timed unary Forward calls (after 10 warm-up calls)");
+ABSL_FLAG(int, streams, 32, "concurrent streams in the throughput test (0: skip it)");
+ABSL_FLAG(int, window, 4, "requests in flight per stream");
+ABSL_FLAG(double, duration_s, 10, "seconds per throughput measurement");
+ABSL_FLAG(std::string, precision, "fp32", "fp32 | tf32 | bf16");
+ABSL_FLAG(bool, verify_only, false, "stop after the verification");
+ABSL_FLAG(std::string, json, "", "write the results here");
+
+namespace tpserve {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Percentile(std::vector<double> values, double q) {
+  std::sort(values.begin(), values.end());
+  return values[std::min(values.size() - 1, static_cast<size_t>(q * (values.size() - 1) + 0.5))];
+}
+
+tp::v1::Tensor RandomTensor(int64_t rows, int64_t cols, std::mt19937_64& rng) {
+  std::normal_distribution<float> normal;
+  std::vector<float> values(static_cast<size_t>(rows * cols));
+  for (float& v : values) v = normal(rng);
+  tp::v1::Tensor t;
+  t.add_shape(rows);
+  t.add_shape(cols);
+  t.set_dtype(tp::v1::DTYPE_FLOAT32);
+  wire::FloatsToBytes(values.data(), values.size(), tp::v1::DTYPE_FLOAT32, t.mutable_data());
+  return t;
+}
+
+const float* Floats(const tp::v1::Tensor& t) { return reinterpret_cast<const float*>(t.data().data()); }
+
+// The server's answer against the CPU backend's on the same weights and inputs.
+absl::Status Verify(client::TpClient& client, const tp::v1::ModelInfo& info, const tp::v1::ForwardRequest& request,
+                    const tp::v1::ForwardResponse& response, double tolerance, double* error_out) {
+  absl::StatusOr<std::vector<float>> weights = client.DownloadWeights(info.name());
+  if (!weights.ok()) return weights.status();
+  auto plan = TensorProductPlan::FullyConnected(info.spec().irreps_in1(), info.spec().irreps_in2(),
+                                                info.spec().irreps_out());
+  if (!plan.ok()) return plan.status();
+  auto backend = MakeBackend("cpu");
+  if (!backend.ok()) return backend.status();
+  auto prepared = (*backend)->Prepare(*plan);
+  if (!prepared.ok()) return prepared.status();
+  int64_t batch = request.x1().shape(0);
+  std::vector<float> out(static_cast<size_t>(batch * plan->dim_out()));
+  ConstTensorView w{weights->data(), DType::kFloat32, {plan->weight_numel()}};
+  ConstTensorView x1{Floats(request.x1()), DType::kFloat32, {batch, plan->dim_in1()}};
+  ConstTensorView x2{Floats(request.x2()), DType::kFloat32, {batch, plan->dim_in2()}};
+  TensorView o{out.data(), DType::kFloat32, {batch, plan->dim_out()}};
+  if (auto s = (*backend)->Forward(**prepared, w, x1, x2, o, {}); !s.ok()) return s;
+  const float* got = Floats(response.out());
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < out.size(); ++i) {
+    diff += (got[i] - out[i]) * double(got[i] - out[i]);
+    norm += out[i] * double(out[i]);
+  }
+  *error_out = std::sqrt(diff / std::max(norm, 1e-30));
+  if (!(*error_out <= tolerance)) {
+    return absl::InternalError(absl::StrFormat("server result differs from the CPU reference: relative error %.3g > %.3g",
+                                               *error_out, tolerance));
+  }
+  return absl::OkStatus();
+}
+
+struct Throughput {
+  double requests_per_s = 0, samples_per_s = 0, bytes_per_s = 0;
+  int64_t requests = 0, errors = 0;
+};
+
+// `streams` bidirectional Streams, each keeping `window` Forward requests in flight.
+Throughput StreamForward(client::TpClient& client, const tp::v1::ForwardRequest& request, int streams, int window,
+                         double seconds, int64_t bytes_per_request) {
+  std::atomic<int64_t> done{0}, errors{0};
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> threads;
+  auto start = Clock::now();
+  for (int s = 0; s < streams; ++s) {
+    threads.emplace_back([&] {
+      client::TpClient::Stream stream = client.OpenStream();
+      std::mutex mu;
+      std::condition_variable cv;
+      int outstanding = 0;
+      std::thread writer([&] {
+        tp::v1::StreamRequest message;
+        *message.mutable_forward() = request;
+        for (uint64_t id = 0; !stop; ++id) {
+          {
+            std::unique_lock<std::mutex> lock(mu);
+            cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return outstanding < window; });
+            if (outstanding >= window) continue;
+            ++outstanding;
+          }
+          message.set_request_id(id);
+          if (!stream.rpc->Write(message)) break;
+        }
+        stream.rpc->WritesDone();
+      });
+      tp::v1::StreamResponse response;
+      while (stream.rpc->Read(&response)) {
+        if (response.code() != 0) ++errors;
+        ++done;
+        std::lock_guard<std::mutex> lock(mu);
+        --outstanding;
+        cv.notify_one();
+      }
+      writer.join();
+      stream.rpc->Finish();
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  int64_t at_stop = done.load();
+  double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  stop = true;
+  for (auto& t : threads) t.join();
+  Throughput result;
+  result.requests = at_stop;
+  result.errors = errors;
+  result.requests_per_s = at_stop / elapsed;
+  result.samples_per_s = result.requests_per_s * request.x1().shape(0);
+  result.bytes_per_s = result.requests_per_s * bytes_per_request;
+  return result;
+}
+
+// `callers` threads calling unary Echo back to back with the given request/response sizes.
+Throughput UnaryEcho(client::TpClient& client, int callers, double seconds, int64_t request_bytes,
+                     int64_t response_bytes) {
+  tp::v1::EchoRequest request;
+  request.set_payload(std::string(static_cast<size_t>(request_bytes), 'x'));
+  request.set_response_bytes(response_bytes);
+  std::atomic<int64_t> done{0}, errors{0};
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> threads;
+  auto start = Clock::now();
+  for (int c = 0; c < callers; ++c) {
+    threads.emplace_back([&] {
+      while (!stop) {
+        if (client.Echo(request).ok()) ++done; else ++errors;
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  int64_t at_stop = done.load();
+  double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  stop = true;
+  for (auto& t : threads) t.join();
+  Throughput result;
+  result.requests = at_stop;
+  result.errors = errors;
+  result.requests_per_s = at_stop / elapsed;
+  result.bytes_per_s = result.requests_per_s * (request_bytes + response_bytes);
+  return result;
+}
+
+int Main() {
+  client::ClientOptions options;
+  options.target = absl::GetFlag(FLAGS_server);
+  options.auth_token = absl::GetFlag(FLAGS_token);
+  options.tls = absl::GetFlag(FLAGS_tls);
+  options.tls_ca_file = absl::GetFlag(FLAGS_tls_ca);
+  options.max_message_bytes = 256 << 20;
+  auto connected = client::TpClient::Connect(options);
+  if (!connected.ok()) {
+    std::cerr << "tp-load: " << connected.status() << "\n";
+    return 1;
+  }
+  client::TpClient& client = **connected;
+  const std::string name = absl::GetFlag(FLAGS_model);
+  auto info = client.GetModel(name);
+  if (info.status().code() == absl::StatusCode::kNotFound) {
+    tp::v1::ModelSpec spec;
+    spec.set_irreps_in1(absl::GetFlag(FLAGS_irreps));
+    spec.set_irreps_in2(absl::GetFlag(FLAGS_irreps));
+    spec.set_irreps_out(absl::GetFlag(FLAGS_irreps));
+    info = client.CreateModel(name, spec, nullptr, /*seed=*/0);
+  }
+  if (!info.ok()) {
+    std::cerr << "tp-load: model " << name << ": " << info.status() << "\n";
+    return 1;
+  }
+  const int64_t batch = absl::GetFlag(FLAGS_batch);
+  std::mt19937_64 rng(42);
+  tp::v1::ForwardRequest request;
+  request.set_model(name);
+  *request.mutable_x1() = RandomTensor(batch, info->dim_in1(), rng);
+  *request.mutable_x2() = RandomTensor(batch, info->dim_in2(), rng);
+  const std::string precision = absl::GetFlag(FLAGS_precision);
+  request.set_precision(precision == "tf32" ? tp::v1::PRECISION_TF32
+                        : precision == "bf16" ? tp::v1::PRECISION_BF16
+                                              : tp::v1::PRECISION_FP32);
+  const double tolerance = precision == "bf16" ? 3e-2 : precision == "tf32" ? 5e-3 : 1e-4;
+
+  auto first = client.Forward(request);
+  if (!first.ok()) {
+    std::cerr << "tp-load: forward: " << first.status() << "\n";
+    return 1;
+  }
+  double error = 0;
+  if (auto s = Verify(client, *info, request, *first, tolerance, &error); !s.ok()) {
+    std::cerr << "tp-load: " << s << "\n";
+    return 1;
+  }
+  const int64_t request_bytes = static_cast<int64_t>(request.ByteSizeLong());
+  const int64_t response_bytes = static_cast<int64_t>(first->ByteSizeLong());
+  std::cout << absl::StrFormat(
+      "tp-load: model %s (%s, %d weights) on %s, batch %d, %s; request %d B, response %d B\n"
+      "  verify: relative error vs local CPU backend %.2e (<= %.0e)  OK\n",
+      name, info->spec().irreps_in1(), info->weight_numel(), first->device(), batch, precision, request_bytes,
+      response_bytes, error, tolerance);
+  nlohmann::json json = {{"server", options.target},     {"model", name},
+                         {"irreps", info->spec().irreps_in1()}, {"weight_numel", info->weight_numel()},
+                         {"device", first->device()},    {"batch", batch},
+                         {"precision", precision},       {"verify_relative_error", error},
+                         {"request_bytes", request_bytes}, {"response_bytes", response_bytes}};
+  if (absl::GetFlag(FLAGS_verify_only)) return 0;
+
+  // Latency: one client, back to back.
+  std::vector<double> latencies_ms;
+  const int iters = absl::GetFlag(FLAGS_latency_iters);
+  for (int i = 0; i < 10 + iters; ++i) {
+    auto start = Clock::now();
+    auto r = client.Forward(request);
+    double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+    if (!r.ok()) {
+      std::cerr << "tp-load: forward: " << r.status() << "\n";
+      return 1;
+    }
+    if (i >= 10) latencies_ms.push_back(ms);
+  }
+  double mean = 0;
+  for (double v : latencies_ms) mean += v / latencies_ms.size();
+  std::cout << absl::StrFormat("  unary Forward latency (%d calls): p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  mean %.3f ms\n",
+                               iters, Percentile(latencies_ms, 0.5), Percentile(latencies_ms, 0.9),
+                               Percentile(latencies_ms, 0.99), mean);
+  json["latency_ms"] = {{"p50", Percentile(latencies_ms, 0.5)},
+                        {"p90", Percentile(latencies_ms, 0.9)},
+                        {"p99", Percentile(latencies_ms, 0.99)},
+                        {"mean", mean},
+                        {"calls", iters}};
+
+  const int streams = absl::GetFlag(FLAGS_streams);
+  if (streams > 0) {
+    const double seconds = absl::GetFlag(FLAGS_duration_s);
+    Throughput tp = StreamForward(client, request, streams, absl::GetFlag(FLAGS_window), seconds,
+                                  request_bytes + response_bytes);
+    Throughput echo = UnaryEcho(client, streams * absl::GetFlag(FLAGS_window), seconds, request_bytes, response_bytes);
+    double ratio = echo.requests_per_s > 0 ? tp.requests_per_s / echo.requests_per_s : 0;
+    std::cout << absl::StrFormat(
+        "  %d streams x %d in flight, Forward: %9.1f req/s  %10.0f samples/s  %7.1f MB/s  (%d errors)\n"
+        "  %d callers, Echo same bytes:   %9.1f req/s  %21s  %7.1f MB/s  (%d errors)\n"
+        "  Forward / Echo throughput: %.1f%%\n",
+        streams, absl::GetFlag(FLAGS_window), tp.requests_per_s, tp.samples_per_s, tp.bytes_per_s / 1e6, tp.errors,
+        streams * absl::GetFlag(FLAGS_window), echo.requests_per_s, "", echo.bytes_per_s / 1e6, echo.errors,
+        100 * ratio);
+    json["throughput"] = {{"streams", streams},
+                          {"window", absl::GetFlag(FLAGS_window)},
+                          {"duration_s", seconds},
+                          {"forward_requests_per_s", tp.requests_per_s},
+                          {"forward_samples_per_s", tp.samples_per_s},
+                          {"forward_errors", tp.errors},
+                          {"echo_requests_per_s", echo.requests_per_s},
+                          {"echo_errors", echo.errors},
+                          {"forward_over_echo", ratio}};
+  }
+  if (!absl::GetFlag(FLAGS_json).empty()) {
+    std::ofstream(absl::GetFlag(FLAGS_json)) << json.dump(2) << "\n";
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace tpserve
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return tpserve::Main();
+}
