@@ -309,7 +309,8 @@ TEST_F(ServerTest, Stream_AnswersEveryRequestInOrderAndSurvivesABadOne) {
       EXPECT_LT(RelativeError(ToDoubles(response.backward().grad_x1()), c.grad_x1), 1e-5);
     } else {
       EXPECT_EQ(response.code(), 0) << response.message();
-      EXPECT_EQ(ToDoubles(response.forward().out()), ToDoubles(unary->out()));
+      // Merged launches may round differently from a lone one: equal up to float32 rounding.
+      EXPECT_LT(RelativeError(ToDoubles(response.forward().out()), ToDoubles(unary->out())), 1e-6);
     }
     ++received;
   }
