@@ -256,6 +256,9 @@ absl::Status UploadRole(const std::vector<PathPlan>& paths, int which, GemmRole*
       d.w_stride_p = V * W; d.w_stride_q = 1; d.w_stride_n = W;
     }
     (void)U;
+    d.fast_t = (d.T <= 7 && d.T % 2 == 1 && d.Q % 32 == 0) ? d.T : 0;
+    d.w_vec4 = d.w_stride_n == 1 && d.N % 4 == 0 && d.w_offset % 4 == 0 && d.w_stride_p % 4 == 0 &&
+               d.w_stride_q % 4 == 0;
     max_n = std::max(max_n, d.N);
     role->paths.push_back(d);
   }
@@ -393,6 +396,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CudaBackend::Create(int device) {
                                                "): the CUDA backend needs compute capability 8.0 or newer"));
   }
   DeviceScope scope(device);
+  CUDA_RETURN_IF_ERROR(cuda::ConfigureTpGemmKernels());
+  CUDA_RETURN_IF_ERROR(cuda::ConfigureWeightGradKernels());
   // Keep the stream-ordered pool's memory between calls (LossGradient's workspaces).
   cudaMemPool_t pool;
   if (cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess) {
@@ -436,6 +441,7 @@ absl::StatusOr<std::unique_ptr<PreparedPlan>> CudaBackend::Prepare(const TensorP
     d.roff_begin = prepared->roles[0].paths[i].roff_begin;
     d.w_offset = pp.weight_offset;
     d.scale = static_cast<float>(pp.path_weight);
+    d.fast_t = (d.T <= 7 && d.T % 2 == 1 && d.Q % 32 == 0) ? d.T : 0;
     max_n = std::max(max_n, d.N);
     prepared->wg_paths.push_back(d);
   }

@@ -3,6 +3,7 @@
 // Computes, for every path (descriptor TpGemmPath, see tp_kernels.h):
 //   out[z, off_out + n*R + r] += scale * sum_{p,q} Wt[p, q, n] * A[z*R + r, p*Q + q]
 //   A[z*R + r, p*Q + q] = sum_{(s,t,c) in nz(r)} c * a[z, off_a + p*S + s] * b[z, off_b + q*T + t]
+//                       = sum_t Pz[r, t] * b[z, off_b + q*T + t],   Pz[r, t] = sum_{s,(s,t,c) in nz(r)} c a[z, p, s]
 // i.e. a GEMM with M = batch*R rows, K = P*Q, N columns, whose A operand is generated tile by tile
 // in shared memory from the inputs and the sparse 3j block (never materialized in device memory).
 // Used for the forward pass (a = x1, b = x2, r = k) and the input gradients (grad_x1: a = x2, b = g,
@@ -12,8 +13,10 @@
 // with the sample tile fastest so that blocks sharing a W slice run together and hit L2. K is split
 // across blocks when tiles are few; partial sums meet in `out` via atomicAdd (zeroed by the host).
 // Block: 256 threads = 8 warps; a tile holds floor(128/R) whole samples (128 rows) x 128 (or 32)
-// columns; per K step of 32: every warp generates 16 rows x 32 columns of A (lane = column), the
-// block loads the 32 x BN slice of W, then mma.sync (3xTF32 / TF32 / BF16) from shared memory.
+// columns. Per K tile of 32: the W slice for the next tile is in flight (cp.async, two stages) while
+// the block builds Pz in shared memory, then every warp generates whole samples' rows of A
+// (lane = column q, b[z, q, :] held in registers for the sample's R rows), then mma.sync
+// (3xTF32 / TF32 / BF16) from shared memory. Paths with other shapes use a generic generator.
 //
 // Floor (forward of the seed shape, batch 64): 2 * batch * sum_p R*P*Q*N = 13.7 GFLOP and reading W
 // once (126 MB): 0.042 ms at 3 TB/s, 0.028 ms of TF32 tensor-core time at ~495 TFLOP/s.
@@ -23,14 +26,130 @@
 namespace tpserve::cuda {
 namespace {
 
+constexpr int kLdp = 8;  // floats per row of Pz in shared memory (T <= 7)
+// Two blocks per SM (128 registers a thread) where the accumulators allow it without spilling;
+// 3xTF32 keeps split operands in registers and runs one block of 255.
+
+template <class Cfg>
+struct GemmSmem {
+  static constexpr int kLda = kTileK + 4;  // conflict-free fragment reads: bank = 4g + t
+  static constexpr int kLdb = Cfg::BN + 8;  // bank = 8t + g
+  static constexpr int kAFloats = Cfg::BM * kLda;
+  static constexpr int kBFloats = kTileK * kLdb;
+  static constexpr int kPFloats = Cfg::BM * kLdp;
+  static constexpr size_t kBytes = sizeof(float) * (kAFloats + 2 * kBFloats + kPFloats);
+};
+
+// Starts the copy of W's K tile [k0, k0 + 32) x [n0, n0 + BN) into sB (zeros outside).
+template <class Cfg>
+__device__ __forceinline__ void IssueWTile(const TpGemmArgs& args, const TpGemmPath& path, int k0, int k_end, int n0,
+                                           float* sB, int tid) {
+  constexpr int BN = Cfg::BN, kLdb = GemmSmem<Cfg>::kLdb;
+  if (path.w_vec4 && (reinterpret_cast<unsigned long long>(args.w) & 15) == 0) {
+    for (int e = tid; e < kTileK * BN / 4; e += Cfg::kThreads) {
+      const int k = e / (BN / 4), n = 4 * (e - k * (BN / 4));
+      const int kk = k0 + k;
+      const bool valid = kk < k_end && n0 + n < path.N;
+      const float* src = args.w;
+      if (valid) {
+        const int p = kk / path.Q, q = kk - p * path.Q;
+        src = args.w + path.w_offset + p * path.w_stride_p + q * path.w_stride_q + n0 + n;
+      }
+      CpAsync16(sB + k * kLdb + n, src, valid);
+    }
+  } else {
+    for (int e = tid; e < kTileK * BN; e += Cfg::kThreads) {
+      const int k = e % kTileK, n = e / kTileK;  // consecutive lanes: consecutive q (the contiguous index)
+      const int kk = k0 + k;
+      const bool valid = kk < k_end && n0 + n < path.N;
+      const float* src = args.w;
+      if (valid) {
+        const int p = kk / path.Q, q = kk - p * path.Q;
+        src = args.w + path.w_offset + p * path.w_stride_p + q * path.w_stride_q +
+              static_cast<long long>(n0 + n) * path.w_stride_n;
+      }
+      CpAsync4(sB + k * kLdb + n, src, valid);
+    }
+  }
+  CpAsyncCommit();
+}
+
+// Any T and Q: every element from the 3j nonzeros (lane = column, warp-uniform row).
+template <class Cfg>
+__device__ __forceinline__ void GenerateGeneric(const TpGemmArgs& args, const TpGemmPath& path, const int* roff,
+                                                int z0, int rows_valid, int k0, int k_end, float* sA, int lane,
+                                                int warp) {
+  constexpr int kLda = GemmSmem<Cfg>::kLda;
+  const int kk = k0 + lane;
+  const bool k_valid = kk < k_end;
+  const int p = k_valid ? kk / path.Q : 0;
+  const int q = k_valid ? kk - p * path.Q : 0;
+  for (int row = warp; row < rows_valid; row += Cfg::kWarps) {
+    float v = 0.f;
+    if (k_valid) {
+      const int zl = row / path.R;
+      const int r = row - zl * path.R;
+      const long long z = z0 + zl;
+      const float* a = args.a + z * args.a_row_stride + path.a_offset + p * path.S;
+      const float* b = args.b + z * args.b_row_stride + path.b_offset + q * path.T;
+      const int e_end = __ldg(roff + r + 1);
+      for (int e = __ldg(roff + r); e < e_end; ++e) {
+        const NzEntry nz = args.nz[e];
+        v += nz.c * __ldg(a + nz.s) * __ldg(b + nz.t);
+      }
+    }
+    sA[row * kLda + lane] = v;
+  }
+}
+
+// T = kT in {1, 3, 5, 7}, Q % 32 == 0: one p per K tile. Pz first, then A = Pz . b.
+template <class Cfg, int kT>
+__device__ __forceinline__ void GenerateFast(const TpGemmArgs& args, const TpGemmPath& path, const int* roff, int z0,
+                                             int rows_valid, int k0, float* sA, float* sP, int tid, int lane,
+                                             int warp) {
+  constexpr int kLda = GemmSmem<Cfg>::kLda;
+  const int R = path.R;
+  const int p = k0 / path.Q;
+  for (int row = tid; row < rows_valid; row += Cfg::kThreads) {
+    const int zl = row / R;
+    const int r = row - zl * R;
+    const float* a = args.a + (z0 + zl) * args.a_row_stride + path.a_offset + p * path.S;
+    float* pr = sP + row * kLdp;
+#pragma unroll
+    for (int t = 0; t < kT; ++t) pr[t] = 0.f;
+    const int e_end = __ldg(roff + r + 1);
+    for (int e = __ldg(roff + r); e < e_end; ++e) {
+      const NzEntry nz = args.nz[e];
+      pr[nz.t] += nz.c * __ldg(a + nz.s);
+    }
+  }
+  __syncthreads();
+  const int q = k0 - p * path.Q + lane;
+  const int samples = rows_valid / R;
+  for (int zl = warp; zl < samples; zl += Cfg::kWarps) {
+    const float* b = args.b + (z0 + zl) * args.b_row_stride + path.b_offset + q * kT;
+    float bv[kT];
+#pragma unroll
+    for (int t = 0; t < kT; ++t) bv[t] = __ldg(b + t);
+    for (int r = 0; r < R; ++r) {
+      const int row = zl * R + r;
+      const float* pr = sP + row * kLdp;
+      float v = 0.f;
+#pragma unroll
+      for (int t = 0; t < kT; ++t) v += pr[t] * bv[t];
+      sA[row * kLda + lane] = v;
+    }
+  }
+}
+
 template <MmaPrecision kPrec, class Cfg>
-__global__ void __launch_bounds__(256) TpGemmKernel(const TpGemmArgs args) {
+__global__ void __launch_bounds__(256, kPrec == MmaPrecision::k3xTf32 ? 1 : 2) TpGemmKernel(const TpGemmArgs args) {
+  using Smem = GemmSmem<Cfg>;
   constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = kTileK;
-  constexpr int kLda = BK + 4;  // conflict-free fragment reads: bank = 4g + t
-  constexpr int kLdb = BN + 8;  // bank = 8t + g
-  __shared__ float sA[BM * kLda];
-  __shared__ float sB[BK * kLdb];
-  __shared__ long long sBrow[BK];
+  extern __shared__ float4 smem_raw[];
+  float* sA = reinterpret_cast<float*>(smem_raw);
+  float* const sB0 = sA + Smem::kAFloats;  // two stages, kBFloats apart
+  float* sP = sA + Smem::kAFloats + 2 * Smem::kBFloats;
 
   const TpGemmWork item = args.work[blockIdx.x];
   const TpGemmPath path = args.paths[item.path];
@@ -43,6 +162,9 @@ __global__ void __launch_bounds__(256) TpGemmKernel(const TpGemmArgs args) {
   const int warp_n0 = (warp % Cfg::WN) * (BN / Cfg::WN);
   const int* roff = args.roff + path.roff_begin;
 
+  // Rows past the last sample stay zero for the whole block.
+  for (int i = rows_valid * Smem::kLda + tid; i < BM * Smem::kLda; i += Cfg::kThreads) sA[i] = 0.f;
+
   float acc[Cfg::MT][Cfg::NT][4];
 #pragma unroll
   for (int mt = 0; mt < Cfg::MT; ++mt)
@@ -51,52 +173,27 @@ __global__ void __launch_bounds__(256) TpGemmKernel(const TpGemmArgs args) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.f;
 
-  for (int k0 = item.k_begin; k0 < item.k_end; k0 += BK) {
-    // This lane's column of A: reduction index kk = p*Q + q.
-    const int kk = k0 + lane;
-    const bool k_valid = kk < item.k_end;
-    const int p = k_valid ? kk / path.Q : 0;
-    const int q = k_valid ? kk - p * path.Q : 0;
-    if (tid < BK) sBrow[tid] = k_valid ? path.w_offset + p * path.w_stride_p + q * path.w_stride_q : -1;
-
-    // Generate A: row = z_local*R + r (warp-uniform), column = lane.
-    for (int row = warp; row < BM; row += Cfg::kWarps) {
-      float v = 0.f;
-      if (k_valid && row < rows_valid) {
-        const int zl = row / R;
-        const int r = row - zl * R;
-        const long long z = z0 + zl;
-        const float* a = args.a + z * args.a_row_stride + path.a_offset + p * path.S;
-        const float* b = args.b + z * args.b_row_stride + path.b_offset + q * path.T;
-        const int e_end = __ldg(roff + r + 1);
-        for (int e = __ldg(roff + r); e < e_end; ++e) {
-          const NzEntry nz = args.nz[e];
-          v += nz.c * __ldg(a + nz.s) * __ldg(b + nz.t);
-        }
-      }
-      sA[row * kLda + lane] = v;
-    }
-    __syncthreads();  // sBrow
-
-    // Load the W slice: sB[k][n] = Wt[p(k), q(k), n0 + n].
-    if (path.w_stride_n == 1) {
-      for (int e = tid; e < BK * BN; e += Cfg::kThreads) {
-        const int k = e / BN, n = e - (e / BN) * BN;
-        const long long base = sBrow[k];
-        sB[k * kLdb + n] = (base >= 0 && n0 + n < path.N) ? __ldg(args.w + base + n0 + n) : 0.f;
-      }
+  IssueWTile<Cfg>(args, path, item.k_begin, item.k_end, n0, sB0, tid);
+  int stage = 0;
+  for (int k0 = item.k_begin; k0 < item.k_end; k0 += BK, stage ^= 1) {
+    if (k0 + BK < item.k_end) {
+      IssueWTile<Cfg>(args, path, k0 + BK, item.k_end, n0, sB0 + (stage ^ 1) * Smem::kBFloats, tid);
     } else {
-      for (int e = tid; e < BK * BN; e += Cfg::kThreads) {
-        const int k = e % BK, n = e / BK;
-        const long long base = sBrow[k];
-        sB[k * kLdb + n] =
-            (base >= 0 && n0 + n < path.N) ? __ldg(args.w + base + (n0 + n) * path.w_stride_n) : 0.f;
-      }
+      CpAsyncCommit();  // an empty group keeps the wait count below uniform
     }
+    switch (path.fast_t) {
+      case 1: GenerateFast<Cfg, 1>(args, path, roff, z0, rows_valid, k0, sA, sP, tid, lane, warp); break;
+      case 3: GenerateFast<Cfg, 3>(args, path, roff, z0, rows_valid, k0, sA, sP, tid, lane, warp); break;
+      case 5: GenerateFast<Cfg, 5>(args, path, roff, z0, rows_valid, k0, sA, sP, tid, lane, warp); break;
+      case 7: GenerateFast<Cfg, 7>(args, path, roff, z0, rows_valid, k0, sA, sP, tid, lane, warp); break;
+      default: GenerateGeneric<Cfg>(args, path, roff, z0, rows_valid, k0, item.k_end, sA, lane, warp); break;
+    }
+    CpAsyncWait<1>();
     __syncthreads();
-    WarpMmaTileK<kPrec, Cfg::MT, Cfg::NT, false>(acc, sA, kLda, sB, kLdb, warp_m0, warp_n0, lane);
+    WarpMmaTileK<kPrec, Cfg::MT, Cfg::NT, false>(acc, sA, Smem::kLda, sB0 + stage * Smem::kBFloats, Smem::kLdb, warp_m0, warp_n0, lane);
     __syncthreads();
   }
+  CpAsyncWait<0>();
 
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
@@ -118,17 +215,34 @@ __global__ void __launch_bounds__(256) TpGemmKernel(const TpGemmArgs args) {
     }
 }
 
-template <MmaPrecision kPrec>
-cudaError_t LaunchWithPrecision(TileShape shape, const TpGemmArgs& args, cudaStream_t stream) {
-  if (shape == TileShape::kWide) {
-    TpGemmKernel<kPrec, WideTile><<<args.num_work, WideTile::kThreads, 0, stream>>>(args);
-  } else {
-    TpGemmKernel<kPrec, NarrowTile><<<args.num_work, NarrowTile::kThreads, 0, stream>>>(args);
-  }
+template <MmaPrecision kPrec, class Cfg>
+cudaError_t LaunchConfig(const TpGemmArgs& args, cudaStream_t stream) {
+  TpGemmKernel<kPrec, Cfg><<<args.num_work, Cfg::kThreads, GemmSmem<Cfg>::kBytes, stream>>>(args);
   return cudaGetLastError();
 }
 
+template <MmaPrecision kPrec, class Cfg>
+cudaError_t Configure() {
+  return cudaFuncSetAttribute(TpGemmKernel<kPrec, Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(GemmSmem<Cfg>::kBytes));
+}
+
+template <MmaPrecision kPrec>
+cudaError_t LaunchWithPrecision(TileShape shape, const TpGemmArgs& args, cudaStream_t stream) {
+  return shape == TileShape::kWide ? LaunchConfig<kPrec, WideTile>(args, stream)
+                                   : LaunchConfig<kPrec, NarrowTile>(args, stream);
+}
+
 }  // namespace
+
+cudaError_t ConfigureTpGemmKernels() {
+  for (cudaError_t e : {Configure<MmaPrecision::k3xTf32, WideTile>(), Configure<MmaPrecision::kTf32, WideTile>(),
+                        Configure<MmaPrecision::kBf16, WideTile>(), Configure<MmaPrecision::k3xTf32, NarrowTile>(),
+                        Configure<MmaPrecision::kTf32, NarrowTile>(), Configure<MmaPrecision::kBf16, NarrowTile>()}) {
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
 
 cudaError_t LaunchTpGemm(MmaPrecision precision, TileShape shape, const TpGemmArgs& args, cudaStream_t stream) {
   if (args.num_work == 0) return cudaSuccess;

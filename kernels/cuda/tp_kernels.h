@@ -33,6 +33,10 @@ struct TpGemmPath {
   int roff_begin;  // nonzeros with r-index r are nz[roff[roff_begin + r] .. roff[roff_begin + r + 1])
   long long w_offset, w_stride_p, w_stride_q, w_stride_n;
   float scale;
+  // Fast A generation (T of 1, 3, 5 or 7 and Q a multiple of 32, so one K tile has one p): T, else 0.
+  int fast_t;
+  // W tiles load as 16-byte copies (w_stride_n == 1 and every offset a multiple of 4 floats).
+  int w_vec4;
 };
 
 // One thread block of a forward-shaped launch: rows of samples [z0, z0 + 128 / R), output columns
@@ -66,6 +70,7 @@ struct WeightGradPath {
   int roff_begin;
   long long w_offset;
   float scale;
+  int fast_t;  // as in TpGemmPath
 };
 
 // One thread block: rows [m0, m0 + 128) of the flattened (p, q), columns [n0, ...), reduction
@@ -91,6 +96,10 @@ struct WeightGradArgs {
   float* grad_w;
   WeightGradStore store;
 };
+
+// Raise the shared-memory limits of every kernel instantiation on the current device (once per device).
+cudaError_t ConfigureTpGemmKernels();
+cudaError_t ConfigureWeightGradKernels();
 
 cudaError_t LaunchTpGemm(MmaPrecision precision, TileShape shape, const TpGemmArgs& args, cudaStream_t stream);
 cudaError_t LaunchWeightGrad(MmaPrecision precision, TileShape shape, const WeightGradArgs& args,

@@ -3,15 +3,18 @@
 // Computes, for every path (descriptor WeightGradPath, see tp_kernels.h):
 //   dW[w_offset + (p*Q + q)*N + n] (= | += | atomic +=) scale * sum_{z,r} A[z*R + r, p*Q + q] * g[z, off_g + n*R + r]
 //   A[z*R + r, p*Q + q] = sum_{(s,t,c) in nz(r)} c * x1[z, off_1 + p*S + s] * x2[z, off_2 + q*T + t]
+//                       = sum_t Pz[r, t, p] * x2[z, off_2 + q*T + t]
 // i.e. a GEMM with M = P*Q (the weight rows), K = batch*R, N output multiplicity, whose A^T operand is
 // generated in shared memory from x1, x2 and the 3j nonzeros.
 //
 // Grid: one block per WeightGradWork item (path, 128-row tile of (p, q), column tile, K slice). With
 // enough tiles each block owns its dW tile and reduces over the whole batch, writing dW exactly once;
 // with few tiles K is split and slices meet through atomicAdd (host zeroes dW unless accumulating).
-// Block: 256 threads = 8 warps; per K step of 32 (z, r) rows every warp generates 4 rows x 128 columns
-// of A^T (lane + 32j = column, so the 3j loop is warp-uniform), the block gathers the 32 x BN slice of
-// g, then mma.sync (3xTF32 / TF32 / BF16).
+// Block: 256 threads = 8 warps. Per K tile of 32 (z, r) rows: the g slice of the next tile is in
+// flight (cp.async, two stages); the block builds Pz for its 32 rows x 4 column groups (Q % 32 == 0
+// makes p uniform in each group of 32 columns); each warp generates 4 consecutive rows of A^T
+// (lane + 32j = column; x2[z, q, :] in registers while z repeats); then mma.sync. Other shapes use a
+// generic generator straight from the 3j nonzeros.
 //
 // Floor (seed shape, batch 64): 13.7 GFLOP and writing dW once (126 MB): 0.042 ms at 3 TB/s.
 #include "kernels/cuda/mma.cuh"
@@ -20,19 +23,141 @@
 namespace tpserve::cuda {
 namespace {
 
+constexpr int kLdp = 8;
+
+template <class Cfg>
+struct WgSmem {
+  static constexpr int kCols = Cfg::BM / 32;  // column groups per lane
+  static constexpr int kLda = Cfg::BM + 8;    // A^T stored k-major: fragment bank = 8t + g
+  static constexpr int kLdb = Cfg::BN + 8;
+  static constexpr int kAFloats = kTileK * kLda;
+  static constexpr int kBFloats = kTileK * kLdb;
+  static constexpr int kPFloats = kTileK * kCols * kLdp;
+  static constexpr size_t kBytes = sizeof(float) * (kAFloats + 2 * kBFloats + kPFloats);
+};
+
+template <class Cfg>
+__device__ __forceinline__ void IssueGTile(const WeightGradArgs& args, const WeightGradPath& path, int k0, int k_end,
+                                           int n0, float* sB, int tid) {
+  constexpr int BN = Cfg::BN, kLdb = WgSmem<Cfg>::kLdb;
+  for (int e = tid; e < kTileK * BN; e += Cfg::kThreads) {
+    const int k = e / BN, n = e - (e / BN) * BN;
+    const int kidx = k0 + k;
+    const bool valid = kidx < k_end && n0 + n < path.N;
+    const float* src = args.g;
+    if (valid) {
+      const int z = kidx / path.R;
+      const int r = kidx - z * path.R;
+      src = args.g + z * args.g_row_stride + path.g_offset + (n0 + n) * path.R + r;
+    }
+    CpAsync4(sB + k * kLdb + n, src, valid);
+  }
+  CpAsyncCommit();
+}
+
+template <class Cfg>
+__device__ __forceinline__ void GenerateGeneric(const WeightGradArgs& args, const WeightGradPath& path,
+                                                const int* roff, const int (&a_col)[WgSmem<Cfg>::kCols],
+                                                const int (&b_col)[WgSmem<Cfg>::kCols],
+                                                const bool (&m_valid)[WgSmem<Cfg>::kCols], int k0, int k_end,
+                                                float* sA, int lane, int warp) {
+  constexpr int kCols = WgSmem<Cfg>::kCols, kLda = WgSmem<Cfg>::kLda;
+  for (int krow = warp; krow < kTileK; krow += Cfg::kWarps) {
+    const int kidx = k0 + krow;
+    float v[kCols];
+#pragma unroll
+    for (int j = 0; j < kCols; ++j) v[j] = 0.f;
+    if (kidx < k_end) {
+      const int z = kidx / path.R;
+      const int r = kidx - z * path.R;
+      const float* x1 = args.x1 + z * args.x1_row_stride;
+      const float* x2 = args.x2 + z * args.x2_row_stride;
+      const int e_end = __ldg(roff + r + 1);
+      for (int e = __ldg(roff + r); e < e_end; ++e) {
+        const NzEntry nz = args.nz[e];
+#pragma unroll
+        for (int j = 0; j < kCols; ++j)
+          if (m_valid[j]) v[j] += nz.c * __ldg(x1 + a_col[j] + nz.s) * __ldg(x2 + b_col[j] + nz.t);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kCols; ++j) sA[krow * kLda + lane + 32 * j] = v[j];
+  }
+}
+
+template <class Cfg, int kT>
+__device__ __forceinline__ void GenerateFast(const WeightGradArgs& args, const WeightGradPath& path, const int* roff,
+                                             const int (&b_col)[WgSmem<Cfg>::kCols],
+                                             const bool (&m_valid)[WgSmem<Cfg>::kCols], int m0, int k0, int k_end,
+                                             float* sA, float* sP, int tid, int lane, int warp) {
+  constexpr int kCols = WgSmem<Cfg>::kCols, kLda = WgSmem<Cfg>::kLda;
+  const int R = path.R;
+  const int rows_total = path.P * path.Q;
+  // Pz[krow][j][t] = sum_{(s,t,c) in nz(r)} c * x1[z, p_j, s], p_j the p of columns 32j .. 32j + 31.
+  for (int idx = tid; idx < kTileK * kCols; idx += Cfg::kThreads) {
+    const int krow = idx / kCols, j = idx - (idx / kCols) * kCols;
+    const int kidx = k0 + krow;
+    const int m = m0 + 32 * j;
+    float* pr = sP + idx * kLdp;
+#pragma unroll
+    for (int t = 0; t < kT; ++t) pr[t] = 0.f;
+    if (kidx < k_end && m < rows_total) {
+      const int z = kidx / R;
+      const int r = kidx - z * R;
+      const float* a = args.x1 + z * args.x1_row_stride + path.a_offset + (m / path.Q) * path.S;
+      const int e_end = __ldg(roff + r + 1);
+      for (int e = __ldg(roff + r); e < e_end; ++e) {
+        const NzEntry nz = args.nz[e];
+        pr[nz.t] += nz.c * __ldg(a + nz.s);
+      }
+    }
+  }
+  __syncthreads();
+  constexpr int kRowsPerWarp = kTileK / Cfg::kWarps;
+  int z_loaded = -1;
+  float bv[kCols][kT];
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+    const int krow = warp * kRowsPerWarp + i;
+    const int kidx = k0 + krow;
+    float v[kCols];
+#pragma unroll
+    for (int j = 0; j < kCols; ++j) v[j] = 0.f;
+    if (kidx < k_end) {
+      const int z = kidx / R;
+      if (z != z_loaded) {
+        const float* x2 = args.x2 + z * args.x2_row_stride;
+#pragma unroll
+        for (int j = 0; j < kCols; ++j)
+#pragma unroll
+          for (int t = 0; t < kT; ++t) bv[j][t] = m_valid[j] ? __ldg(x2 + b_col[j] + t) : 0.f;
+        z_loaded = z;
+      }
+#pragma unroll
+      for (int j = 0; j < kCols; ++j) {
+        const float* pr = sP + (krow * kCols + j) * kLdp;
+#pragma unroll
+        for (int t = 0; t < kT; ++t) v[j] += pr[t] * bv[j][t];
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kCols; ++j) sA[krow * kLda + lane + 32 * j] = v[j];
+  }
+}
+
 template <MmaPrecision kPrec, class Cfg>
-__global__ void __launch_bounds__(256) WeightGradKernel(const WeightGradArgs args) {
+__global__ void __launch_bounds__(256, 1) WeightGradKernel(const WeightGradArgs args) {
+  using Smem = WgSmem<Cfg>;
   constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = kTileK;
-  constexpr int kLda = BM + 8;  // A^T stored k-major: fragment bank = 8t + g
-  constexpr int kLdb = BN + 8;
-  constexpr int kColsPerLane = BM / 32;
-  __shared__ float sA[BK * kLda];
-  __shared__ float sB[BK * kLdb];
+  constexpr int kCols = Smem::kCols;
+  extern __shared__ float4 smem_raw[];
+  float* sA = reinterpret_cast<float*>(smem_raw);
+  float* const sB0 = sA + Smem::kAFloats;  // two stages, kBFloats apart
+  float* sP = sA + Smem::kAFloats + 2 * Smem::kBFloats;
 
   const WeightGradWork item = args.work[blockIdx.x];
   const WeightGradPath path = args.paths[item.path];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int R = path.R;
   const int m0 = item.m0, n0 = item.n0;
   const int rows_total = path.P * path.Q;
   const int warp_m0 = (warp / Cfg::WN) * (BM / Cfg::WM);
@@ -40,10 +165,10 @@ __global__ void __launch_bounds__(256) WeightGradKernel(const WeightGradArgs arg
   const int* roff = args.roff + path.roff_begin;
 
   // This lane's columns of A^T (weight rows m = p*Q + q), fixed for the whole block.
-  int a_col[kColsPerLane], b_col[kColsPerLane];
-  bool m_valid[kColsPerLane];
+  int a_col[kCols], b_col[kCols];
+  bool m_valid[kCols];
 #pragma unroll
-  for (int j = 0; j < kColsPerLane; ++j) {
+  for (int j = 0; j < kCols; ++j) {
     const int m = m0 + lane + 32 * j;
     m_valid[j] = m < rows_total;
     const int p = m_valid[j] ? m / path.Q : 0;
@@ -60,45 +185,29 @@ __global__ void __launch_bounds__(256) WeightGradKernel(const WeightGradArgs arg
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.f;
 
-  for (int k0 = item.k_begin; k0 < item.k_end; k0 += BK) {
-    // Generate A^T: row krow = (z, r) (warp-uniform), columns lane + 32j.
-    for (int krow = warp; krow < BK; krow += Cfg::kWarps) {
-      const int kidx = k0 + krow;
-      float v[kColsPerLane];
-#pragma unroll
-      for (int j = 0; j < kColsPerLane; ++j) v[j] = 0.f;
-      if (kidx < item.k_end) {
-        const int z = kidx / R;
-        const int r = kidx - z * R;
-        const float* x1 = args.x1 + z * args.x1_row_stride;
-        const float* x2 = args.x2 + z * args.x2_row_stride;
-        const int e_end = __ldg(roff + r + 1);
-        for (int e = __ldg(roff + r); e < e_end; ++e) {
-          const NzEntry nz = args.nz[e];
-#pragma unroll
-          for (int j = 0; j < kColsPerLane; ++j)
-            if (m_valid[j]) v[j] += nz.c * __ldg(x1 + a_col[j] + nz.s) * __ldg(x2 + b_col[j] + nz.t);
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < kColsPerLane; ++j) sA[krow * kLda + lane + 32 * j] = v[j];
+  IssueGTile<Cfg>(args, path, item.k_begin, item.k_end, n0, sB0, tid);
+  int stage = 0;
+  for (int k0 = item.k_begin; k0 < item.k_end; k0 += BK, stage ^= 1) {
+    if (k0 + BK < item.k_end) {
+      IssueGTile<Cfg>(args, path, k0 + BK, item.k_end, n0, sB0 + (stage ^ 1) * Smem::kBFloats, tid);
+    } else {
+      CpAsyncCommit();
     }
-    // Gather g: sB[krow][n] = g[z, off_g + (n0 + n)*R + r].
-    for (int e = tid; e < BK * BN; e += Cfg::kThreads) {
-      const int krow = e / BN, n = e - (e / BN) * BN;
-      const int kidx = k0 + krow;
-      float v = 0.f;
-      if (kidx < item.k_end && n0 + n < path.N) {
-        const int z = kidx / R;
-        const int r = kidx - z * R;
-        v = __ldg(args.g + z * args.g_row_stride + path.g_offset + (n0 + n) * R + r);
-      }
-      sB[krow * kLdb + n] = v;
+    switch (path.fast_t) {
+      case 1: GenerateFast<Cfg, 1>(args, path, roff, b_col, m_valid, m0, k0, item.k_end, sA, sP, tid, lane, warp); break;
+      case 3: GenerateFast<Cfg, 3>(args, path, roff, b_col, m_valid, m0, k0, item.k_end, sA, sP, tid, lane, warp); break;
+      case 5: GenerateFast<Cfg, 5>(args, path, roff, b_col, m_valid, m0, k0, item.k_end, sA, sP, tid, lane, warp); break;
+      case 7: GenerateFast<Cfg, 7>(args, path, roff, b_col, m_valid, m0, k0, item.k_end, sA, sP, tid, lane, warp); break;
+      default:
+        GenerateGeneric<Cfg>(args, path, roff, a_col, b_col, m_valid, k0, item.k_end, sA, lane, warp);
+        break;
     }
+    CpAsyncWait<1>();
     __syncthreads();
-    WarpMmaTileK<kPrec, Cfg::MT, Cfg::NT, true>(acc, sA, kLda, sB, kLdb, warp_m0, warp_n0, lane);
+    WarpMmaTileK<kPrec, Cfg::MT, Cfg::NT, true>(acc, sA, Smem::kLda, sB0 + stage * Smem::kBFloats, Smem::kLdb, warp_m0, warp_n0, lane);
     __syncthreads();
   }
+  CpAsyncWait<0>();
 
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
@@ -124,17 +233,34 @@ __global__ void __launch_bounds__(256) WeightGradKernel(const WeightGradArgs arg
     }
 }
 
-template <MmaPrecision kPrec>
-cudaError_t LaunchWithPrecision(TileShape shape, const WeightGradArgs& args, cudaStream_t stream) {
-  if (shape == TileShape::kWide) {
-    WeightGradKernel<kPrec, WideTile><<<args.num_work, WideTile::kThreads, 0, stream>>>(args);
-  } else {
-    WeightGradKernel<kPrec, NarrowTile><<<args.num_work, NarrowTile::kThreads, 0, stream>>>(args);
-  }
+template <MmaPrecision kPrec, class Cfg>
+cudaError_t LaunchConfig(const WeightGradArgs& args, cudaStream_t stream) {
+  WeightGradKernel<kPrec, Cfg><<<args.num_work, Cfg::kThreads, WgSmem<Cfg>::kBytes, stream>>>(args);
   return cudaGetLastError();
 }
 
+template <MmaPrecision kPrec, class Cfg>
+cudaError_t Configure() {
+  return cudaFuncSetAttribute(WeightGradKernel<kPrec, Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(WgSmem<Cfg>::kBytes));
+}
+
+template <MmaPrecision kPrec>
+cudaError_t LaunchWithPrecision(TileShape shape, const WeightGradArgs& args, cudaStream_t stream) {
+  return shape == TileShape::kWide ? LaunchConfig<kPrec, WideTile>(args, stream)
+                                   : LaunchConfig<kPrec, NarrowTile>(args, stream);
+}
+
 }  // namespace
+
+cudaError_t ConfigureWeightGradKernels() {
+  for (cudaError_t e : {Configure<MmaPrecision::k3xTf32, WideTile>(), Configure<MmaPrecision::kTf32, WideTile>(),
+                        Configure<MmaPrecision::kBf16, WideTile>(), Configure<MmaPrecision::k3xTf32, NarrowTile>(),
+                        Configure<MmaPrecision::kTf32, NarrowTile>(), Configure<MmaPrecision::kBf16, NarrowTile>()}) {
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
 
 cudaError_t LaunchWeightGrad(MmaPrecision precision, TileShape shape, const WeightGradArgs& args,
                              cudaStream_t stream) {

@@ -175,10 +175,11 @@ void WriteJson(const Config& config, const std::vector<Record>& records, const s
     out << absl::StrFormat(
         "    {\"task\": \"%s\", \"backend\": \"%s\", \"precision\": \"%s\", \"batch\": %d, \"median_ms\": %.6f, "
         "\"min_ms\": %.6f, \"tflops\": %.3f, \"gbps\": %.1f, \"flop\": %.6g, \"bytes\": %.6g, \"floor_ms\": %.6f, "
-        "\"ratio_to_floor\": %.3f, \"rel_error\": %.3e, \"verified_against\": \"%s\", \"workspace_bytes\": %.0f, "
+        "\"ratio_to_floor\": %.3f, \"rel_error\": %s, \"verified_against\": \"%s\", \"workspace_bytes\": %.0f, "
         "\"runs\": %d}%s\n",
         r.task, r.backend, r.precision, r.batch, r.median_ms, r.min_ms, r.flops / s * 1e-12, r.bytes / s * 1e-9,
-        r.flops, r.bytes, r.floor_ms, r.median_ms / r.floor_ms, r.rel_error, r.verified_against, r.workspace_bytes,
+        r.flops, r.bytes, r.floor_ms, r.median_ms / r.floor_ms,
+        std::isfinite(r.rel_error) ? absl::StrFormat("%.3e", r.rel_error) : std::string("null"), r.verified_against, r.workspace_bytes,
         r.runs, i + 1 < records.size() ? "," : "");
   }
   out << "  ]\n}\n";
