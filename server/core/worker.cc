@@ -1,6 +1,7 @@
 #include "server/core/worker.h"
 
 #include <chrono>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -164,24 +165,29 @@ absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batc
   int64_t samples = 0;
   for (const auto& pending : batch) samples += pending->batch;
   const size_t f = sizeof(float);
+  const bool explicit_grad_out = head.op == Op::kBackward && head.grad_out.present();
 
-  // Inputs: each request's rows, back to back.
+  // Inputs: every request's rows gathered back to back on the host, then one copy per tensor
+  // (one cudaMemcpy instead of one per request on a GPU).
+  auto gather = [&](std::vector<float>& host, int64_t dim, auto member) {
+    host.resize(static_cast<size_t>(samples * dim));
+    int64_t row = 0;
+    for (const auto& pending : batch) {
+      const HostTensor& t = pending->request.*member;
+      std::memcpy(host.data() + row * dim, t.data.data(), t.data.size() * f);
+      row += pending->batch;
+    }
+  };
+  gather(host_in_[0], dim_in1, &InferenceRequest::x1);
+  gather(host_in_[1], dim_in2, &InferenceRequest::x2);
   RETURN_IF_ERROR(EnsureStaging(x1_, samples * dim_in1 * f));
   RETURN_IF_ERROR(EnsureStaging(x2_, samples * dim_in2 * f));
-  const bool explicit_grad_out = head.op == Op::kBackward && head.grad_out.present();
-  if (explicit_grad_out) RETURN_IF_ERROR(EnsureStaging(grad_out_, samples * dim_out * f));
-  int64_t row = 0;
-  for (const auto& pending : batch) {
-    const InferenceRequest& r = pending->request;
-    RETURN_IF_ERROR(backend_->CopyFromHost(static_cast<float*>(x1_.data()) + row * dim_in1, r.x1.data.data(),
-                                           r.x1.data.size() * f, ctx_));
-    RETURN_IF_ERROR(backend_->CopyFromHost(static_cast<float*>(x2_.data()) + row * dim_in2, r.x2.data.data(),
-                                           r.x2.data.size() * f, ctx_));
-    if (explicit_grad_out) {
-      RETURN_IF_ERROR(backend_->CopyFromHost(static_cast<float*>(grad_out_.data()) + row * dim_out,
-                                             r.grad_out.data.data(), r.grad_out.data.size() * f, ctx_));
-    }
-    row += pending->batch;
+  RETURN_IF_ERROR(backend_->CopyFromHost(x1_.data(), host_in_[0].data(), samples * dim_in1 * f, ctx_));
+  RETURN_IF_ERROR(backend_->CopyFromHost(x2_.data(), host_in_[1].data(), samples * dim_in2 * f, ctx_));
+  if (explicit_grad_out) {
+    gather(host_in_[2], dim_out, &InferenceRequest::grad_out);
+    RETURN_IF_ERROR(EnsureStaging(grad_out_, samples * dim_out * f));
+    RETURN_IF_ERROR(backend_->CopyFromHost(grad_out_.data(), host_in_[2].data(), samples * dim_out * f, ctx_));
   }
 
   ConstTensorView weight{replica.weights->data(), DType::kFloat32, {plan.weight_numel()}};
@@ -231,32 +237,30 @@ absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batc
     RETURN_IF_ERROR(backend_->LossGradient(*replica.prepared, *head.loss, weight, x1, x2, out, grads, ctx));
   }
 
-  // Outputs: each request gets its rows back.
-  row = 0;
-  for (size_t i = 0; i < batch.size(); ++i) {
-    const int64_t n = batch[i]->batch;
-    InferenceResult& result = results[i];
-    if (want_out) {
-      result.out = HostTensor::Zeros({n, dim_out});
-      RETURN_IF_ERROR(backend_->CopyToHost(result.out.data.data(), static_cast<float*>(out_.data()) + row * dim_out,
-                                           n * dim_out * f, ctx_));
+  // Outputs: one copy per tensor to the host, then each request gets its rows.
+  auto scatter = [&](const Staging& staging, int64_t dim, std::vector<float>& host, HostTensor InferenceResult::*member)
+      -> absl::Status {
+    host.resize(static_cast<size_t>(samples * dim));
+    RETURN_IF_ERROR(backend_->CopyToHost(host.data(), staging.data(), samples * dim * f, ctx_));
+    RETURN_IF_ERROR(backend_->Synchronize(ctx_));
+    int64_t row = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const int64_t n = batch[i]->batch;
+      HostTensor& t = results[i].*member;
+      t.shape = {n, dim};
+      t.data.assign(host.begin() + row * dim, host.begin() + (row + n) * dim);
+      row += n;
     }
-    if (grads.grad_x1.present()) {
-      result.grad_x1 = HostTensor::Zeros({n, dim_in1});
-      RETURN_IF_ERROR(backend_->CopyToHost(result.grad_x1.data.data(),
-                                           static_cast<float*>(grad_x1_.data()) + row * dim_in1, n * dim_in1 * f, ctx_));
-    }
-    if (grads.grad_x2.present()) {
-      result.grad_x2 = HostTensor::Zeros({n, dim_in2});
-      RETURN_IF_ERROR(backend_->CopyToHost(result.grad_x2.data.data(),
-                                           static_cast<float*>(grad_x2_.data()) + row * dim_in2, n * dim_in2 * f, ctx_));
-    }
-    if (head.op == Op::kBackward && head.weight_grad == WeightGradMode::kReturn) {
-      result.grad_weight = HostTensor::Zeros({plan.weight_numel()});
-      RETURN_IF_ERROR(backend_->CopyToHost(result.grad_weight.data.data(), grad_weight_.data(),
-                                           plan.weight_numel() * f, ctx_));
-    }
-    row += n;
+    return absl::OkStatus();
+  };
+  if (want_out) RETURN_IF_ERROR(scatter(out_, dim_out, host_out_, &InferenceResult::out));
+  if (grads.grad_x1.present()) RETURN_IF_ERROR(scatter(grad_x1_, dim_in1, host_out_, &InferenceResult::grad_x1));
+  if (grads.grad_x2.present()) RETURN_IF_ERROR(scatter(grad_x2_, dim_in2, host_out_, &InferenceResult::grad_x2));
+  if (head.op == Op::kBackward && head.weight_grad == WeightGradMode::kReturn) {
+    // Only unmerged launches return the weight gradient (the batcher never merges them).
+    HostTensor& g = results.front().grad_weight;
+    g = HostTensor::Zeros({plan.weight_numel()});
+    RETURN_IF_ERROR(backend_->CopyToHost(g.data.data(), grad_weight_.data(), plan.weight_numel() * f, ctx_));
   }
   return backend_->Synchronize(ctx_);
 }

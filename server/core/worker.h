@@ -72,6 +72,8 @@ class Worker {
   std::mutex mu_;  // replicas_ and staging, held for each launch
   std::map<uint64_t, Replica> replicas_;  // by Model::instance_id()
   Staging x1_, x2_, grad_out_, out_, grad_x1_, grad_x2_, grad_weight_;
+  // Host-side gather/scatter buffers (x1, x2, grad_out; outputs), reused across launches.
+  std::vector<float> host_in_[3], host_out_;
   std::thread thread_;
 };
 
