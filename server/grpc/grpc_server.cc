@@ -71,7 +71,10 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportCon
   if (!server->server_ || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen_address));
   }
-  server->server_->GetHealthCheckService()->SetServingStatus(true);
+  grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService();
+  health->SetServingStatus(true);
+  health->SetServingStatus(tp::v1::ModelService::service_full_name(), true);
+  health->SetServingStatus(tp::v1::TensorProductService::service_full_name(), true);
   return server;
 }
 

@@ -1,0 +1,95 @@
+// Operations: server reflection lists tp.v1's services; health turns NOT_SERVING at shutdown;
+// the config file and its precedence.
+#include <fstream>
+
+#include "grpcpp/generic/generic_stub.h"
+#include "gtest/gtest.h"
+#include "server/server_config.h"
+#include "tests/server/server_test_util.h"
+
+namespace tpserve::testing {
+namespace {
+
+// grpc.reflection.v1alpha.ServerReflectionInfo with {list_services: ""}, spoken as raw bytes so
+// the test needs no copy of reflection.proto (whose descriptors libgrpc++_reflection already has).
+std::string ListServicesByReflection(const std::string& target) {
+  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::CompletionQueue cq;
+  auto call = stub.PrepareCall(&context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  void* tag;
+  bool ok;
+  call->StartCall(reinterpret_cast<void*>(1));
+  cq.Next(&tag, &ok);
+  const std::string request("\x3a\x00", 2);  // field 7 (list_services), length 0
+  grpc::Slice slice(request);
+  grpc::ByteBuffer buffer(&slice, 1);
+  call->Write(buffer, reinterpret_cast<void*>(2));
+  cq.Next(&tag, &ok);
+  grpc::ByteBuffer response;
+  call->Read(&response, reinterpret_cast<void*>(3));
+  cq.Next(&tag, &ok);
+  std::string bytes;
+  if (ok) {
+    std::vector<grpc::Slice> slices;
+    response.Dump(&slices);
+    for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  call->WritesDone(reinterpret_cast<void*>(4));
+  cq.Next(&tag, &ok);
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  cq.Next(&tag, &ok);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return bytes;
+}
+
+TEST(OpsTest, Reflection_ListsTheTensorProductServices) {
+  auto server = TestServer::Start();
+  std::string listing = ListServicesByReflection(server->target());
+  EXPECT_NE(listing.find("tp.v1.TensorProductService"), std::string::npos);
+  EXPECT_NE(listing.find("tp.v1.ModelService"), std::string::npos);
+  EXPECT_NE(listing.find("grpc.health.v1.Health"), std::string::npos);
+}
+
+TEST(OpsTest, Health_IsNotServingOnceShutdownBegins) {
+  auto server = TestServer::Start();
+  auto client = server->Connect();
+  EXPECT_EQ(*client->Health(), grpc::health::v1::HealthCheckResponse::SERVING);
+  EXPECT_EQ(*client->Health("tp.v1.TensorProductService"), grpc::health::v1::HealthCheckResponse::SERVING);
+  server->grpc().Shutdown(absl::Seconds(1));
+  server->grpc().Wait();
+  EXPECT_FALSE(client->Health().ok() && *client->Health() == grpc::health::v1::HealthCheckResponse::SERVING);
+}
+
+TEST(OpsTest, ConfigFile_SetsEveryComponentAndRejectsUnknownKeys) {
+  TempDir dir;
+  std::string path = dir.path() + "/tpserve.json";
+  std::ofstream(path) << R"({"listen": "127.0.0.1:7000", "model_dir": "/m", "max_batch_size": 128,
+      "max_queue_delay_us": 50, "max_queued_requests": 9, "non_finite": "pass", "auth_token": "t",
+      "max_message_bytes": 1024, "demo_model": "seed", "demo_irreps_in1": "1x0e", "backend": "cpu"})";
+  server::ServerConfig config;
+  ASSERT_TRUE(server::ApplyConfigFile(path, &config).ok());
+  EXPECT_EQ(config.transport.listen_address, "127.0.0.1:7000");
+  EXPECT_EQ(config.core.model_dir, "/m");
+  EXPECT_EQ(config.core.max_batch_size, 128);
+  EXPECT_EQ(config.core.max_queue_delay_us, 50);
+  EXPECT_EQ(config.core.max_queued_requests, 9);
+  EXPECT_FALSE(config.core.reject_non_finite);
+  EXPECT_EQ(config.transport.auth_token, "t");
+  EXPECT_EQ(config.transport.max_message_bytes, 1024);
+  EXPECT_EQ(config.demo_spec.irreps_in1, "1x0e");
+  EXPECT_EQ(config.backend, "cpu");
+  EXPECT_EQ(config.DebugString().find("\"t\""), std::string::npos) << "the token is never printed";
+  std::ofstream(path) << R"({"max_batch_sise": 3})";
+  auto status = server::ApplyConfigFile(path, &config);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("max_batch_sise"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace tpserve::testing
