@@ -1,5 +1,6 @@
 #include "server/grpc/grpc_server.h"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -38,7 +39,10 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportCon
   server->env_.core = core;
   server->env_.metrics = metrics;
   server->env_.auth_token = config.auth_token;
-  server->env_.chunk_elements = config.chunk_elements;
+  // A streamed chunk must fit in one message, with room for its framing.
+  const int64_t max_chunk_elements = std::max<int64_t>(1, (config.max_message_bytes - 1024) / 4);
+  server->env_.chunk_elements = std::clamp<int64_t>(config.chunk_elements, 1, max_chunk_elements);
+  server->env_.max_chunk_elements = max_chunk_elements;
   server->env_.stream_max_in_flight = config.stream_max_in_flight;
   server->model_service_ = std::make_unique<ModelServiceImpl>(server->env_);
   server->compute_service_ = std::make_unique<ComputeServiceImpl>(server->env_);

@@ -9,9 +9,9 @@
 namespace tpserve::server {
 namespace {
 
-int64_t ChunkElements(int64_t requested, int64_t fallback) {
-  if (requested <= 0) return fallback;
-  return std::min<int64_t>(requested, int64_t{16} << 20);
+int64_t ChunkElements(const ServiceEnv& env, int64_t requested) {
+  if (requested <= 0) return env.chunk_elements;
+  return std::min<int64_t>(requested, env.max_chunk_elements);
 }
 
 grpc::Status StreamVector(const std::vector<float>& values, int64_t chunk_elements,
@@ -138,7 +138,7 @@ grpc::Status ModelServiceImpl::DownloadWeights(grpc::ServerContext* context,
   // The version travels in initial metadata, so a client can tell which weights it got.
   context->AddInitialMetadata("tp-model-version", std::to_string(snapshot->version));
   return scope.Finish(
-      StreamVector(*snapshot->weights, ChunkElements(request->chunk_elements(), env_.chunk_elements), writer));
+      StreamVector(*snapshot->weights, ChunkElements(env_, request->chunk_elements()), writer));
 }
 
 grpc::Status ModelServiceImpl::GetGradient(grpc::ServerContext* context, const tp::v1::GetGradientRequest* request,
@@ -148,7 +148,7 @@ grpc::Status ModelServiceImpl::GetGradient(grpc::ServerContext* context, const t
   scope.set_model(request->model());
   absl::StatusOr<std::vector<float>> gradient = env_.core->GetGradient(request->model());
   if (!gradient.ok()) return scope.Finish(gradient.status());
-  return scope.Finish(StreamVector(*gradient, ChunkElements(request->chunk_elements(), env_.chunk_elements), writer));
+  return scope.Finish(StreamVector(*gradient, ChunkElements(env_, request->chunk_elements()), writer));
 }
 
 grpc::Status ModelServiceImpl::ZeroGradient(grpc::ServerContext* context, const tp::v1::ZeroGradientRequest* request,

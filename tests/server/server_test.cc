@@ -142,6 +142,25 @@ TEST(ServerChunks, UploadWithManySmallChunks_AssemblesInOrder) {
   EXPECT_EQ(*downloaded, weights);
 }
 
+TEST(ServerChunks, WeightsLargerThanTheMessageLimit_MoveInChunks) {
+  server::TransportConfig transport;
+  transport.max_message_bytes = 64 << 10;  // the weights below are 512 KiB
+  auto server = TestServer::Start({}, transport);
+  client::ClientOptions options = server->ClientOptions();
+  options.chunk_elements = 4096;
+  auto client = *client::TpClient::Connect(options);
+  std::mt19937_64 rng = FreshRng();
+  std::vector<float> weights = ToFloats(RandomNormal(131072, rng));
+  auto created = client->CreateModel("big", Spec("32x0e + 32x1o", "32x0e + 32x1o", "32x0e + 32x1o"), &weights);
+  ASSERT_TRUE(created.ok()) << created.status();
+  auto downloaded = client->DownloadWeights("big");
+  ASSERT_TRUE(downloaded.ok()) << downloaded.status();
+  EXPECT_EQ(*downloaded, weights);
+  auto gradient = client->GetGradient("big");
+  ASSERT_TRUE(gradient.ok()) << gradient.status();
+  EXPECT_EQ(gradient->size(), weights.size());
+}
+
 TEST_F(ServerTest, UploadWeights_RejectsGapsShortStreamsAndUnknownModels) {
   ASSERT_TRUE(client_->CreateModel("m", Spec(kSmallIn1, kSmallIn2, kSmallOut), nullptr).ok());
   std::vector<float> short_weights(50, 1.0f);
