@@ -30,9 +30,9 @@ class CountingObserver : public CoreObserver {
 };
 
 struct Fixture {
-  explicit Fixture(CoreConfig config) {
+  explicit Fixture(CoreConfig config, int workers = 1) {
     std::vector<std::unique_ptr<Backend>> backends;
-    backends.push_back(std::make_unique<CpuBackend>(CpuBackendOptions{2}));
+    for (int i = 0; i < workers; ++i) backends.push_back(std::make_unique<CpuBackend>(CpuBackendOptions{1}));
     core = *InferenceCore::Create(config, std::move(backends), &observer);
     auto loaded = testing::LoadReferenceCase("ref_mixed_parity.json");
     EXPECT_TRUE(loaded.ok()) << loaded.status();
@@ -185,6 +185,39 @@ TEST(InferenceCoreTest, DeletedModel_IsNotFoundAndCanBeRecreated) {
   auto result = f.core->Run(f.Forward());
   ASSERT_TRUE(result.ok());
   EXPECT_GT(RelativeError(D(result->out), f.c.out), 1e-3) << "the new model has new (seeded) weights";
+}
+
+TEST(InferenceCoreTest, TwoWorkers_GradientIsTheSumOverWorkersAndStepsReachEveryReplica) {
+  Fixture f(CoreConfig{}, /*workers=*/2);  // stands in for two GPUs
+  ASSERT_EQ(f.core->devices().size(), 2u);
+  constexpr int kCalls = 24;
+  std::vector<std::future<absl::StatusOr<InferenceResult>>> results;
+  for (int i = 0; i < kCalls; ++i) {
+    results.push_back(std::async(std::launch::async, [&] {
+      InferenceRequest r = f.Forward();
+      r.op = Op::kBackward;
+      r.loss = Loss::kSumTanh;
+      r.weight_grad = WeightGradMode::kAccumulate;
+      return f.core->Run(std::move(r));
+    }));
+  }
+  for (auto& result : results) ASSERT_TRUE(result.get().ok());
+  auto gradient = f.core->GetGradient("m");
+  ASSERT_TRUE(gradient.ok());
+  std::vector<double> expected(f.c.grad_weight_sum_tanh.size());
+  for (size_t i = 0; i < expected.size(); ++i) expected[i] = kCalls * f.c.grad_weight_sum_tanh[i];
+  EXPECT_LT(RelativeError({gradient->begin(), gradient->end()}, expected), 1e-5);
+
+  ASSERT_TRUE(f.core->SgdStep("m", 0.01, /*zero_gradient=*/true).ok());
+  auto zeroed = f.core->GetGradient("m");
+  ASSERT_TRUE(zeroed.ok());
+  for (float g : *zeroed) ASSERT_EQ(g, 0.0f);
+  // Whichever worker answers, it computes with version 2.
+  for (int i = 0; i < 8; ++i) {
+    auto r = f.core->Run(f.Forward());
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->model_version, 2u);
+  }
 }
 
 }  // namespace
