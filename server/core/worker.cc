@@ -168,8 +168,9 @@ absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batc
   const bool explicit_grad_out = head.op == Op::kBackward && head.grad_out.present();
 
   // Inputs: every request's rows gathered back to back on the host, then one copy per tensor
-  // (one cudaMemcpy instead of one per request on a GPU).
-  auto gather = [&](std::vector<float>& host, int64_t dim, auto member) {
+  // (one cudaMemcpy instead of one per request on a GPU). A lone request is copied from where it is.
+  auto gather = [&](std::vector<float>& host, int64_t dim, auto member) -> const float* {
+    if (batch.size() == 1) return (batch.front()->request.*member).data.data();
     host.resize(static_cast<size_t>(samples * dim));
     int64_t row = 0;
     for (const auto& pending : batch) {
@@ -177,17 +178,19 @@ absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batc
       std::memcpy(host.data() + row * dim, t.data.data(), t.data.size() * f);
       row += pending->batch;
     }
+    return host.data();
   };
-  gather(host_in_[0], dim_in1, &InferenceRequest::x1);
-  gather(host_in_[1], dim_in2, &InferenceRequest::x2);
   RETURN_IF_ERROR(EnsureStaging(x1_, samples * dim_in1 * f));
   RETURN_IF_ERROR(EnsureStaging(x2_, samples * dim_in2 * f));
-  RETURN_IF_ERROR(backend_->CopyFromHost(x1_.data(), host_in_[0].data(), samples * dim_in1 * f, ctx_));
-  RETURN_IF_ERROR(backend_->CopyFromHost(x2_.data(), host_in_[1].data(), samples * dim_in2 * f, ctx_));
+  RETURN_IF_ERROR(backend_->CopyFromHost(x1_.data(), gather(host_in_[0], dim_in1, &InferenceRequest::x1),
+                                         samples * dim_in1 * f, ctx_));
+  RETURN_IF_ERROR(backend_->CopyFromHost(x2_.data(), gather(host_in_[1], dim_in2, &InferenceRequest::x2),
+                                         samples * dim_in2 * f, ctx_));
   if (explicit_grad_out) {
-    gather(host_in_[2], dim_out, &InferenceRequest::grad_out);
     RETURN_IF_ERROR(EnsureStaging(grad_out_, samples * dim_out * f));
-    RETURN_IF_ERROR(backend_->CopyFromHost(grad_out_.data(), host_in_[2].data(), samples * dim_out * f, ctx_));
+    RETURN_IF_ERROR(backend_->CopyFromHost(grad_out_.data(),
+                                           gather(host_in_[2], dim_out, &InferenceRequest::grad_out),
+                                           samples * dim_out * f, ctx_));
   }
 
   ConstTensorView weight{replica.weights->data(), DType::kFloat32, {plan.weight_numel()}};
@@ -237,9 +240,15 @@ absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batc
     RETURN_IF_ERROR(backend_->LossGradient(*replica.prepared, *head.loss, weight, x1, x2, out, grads, ctx));
   }
 
-  // Outputs: one copy per tensor to the host, then each request gets its rows.
+  // Outputs: one copy per tensor to the host, then each request gets its rows (a lone request
+  // gets the copy itself).
   auto scatter = [&](const Staging& staging, int64_t dim, std::vector<float>& host, HostTensor InferenceResult::*member)
       -> absl::Status {
+    if (batch.size() == 1) {
+      HostTensor& t = results.front().*member;
+      t = HostTensor::Zeros({samples, dim});
+      return backend_->CopyToHost(t.data.data(), staging.data(), samples * dim * f, ctx_);
+    }
     host.resize(static_cast<size_t>(samples * dim));
     RETURN_IF_ERROR(backend_->CopyToHost(host.data(), staging.data(), samples * dim * f, ctx_));
     RETURN_IF_ERROR(backend_->Synchronize(ctx_));
