@@ -42,12 +42,14 @@ __device__ __forceinline__ void MmaBf16(float (&c)[4], const uint32_t (&a)[4], c
 }
 
 // acc += A[warp_m0 .. +16*MT, 0 .. kTileK) * B[0 .. kTileK, warp_n0 .. +8*NT).
-template <MmaPrecision kPrec, int MT, int NT, bool kAKMajor>
-__device__ __forceinline__ void WarpMmaTileK(float (&acc)[MT][NT][4], const float* sA, int lda, const float* sB,
-                                             int ldb, int warp_m0, int warp_n0, int lane) {
+// kATf32: the A tile already holds TF32 bit patterns (kTf32 only), so no conversion on load.
+template <MmaPrecision kPrec, int MT, int NT, bool kAKMajor, int lda, int ldb, bool kATf32 = false>
+__device__ __forceinline__ void WarpMmaTileK(float (&acc)[MT][NT][4], const float* sA, const float* sB, int warp_m0,
+                                             int warp_n0, int lane) {
   const int g = lane >> 2, t = lane & 3;
   auto A = [&](int m, int k) { return kAKMajor ? sA[k * lda + m] : sA[m * lda + k]; };
   auto B = [&](int k, int n) { return sB[k * ldb + n]; };
+  auto AT = [&](int m, int k) { return kATf32 ? __float_as_uint(A(m, k)) : ToTf32(A(m, k)); };
   if constexpr (kPrec == MmaPrecision::kBf16) {
 #pragma unroll
     for (int kk = 0; kk < kTileK; kk += 16) {
@@ -80,10 +82,10 @@ __device__ __forceinline__ void WarpMmaTileK(float (&acc)[MT][NT][4], const floa
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         const int m = warp_m0 + mt * 16 + g;
-        a[mt][0] = ToTf32(A(m, kk + t));
-        a[mt][1] = ToTf32(A(m + 8, kk + t));
-        a[mt][2] = ToTf32(A(m, kk + t + 4));
-        a[mt][3] = ToTf32(A(m + 8, kk + t + 4));
+        a[mt][0] = AT(m, kk + t);
+        a[mt][1] = AT(m + 8, kk + t);
+        a[mt][2] = AT(m, kk + t + 4);
+        a[mt][3] = AT(m + 8, kk + t + 4);
       }
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
@@ -122,6 +124,130 @@ __device__ __forceinline__ void WarpMmaTileK(float (&acc)[MT][NT][4], const floa
         for (int nt = 0; nt < NT; ++nt) {
           const int n = warp_n0 + nt * 8 + g;
           const float bv[2] = {B(kk + t, n), B(kk + t + 4, n)};
+          uint32_t b_big[2], b_small[2];
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            b_big[i] = ToTf32(bv[i]);
+            b_small[i] = ToTf32(bv[i] - __uint_as_float(b_big[i]));
+          }
+          MmaTf32(step[nt], a_small, b_big);
+          MmaTf32(step[nt], a_big, b_small);
+          MmaTf32(step[nt], a_big, b_big);
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[mt][nt][i] += step[nt][i];
+    }
+  }
+}
+
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], uint32_t smem_addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr));
+}
+
+// A tiles stored m-major in the operand format of the MMA (written once by the generator, read by
+// ldmatrix): TF32 bit patterns (kTf32), big and small TF32 halves in two planes (3xTF32), or bf16.
+template <MmaPrecision kPrec>
+struct ATile {
+  static constexpr bool kBf16 = kPrec == MmaPrecision::kBf16;
+  static constexpr int kElemBytes = kBf16 ? 2 : 4;
+  static constexpr int kLd = kBf16 ? kTileK + 8 : kTileK + 4;  // row stride in elements: 80 or 144 bytes
+  static constexpr int kPlanes = kPrec == MmaPrecision::k3xTf32 ? 2 : 1;
+  static constexpr int BytesFor(int rows) { return rows * kLd * kElemBytes * kPlanes; }
+
+  // Stores A[row][col] = v into the tile(s) at `base` (rows * kLd elements per plane).
+  __device__ static __forceinline__ void Store(void* base, int rows, int row, int col, float v) {
+    if constexpr (kBf16) {
+      static_cast<__nv_bfloat16*>(base)[row * kLd + col] = __float2bfloat16_rn(v);
+    } else if constexpr (kPrec == MmaPrecision::kTf32) {
+      static_cast<uint32_t*>(base)[row * kLd + col] = ToTf32(v);
+    } else {
+      const uint32_t big = ToTf32(v);
+      static_cast<uint32_t*>(base)[row * kLd + col] = big;
+      static_cast<uint32_t*>(base)[(rows + row) * kLd + col] = ToTf32(v - __uint_as_float(big));
+    }
+  }
+  __device__ static __forceinline__ void StoreZero(void* base, int rows, int row, int col) {
+    if constexpr (kBf16) {
+      static_cast<__nv_bfloat16*>(base)[row * kLd + col] = __float2bfloat16_rn(0.f);
+    } else {
+      static_cast<uint32_t*>(base)[row * kLd + col] = 0u;
+      if constexpr (kPlanes == 2) static_cast<uint32_t*>(base)[(rows + row) * kLd + col] = 0u;
+    }
+  }
+};
+
+// acc += A (m-major ATile<kPrec> with `rows` rows at a_base) * B (fp32, sB[k * ldb + n]), one K tile.
+template <MmaPrecision kPrec, int MT, int NT, int rows, int ldb>
+__device__ __forceinline__ void WarpMmaLdm(float (&acc)[MT][NT][4], const void* a_base, const float* sB, int warp_m0,
+                                           int warp_n0, int lane) {
+  using AT = ATile<kPrec>;
+  const int g = lane >> 2, t = lane & 3;
+  // This lane's ldmatrix row: matrices (rows 0-7 | 8-15) x (k 0-3 | 4-7) for TF32, (k 0-7 | 8-15) for bf16.
+  const int lrow = warp_m0 + (lane & 7) + ((lane >> 3) & 1) * 8;
+  const int lcol = (lane >> 4) * (AT::kBf16 ? 8 : 4);
+  const uint32_t a_addr = static_cast<uint32_t>(__cvta_generic_to_shared(a_base)) + (lrow * AT::kLd + lcol) * AT::kElemBytes;
+  constexpr uint32_t kMtStride = 16 * AT::kLd * AT::kElemBytes;
+  if constexpr (kPrec == MmaPrecision::kBf16) {
+    const float* b_lane = sB + (2 * t) * ldb + warp_n0 + g;
+#pragma unroll
+    for (int kk = 0; kk < kTileK; kk += 16) {
+      uint32_t a[MT][4], b[NT][2];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) LdMatrixX4(a[mt], a_addr + mt * kMtStride + kk * 2);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const float* bp = b_lane + kk * ldb + nt * 8;
+        b[nt][0] = PackBf16(bp[0], bp[ldb]);
+        b[nt][1] = PackBf16(bp[8 * ldb], bp[9 * ldb]);
+      }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) MmaBf16(acc[mt][nt], a[mt], b[nt]);
+    }
+  } else if constexpr (kPrec == MmaPrecision::kTf32) {
+    const float* b_lane = sB + t * ldb + warp_n0 + g;
+#pragma unroll
+    for (int kk = 0; kk < kTileK; kk += 8) {
+      uint32_t a[MT][4], b[NT][2];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) LdMatrixX4(a[mt], a_addr + mt * kMtStride + kk * 4);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const float* bp = b_lane + kk * ldb + nt * 8;
+        b[nt][0] = ToTf32(bp[0]);
+        b[nt][1] = ToTf32(bp[4 * ldb]);
+      }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) MmaTf32(acc[mt][nt], a[mt], b[nt]);
+    }
+  } else {
+    // 3xTF32 with a fresh accumulator per K tile and m16 block (see WarpMmaTileK).
+    const float* b_lane = sB + t * ldb + warp_n0 + g;
+    constexpr uint32_t kPlaneBytes = rows * AT::kLd * 4;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      float step[NT][4];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) step[nt][i] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < kTileK; kk += 8) {
+        uint32_t a_big[4], a_small[4];
+        LdMatrixX4(a_big, a_addr + mt * kMtStride + kk * 4);
+        LdMatrixX4(a_small, a_addr + kPlaneBytes + mt * kMtStride + kk * 4);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const float* bp = b_lane + kk * ldb + nt * 8;
+          const float bv[2] = {bp[0], bp[4 * ldb]};
           uint32_t b_big[2], b_small[2];
 #pragma unroll
           for (int i = 0; i < 2; ++i) {

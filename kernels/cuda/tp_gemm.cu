@@ -30,22 +30,34 @@ constexpr int kLdp = 8;  // floats per row of Pz in shared memory (T <= 7)
 // Two blocks per SM (128 registers a thread) where the accumulators allow it without spilling;
 // 3xTF32 keeps split operands in registers and runs one block of 255.
 
-template <class Cfg>
+// Shared memory of one block: the A tile in MMA operand format (ATile), two stages of the W tile
+// (fp32, sB[k][n]) and Pz.
+template <MmaPrecision kPrec, class Cfg>
 struct GemmSmem {
-  static constexpr int kLda = kTileK + 4;  // conflict-free fragment reads: bank = 4g + t
-  static constexpr int kLdb = Cfg::BN + 8;  // bank = 8t + g
-  static constexpr int kAFloats = Cfg::BM * kLda;
+  static constexpr int kLdb = Cfg::BN + 8;  // B fragment reads: bank = 8t + g
+  static constexpr int kABytes = ATile<kPrec>::BytesFor(Cfg::BM);
   static constexpr int kBFloats = kTileK * kLdb;
   static constexpr int kPFloats = Cfg::BM * kLdp;
-  static constexpr size_t kBytes = sizeof(float) * (kAFloats + 2 * kBFloats + kPFloats);
+  static constexpr size_t kBytes = kABytes + sizeof(float) * (2 * kBFloats + kPFloats);
 };
 
 // Starts the copy of W's K tile [k0, k0 + 32) x [n0, n0 + BN) into sB (zeros outside).
-template <class Cfg>
+template <class Cfg, int kLdb>
 __device__ __forceinline__ void IssueWTile(const TpGemmArgs& args, const TpGemmPath& path, int k0, int k_end, int n0,
                                            float* sB, int tid) {
-  constexpr int BN = Cfg::BN, kLdb = GemmSmem<Cfg>::kLdb;
-  if (path.w_vec4 && (reinterpret_cast<unsigned long long>(args.w) & 15) == 0) {
+  constexpr int BN = Cfg::BN;
+  if (path.w_vec4 && path.fast_t != 0 && (reinterpret_cast<unsigned long long>(args.w) & 15) == 0) {
+    // One p for the whole K tile (Q % 32 == 0): rows are consecutive q.
+    const int p = k0 / path.Q;
+    const float* tile = args.w + path.w_offset + p * path.w_stride_p + (k0 - p * path.Q) * path.w_stride_q + n0;
+#pragma unroll
+    for (int i = 0; i < kTileK * BN / 4 / Cfg::kThreads; ++i) {
+      const int e = tid + i * Cfg::kThreads;
+      const int k = e / (BN / 4), n = 4 * (e - k * (BN / 4));
+      const bool valid = k0 + k < k_end && n0 + n < path.N;
+      CpAsync16(sB + k * kLdb + n, valid ? tile + k * path.w_stride_q + n : args.w, valid);
+    }
+  } else if (path.w_vec4 && (reinterpret_cast<unsigned long long>(args.w) & 15) == 0) {
     for (int e = tid; e < kTileK * BN / 4; e += Cfg::kThreads) {
       const int k = e / (BN / 4), n = 4 * (e - k * (BN / 4));
       const int kk = k0 + k;
@@ -75,11 +87,10 @@ __device__ __forceinline__ void IssueWTile(const TpGemmArgs& args, const TpGemmP
 }
 
 // Any T and Q: every element from the 3j nonzeros (lane = column, warp-uniform row).
-template <class Cfg>
+template <MmaPrecision kPrec, class Cfg>
 __device__ __forceinline__ void GenerateGeneric(const TpGemmArgs& args, const TpGemmPath& path, const int* roff,
-                                                int z0, int rows_valid, int k0, int k_end, float* sA, int lane,
+                                                int z0, int rows_valid, int k0, int k_end, void* sA, int lane,
                                                 int warp) {
-  constexpr int kLda = GemmSmem<Cfg>::kLda;
   const int kk = k0 + lane;
   const bool k_valid = kk < k_end;
   const int p = k_valid ? kk / path.Q : 0;
@@ -98,58 +109,80 @@ __device__ __forceinline__ void GenerateGeneric(const TpGemmArgs& args, const Tp
         v += nz.c * __ldg(a + nz.s) * __ldg(b + nz.t);
       }
     }
-    sA[row * kLda + lane] = v;
+    ATile<kPrec>::Store(sA, Cfg::BM, row, lane, v);
   }
 }
 
-// T = kT in {1, 3, 5, 7}, Q % 32 == 0: one p per K tile. Pz first, then A = Pz . b.
-template <class Cfg, int kT>
-__device__ __forceinline__ void GenerateFast(const TpGemmArgs& args, const TpGemmPath& path, const int* roff, int z0,
-                                             int rows_valid, int k0, float* sA, float* sP, int tid, int lane,
-                                             int warp) {
-  constexpr int kLda = GemmSmem<Cfg>::kLda;
+// Fast path (T = kT in {1, 3, 5, 7}, Q % 32 == 0): one p per K tile, and p stays for Q/32 tiles.
+// Pz[row][t] = sum_{(s,t,c) in nz(r)} c * a[z, p, s] for the tile's rows, rebuilt only when p changes.
+__device__ __forceinline__ void ComputePz(const TpGemmArgs& args, const TpGemmPath& path, const int* roff, int z0,
+                                          int rows_valid, int p, float* sP, int tid, int threads) {
   const int R = path.R;
-  const int p = k0 / path.Q;
-  for (int row = tid; row < rows_valid; row += Cfg::kThreads) {
+  for (int row = tid; row < rows_valid; row += threads) {
     const int zl = row / R;
     const int r = row - zl * R;
     const float* a = args.a + (z0 + zl) * args.a_row_stride + path.a_offset + p * path.S;
     float* pr = sP + row * kLdp;
 #pragma unroll
-    for (int t = 0; t < kT; ++t) pr[t] = 0.f;
+    for (int t = 0; t < kLdp; ++t) pr[t] = 0.f;
     const int e_end = __ldg(roff + r + 1);
     for (int e = __ldg(roff + r); e < e_end; ++e) {
       const NzEntry nz = args.nz[e];
       pr[nz.t] += nz.c * __ldg(a + nz.s);
     }
   }
-  __syncthreads();
-  const int q = k0 - p * path.Q + lane;
+}
+
+// A[row][lane] = sum_t Pz[row][t] * b[z, q, t]: each warp takes whole samples, kSamples at a time so
+// that their b loads are in flight together.
+template <MmaPrecision kPrec, class Cfg, int kT>
+__device__ __forceinline__ void GenerateFromPz(const TpGemmArgs& args, const TpGemmPath& path, int z0,
+                                               int rows_valid, int q, const float* sP, void* sA, int lane,
+                                               int warp) {
+  constexpr int kSamples = kT <= 3 ? 4 : 2;
+  const int R = path.R;
   const int samples = rows_valid / R;
-  for (int zl = warp; zl < samples; zl += Cfg::kWarps) {
-    const float* b = args.b + (z0 + zl) * args.b_row_stride + path.b_offset + q * kT;
-    float bv[kT];
+  for (int zl0 = warp * kSamples; zl0 < samples; zl0 += Cfg::kWarps * kSamples) {
+    float bv[kSamples][kT];
 #pragma unroll
-    for (int t = 0; t < kT; ++t) bv[t] = __ldg(b + t);
-    for (int r = 0; r < R; ++r) {
-      const int row = zl * R + r;
-      const float* pr = sP + row * kLdp;
-      float v = 0.f;
+    for (int i = 0; i < kSamples; ++i) {
+      const int zl = min(zl0 + i, samples - 1);
+      const float* b = args.b + (z0 + zl) * args.b_row_stride + path.b_offset + q * kT;
 #pragma unroll
-      for (int t = 0; t < kT; ++t) v += pr[t] * bv[t];
-      sA[row * kLda + lane] = v;
+      for (int t = 0; t < kT; ++t) bv[i][t] = __ldg(b + t);
+    }
+#pragma unroll
+    for (int i = 0; i < kSamples; ++i) {
+      if (zl0 + i >= samples) break;
+      for (int r = 0; r < R; ++r) {
+        const int row = (zl0 + i) * R + r;
+        const float4* pr4 = reinterpret_cast<const float4*>(sP + row * kLdp);
+        const float4 lo = pr4[0];
+        const float pr[8] = {lo.x, lo.y, lo.z, lo.w, 0.f, 0.f, 0.f, 0.f};
+        float v = 0.f;
+        if constexpr (kT > 4) {
+          const float4 hi = pr4[1];
+          const float prh[4] = {hi.x, hi.y, hi.z, hi.w};
+#pragma unroll
+          for (int t = 0; t < kT; ++t) v += (t < 4 ? pr[t] : prh[t - 4]) * bv[i][t];
+        } else {
+#pragma unroll
+          for (int t = 0; t < kT; ++t) v += pr[t] * bv[i][t];
+        }
+        ATile<kPrec>::Store(sA, Cfg::BM, row, lane, v);
+      }
     }
   }
 }
 
 template <MmaPrecision kPrec, class Cfg>
 __global__ void __launch_bounds__(256, kPrec == MmaPrecision::k3xTf32 ? 1 : 2) TpGemmKernel(const TpGemmArgs args) {
-  using Smem = GemmSmem<Cfg>;
+  using Smem = GemmSmem<kPrec, Cfg>;
   constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = kTileK;
   extern __shared__ float4 smem_raw[];
-  float* sA = reinterpret_cast<float*>(smem_raw);
-  float* const sB0 = sA + Smem::kAFloats;  // two stages, kBFloats apart
-  float* sP = sA + Smem::kAFloats + 2 * Smem::kBFloats;
+  void* sA = smem_raw;
+  float* const sB0 = reinterpret_cast<float*>(reinterpret_cast<char*>(smem_raw) + Smem::kABytes);  // 2 stages
+  float* sP = sB0 + 2 * Smem::kBFloats;
 
   const TpGemmWork item = args.work[blockIdx.x];
   const TpGemmPath path = args.paths[item.path];
@@ -163,7 +196,7 @@ __global__ void __launch_bounds__(256, kPrec == MmaPrecision::k3xTf32 ? 1 : 2) T
   const int* roff = args.roff + path.roff_begin;
 
   // Rows past the last sample stay zero for the whole block.
-  for (int i = rows_valid * Smem::kLda + tid; i < BM * Smem::kLda; i += Cfg::kThreads) sA[i] = 0.f;
+  for (int i = rows_valid * BK + tid; i < BM * BK; i += Cfg::kThreads) ATile<kPrec>::StoreZero(sA, BM, i / BK, i % BK);
 
   float acc[Cfg::MT][Cfg::NT][4];
 #pragma unroll
@@ -173,24 +206,35 @@ __global__ void __launch_bounds__(256, kPrec == MmaPrecision::k3xTf32 ? 1 : 2) T
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.f;
 
-  IssueWTile<Cfg>(args, path, item.k_begin, item.k_end, n0, sB0, tid);
+  IssueWTile<Cfg, Smem::kLdb>(args, path, item.k_begin, item.k_end, n0, sB0, tid);
   int stage = 0;
+  int pz_p = -1;  // the p that sP holds
   for (int k0 = item.k_begin; k0 < item.k_end; k0 += BK, stage ^= 1) {
     if (k0 + BK < item.k_end) {
-      IssueWTile<Cfg>(args, path, k0 + BK, item.k_end, n0, sB0 + (stage ^ 1) * Smem::kBFloats, tid);
+      IssueWTile<Cfg, Smem::kLdb>(args, path, k0 + BK, item.k_end, n0, sB0 + (stage ^ 1) * Smem::kBFloats, tid);
     } else {
       CpAsyncCommit();  // an empty group keeps the wait count below uniform
     }
-    switch (path.fast_t) {
-      case 1: GenerateFast<Cfg, 1>(args, path, roff, z0, rows_valid, k0, sA, sP, tid, lane, warp); break;
-      case 3: GenerateFast<Cfg, 3>(args, path, roff, z0, rows_valid, k0, sA, sP, tid, lane, warp); break;
-      case 5: GenerateFast<Cfg, 5>(args, path, roff, z0, rows_valid, k0, sA, sP, tid, lane, warp); break;
-      case 7: GenerateFast<Cfg, 7>(args, path, roff, z0, rows_valid, k0, sA, sP, tid, lane, warp); break;
-      default: GenerateGeneric<Cfg>(args, path, roff, z0, rows_valid, k0, item.k_end, sA, lane, warp); break;
+    if (path.fast_t != 0) {
+      const int p = k0 / path.Q;
+      if (p != pz_p) {  // the previous tile's readers of sP passed the barrier after its MMA
+        ComputePz(args, path, roff, z0, rows_valid, p, sP, tid, Cfg::kThreads);
+        __syncthreads();
+        pz_p = p;
+      }
+      const int q = k0 - p * path.Q + lane;
+      switch (path.fast_t) {
+        case 1: GenerateFromPz<kPrec, Cfg, 1>(args, path, z0, rows_valid, q, sP, sA, lane, warp); break;
+        case 3: GenerateFromPz<kPrec, Cfg, 3>(args, path, z0, rows_valid, q, sP, sA, lane, warp); break;
+        case 5: GenerateFromPz<kPrec, Cfg, 5>(args, path, z0, rows_valid, q, sP, sA, lane, warp); break;
+        default: GenerateFromPz<kPrec, Cfg, 7>(args, path, z0, rows_valid, q, sP, sA, lane, warp); break;
+      }
+    } else {
+      GenerateGeneric<kPrec, Cfg>(args, path, roff, z0, rows_valid, k0, item.k_end, sA, lane, warp);
     }
     CpAsyncWait<1>();
     __syncthreads();
-    WarpMmaTileK<kPrec, Cfg::MT, Cfg::NT, false>(acc, sA, Smem::kLda, sB0 + stage * Smem::kBFloats, Smem::kLdb, warp_m0, warp_n0, lane);
+    WarpMmaLdm<kPrec, Cfg::MT, Cfg::NT, BM, Smem::kLdb>(acc, sA, sB0 + stage * Smem::kBFloats, warp_m0, warp_n0, lane);
     __syncthreads();
   }
   CpAsyncWait<0>();
@@ -217,14 +261,14 @@ __global__ void __launch_bounds__(256, kPrec == MmaPrecision::k3xTf32 ? 1 : 2) T
 
 template <MmaPrecision kPrec, class Cfg>
 cudaError_t LaunchConfig(const TpGemmArgs& args, cudaStream_t stream) {
-  TpGemmKernel<kPrec, Cfg><<<args.num_work, Cfg::kThreads, GemmSmem<Cfg>::kBytes, stream>>>(args);
+  TpGemmKernel<kPrec, Cfg><<<args.num_work, Cfg::kThreads, GemmSmem<kPrec, Cfg>::kBytes, stream>>>(args);
   return cudaGetLastError();
 }
 
 template <MmaPrecision kPrec, class Cfg>
 cudaError_t Configure() {
   return cudaFuncSetAttribute(TpGemmKernel<kPrec, Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              static_cast<int>(GemmSmem<Cfg>::kBytes));
+                              static_cast<int>(GemmSmem<kPrec, Cfg>::kBytes));
 }
 
 template <MmaPrecision kPrec>

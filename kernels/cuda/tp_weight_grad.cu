@@ -24,6 +24,7 @@ namespace tpserve::cuda {
 namespace {
 
 constexpr int kLdp = 8;
+constexpr int kPzRows = 4 * kTileK;  // Pz is built for 4 K tiles at a time
 
 template <class Cfg>
 struct WgSmem {
@@ -32,7 +33,7 @@ struct WgSmem {
   static constexpr int kLdb = Cfg::BN + 8;
   static constexpr int kAFloats = kTileK * kLda;
   static constexpr int kBFloats = kTileK * kLdb;
-  static constexpr int kPFloats = kTileK * kCols * kLdp;
+  static constexpr int kPFloats = kPzRows * kCols * kLdp;
   static constexpr size_t kBytes = sizeof(float) * (kAFloats + 2 * kBFloats + kPFloats);
 };
 
@@ -85,22 +86,21 @@ __device__ __forceinline__ void GenerateGeneric(const WeightGradArgs& args, cons
   }
 }
 
-template <class Cfg, int kT>
-__device__ __forceinline__ void GenerateFast(const WeightGradArgs& args, const WeightGradPath& path, const int* roff,
-                                             const int (&b_col)[WgSmem<Cfg>::kCols],
-                                             const bool (&m_valid)[WgSmem<Cfg>::kCols], int m0, int k0, int k_end,
-                                             float* sA, float* sP, int tid, int lane, int warp) {
-  constexpr int kCols = WgSmem<Cfg>::kCols, kLda = WgSmem<Cfg>::kLda;
+// Fast path (T = kT in {1, 3, 5, 7}, Q % 32 == 0: p is uniform in each group of 32 columns).
+// Pz[krow][j][t] = sum_{(s,t,c) in nz(r)} c * x1[z, p_j, s] for kPzRows rows (z, r) from k_base.
+template <class Cfg>
+__device__ __forceinline__ void ComputePz(const WeightGradArgs& args, const WeightGradPath& path, const int* roff,
+                                          int m0, int k_base, int k_end, float* sP, int tid) {
+  constexpr int kCols = WgSmem<Cfg>::kCols;
   const int R = path.R;
   const int rows_total = path.P * path.Q;
-  // Pz[krow][j][t] = sum_{(s,t,c) in nz(r)} c * x1[z, p_j, s], p_j the p of columns 32j .. 32j + 31.
-  for (int idx = tid; idx < kTileK * kCols; idx += Cfg::kThreads) {
+  for (int idx = tid; idx < kPzRows * kCols; idx += Cfg::kThreads) {
     const int krow = idx / kCols, j = idx - (idx / kCols) * kCols;
-    const int kidx = k0 + krow;
+    const int kidx = k_base + krow;
     const int m = m0 + 32 * j;
     float* pr = sP + idx * kLdp;
 #pragma unroll
-    for (int t = 0; t < kT; ++t) pr[t] = 0.f;
+    for (int t = 0; t < kLdp; ++t) pr[t] = 0.f;
     if (kidx < k_end && m < rows_total) {
       const int z = kidx / R;
       const int r = kidx - z * R;
@@ -112,41 +112,46 @@ __device__ __forceinline__ void GenerateFast(const WeightGradArgs& args, const W
       }
     }
   }
-  __syncthreads();
+}
+
+// A^T[krow][lane + 32j] = sum_t Pz[krow][j][t] * x2[z, q_j, t]; each warp takes 4 consecutive rows,
+// which mostly share z, so x2 values are loaded once per z.
+template <class Cfg, int kT>
+__device__ __forceinline__ void GenerateFromPz(const WeightGradArgs& args, const WeightGradPath& path,
+                                               const int (&b_col)[WgSmem<Cfg>::kCols],
+                                               const bool (&m_valid)[WgSmem<Cfg>::kCols], int k0, int k_end,
+                                               const float* sP_tile, float* sA, int lane, int warp) {
+  constexpr int kCols = WgSmem<Cfg>::kCols, kLda = WgSmem<Cfg>::kLda;
   constexpr int kRowsPerWarp = kTileK / Cfg::kWarps;
-  int z_loaded = -1;
-  float bv[kCols][kT];
+  const int R = path.R;
 #pragma unroll
-  for (int i = 0; i < kRowsPerWarp; ++i) {
-    const int krow = warp * kRowsPerWarp + i;
-    const int kidx = k0 + krow;
-    float v[kCols];
+  for (int j = 0; j < kCols; ++j) {
+    int z_loaded = -1;
+    float bv[kT];
 #pragma unroll
-    for (int j = 0; j < kCols; ++j) v[j] = 0.f;
-    if (kidx < k_end) {
-      const int z = kidx / R;
-      if (z != z_loaded) {
-        const float* x2 = args.x2 + z * args.x2_row_stride;
+    for (int i = 0; i < kRowsPerWarp; ++i) {
+      const int krow = warp * kRowsPerWarp + i;
+      const int kidx = k0 + krow;
+      float v = 0.f;
+      if (kidx < k_end) {
+        const int z = kidx / R;
+        if (z != z_loaded) {
+          const float* x2 = args.x2 + z * args.x2_row_stride + b_col[j];
 #pragma unroll
-        for (int j = 0; j < kCols; ++j)
+          for (int t = 0; t < kT; ++t) bv[t] = m_valid[j] ? __ldg(x2 + t) : 0.f;
+          z_loaded = z;
+        }
+        const float* pr = sP_tile + (krow * kCols + j) * kLdp;
 #pragma unroll
-          for (int t = 0; t < kT; ++t) bv[j][t] = m_valid[j] ? __ldg(x2 + b_col[j] + t) : 0.f;
-        z_loaded = z;
+        for (int t = 0; t < kT; ++t) v += pr[t] * bv[t];
       }
-#pragma unroll
-      for (int j = 0; j < kCols; ++j) {
-        const float* pr = sP + (krow * kCols + j) * kLdp;
-#pragma unroll
-        for (int t = 0; t < kT; ++t) v[j] += pr[t] * bv[j][t];
-      }
+      sA[krow * kLda + lane + 32 * j] = v;
     }
-#pragma unroll
-    for (int j = 0; j < kCols; ++j) sA[krow * kLda + lane + 32 * j] = v[j];
   }
 }
 
 template <MmaPrecision kPrec, class Cfg>
-__global__ void __launch_bounds__(256, 1) WeightGradKernel(const WeightGradArgs args) {
+__global__ void __launch_bounds__(256, kPrec == MmaPrecision::k3xTf32 ? 1 : 2) WeightGradKernel(const WeightGradArgs args) {
   using Smem = WgSmem<Cfg>;
   constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = kTileK;
   constexpr int kCols = Smem::kCols;
@@ -187,24 +192,33 @@ __global__ void __launch_bounds__(256, 1) WeightGradKernel(const WeightGradArgs 
 
   IssueGTile<Cfg>(args, path, item.k_begin, item.k_end, n0, sB0, tid);
   int stage = 0;
+  int pz_base = item.k_begin - kPzRows;  // first K row that sP holds
   for (int k0 = item.k_begin; k0 < item.k_end; k0 += BK, stage ^= 1) {
     if (k0 + BK < item.k_end) {
       IssueGTile<Cfg>(args, path, k0 + BK, item.k_end, n0, sB0 + (stage ^ 1) * Smem::kBFloats, tid);
     } else {
       CpAsyncCommit();
     }
-    switch (path.fast_t) {
-      case 1: GenerateFast<Cfg, 1>(args, path, roff, b_col, m_valid, m0, k0, item.k_end, sA, sP, tid, lane, warp); break;
-      case 3: GenerateFast<Cfg, 3>(args, path, roff, b_col, m_valid, m0, k0, item.k_end, sA, sP, tid, lane, warp); break;
-      case 5: GenerateFast<Cfg, 5>(args, path, roff, b_col, m_valid, m0, k0, item.k_end, sA, sP, tid, lane, warp); break;
-      case 7: GenerateFast<Cfg, 7>(args, path, roff, b_col, m_valid, m0, k0, item.k_end, sA, sP, tid, lane, warp); break;
-      default:
-        GenerateGeneric<Cfg>(args, path, roff, a_col, b_col, m_valid, k0, item.k_end, sA, lane, warp);
-        break;
+    if (path.fast_t != 0) {
+      if (k0 >= pz_base + kPzRows) {  // readers of the old sP passed the barrier after their MMA
+        pz_base = k0;
+        ComputePz<Cfg>(args, path, roff, m0, pz_base, item.k_end, sP, tid);
+        __syncthreads();
+      }
+      const float* sP_tile = sP + (k0 - pz_base) * kCols * kLdp;
+      switch (path.fast_t) {
+        case 1: GenerateFromPz<Cfg, 1>(args, path, b_col, m_valid, k0, item.k_end, sP_tile, sA, lane, warp); break;
+        case 3: GenerateFromPz<Cfg, 3>(args, path, b_col, m_valid, k0, item.k_end, sP_tile, sA, lane, warp); break;
+        case 5: GenerateFromPz<Cfg, 5>(args, path, b_col, m_valid, k0, item.k_end, sP_tile, sA, lane, warp); break;
+        default: GenerateFromPz<Cfg, 7>(args, path, b_col, m_valid, k0, item.k_end, sP_tile, sA, lane, warp); break;
+      }
+    } else {
+      GenerateGeneric<Cfg>(args, path, roff, a_col, b_col, m_valid, k0, item.k_end, sA, lane, warp);
     }
     CpAsyncWait<1>();
     __syncthreads();
-    WarpMmaTileK<kPrec, Cfg::MT, Cfg::NT, true>(acc, sA, Smem::kLda, sB0 + stage * Smem::kBFloats, Smem::kLdb, warp_m0, warp_n0, lane);
+    WarpMmaTileK<kPrec, Cfg::MT, Cfg::NT, true, Smem::kLda, Smem::kLdb>(acc, sA, sB0 + stage * Smem::kBFloats, warp_m0,
+                                                                      warp_n0, lane);
     __syncthreads();
   }
   CpAsyncWait<0>();
