@@ -109,7 +109,10 @@ absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(CoreConfig 
   for (auto& backend : backends) {
     core->workers_.push_back(std::make_unique<Worker>(std::move(backend), core->batcher_.get(), core->observer_));
   }
-  for (auto& worker : core->workers_) worker->Start();
+  for (auto& worker : core->workers_) {
+    for (const auto& [name, model] : core->models_) RETURN_IF_ERROR(worker->Warm(*model));
+    worker->Start();
+  }
   return core;
 }
 
@@ -152,6 +155,16 @@ absl::StatusOr<ModelInfo> InferenceCore::CreateModel(const std::string& name, co
   StoredModel stored{name, NormalizedSpec(plan), snapshot.version, *snapshot.weights, snapshot.fnv1a64};
   RETURN_IF_ERROR(repository_.Create(stored));
   auto model = std::make_shared<Model>(name, std::move(plan), std::move(snapshot));
+  // Replicas on every device before the model is visible. A failure (out of device memory)
+  // undoes the create, so disk and memory agree.
+  for (auto& worker : workers_) {
+    absl::Status warmed = worker->Warm(*model);
+    if (!warmed.ok()) {
+      for (auto& w : workers_) w->DropModel(*model);
+      repository_.Remove(name).IgnoreError();
+      return warmed;
+    }
+  }
   ModelInfo info = model->Info();
   std::lock_guard<std::mutex> lock(mu_);
   models_[name] = std::move(model);

@@ -114,6 +114,13 @@ absl::Status Worker::ZeroGradient(const Model& model) {
   return backend_->Synchronize(ctx_);
 }
 
+absl::Status Worker::Warm(const Model& model) {
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<Replica*> replica = ReplicaFor(model, model.weights());
+  if (!replica.ok()) return replica.status();
+  return backend_->Synchronize(ctx_);
+}
+
 void Worker::DropModel(const Model& model) {
   std::lock_guard<std::mutex> lock(mu_);
   replicas_.erase(model.instance_id());

@@ -35,6 +35,8 @@ class Worker {
   // zeroed afterwards when `zero` is set.
   absl::StatusOr<std::vector<float>> ReadGradient(const Model& model, bool zero);
   absl::Status ZeroGradient(const Model& model);
+  // Prepares the plan and uploads the current weights now, so that the first request does not pay.
+  absl::Status Warm(const Model& model);
   // Frees the replica of a deleted model.
   void DropModel(const Model& model);
 
