@@ -192,6 +192,7 @@ absl::Status InferenceCore::DeleteModel(const std::string& name) {
     std::lock_guard<std::mutex> lock(mu_);
     models_.erase(name);
   }
+  model->MarkDeleted();
   // Requests already admitted keep the model alive (shared_ptr) and finish; replicas go now or
   // are rebuilt and dropped with the last reference.
   for (auto& worker : workers_) worker->DropModel(*model);

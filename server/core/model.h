@@ -3,6 +3,7 @@
 // InferenceCore and on disk in the ModelRepository; workers hold device replicas of the weights.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -68,6 +69,10 @@ class Model {
   void SetWeights(WeightsSnapshot weights);
   ModelInfo Info() const;
 
+  // Set by DeleteModel: workers free their replica after any launch still in flight.
+  void MarkDeleted() { deleted_.store(true); }
+  bool deleted() const { return deleted_.load(); }
+
   // Serializes weight changes (upload commit, SGD step) of this model.
   std::mutex& update_mutex() { return update_mu_; }
 
@@ -79,6 +84,7 @@ class Model {
   mutable std::mutex mu_;
   WeightsSnapshot weights_;
   std::mutex update_mu_;
+  std::atomic<bool> deleted_{false};
 };
 
 }  // namespace tpserve::server

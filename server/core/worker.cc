@@ -142,6 +142,11 @@ void Worker::Execute(std::vector<std::unique_ptr<PendingRequest>> batch) {
     status = replica.status();
     if (status.ok()) status = RunBatch(batch, **replica, results);
     for (auto& result : results) result.model_version = weights.version;
+    // A launch admitted before its model was deleted may have rebuilt the replica: free it.
+    if (model.deleted()) {
+      replicas_.erase(model.instance_id());
+      ReportMemory();
+    }
   }
   double compute_seconds = SecondsSince(start);
   const std::string& model_name = batch.front()->model->name();
