@@ -20,6 +20,26 @@ __device__ __forceinline__ uint32_t ToTf32(float x) {
   return r;
 }
 
+// x = big + small with big the top 19 bits of x (exact) and small the rest, read as TF32 by the
+// tensor cores (truncated again: relative error 2^-10 of a term that is itself below 2^-10 of x).
+__device__ __forceinline__ void SplitTf32(float x, uint32_t& big, uint32_t& small) {
+  big = __float_as_uint(x) & 0xffffe000u;
+  small = __float_as_uint(x - __uint_as_float(big));
+}
+
+// q = x / d, r = x % d for 0 <= x < 2^22, 0 < d, via a float reciprocal (no integer division).
+__device__ __forceinline__ void DivMod(int x, int d, float inv_d, int& q, int& r) {
+  q = __float2int_rz((static_cast<float>(x) + 0.5f) * inv_d);
+  r = x - q * d;
+  if (r < 0) {
+    --q;
+    r += d;
+  } else if (r >= d) {
+    ++q;
+    r -= d;
+  }
+}
+
 __device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
@@ -90,8 +110,8 @@ __device__ __forceinline__ void WarpMmaTileK(float (&acc)[MT][NT][4], const floa
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         const int n = warp_n0 + nt * 8 + g;
-        b[nt][0] = ToTf32(B(kk + t, n));
-        b[nt][1] = ToTf32(B(kk + t + 4, n));
+        b[nt][0] = __float_as_uint(B(kk + t, n));
+        b[nt][1] = __float_as_uint(B(kk + t + 4, n));
       }
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
@@ -116,20 +136,14 @@ __device__ __forceinline__ void WarpMmaTileK(float (&acc)[MT][NT][4], const floa
         const int m = warp_m0 + mt * 16 + g;
         const float av[4] = {A(m, kk + t), A(m + 8, kk + t), A(m, kk + t + 4), A(m + 8, kk + t + 4)};
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          a_big[i] = ToTf32(av[i]);
-          a_small[i] = ToTf32(av[i] - __uint_as_float(a_big[i]));
-        }
+        for (int i = 0; i < 4; ++i) SplitTf32(av[i], a_big[i], a_small[i]);
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
           const int n = warp_n0 + nt * 8 + g;
           const float bv[2] = {B(kk + t, n), B(kk + t + 4, n)};
           uint32_t b_big[2], b_small[2];
 #pragma unroll
-          for (int i = 0; i < 2; ++i) {
-            b_big[i] = ToTf32(bv[i]);
-            b_small[i] = ToTf32(bv[i] - __uint_as_float(b_big[i]));
-          }
+          for (int i = 0; i < 2; ++i) SplitTf32(bv[i], b_big[i], b_small[i]);
           MmaTf32(step[nt], a_small, b_big);
           MmaTf32(step[nt], a_big, b_small);
           MmaTf32(step[nt], a_big, b_big);
@@ -219,9 +233,10 @@ __device__ __forceinline__ void WarpMmaLdm(float (&acc)[MT][NT][4], const void* 
       for (int mt = 0; mt < MT; ++mt) LdMatrixX4(a[mt], a_addr + mt * kMtStride + kk * 4);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
+        // W as stored: the tensor cores read the top 19 bits (TF32 by truncation), no conversion.
         const float* bp = b_lane + kk * ldb + nt * 8;
-        b[nt][0] = ToTf32(bp[0]);
-        b[nt][1] = ToTf32(bp[4 * ldb]);
+        b[nt][0] = __float_as_uint(bp[0]);
+        b[nt][1] = __float_as_uint(bp[4 * ldb]);
       }
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
@@ -250,10 +265,7 @@ __device__ __forceinline__ void WarpMmaLdm(float (&acc)[MT][NT][4], const void* 
           const float bv[2] = {bp[0], bp[4 * ldb]};
           uint32_t b_big[2], b_small[2];
 #pragma unroll
-          for (int i = 0; i < 2; ++i) {
-            b_big[i] = ToTf32(bv[i]);
-            b_small[i] = ToTf32(bv[i] - __uint_as_float(b_big[i]));
-          }
+          for (int i = 0; i < 2; ++i) SplitTf32(bv[i], b_big[i], b_small[i]);
           MmaTf32(step[nt], a_small, b_big);
           MmaTf32(step[nt], a_big, b_small);
           MmaTf32(step[nt], a_big, b_big);

@@ -37,26 +37,36 @@ struct WgSmem {
   static constexpr size_t kBytes = sizeof(float) * (kAFloats + 2 * kBFloats + kPFloats);
 };
 
+// Starts the copy of g's K tile: sB[k][n] = g[z, off_g + (n0 + n)*R + r] for rows k = (z, r) from k0.
+// Each warp copies 4 consecutive rows (one division for all four), lanes cover n.
 template <class Cfg>
-__device__ __forceinline__ void IssueGTile(const WeightGradArgs& args, const WeightGradPath& path, int k0, int k_end,
-                                           int n0, float* sB, int tid) {
+__device__ __forceinline__ void IssueGTile(const WeightGradArgs& args, const WeightGradPath& path, float inv_r, int k0,
+                                           int k_end, int n0, float* sB, int lane, int warp) {
   constexpr int BN = Cfg::BN, kLdb = WgSmem<Cfg>::kLdb;
-  for (int e = tid; e < kTileK * BN; e += Cfg::kThreads) {
-    const int k = e / BN, n = e - (e / BN) * BN;
-    const int kidx = k0 + k;
-    const bool valid = kidx < k_end && n0 + n < path.N;
-    const float* src = args.g;
-    if (valid) {
-      const int z = kidx / path.R;
-      const int r = kidx - z * path.R;
-      src = args.g + z * args.g_row_stride + path.g_offset + (n0 + n) * path.R + r;
+  constexpr int kRowsPerWarp = kTileK / Cfg::kWarps;
+  const int R = path.R;
+  int z, r;
+  DivMod(k0 + warp * kRowsPerWarp, R, inv_r, z, r);
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+    const int k = warp * kRowsPerWarp + i;
+    const bool row_valid = k0 + k < k_end;
+    const float* row = args.g + static_cast<long long>(z) * args.g_row_stride + path.g_offset + r;
+#pragma unroll
+    for (int c = 0; c < BN / 32; ++c) {
+      const int n = lane + 32 * c;
+      const bool valid = row_valid && n0 + n < path.N;
+      CpAsync4(sB + k * kLdb + n, valid ? row + (n0 + n) * R : args.g, valid);
     }
-    CpAsync4(sB + k * kLdb + n, src, valid);
+    if (++r == R) {
+      r = 0;
+      ++z;
+    }
   }
   CpAsyncCommit();
 }
 
-template <class Cfg>
+template <MmaPrecision kPrec, class Cfg>
 __device__ __forceinline__ void GenerateGeneric(const WeightGradArgs& args, const WeightGradPath& path,
                                                 const int* roff, const int (&a_col)[WgSmem<Cfg>::kCols],
                                                 const int (&b_col)[WgSmem<Cfg>::kCols],
@@ -82,7 +92,8 @@ __device__ __forceinline__ void GenerateGeneric(const WeightGradArgs& args, cons
       }
     }
 #pragma unroll
-    for (int j = 0; j < kCols; ++j) sA[krow * kLda + lane + 32 * j] = v[j];
+    for (int j = 0; j < kCols; ++j)
+      sA[krow * kLda + lane + 32 * j] = kPrec == MmaPrecision::kTf32 ? __uint_as_float(ToTf32(v[j])) : v[j];
   }
 }
 
@@ -90,7 +101,7 @@ __device__ __forceinline__ void GenerateGeneric(const WeightGradArgs& args, cons
 // Pz[krow][j][t] = sum_{(s,t,c) in nz(r)} c * x1[z, p_j, s] for kPzRows rows (z, r) from k_base.
 template <class Cfg>
 __device__ __forceinline__ void ComputePz(const WeightGradArgs& args, const WeightGradPath& path, const int* roff,
-                                          int m0, int k_base, int k_end, float* sP, int tid) {
+                                          float inv_r, int m0, int k_base, int k_end, float* sP, int tid) {
   constexpr int kCols = WgSmem<Cfg>::kCols;
   const int R = path.R;
   const int rows_total = path.P * path.Q;
@@ -102,9 +113,9 @@ __device__ __forceinline__ void ComputePz(const WeightGradArgs& args, const Weig
 #pragma unroll
     for (int t = 0; t < kLdp; ++t) pr[t] = 0.f;
     if (kidx < k_end && m < rows_total) {
-      const int z = kidx / R;
-      const int r = kidx - z * R;
-      const float* a = args.x1 + z * args.x1_row_stride + path.a_offset + (m / path.Q) * path.S;
+      int z, r;
+      DivMod(kidx, R, inv_r, z, r);
+      const float* a = args.x1 + static_cast<long long>(z) * args.x1_row_stride + path.a_offset + (m / path.Q) * path.S;
       const int e_end = __ldg(roff + r + 1);
       for (int e = __ldg(roff + r); e < e_end; ++e) {
         const NzEntry nz = args.nz[e];
@@ -116,17 +127,20 @@ __device__ __forceinline__ void ComputePz(const WeightGradArgs& args, const Weig
 
 // A^T[krow][lane + 32j] = sum_t Pz[krow][j][t] * x2[z, q_j, t]; each warp takes 4 consecutive rows,
 // which mostly share z, so x2 values are loaded once per z.
-template <class Cfg, int kT>
+template <MmaPrecision kPrec, class Cfg, int kT>
 __device__ __forceinline__ void GenerateFromPz(const WeightGradArgs& args, const WeightGradPath& path,
                                                const int (&b_col)[WgSmem<Cfg>::kCols],
-                                               const bool (&m_valid)[WgSmem<Cfg>::kCols], int k0, int k_end,
-                                               const float* sP_tile, float* sA, int lane, int warp) {
+                                               const bool (&m_valid)[WgSmem<Cfg>::kCols], float inv_r, int k0,
+                                               int k_end, const float* sP_tile, float* sA, int lane, int warp) {
   constexpr int kCols = WgSmem<Cfg>::kCols, kLda = WgSmem<Cfg>::kLda;
   constexpr int kRowsPerWarp = kTileK / Cfg::kWarps;
   const int R = path.R;
+  int z_first, r_first;
+  DivMod(k0 + warp * kRowsPerWarp, R, inv_r, z_first, r_first);
 #pragma unroll
   for (int j = 0; j < kCols; ++j) {
     int z_loaded = -1;
+    int z = z_first, r = r_first;
     float bv[kT];
 #pragma unroll
     for (int i = 0; i < kRowsPerWarp; ++i) {
@@ -134,9 +148,8 @@ __device__ __forceinline__ void GenerateFromPz(const WeightGradArgs& args, const
       const int kidx = k0 + krow;
       float v = 0.f;
       if (kidx < k_end) {
-        const int z = kidx / R;
         if (z != z_loaded) {
-          const float* x2 = args.x2 + z * args.x2_row_stride + b_col[j];
+          const float* x2 = args.x2 + static_cast<long long>(z) * args.x2_row_stride + b_col[j];
 #pragma unroll
           for (int t = 0; t < kT; ++t) bv[t] = m_valid[j] ? __ldg(x2 + t) : 0.f;
           z_loaded = z;
@@ -145,7 +158,11 @@ __device__ __forceinline__ void GenerateFromPz(const WeightGradArgs& args, const
 #pragma unroll
         for (int t = 0; t < kT; ++t) v += pr[t] * bv[t];
       }
-      sA[krow * kLda + lane + 32 * j] = v;
+      sA[krow * kLda + lane + 32 * j] = kPrec == MmaPrecision::kTf32 ? __uint_as_float(ToTf32(v)) : v;
+      if (++r == R) {
+        r = 0;
+        ++z;
+      }
     }
   }
 }
@@ -168,6 +185,7 @@ __global__ void __launch_bounds__(256, kPrec == MmaPrecision::k3xTf32 ? 1 : 2) W
   const int warp_m0 = (warp / Cfg::WN) * (BM / Cfg::WM);
   const int warp_n0 = (warp % Cfg::WN) * (BN / Cfg::WN);
   const int* roff = args.roff + path.roff_begin;
+  const float inv_r = 1.f / static_cast<float>(path.R);
 
   // This lane's columns of A^T (weight rows m = p*Q + q), fixed for the whole block.
   int a_col[kCols], b_col[kCols];
@@ -190,34 +208,34 @@ __global__ void __launch_bounds__(256, kPrec == MmaPrecision::k3xTf32 ? 1 : 2) W
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.f;
 
-  IssueGTile<Cfg>(args, path, item.k_begin, item.k_end, n0, sB0, tid);
+  IssueGTile<Cfg>(args, path, inv_r, item.k_begin, item.k_end, n0, sB0, lane, warp);
   int stage = 0;
   int pz_base = item.k_begin - kPzRows;  // first K row that sP holds
   for (int k0 = item.k_begin; k0 < item.k_end; k0 += BK, stage ^= 1) {
     if (k0 + BK < item.k_end) {
-      IssueGTile<Cfg>(args, path, k0 + BK, item.k_end, n0, sB0 + (stage ^ 1) * Smem::kBFloats, tid);
+      IssueGTile<Cfg>(args, path, inv_r, k0 + BK, item.k_end, n0, sB0 + (stage ^ 1) * Smem::kBFloats, lane, warp);
     } else {
       CpAsyncCommit();
     }
     if (path.fast_t != 0) {
       if (k0 >= pz_base + kPzRows) {  // readers of the old sP passed the barrier after their MMA
         pz_base = k0;
-        ComputePz<Cfg>(args, path, roff, m0, pz_base, item.k_end, sP, tid);
+        ComputePz<Cfg>(args, path, roff, inv_r, m0, pz_base, item.k_end, sP, tid);
         __syncthreads();
       }
       const float* sP_tile = sP + (k0 - pz_base) * kCols * kLdp;
       switch (path.fast_t) {
-        case 1: GenerateFromPz<Cfg, 1>(args, path, b_col, m_valid, k0, item.k_end, sP_tile, sA, lane, warp); break;
-        case 3: GenerateFromPz<Cfg, 3>(args, path, b_col, m_valid, k0, item.k_end, sP_tile, sA, lane, warp); break;
-        case 5: GenerateFromPz<Cfg, 5>(args, path, b_col, m_valid, k0, item.k_end, sP_tile, sA, lane, warp); break;
-        default: GenerateFromPz<Cfg, 7>(args, path, b_col, m_valid, k0, item.k_end, sP_tile, sA, lane, warp); break;
+        case 1: GenerateFromPz<kPrec, Cfg, 1>(args, path, b_col, m_valid, inv_r, k0, item.k_end, sP_tile, sA, lane, warp); break;
+        case 3: GenerateFromPz<kPrec, Cfg, 3>(args, path, b_col, m_valid, inv_r, k0, item.k_end, sP_tile, sA, lane, warp); break;
+        case 5: GenerateFromPz<kPrec, Cfg, 5>(args, path, b_col, m_valid, inv_r, k0, item.k_end, sP_tile, sA, lane, warp); break;
+        default: GenerateFromPz<kPrec, Cfg, 7>(args, path, b_col, m_valid, inv_r, k0, item.k_end, sP_tile, sA, lane, warp); break;
       }
     } else {
-      GenerateGeneric<Cfg>(args, path, roff, a_col, b_col, m_valid, k0, item.k_end, sA, lane, warp);
+      GenerateGeneric<kPrec, Cfg>(args, path, roff, a_col, b_col, m_valid, k0, item.k_end, sA, lane, warp);
     }
     CpAsyncWait<1>();
     __syncthreads();
-    WarpMmaTileK<kPrec, Cfg::MT, Cfg::NT, true, Smem::kLda, Smem::kLdb>(acc, sA, sB0 + stage * Smem::kBFloats, warp_m0,
+    WarpMmaTileK<kPrec, Cfg::MT, Cfg::NT, true, Smem::kLda, Smem::kLdb, kPrec == MmaPrecision::kTf32>(acc, sA, sB0 + stage * Smem::kBFloats, warp_m0,
                                                                       warp_n0, lane);
     __syncthreads();
   }
