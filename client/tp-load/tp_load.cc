@@ -3,9 +3,10 @@
 //   1. verify: one Forward on the server against the same tensor product computed locally (CPU
 //      backend, the model's downloaded weights); refuses to time a wrong answer;
 //   2. latency: one client, unary Forward at --batch, back to back: p50/p90/p99 end to end;
-//   3. throughput: --streams concurrent bidirectional Streams, each keeping --window requests in
-//      flight, for --duration_s; then the same number of concurrent callers on Echo with the same
-//      request and response bytes (the transport's own ceiling); the ratio of the two.
+//   3. throughput: --streams concurrent bidirectional Streams, each keeping --window Forward
+//      requests in flight, for --duration_s; then the same streams carrying Echo messages of the
+//      same request and response bytes (the transport's own ceiling), and unary Echo for
+//      reference; the ratio Forward / stream Echo.
 // Prints a table and writes JSON (--json). Creates the model (seeded) when it does not exist.
 #include <algorithm>
 #include <atomic>
@@ -104,9 +105,9 @@ struct Throughput {
   int64_t requests = 0, errors = 0;
 };
 
-// `streams` bidirectional Streams, each keeping `window` Forward requests in flight.
-Throughput StreamForward(client::TpClient& client, const tp::v1::ForwardRequest& request, int streams, int window,
-                         double seconds, int64_t bytes_per_request) {
+// `streams` bidirectional Streams, each keeping `window` copies of `message` in flight.
+Throughput StreamLoad(client::TpClient& client, const tp::v1::StreamRequest& prototype, int64_t samples_per_request,
+                      int streams, int window, double seconds, int64_t bytes_per_request) {
   std::atomic<int64_t> done{0}, errors{0};
   std::atomic<bool> stop{false};
   std::vector<std::thread> threads;
@@ -118,8 +119,7 @@ Throughput StreamForward(client::TpClient& client, const tp::v1::ForwardRequest&
       std::condition_variable cv;
       int outstanding = 0;
       std::thread writer([&] {
-        tp::v1::StreamRequest message;
-        *message.mutable_forward() = request;
+        tp::v1::StreamRequest message = prototype;
         for (uint64_t id = 0; !stop; ++id) {
           {
             std::unique_lock<std::mutex> lock(mu);
@@ -153,7 +153,7 @@ Throughput StreamForward(client::TpClient& client, const tp::v1::ForwardRequest&
   result.requests = at_stop;
   result.errors = errors;
   result.requests_per_s = at_stop / elapsed;
-  result.samples_per_s = result.requests_per_s * request.x1().shape(0);
+  result.samples_per_s = result.requests_per_s * samples_per_request;
   result.bytes_per_s = result.requests_per_s * bytes_per_request;
   return result;
 }
@@ -277,26 +277,35 @@ int Main() {
   const int streams = absl::GetFlag(FLAGS_streams);
   if (streams > 0) {
     const double seconds = absl::GetFlag(FLAGS_duration_s);
-    Throughput tp = StreamForward(client, request, streams, absl::GetFlag(FLAGS_window), seconds,
-                                  request_bytes + response_bytes);
-    Throughput echo = UnaryEcho(client, streams * absl::GetFlag(FLAGS_window), seconds, request_bytes, response_bytes);
+    const int window = absl::GetFlag(FLAGS_window);
+    tp::v1::StreamRequest forward_message;
+    *forward_message.mutable_forward() = request;
+    Throughput tp = StreamLoad(client, forward_message, batch, streams, window, seconds,
+                               request_bytes + response_bytes);
+    // The no-op of the same size: the same streams, Echo messages as large as the Forward ones.
+    tp::v1::StreamRequest echo_message;
+    echo_message.mutable_echo()->set_payload(std::string(static_cast<size_t>(request_bytes), 'x'));
+    echo_message.mutable_echo()->set_response_bytes(response_bytes);
+    Throughput echo = StreamLoad(client, echo_message, 0, streams, window, seconds, request_bytes + response_bytes);
+    Throughput unary_echo = UnaryEcho(client, streams * window, seconds, request_bytes, response_bytes);
     double ratio = echo.requests_per_s > 0 ? tp.requests_per_s / echo.requests_per_s : 0;
     std::cout << absl::StrFormat(
         "  %d streams x %d in flight, Forward: %9.1f req/s  %10.0f samples/s  %7.1f MB/s  (%d errors)\n"
-        "  %d callers, Echo same bytes:   %9.1f req/s  %21s  %7.1f MB/s  (%d errors)\n"
-        "  Forward / Echo throughput: %.1f%%\n",
-        streams, absl::GetFlag(FLAGS_window), tp.requests_per_s, tp.samples_per_s, tp.bytes_per_s / 1e6, tp.errors,
-        streams * absl::GetFlag(FLAGS_window), echo.requests_per_s, "", echo.bytes_per_s / 1e6, echo.errors,
-        100 * ratio);
+        "  same streams, Echo of the same bytes: %9.1f req/s  %7.1f MB/s  (%d errors)\n"
+        "  %d callers, unary Echo, same bytes:  %9.1f req/s  %7.1f MB/s  (%d errors)\n"
+        "  Forward / stream Echo throughput: %.1f%%\n",
+        streams, window, tp.requests_per_s, tp.samples_per_s, tp.bytes_per_s / 1e6, tp.errors, echo.requests_per_s,
+        echo.bytes_per_s / 1e6, echo.errors, streams * window, unary_echo.requests_per_s,
+        unary_echo.bytes_per_s / 1e6, unary_echo.errors, 100 * ratio);
     json["throughput"] = {{"streams", streams},
-                          {"window", absl::GetFlag(FLAGS_window)},
+                          {"window", window},
                           {"duration_s", seconds},
                           {"forward_requests_per_s", tp.requests_per_s},
                           {"forward_samples_per_s", tp.samples_per_s},
                           {"forward_errors", tp.errors},
-                          {"echo_requests_per_s", echo.requests_per_s},
-                          {"echo_errors", echo.errors},
-                          {"forward_over_echo", ratio}};
+                          {"stream_echo_requests_per_s", echo.requests_per_s},
+                          {"unary_echo_requests_per_s", unary_echo.requests_per_s},
+                          {"forward_over_stream_echo", ratio}};
   }
   if (!absl::GetFlag(FLAGS_json).empty()) {
     std::ofstream(absl::GetFlag(FLAGS_json)) << json.dump(2) << "\n";

@@ -98,6 +98,7 @@ grpc::Status ComputeServiceImpl::Stream(
     bool forward = true;
     tp::v1::DType dtype = tp::v1::DTYPE_FLOAT32;
     std::optional<absl::StatusOr<InferenceResult>> result;
+    std::optional<tp::v1::EchoResponse> echo;
   };
   struct State {
     std::mutex mu;
@@ -132,7 +133,9 @@ grpc::Status ComputeServiceImpl::Stream(
       tp::v1::StreamResponse response;
       response.set_request_id(entry->request_id);
       const absl::StatusOr<InferenceResult>& result = *entry->result;
-      if (!result.ok()) {
+      if (entry->echo.has_value()) {
+        *response.mutable_echo() = std::move(*entry->echo);
+      } else if (!result.ok()) {
         response.set_code(static_cast<int>(result.status().code()));
         response.set_message(std::string(result.status().message()));
       } else if (entry->forward) {
@@ -155,7 +158,15 @@ grpc::Status ComputeServiceImpl::Stream(
     auto entry = std::make_shared<Entry>();
     entry->request_id = request.request_id();
     absl::StatusOr<InferenceRequest> converted = absl::InvalidArgumentError("stream request has no op");
-    if (request.has_forward()) {
+    if (request.has_echo()) {
+      entry->echo.emplace();
+      if (request.echo().response_bytes() > 0 && request.echo().response_bytes() <= (int64_t{1} << 30)) {
+        entry->echo->mutable_payload()->assign(static_cast<size_t>(request.echo().response_bytes()), '\0');
+      } else {
+        *entry->echo->mutable_payload() = std::move(*request.mutable_echo()->mutable_payload());
+      }
+      converted = InferenceRequest{};  // placeholder: answered without the core
+    } else if (request.has_forward()) {
       entry->forward = true;
       entry->dtype = ResultDType(request.forward().output_dtype(), request.forward().x1());
       converted = FromProto(request.forward());
@@ -177,9 +188,9 @@ grpc::Status ComputeServiceImpl::Stream(
       if (state->writer_failed) break;
       state->entries.push_back(entry);
     }
-    if (!converted.ok()) {
+    if (!converted.ok() || entry->echo.has_value()) {
       std::lock_guard<std::mutex> lock(state->mu);
-      entry->result = converted.status();
+      entry->result = converted.ok() ? absl::StatusOr<InferenceResult>(InferenceResult{}) : converted.status();
       state->cv.notify_all();
       continue;
     }

@@ -306,6 +306,8 @@ TEST_F(ServerTest, Stream_AnswersEveryRequestInOrderAndSurvivesABadOne) {
       request.set_request_id(1000 + i);
       if (i == 17) {
         *request.mutable_forward() = ForwardFor("no-such-model", c);
+      } else if (i == 20) {
+        request.mutable_echo()->set_payload("ping");
       } else if (i % 3 == 2) {
         *request.mutable_backward() = BackwardFor("m", c);
         request.mutable_backward()->set_want_grad_x1(true);
@@ -323,6 +325,8 @@ TEST_F(ServerTest, Stream_AnswersEveryRequestInOrderAndSurvivesABadOne) {
     EXPECT_EQ(response.request_id(), 1000u + received);
     if (received == 17) {
       EXPECT_EQ(response.code(), static_cast<int>(grpc::StatusCode::NOT_FOUND));
+    } else if (received == 20) {
+      EXPECT_EQ(response.echo().payload(), "ping");
     } else if (received % 3 == 2) {
       EXPECT_EQ(response.code(), 0) << response.message();
       EXPECT_LT(RelativeError(ToDoubles(response.backward().grad_x1()), c.grad_x1), 1e-5);
