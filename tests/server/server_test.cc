@@ -342,6 +342,44 @@ TEST_F(ServerTest, Stream_AnswersEveryRequestInOrderAndSurvivesABadOne) {
   EXPECT_EQ(received, kRequests);
 }
 
+TEST_F(ServerTest, Stream_ClientCancellingMidStreamLeavesTheServerServing) {
+  ReferenceCase c = LoadCase();
+  CreateFromCase(*client_, "m", c);
+  client::TpClient::Stream stream = client_->OpenStream();
+  for (int i = 0; i < 10; ++i) {
+    tp::v1::StreamRequest request;
+    request.set_request_id(i);
+    *request.mutable_forward() = ForwardFor("m", c);
+    if (!stream.rpc->Write(request)) break;
+  }
+  tp::v1::StreamResponse response;
+  ASSERT_TRUE(stream.rpc->Read(&response));
+  stream.context->TryCancel();
+  while (stream.rpc->Read(&response)) {
+  }
+  EXPECT_EQ(stream.rpc->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  auto after = client_->Forward(ForwardFor("m", c));
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_LT(RelativeError(ToDoubles(after->out()), c.out), 1e-5);
+}
+
+TEST(ServerBadInput, InlineWeightGradientOverTheLimitPointsToBackwardChunked) {
+  server::CoreConfig core;
+  core.max_inline_grad_bytes = 100;  // the model below has 84 weights = 336 bytes
+  auto server = TestServer::Start(core);
+  auto client = server->Connect();
+  ReferenceCase c = LoadCase();
+  CreateFromCase(*client, "m", c);
+  BackwardRequest request = BackwardFor("m", c);
+  request.set_weight_grad(tp::v1::WEIGHT_GRAD_RETURN);
+  auto status = client->Backward(request).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StrContains(status.message(), "BackwardChunked")) << status;
+  auto chunked = client->BackwardChunked(request);
+  ASSERT_TRUE(chunked.ok()) << chunked.status();
+  EXPECT_LT(RelativeError(ToDoubles(chunked->grad_weight()), c.grad_weight), 1e-5);
+}
+
 TEST_F(ServerTest, Echo_ReturnsThePayload) {
   tp::v1::EchoRequest request;
   request.set_payload(std::string(100000, 'x'));
