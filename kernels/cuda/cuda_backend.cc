@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <utility>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -141,6 +142,7 @@ class CudaPreparedPlan final : public PreparedPlan {
   GemmRole roles[3];  // forward, grad_x1, grad_x2
   std::vector<WeightGradPath> wg_paths;
   DeviceMemory wg_paths_dev;
+  DeviceMemory ir_mul_col;  // column map of g into the weight gradient's layout (loss_grad.cu)
   TileShape wg_shape = TileShape::kWide;
   int num_sms = 132;
 
@@ -326,10 +328,11 @@ absl::Status RunForward(const CudaPreparedPlan& prepared, const float* w, const 
                         stream);
 }
 
-// Gradients from g = dL/dout ([batch, dim_out], device).
+// Gradients from g = dL/dout ([batch, dim_out], device): g_mul_ir in e3nn's layout (needed for
+// grad_x1/grad_x2), g_ir_mul transposed per irrep (needed for grad_weight).
 absl::Status RunBackward(const CudaPreparedPlan& prepared, const float* w, const float* x1, const float* x2,
-                         const float* g, const GradientOutputs& grads, int64_t batch, Precision precision,
-                         cudaStream_t stream) {
+                         const float* g_mul_ir, const float* g_ir_mul, const GradientOutputs& grads, int64_t batch,
+                         Precision precision, cudaStream_t stream) {
   const TensorProductPlan& plan = prepared.plan();
   if (grads.grad_weight.present()) {
     float* dw = grads.grad_weight.typed<float>();
@@ -351,7 +354,7 @@ absl::Status RunBackward(const CudaPreparedPlan& prepared, const float* w, const
     args.x1_row_stride = plan.dim_in1();
     args.x2 = x2;
     args.x2_row_stride = plan.dim_in2();
-    args.g = g;
+    args.g = g_ir_mul;
     args.g_row_stride = plan.dim_out();
     args.grad_w = dw;
     args.store = store;
@@ -360,13 +363,13 @@ absl::Status RunBackward(const CudaPreparedPlan& prepared, const float* w, const
   if (grads.grad_x1.present()) {
     float* dx1 = grads.grad_x1.typed<float>();
     CUDA_RETURN_IF_ERROR(cudaMemsetAsync(dx1, 0, sizeof(float) * batch * plan.dim_in1(), stream));
-    RETURN_IF_ERROR(LaunchGemmRole(prepared, 1, x2, plan.dim_in2(), g, plan.dim_out(), w, dx1, plan.dim_in1(), batch,
+    RETURN_IF_ERROR(LaunchGemmRole(prepared, 1, x2, plan.dim_in2(), g_mul_ir, plan.dim_out(), w, dx1, plan.dim_in1(), batch,
                                    precision, stream));
   }
   if (grads.grad_x2.present()) {
     float* dx2 = grads.grad_x2.typed<float>();
     CUDA_RETURN_IF_ERROR(cudaMemsetAsync(dx2, 0, sizeof(float) * batch * plan.dim_in2(), stream));
-    RETURN_IF_ERROR(LaunchGemmRole(prepared, 2, x1, plan.dim_in1(), g, plan.dim_out(), w, dx2, plan.dim_in2(), batch,
+    RETURN_IF_ERROR(LaunchGemmRole(prepared, 2, x1, plan.dim_in1(), g_mul_ir, plan.dim_out(), w, dx2, plan.dim_in2(), batch,
                                    precision, stream));
   }
   return absl::OkStatus();
@@ -442,11 +445,21 @@ absl::StatusOr<std::unique_ptr<PreparedPlan>> CudaBackend::Prepare(const TensorP
     d.w_offset = pp.weight_offset;
     d.scale = static_cast<float>(pp.path_weight);
     d.fast_t = (d.T <= 7 && d.T % 2 == 1 && d.Q % 32 == 0) ? d.T : 0;
+    d.g_vec4 = d.N % 4 == 0 && d.g_offset % 4 == 0;
     max_n = std::max(max_n, d.N);
     prepared->wg_paths.push_back(d);
   }
   prepared->wg_shape = max_n > 32 ? TileShape::kWide : TileShape::kNarrow;
   RETURN_IF_ERROR(prepared->wg_paths_dev.Upload(prepared->wg_paths));
+  // g[z, off + w*d + k] -> g_ir_mul[z, off + k*mul + w] for every output irrep block.
+  std::vector<int> ir_mul_col(plan.dim_out());
+  for (int b = 0; b < plan.irreps_out().size(); ++b) {
+    const MulIrrep& block = plan.irreps_out()[b];
+    const int off = static_cast<int>(plan.irreps_out().offset(b)), d = block.ir.dim();
+    for (int w = 0; w < block.mul; ++w)
+      for (int k = 0; k < d; ++k) ir_mul_col[off + w * d + k] = off + k * block.mul + w;
+  }
+  RETURN_IF_ERROR(prepared->ir_mul_col.Upload(ir_mul_col));
   return std::unique_ptr<PreparedPlan>(std::move(prepared));
 }
 
@@ -471,8 +484,28 @@ absl::Status CudaBackend::Backward(const PreparedPlan& plan, ConstTensorView wei
   const int64_t batch = x1.shape[0];
   RETURN_IF_ERROR(CheckTensor(grad_out, "grad_out", DType::kFloat32, {batch, plan.plan().dim_out()}));
   DeviceScope scope(device_);
-  return RunBackward(*prepared, weight.typed<float>(), x1.typed<float>(), x2.typed<float>(),
-                     grad_out.typed<float>(), grads, batch, ctx.precision, StreamOf(ctx));
+  cudaStream_t stream = StreamOf(ctx);
+  const float* g = grad_out.typed<float>();
+  if (!grads.grad_weight.present()) {
+    return RunBackward(*prepared, weight.typed<float>(), x1.typed<float>(), x2.typed<float>(), g, nullptr, grads,
+                       batch, ctx.precision, stream);
+  }
+  // The weight gradient reads grad_out transposed per irrep: a [batch, dim_out] workspace.
+  float* g_ir_mul = nullptr;
+  const int64_t out_numel = batch * plan.plan().dim_out();
+  CUDA_RETURN_IF_ERROR(cudaMallocAsync(reinterpret_cast<void**>(&g_ir_mul),
+                                       sizeof(float) * std::max<int64_t>(out_numel, 1), stream));
+  absl::Status status = [&]() -> absl::Status {
+    CUDA_RETURN_IF_ERROR(cuda::LaunchOutputGrad(cuda::OutputGradMode::kCopy, g, prepared->ir_mul_col.get<int>(),
+                                                static_cast<int>(plan.plan().dim_out()), batch, nullptr, g_ir_mul,
+                                                stream));
+    return RunBackward(*prepared, weight.typed<float>(), x1.typed<float>(), x2.typed<float>(), g, g_ir_mul, grads,
+                       batch, ctx.precision, stream);
+  }();
+  const cudaError_t free_error = cudaFreeAsync(g_ir_mul, stream);
+  RETURN_IF_ERROR(status);
+  CUDA_RETURN_IF_ERROR(free_error);
+  return absl::OkStatus();
 }
 
 absl::Status CudaBackend::LossGradient(const PreparedPlan& plan, Loss loss, ConstTensorView weight,
@@ -487,22 +520,32 @@ absl::Status CudaBackend::LossGradient(const PreparedPlan& plan, Loss loss, Cons
   if (out.present()) RETURN_IF_ERROR(CheckTensor(out, "out", DType::kFloat32, {batch, plan.plan().dim_out()}));
   DeviceScope scope(device_);
   cudaStream_t stream = StreamOf(ctx);
-  // Workspaces from the stream-ordered pool: the forward result (unless the caller wants it) and g.
-  float* out_ptr = out.present() ? out.typed<float>() : nullptr;
-  float* g = nullptr;
-  const size_t bytes = sizeof(float) * std::max<int64_t>(out_numel, 1);
-  CUDA_RETURN_IF_ERROR(cudaMallocAsync(reinterpret_cast<void**>(&g), bytes * (out_ptr == nullptr ? 2 : 1), stream));
-  if (out_ptr == nullptr) out_ptr = g + std::max<int64_t>(out_numel, 1);
+  // Workspaces from the stream-ordered pool, [batch, dim_out] floats each: the forward result (unless
+  // the caller wants it), g in e3nn's layout (for input gradients) and g transposed (for grad_weight).
+  const bool want_dx = grads.grad_x1.present() || grads.grad_x2.present();
+  const bool want_dw = grads.grad_weight.present();
+  const int64_t slot = std::max<int64_t>(out_numel, 1);
+  const int slots = (out.present() ? 0 : 1) + (want_dx ? 1 : 0) + (want_dw ? 1 : 0);
+  float* workspace = nullptr;
+  if (slots > 0)
+    CUDA_RETURN_IF_ERROR(cudaMallocAsync(reinterpret_cast<void**>(&workspace), sizeof(float) * slot * slots, stream));
+  float* next = workspace;
+  float* out_ptr = out.present() ? out.typed<float>() : std::exchange(next, next + slot);
+  float* g_mul_ir = want_dx ? std::exchange(next, next + slot) : nullptr;
+  float* g_ir_mul = want_dw ? std::exchange(next, next + slot) : nullptr;
   absl::Status status = [&]() -> absl::Status {
     if (loss == Loss::kSumTanh || out.present()) {
       RETURN_IF_ERROR(RunForward(*prepared, weight.typed<float>(), x1.typed<float>(), x2.typed<float>(), out_ptr,
                                  batch, ctx.precision, stream));
     }
-    CUDA_RETURN_IF_ERROR(cuda::LaunchLossGradOut(loss == Loss::kSumTanh, out_ptr, g, out_numel, stream));
-    return RunBackward(*prepared, weight.typed<float>(), x1.typed<float>(), x2.typed<float>(), g, grads, batch,
-                       ctx.precision, stream);
+    if (!want_dx && !want_dw) return absl::OkStatus();
+    CUDA_RETURN_IF_ERROR(cuda::LaunchOutputGrad(
+        loss == Loss::kSumTanh ? cuda::OutputGradMode::kSumTanh : cuda::OutputGradMode::kSum, out_ptr,
+        prepared->ir_mul_col.get<int>(), static_cast<int>(plan.plan().dim_out()), batch, g_mul_ir, g_ir_mul, stream));
+    return RunBackward(*prepared, weight.typed<float>(), x1.typed<float>(), x2.typed<float>(), g_mul_ir, g_ir_mul,
+                       grads, batch, ctx.precision, stream);
   }();
-  const cudaError_t free_error = cudaFreeAsync(g, stream);
+  const cudaError_t free_error = workspace != nullptr ? cudaFreeAsync(workspace, stream) : cudaSuccess;
   RETURN_IF_ERROR(status);
   CUDA_RETURN_IF_ERROR(free_error);
   return absl::OkStatus();

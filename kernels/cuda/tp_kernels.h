@@ -61,8 +61,8 @@ struct TpGemmArgs {
   int batch;
 };
 
-// One path of the weight gradient:
-//   dW[w_offset + (p*Q + q)*N + n] (=|+=) scale * sum_{z, r} A[z, r, p, q] * g[z, off_g + n*R + r]
+// One path of the weight gradient (g in the transposed layout g_ir_mul):
+//   dW[w_offset + (p*Q + q)*N + n] (=|+=) scale * sum_{z, r} A[z, r, p, q] * g_ir_mul[z, off_g + r*N + n]
 // with A generated as above from a = x1, b = x2.
 struct WeightGradPath {
   int R, P, Q, N, S, T;
@@ -71,6 +71,7 @@ struct WeightGradPath {
   long long w_offset;
   float scale;
   int fast_t;  // as in TpGemmPath
+  int g_vec4;  // N and off_g multiples of 4: g rows copy as 16-byte pieces
 };
 
 // One thread block: rows [m0, m0 + 128) of the flattened (p, q), columns [n0, ...), reduction
@@ -91,7 +92,7 @@ struct WeightGradArgs {
   long long x1_row_stride;
   const float* x2;
   long long x2_row_stride;
-  const float* g;
+  const float* g;  // g_ir_mul
   long long g_row_stride;
   float* grad_w;
   WeightGradStore store;
@@ -104,7 +105,11 @@ cudaError_t ConfigureWeightGradKernels();
 cudaError_t LaunchTpGemm(MmaPrecision precision, TileShape shape, const TpGemmArgs& args, cudaStream_t stream);
 cudaError_t LaunchWeightGrad(MmaPrecision precision, TileShape shape, const WeightGradArgs& args,
                              cudaStream_t stream);
-// g[i] = 1 - tanh(out[i])^2 (sum tanh loss) or 1 (sum loss), i < n.
-cudaError_t LaunchLossGradOut(bool sum_tanh, const float* out, float* g, long long n, cudaStream_t stream);
+// Output gradient from the forward result (losses) or a given grad_out, written in e3nn's layout
+// (g_mul_ir, optional) and in the per-irrep transposed layout g_ir_mul[z, off + k*mul + w] that the
+// weight gradient reads (see loss_grad.cu).
+enum class OutputGradMode : int { kSumTanh = 0, kSum = 1, kCopy = 2 };
+cudaError_t LaunchOutputGrad(OutputGradMode mode, const float* src, const int* ir_mul_col, int dim_out,
+                             long long batch, float* g_mul_ir, float* g_ir_mul, cudaStream_t stream);
 
 }  // namespace tpserve::cuda

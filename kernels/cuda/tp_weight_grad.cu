@@ -1,7 +1,8 @@
 // Weight gradient of the tensor product, all paths of a plan in one launch.
 //
 // Computes, for every path (descriptor WeightGradPath, see tp_kernels.h):
-//   dW[w_offset + (p*Q + q)*N + n] (= | += | atomic +=) scale * sum_{z,r} A[z*R + r, p*Q + q] * g[z, off_g + n*R + r]
+//   dW[w_offset + (p*Q + q)*N + n] (= | += | atomic +=) scale * sum_{z,r} A[z*R + r, p*Q + q] * g[z, off_g + r*N + n]
+//   (g in the per-irrep transposed layout g_ir_mul, see loss_grad.cu)
 //   A[z*R + r, p*Q + q] = sum_{(s,t,c) in nz(r)} c * x1[z, off_1 + p*S + s] * x2[z, off_2 + q*T + t]
 //                       = sum_t Pz[r, t, p] * x2[z, off_2 + q*T + t]
 // i.e. a GEMM with M = P*Q (the weight rows), K = batch*R, N output multiplicity, whose A^T operand is
@@ -37,26 +38,38 @@ struct WgSmem {
   static constexpr size_t kBytes = sizeof(float) * (kAFloats + 2 * kBFloats + kPFloats);
 };
 
-// Starts the copy of g's K tile: sB[k][n] = g[z, off_g + (n0 + n)*R + r] for rows k = (z, r) from k0.
-// Each warp copies 4 consecutive rows (one division for all four), lanes cover n.
+// Starts the copy of g's K tile: sB[k][n] = g_ir_mul[z, off_g + r*N + n0 + n] for rows k = (z, r)
+// from k0: each row is contiguous. Each warp copies 4 consecutive rows (one division for the four).
 template <class Cfg>
 __device__ __forceinline__ void IssueGTile(const WeightGradArgs& args, const WeightGradPath& path, float inv_r, int k0,
                                            int k_end, int n0, float* sB, int lane, int warp) {
   constexpr int BN = Cfg::BN, kLdb = WgSmem<Cfg>::kLdb;
   constexpr int kRowsPerWarp = kTileK / Cfg::kWarps;
   const int R = path.R;
+  const bool vec4 = path.g_vec4 && (args.g_row_stride & 3) == 0 && (reinterpret_cast<unsigned long long>(args.g) & 15) == 0;
   int z, r;
   DivMod(k0 + warp * kRowsPerWarp, R, inv_r, z, r);
 #pragma unroll
   for (int i = 0; i < kRowsPerWarp; ++i) {
     const int k = warp * kRowsPerWarp + i;
     const bool row_valid = k0 + k < k_end;
-    const float* row = args.g + static_cast<long long>(z) * args.g_row_stride + path.g_offset + r;
+    const float* row = args.g + static_cast<long long>(z) * args.g_row_stride + path.g_offset + r * path.N + n0;
+    if (vec4) {
 #pragma unroll
-    for (int c = 0; c < BN / 32; ++c) {
-      const int n = lane + 32 * c;
-      const bool valid = row_valid && n0 + n < path.N;
-      CpAsync4(sB + k * kLdb + n, valid ? row + (n0 + n) * R : args.g, valid);
+      for (int c = 0; c < BN / 128 + (BN % 128 != 0); ++c) {
+        const int n = 4 * (lane + 32 * c);
+        if (n < BN) {
+          const bool valid = row_valid && n0 + n < path.N;
+          CpAsync16(sB + k * kLdb + n, valid ? row + n : args.g, valid);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int c = 0; c < BN / 32; ++c) {
+        const int n = lane + 32 * c;
+        const bool valid = row_valid && n0 + n < path.N;
+        CpAsync4(sB + k * kLdb + n, valid ? row + n : args.g, valid);
+      }
     }
     if (++r == R) {
       r = 0;
