@@ -24,6 +24,7 @@ ABSL_FLAG(std::string, backend, "auto", "auto | cpu | cuda | cuda:0,cuda:1,...")
 ABSL_FLAG(int64_t, max_batch_size, 4096, "most samples per launch and per request");
 ABSL_FLAG(int64_t, max_queue_delay_us, 0, "how long a request may wait for others to batch with (0: greedy)");
 ABSL_FLAG(int64_t, max_queued_requests, 1024, "admitted requests waiting; beyond: RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_queued_bytes, int64_t{4} << 30, "input bytes of the waiting requests; beyond: RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::string, non_finite, "reject", "NaN/Inf in inputs: reject (INVALID_ARGUMENT) | pass");
 ABSL_FLAG(int64_t, max_inline_grad_bytes, 4 << 20, "largest weight gradient a unary Backward returns");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain (with --tls_key: TLS on)");
@@ -66,6 +67,7 @@ absl::StatusOr<ServerConfig> LoadConfig() {
   take("max_batch_size", c.core.max_batch_size, absl::GetFlag(FLAGS_max_batch_size));
   take("max_queue_delay_us", c.core.max_queue_delay_us, absl::GetFlag(FLAGS_max_queue_delay_us));
   take("max_queued_requests", c.core.max_queued_requests, absl::GetFlag(FLAGS_max_queued_requests));
+  take("max_queued_bytes", c.core.max_queued_bytes, absl::GetFlag(FLAGS_max_queued_bytes));
   if (Given("non_finite")) {
     std::string policy = absl::GetFlag(FLAGS_non_finite);
     if (policy != "reject" && policy != "pass") {

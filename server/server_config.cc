@@ -36,6 +36,7 @@ absl::Status ApplyConfigFile(const std::string& path, ServerConfig* config) {
       else if (key == "max_batch_size") config->core.max_batch_size = value.get<int64_t>();
       else if (key == "max_queue_delay_us") config->core.max_queue_delay_us = value.get<int64_t>();
       else if (key == "max_queued_requests") config->core.max_queued_requests = value.get<int64_t>();
+      else if (key == "max_queued_bytes") config->core.max_queued_bytes = value.get<int64_t>();
       else if (key == "non_finite") {
         std::string policy = value.get<std::string>();
         if (policy != "reject" && policy != "pass") {

@@ -24,6 +24,11 @@ absl::Status Batcher::Enqueue(std::unique_ptr<PendingRequest>& request) {
       return absl::ResourceExhaustedError(
           absl::StrCat("request queue full (", config_.max_queued_requests, " requests waiting); retry later"));
     }
+    if (queued_bytes_ + request->bytes > config_.max_queued_bytes && !queue_.empty()) {
+      return absl::ResourceExhaustedError(absl::StrCat("request queue full (", queued_bytes_,
+                                                       " bytes of inputs waiting); retry later"));
+    }
+    queued_bytes_ += request->bytes;
     request->enqueue_time = absl::Now();
     queue_.push_back(std::move(request));
   }
@@ -43,6 +48,7 @@ Batcher::Work Batcher::Next() {
     for (auto it = queue_.begin(); it != queue_.end();) {
       const InferenceRequest& r = (*it)->request;
       if (r.deadline <= now || (r.cancelled && r.cancelled->load())) {
+        queued_bytes_ -= (*it)->bytes;
         work.expired.push_back(std::move(*it));
         it = queue_.erase(it);
       } else {
@@ -72,11 +78,13 @@ Batcher::Work Batcher::Next() {
     // Take the head and, in queue order, every compatible request that still fits.
     std::unique_ptr<PendingRequest> first = std::move(queue_.front());
     queue_.pop_front();
+    queued_bytes_ -= first->bytes;
     int64_t taken = first->batch;
     if (mergeable) {
       for (auto it = queue_.begin(); it != queue_.end() && taken < config_.max_batch_size;) {
         if (Compatible(*first, **it) && taken + (*it)->batch <= config_.max_batch_size) {
           taken += (*it)->batch;
+          queued_bytes_ -= (*it)->bytes;
           work.batch.push_back(std::move(*it));
           it = queue_.erase(it);
         } else {

@@ -28,19 +28,22 @@ struct PendingRequest {
   ResultCallback done;
   absl::Time enqueue_time;
   int64_t batch = 0;  // samples
+  int64_t bytes = 0;  // input bytes held (x1, x2, grad_out)
 };
 
 struct BatcherConfig {
   int64_t max_batch_size = 4096;
   int64_t max_queue_delay_us = 0;
   int64_t max_queued_requests = 1024;
+  int64_t max_queued_bytes = int64_t{4} << 30;  // input bytes of the waiting requests
 };
 
 class Batcher {
  public:
   explicit Batcher(BatcherConfig config);
 
-  // RESOURCE_EXHAUSTED when max_queued_requests are waiting; UNAVAILABLE after Shutdown.
+  // RESOURCE_EXHAUSTED when max_queued_requests (or max_queued_bytes of inputs) are waiting;
+  // UNAVAILABLE after Shutdown.
   // On error the request is not taken (its callback is not called).
   absl::Status Enqueue(std::unique_ptr<PendingRequest>& request);
 
@@ -65,6 +68,7 @@ class Batcher {
   std::condition_variable cv_;
   std::deque<std::unique_ptr<PendingRequest>> queue_;
   bool shutdown_ = false;
+  int64_t queued_bytes_ = 0;
 };
 
 }  // namespace tpserve::server

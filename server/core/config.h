@@ -18,6 +18,8 @@ struct CoreConfig {
   int64_t max_queue_delay_us = 0;
   // Requests admitted but not yet launched, over all models; beyond it: RESOURCE_EXHAUSTED.
   int64_t max_queued_requests = 1024;
+  // Input bytes (x1, x2, grad_out as float32) of those requests; beyond: RESOURCE_EXHAUSTED.
+  int64_t max_queued_bytes = int64_t{4} << 30;
   // Non-finite values (NaN, +-Inf) in x1, x2, grad_out: rejected (INVALID_ARGUMENT) or passed on.
   bool reject_non_finite = true;
   // Largest weight gradient returned inline by a unary Backward (bigger: use BackwardChunked).

@@ -105,7 +105,8 @@ absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(CoreConfig 
   }
   core->batcher_ = std::make_unique<Batcher>(BatcherConfig{core->config_.max_batch_size,
                                                            core->config_.max_queue_delay_us,
-                                                           core->config_.max_queued_requests});
+                                                           core->config_.max_queued_requests,
+                                                           core->config_.max_queued_bytes});
   for (auto& backend : backends) {
     core->workers_.push_back(std::make_unique<Worker>(std::move(backend), core->batcher_.get(), core->observer_));
   }
@@ -305,6 +306,8 @@ void InferenceCore::Submit(InferenceRequest request, ResultCallback done) {
   if (absl::Status status = Validate(request, **model); !status.ok()) return done(status);
   auto pending = std::make_unique<PendingRequest>();
   pending->batch = request.x1.rows();
+  pending->bytes = static_cast<int64_t>(
+      (request.x1.data.size() + request.x2.data.size() + request.grad_out.data.size()) * sizeof(float));
   pending->request = std::move(request);
   pending->model = *std::move(model);
   pending->done = std::move(done);
@@ -323,9 +326,9 @@ absl::StatusOr<InferenceResult> InferenceCore::Run(InferenceRequest request) {
 
 std::string CoreConfig::DebugString() const {
   return absl::StrFormat(
-      "model_dir=%s max_batch_size=%d max_queue_delay_us=%d max_queued_requests=%d non_finite=%s "
+      "model_dir=%s max_batch_size=%d max_queue_delay_us=%d max_queued_requests=%d max_queued_bytes=%d non_finite=%s "
       "max_inline_grad_bytes=%d",
-      model_dir.empty() ? "(memory)" : model_dir, max_batch_size, max_queue_delay_us, max_queued_requests,
+      model_dir.empty() ? "(memory)" : model_dir, max_batch_size, max_queue_delay_us, max_queued_requests, max_queued_bytes,
       reject_non_finite ? "reject" : "pass", max_inline_grad_bytes);
 }
 

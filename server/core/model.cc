@@ -37,6 +37,27 @@ absl::StatusOr<TensorProductPlan> PlanForSpec(const ModelSpec& spec) {
     }
     parsed[i] = *std::move(irreps);
   }
+  // Serving limits, checked before anything is allocated: a request must never be able to ask the
+  // server for terabytes (weights) or hours (3j blocks of huge l).
+  for (int i = 0; i < 3; ++i) {
+    if (parsed[i].max_l() > kMaxServedL || parsed[i].dim() > kMaxServedDim || parsed[i].size() > 256) {
+      return absl::InvalidArgumentError(absl::StrCat(fields[i].first, " '", parsed[i].ToString(),
+                                                     "': the server takes l <= ", kMaxServedL, ", dim <= ",
+                                                     kMaxServedDim, " and at most 256 terms"));
+    }
+  }
+  double weight_numel = 0;  // in double: mul1 * mul2 * mul_out can exceed int64
+  for (const MulIrrep& a : parsed[0].entries()) {
+    for (const MulIrrep& b : parsed[1].entries()) {
+      for (const MulIrrep& o : parsed[2].entries()) {
+        if (IsInProduct(a.ir, b.ir, o.ir)) weight_numel += double(a.mul) * double(b.mul) * double(o.mul);
+      }
+    }
+  }
+  if (weight_numel > double(kMaxServedWeightNumel)) {
+    return absl::InvalidArgumentError(absl::StrCat("this product has ", weight_numel, " weights; the server takes at most ",
+                                                   kMaxServedWeightNumel, " (4 GiB of float32)"));
+  }
   absl::StatusOr<TensorProductPlan> plan = TensorProductPlan::FullyConnected(parsed[0], parsed[1], parsed[2]);
   if (!plan.ok()) return absl::InvalidArgumentError(plan.status().message());
   if (plan->paths().empty()) {

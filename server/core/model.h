@@ -42,8 +42,14 @@ struct ModelInfo {
 // OK for [A-Za-z0-9_.-]{1,128} not starting with '.'; INVALID_ARGUMENT otherwise.
 absl::Status ValidateModelName(const std::string& name);
 
-// Parses the spec's irreps and builds the plan; INVALID_ARGUMENT naming the bad field, or when the
-// product has no paths (no output irrep reachable from in1 x in2).
+// What the server agrees to build (per irreps string, and for the whole product).
+inline constexpr int kMaxServedL = 8;
+inline constexpr int64_t kMaxServedDim = int64_t{1} << 20;
+inline constexpr int64_t kMaxServedWeightNumel = int64_t{1} << 30;
+
+// Parses the spec's irreps and builds the plan; INVALID_ARGUMENT naming the bad field, when a
+// serving limit above is exceeded, or when the product has no paths (no output irrep reachable
+// from in1 x in2).
 absl::StatusOr<TensorProductPlan> PlanForSpec(const ModelSpec& spec);
 
 // The spec with each irreps string in e3nn's printing ("128x0e+128x1e").

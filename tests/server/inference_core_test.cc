@@ -111,6 +111,25 @@ TEST(InferenceCoreTest, FullQueue_IsResourceExhausted) {
   EXPECT_EQ(statuses[3].code(), absl::StatusCode::kResourceExhausted);
 }
 
+TEST(InferenceCoreTest, QueuedBytesOverTheLimit_IsResourceExhausted) {
+  CoreConfig config;
+  config.max_queue_delay_us = 300000;
+  config.max_queued_bytes = 600;  // one request of the fixture holds (56 + 44) * 4 = 400 bytes
+  Fixture f(config);
+  std::vector<absl::Status> statuses(2);
+  std::atomic<int> done{0};
+  for (int i = 0; i < 2; ++i) {
+    f.core->Submit(f.Forward(), [&, i](absl::StatusOr<InferenceResult> r) {
+      statuses[i] = r.status();
+      ++done;
+    });
+  }
+  while (done.load() < 2) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_TRUE(statuses[0].ok());
+  EXPECT_EQ(statuses[1].code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(statuses[1].message().find("bytes"), std::string::npos) << statuses[1];
+}
+
 TEST(InferenceCoreTest, ExpiredOrCancelledWhileQueued_NeverLaunches) {
   CoreConfig config;
   config.max_queue_delay_us = 100000;

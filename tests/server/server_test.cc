@@ -498,6 +498,16 @@ TEST_F(ServerTest, BadInput_MalformedIrrepsIsInvalidArgument) {
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
 }
 
+TEST_F(ServerTest, BadInput_AbsurdlyLargeModelsAreRefusedBeforeAnyAllocation) {
+  auto status = client_->CreateModel("huge", Spec("100000x0e", "100000x0e", "100000x0e"), nullptr).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(status.message(), "at most 1073741824")) << status;
+  status = client_->CreateModel("high-l", Spec("1x40e", "1x40e", "1x0e"), nullptr).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(status.message(), "l <= 8")) << status;
+  EXPECT_TRUE(client_->ListModels()->empty());
+}
+
 TEST_F(ServerTest, BadInput_ShapeMismatchNamesTheExpectedShape) {
   ReferenceCase c = LoadCase();
   CreateFromCase(*client_, "m", c);
