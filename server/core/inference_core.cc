@@ -34,6 +34,16 @@ absl::Status CheckMatrix(const HostTensor& t, const char* what, int64_t batch, i
   return absl::OkStatus();
 }
 
+absl::Status CheckFiniteWeights(const std::vector<float>& weights) {
+  for (size_t i = 0; i < weights.size(); ++i) {
+    if (!std::isfinite(weights[i])) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "weights: non-finite value %f at [%d] (the server rejects NaN and Inf; see --non_finite)", weights[i], i));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckFinite(const HostTensor& t, const char* what) {
   for (size_t i = 0; i < t.data.size(); ++i) {
     if (!std::isfinite(t.data[i])) {
@@ -146,6 +156,7 @@ absl::StatusOr<ModelInfo> InferenceCore::CreateModel(const std::string& name, co
     return absl::InvalidArgumentError(absl::StrCat("weights: expected [", plan.weight_numel(),
                                                    "] (weight_numel of this plan), got [", weights->size(), "]"));
   }
+  if (weights.has_value() && config_.reject_non_finite) RETURN_IF_ERROR(CheckFiniteWeights(*weights));
   std::lock_guard<std::mutex> create_lock(create_mu_);
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -214,6 +225,7 @@ absl::StatusOr<ModelInfo> InferenceCore::ReplaceWeights(const std::string& name,
     return absl::InvalidArgumentError(absl::StrCat("weights of '", name, "': expected [", model->plan().weight_numel(),
                                                    "], got [", weights.size(), "]"));
   }
+  if (config_.reject_non_finite) RETURN_IF_ERROR(CheckFiniteWeights(weights));
   std::lock_guard<std::mutex> update_lock(model->update_mutex());
   // A delete that won the race leaves this model unreachable: do not resurrect its files.
   RETURN_IF_ERROR(FindModel(name).status());

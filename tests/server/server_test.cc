@@ -168,6 +168,11 @@ TEST_F(ServerTest, UploadWeights_RejectsGapsShortStreamsAndUnknownModels) {
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(absl::StrContains(status.message(), "50 of 84")) << status;
   EXPECT_EQ(client_->UploadWeights("nope", short_weights).status().code(), absl::StatusCode::kNotFound);
+  std::vector<float> nan_weights(84, 1.0f);
+  nan_weights[40] = std::nanf("");
+  status = client_->UploadWeights("m", nan_weights).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(status.message(), "at [40]")) << status;
   // A chunk with a gap.
   auto context = client_->NewContext();
   tp::v1::ModelInfo info;
