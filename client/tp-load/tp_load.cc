@@ -274,6 +274,27 @@ int Main() {
                         {"mean", mean},
                         {"calls", iters}};
 
+  // The transport's floor for this size: unary Echo with the same request and response bytes.
+  {
+    tp::v1::EchoRequest echo;
+    echo.set_payload(std::string(static_cast<size_t>(request_bytes), 'x'));
+    echo.set_response_bytes(response_bytes);
+    std::vector<double> echo_ms;
+    for (int i = 0; i < 10 + iters; ++i) {
+      auto start = Clock::now();
+      if (!client.Echo(echo).ok()) break;
+      if (i >= 10) echo_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
+    }
+    if (!echo_ms.empty()) {
+      std::cout << absl::StrFormat("  unary Echo latency, same bytes (%d calls): p50 %.3f ms  p90 %.3f ms  p99 %.3f ms\n",
+                                   echo_ms.size(), Percentile(echo_ms, 0.5), Percentile(echo_ms, 0.9),
+                                   Percentile(echo_ms, 0.99));
+      json["echo_latency_ms"] = {{"p50", Percentile(echo_ms, 0.5)},
+                                 {"p90", Percentile(echo_ms, 0.9)},
+                                 {"p99", Percentile(echo_ms, 0.99)}};
+    }
+  }
+
   const int streams = absl::GetFlag(FLAGS_streams);
   if (streams > 0) {
     const double seconds = absl::GetFlag(FLAGS_duration_s);
