@@ -32,13 +32,17 @@ constexpr int kLdp = 8;  // floats per row of Pz in shared memory (T <= 7)
 
 // Shared memory of one block: the A tile in MMA operand format (ATile), two stages of the W tile
 // (fp32, sB[k][n]) and Pz.
+// Shared memory of one block: rings of kStages A tiles (MMA operand format) and W tiles, and Pz.
+// Three stages let one barrier per K tile order everything: while warps multiply tile s, the
+// others may already write tile s + 1, and tile s + 2 reuses the buffers of s - 1.
+constexpr int kStages = 3;
 template <MmaPrecision kPrec, class Cfg>
 struct GemmSmem {
   static constexpr int kLdb = Cfg::BN + 8;  // B fragment reads: bank = 8t + g
   static constexpr int kABytes = ATile<kPrec>::BytesFor(Cfg::BM);
   static constexpr int kBFloats = kTileK * kLdb;
   static constexpr int kPFloats = Cfg::BM * kLdp;
-  static constexpr size_t kBytes = kABytes + sizeof(float) * (2 * kBFloats + kPFloats);
+  static constexpr size_t kBytes = kStages * kABytes + sizeof(float) * (kStages * kBFloats + kPFloats);
 };
 
 // Starts the copy of W's K tile [k0, k0 + 32) x [n0, n0 + BN) into sB (zeros outside).
@@ -180,9 +184,9 @@ __global__ void __launch_bounds__(256, kPrec == MmaPrecision::k3xTf32 ? 1 : 2) T
   using Smem = GemmSmem<kPrec, Cfg>;
   constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = kTileK;
   extern __shared__ float4 smem_raw[];
-  void* sA = smem_raw;
-  float* const sB0 = reinterpret_cast<float*>(reinterpret_cast<char*>(smem_raw) + Smem::kABytes);  // 2 stages
-  float* sP = sB0 + 2 * Smem::kBFloats;
+  char* const sA0 = reinterpret_cast<char*>(smem_raw);  // kStages A tiles, kABytes apart
+  float* const sB0 = reinterpret_cast<float*>(sA0 + kStages * Smem::kABytes);  // kStages W tiles
+  float* const sP = sB0 + kStages * Smem::kBFloats;
 
   const TpGemmWork item = args.work[blockIdx.x];
   const TpGemmPath path = args.paths[item.path];
@@ -196,7 +200,9 @@ __global__ void __launch_bounds__(256, kPrec == MmaPrecision::k3xTf32 ? 1 : 2) T
   const int* roff = args.roff + path.roff_begin;
 
   // Rows past the last sample stay zero for the whole block.
-  for (int i = rows_valid * BK + tid; i < BM * BK; i += Cfg::kThreads) ATile<kPrec>::StoreZero(sA, BM, i / BK, i % BK);
+  for (int i = rows_valid * BK + tid; i < BM * BK; i += Cfg::kThreads)
+#pragma unroll
+    for (int st = 0; st < kStages; ++st) ATile<kPrec>::StoreZero(sA0 + st * Smem::kABytes, BM, i / BK, i % BK);
 
   float acc[Cfg::MT][Cfg::NT][4];
 #pragma unroll
@@ -206,18 +212,13 @@ __global__ void __launch_bounds__(256, kPrec == MmaPrecision::k3xTf32 ? 1 : 2) T
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.f;
 
-  IssueWTile<Cfg, Smem::kLdb>(args, path, item.k_begin, item.k_end, n0, sB0, tid);
-  int stage = 0;
+  // Writes the A tile of K tile k0 into stage st (rebuilding Pz when p changes).
   int pz_p = -1;  // the p that sP holds
-  for (int k0 = item.k_begin; k0 < item.k_end; k0 += BK, stage ^= 1) {
-    if (k0 + BK < item.k_end) {
-      IssueWTile<Cfg, Smem::kLdb>(args, path, k0 + BK, item.k_end, n0, sB0 + (stage ^ 1) * Smem::kBFloats, tid);
-    } else {
-      CpAsyncCommit();  // an empty group keeps the wait count below uniform
-    }
+  auto generate = [&](int k0, int st) {
+    void* sA = sA0 + st * Smem::kABytes;
     if (path.fast_t != 0) {
       const int p = k0 / path.Q;
-      if (p != pz_p) {  // the previous tile's readers of sP passed the barrier after its MMA
+      if (p != pz_p) {  // every reader of the old sP passed the barrier of the previous K tile
         ComputePz(args, path, roff, z0, rows_valid, p, sP, tid, Cfg::kThreads);
         __syncthreads();
         pz_p = p;
@@ -232,10 +233,26 @@ __global__ void __launch_bounds__(256, kPrec == MmaPrecision::k3xTf32 ? 1 : 2) T
     } else {
       GenerateGeneric<kPrec, Cfg>(args, path, roff, z0, rows_valid, k0, item.k_end, sA, lane, warp);
     }
-    CpAsyncWait<1>();
-    __syncthreads();
-    WarpMmaLdm<kPrec, Cfg::MT, Cfg::NT, BM, Smem::kLdb>(acc, sA, sB0 + stage * Smem::kBFloats, warp_m0, warp_n0, lane);
-    __syncthreads();
+  };
+
+  // Prologue: K tile 0 (W in flight, A generated).
+  IssueWTile<Cfg, Smem::kLdb>(args, path, item.k_begin, item.k_end, n0, sB0, tid);
+  generate(item.k_begin, 0);
+  int stage = 0;
+  for (int k0 = item.k_begin; k0 < item.k_end; k0 += BK) {
+    const int next = stage == kStages - 1 ? 0 : stage + 1;
+    // Tile k0 + BK into stage `next`: its last readers (tile k0 - 2BK) passed the previous barrier.
+    if (k0 + BK < item.k_end) {
+      IssueWTile<Cfg, Smem::kLdb>(args, path, k0 + BK, item.k_end, n0, sB0 + next * Smem::kBFloats, tid);
+      generate(k0 + BK, next);
+    } else {
+      CpAsyncCommit();  // an empty group keeps the wait count below uniform
+    }
+    CpAsyncWait<1>();  // this thread's copies of W tile k0 have landed
+    __syncthreads();   // ... everyone's, and A tile k0 is complete
+    WarpMmaLdm<kPrec, Cfg::MT, Cfg::NT, BM, Smem::kLdb>(acc, sA0 + stage * Smem::kABytes,
+                                                        sB0 + stage * Smem::kBFloats, warp_m0, warp_n0, lane);
+    stage = next;
   }
   CpAsyncWait<0>();
 
