@@ -11,6 +11,10 @@
 namespace tpserve::server {
 namespace {
 
+// Requests at least this large (inputs, bytes) are copied to and from the device one by one
+// rather than gathered on the host first.
+constexpr int64_t kDirectCopyBytes = 64 << 10;
+
 double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -179,31 +183,36 @@ absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batc
   const size_t f = sizeof(float);
   const bool explicit_grad_out = head.op == Op::kBackward && head.grad_out.present();
 
-  // Inputs: every request's rows gathered back to back on the host, then one copy per tensor
-  // (one cudaMemcpy instead of one per request on a GPU). A lone request is copied from where it is.
-  auto gather = [&](std::vector<float>& host, int64_t dim, auto member) -> const float* {
-    if (batch.size() == 1) return (batch.front()->request.*member).data.data();
-    host.resize(static_cast<size_t>(samples * dim));
+  // Inputs go to the device in one of two ways. Small requests are gathered back to back on the
+  // host and copied once (one cudaMemcpy instead of dozens of tiny ones); large ones are copied
+  // each straight from where it was decoded into its rows (a host memcpy of megabytes costs as
+  // much as the transfer itself). A lone request is always copied directly.
+  int64_t input_bytes = 0;
+  for (const auto& pending : batch) input_bytes += pending->bytes;
+  const bool direct = batch.size() == 1 || input_bytes / static_cast<int64_t>(batch.size()) >= kDirectCopyBytes;
+  auto upload = [&](Staging& staging, std::vector<float>& host, int64_t dim, auto member) -> absl::Status {
+    RETURN_IF_ERROR(EnsureStaging(staging, samples * dim * f));
     int64_t row = 0;
+    if (direct) {
+      for (const auto& pending : batch) {
+        const HostTensor& t = pending->request.*member;
+        RETURN_IF_ERROR(backend_->CopyFromHost(static_cast<float*>(staging.data()) + row * dim, t.data.data(),
+                                               t.data.size() * f, ctx_));
+        row += pending->batch;
+      }
+      return absl::OkStatus();
+    }
+    host.resize(static_cast<size_t>(samples * dim));
     for (const auto& pending : batch) {
       const HostTensor& t = pending->request.*member;
       std::memcpy(host.data() + row * dim, t.data.data(), t.data.size() * f);
       row += pending->batch;
     }
-    return host.data();
+    return backend_->CopyFromHost(staging.data(), host.data(), samples * dim * f, ctx_);
   };
-  RETURN_IF_ERROR(EnsureStaging(x1_, samples * dim_in1 * f));
-  RETURN_IF_ERROR(EnsureStaging(x2_, samples * dim_in2 * f));
-  RETURN_IF_ERROR(backend_->CopyFromHost(x1_.data(), gather(host_in_[0], dim_in1, &InferenceRequest::x1),
-                                         samples * dim_in1 * f, ctx_));
-  RETURN_IF_ERROR(backend_->CopyFromHost(x2_.data(), gather(host_in_[1], dim_in2, &InferenceRequest::x2),
-                                         samples * dim_in2 * f, ctx_));
-  if (explicit_grad_out) {
-    RETURN_IF_ERROR(EnsureStaging(grad_out_, samples * dim_out * f));
-    RETURN_IF_ERROR(backend_->CopyFromHost(grad_out_.data(),
-                                           gather(host_in_[2], dim_out, &InferenceRequest::grad_out),
-                                           samples * dim_out * f, ctx_));
-  }
+  RETURN_IF_ERROR(upload(x1_, host_in_[0], dim_in1, &InferenceRequest::x1));
+  RETURN_IF_ERROR(upload(x2_, host_in_[1], dim_in2, &InferenceRequest::x2));
+  if (explicit_grad_out) RETURN_IF_ERROR(upload(grad_out_, host_in_[2], dim_out, &InferenceRequest::grad_out));
 
   ConstTensorView weight{replica.weights->data(), DType::kFloat32, {plan.weight_numel()}};
   ConstTensorView x1{x1_.data(), DType::kFloat32, {samples, dim_in1}};
@@ -252,19 +261,25 @@ absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batc
     RETURN_IF_ERROR(backend_->LossGradient(*replica.prepared, *head.loss, weight, x1, x2, out, grads, ctx));
   }
 
-  // Outputs: one copy per tensor to the host, then each request gets its rows (a lone request
-  // gets the copy itself).
+  // Outputs come back the same two ways: straight into each request's result, or in one copy
+  // that is then split on the host.
   auto scatter = [&](const Staging& staging, int64_t dim, std::vector<float>& host, HostTensor InferenceResult::*member)
       -> absl::Status {
-    if (batch.size() == 1) {
-      HostTensor& t = results.front().*member;
-      t = HostTensor::Zeros({samples, dim});
-      return backend_->CopyToHost(t.data.data(), staging.data(), samples * dim * f, ctx_);
+    int64_t row = 0;
+    if (direct) {
+      for (size_t i = 0; i < batch.size(); ++i) {
+        const int64_t n = batch[i]->batch;
+        HostTensor& t = results[i].*member;
+        t = HostTensor::Zeros({n, dim});
+        RETURN_IF_ERROR(backend_->CopyToHost(t.data.data(), static_cast<const float*>(staging.data()) + row * dim,
+                                             n * dim * f, ctx_));
+        row += n;
+      }
+      return absl::OkStatus();
     }
     host.resize(static_cast<size_t>(samples * dim));
     RETURN_IF_ERROR(backend_->CopyToHost(host.data(), staging.data(), samples * dim * f, ctx_));
     RETURN_IF_ERROR(backend_->Synchronize(ctx_));
-    int64_t row = 0;
     for (size_t i = 0; i < batch.size(); ++i) {
       const int64_t n = batch[i]->batch;
       HostTensor& t = results[i].*member;

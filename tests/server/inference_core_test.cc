@@ -74,6 +74,37 @@ TEST(InferenceCoreTest, ConcurrentRequestsForOneModel_MergeIntoOneLaunch) {
   EXPECT_GT(f.observer.max_requests.load(), 1);
 }
 
+TEST(InferenceCoreTest, LargeMergedRequests_AreCopiedOneByOneAndSplitCorrectly) {
+  CoreConfig config;
+  config.max_queue_delay_us = 200000;
+  Fixture f(config);
+  ASSERT_TRUE(f.core->CreateModel("big", {"32x0e + 32x1o", "32x0e + 32x1o", "16x0e + 16x1o"}, std::nullopt, 1).ok());
+  std::mt19937_64 rng = testing::FreshRng();
+  // 64 x 128 floats per input: 64 KiB per request, above the direct-copy threshold.
+  std::vector<InferenceRequest> requests(4);
+  for (auto& r : requests) {
+    r.model = "big";
+    std::vector<double> x1 = testing::RandomNormal(64 * 128, rng), x2 = testing::RandomNormal(64 * 128, rng);
+    r.x1 = HostTensor({64, 128}, std::vector<float>(x1.begin(), x1.end()));
+    r.x2 = HostTensor({64, 128}, std::vector<float>(x2.begin(), x2.end()));
+  }
+  std::vector<std::future<absl::StatusOr<InferenceResult>>> merged;
+  for (const auto& r : requests) merged.push_back(std::async(std::launch::async, [&f, r] { return f.core->Run(r); }));
+  std::vector<InferenceResult> results;
+  for (auto& m : merged) {
+    auto r = m.get();
+    ASSERT_TRUE(r.ok()) << r.status();
+    results.push_back(*r);
+  }
+  EXPECT_GT(f.observer.max_requests.load(), 1) << "the requests were not merged";
+  for (size_t i = 0; i < requests.size(); ++i) {
+    auto alone = f.core->Run(requests[i]);
+    ASSERT_TRUE(alone.ok());
+    EXPECT_EQ(alone->executed_batch, 64);
+    EXPECT_LT(RelativeError(D(results[i].out), D(alone->out)), 1e-6) << i;
+  }
+}
+
 TEST(InferenceCoreTest, MaxBatchSize_BoundsEachLaunch) {
   CoreConfig config;
   config.max_queue_delay_us = 100000;
