@@ -9,6 +9,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "kernels/core/backend_factory.h"
 #include "server/core/inference_core.h"
@@ -21,6 +22,7 @@ ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC address (port 0: any free 
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9090", "Prometheus /metrics address (\"\": off)");
 ABSL_FLAG(std::string, model_dir, "", "model repository directory (\"\": in memory only)");
 ABSL_FLAG(std::string, backend, "auto", "auto | cpu | cuda | cuda:0,cuda:1,...");
+ABSL_FLAG(int, workers_per_gpu, 2, "workers (streams, weight replicas) per GPU; copies of one overlap compute of another");
 ABSL_FLAG(int64_t, max_batch_size, 4096, "most samples per launch and per request");
 ABSL_FLAG(int64_t, max_queue_delay_us, 0, "how long a request may wait for others to batch with (0: greedy)");
 ABSL_FLAG(int64_t, max_queued_requests, 1024, "admitted requests waiting; beyond: RESOURCE_EXHAUSTED");
@@ -64,6 +66,8 @@ absl::StatusOr<ServerConfig> LoadConfig() {
   take("metrics_address", c.metrics_address, absl::GetFlag(FLAGS_metrics_address));
   take("model_dir", c.core.model_dir, absl::GetFlag(FLAGS_model_dir));
   take("backend", c.backend, absl::GetFlag(FLAGS_backend));
+  take("workers_per_gpu", c.workers_per_gpu, absl::GetFlag(FLAGS_workers_per_gpu));
+  if (c.workers_per_gpu < 1) return absl::InvalidArgumentError("--workers_per_gpu: expected >= 1");
   take("max_batch_size", c.core.max_batch_size, absl::GetFlag(FLAGS_max_batch_size));
   take("max_queue_delay_us", c.core.max_queue_delay_us, absl::GetFlag(FLAGS_max_queue_delay_us));
   take("max_queued_requests", c.core.max_queued_requests, absl::GetFlag(FLAGS_max_queued_requests));
@@ -92,7 +96,7 @@ absl::StatusOr<ServerConfig> LoadConfig() {
   return c;
 }
 
-absl::StatusOr<std::vector<std::unique_ptr<Backend>>> MakeBackends(const std::string& spec) {
+absl::StatusOr<std::vector<std::unique_ptr<Backend>>> MakeBackends(const std::string& spec, int workers_per_gpu) {
   std::vector<std::string> names;
   if (spec == "auto" || spec == "cuda") {
     for (int i = 0; i < CudaDeviceCount(); ++i) names.push_back("cuda:" + std::to_string(i));
@@ -103,9 +107,12 @@ absl::StatusOr<std::vector<std::unique_ptr<Backend>>> MakeBackends(const std::st
   }
   std::vector<std::unique_ptr<Backend>> backends;
   for (const std::string& name : names) {
-    absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend(name);
-    if (!backend.ok()) return backend.status();
-    backends.push_back(*std::move(backend));
+    const int copies = absl::StartsWith(name, "cuda") ? workers_per_gpu : 1;
+    for (int i = 0; i < copies; ++i) {
+      absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend(name);
+      if (!backend.ok()) return backend.status();
+      backends.push_back(*std::move(backend));
+    }
   }
   return backends;
 }
@@ -132,7 +139,7 @@ int Main() {
       return 1;
     }
   }
-  auto backends = MakeBackends(config->backend);
+  auto backends = MakeBackends(config->backend, config->workers_per_gpu);
   if (!backends.ok()) {
     std::cerr << "tpserve: " << backends.status() << "\n";
     return 1;

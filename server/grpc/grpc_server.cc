@@ -27,9 +27,9 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) 
 
 std::string TransportConfig::DebugString() const {
   return absl::StrFormat(
-      "listen=%s tls=%s auth=%s max_message_bytes=%d reflection=%v chunk_elements=%d stream_max_in_flight=%d",
+      "listen=%s tls=%s auth=%s max_message_bytes=%d reflection=%s chunk_elements=%d stream_max_in_flight=%d",
       listen_address, tls() ? absl::StrCat("on (cert ", tls_cert_file, ")") : "off",
-      auth_token.empty() ? "off" : "bearer token", max_message_bytes, reflection, chunk_elements,
+      auth_token.empty() ? "off" : "bearer token", max_message_bytes, reflection ? "on" : "off", chunk_elements,
       stream_max_in_flight);
 }
 
