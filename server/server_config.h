@@ -19,9 +19,9 @@ struct ServerConfig {
   // "auto" (one worker per GPU, else one CPU worker), "cpu", "cuda" (every GPU) or a
   // comma-separated list such as "cuda:0,cuda:1".
   std::string backend = "auto";
-  // Workers (each with its own stream and weight replicas) per GPU: two let one launch's copies
-  // overlap another's compute. CPU backends always get one.
-  int workers_per_gpu = 2;
+  // Workers (each with its own stream and weight replicas) per GPU. 1 is the design (one worker per
+  // GPU); 2 lets one launch's host copies overlap another's compute. CPU backends always get one.
+  int workers_per_gpu = 1;
   // Created at start-up (seeded) unless the repository already holds a model of that name.
   std::string demo_model;
   ModelSpec demo_spec{"128x0e + 128x1e + 128x2e", "128x0e + 128x1e + 128x2e", "128x0e + 128x1e + 128x2e"};
