@@ -51,15 +51,19 @@ __device__ __forceinline__ void IssueWTile(const TpGemmArgs& args, const TpGemmP
                                            float* sB, int tid) {
   constexpr int BN = Cfg::BN;
   if (path.w_vec4 && path.fast_t != 0 && (reinterpret_cast<unsigned long long>(args.w) & 15) == 0) {
-    // One p for the whole K tile (Q % 32 == 0): rows are consecutive q.
+    // One p for the whole K tile (Q % 32 == 0, k_end - k0 a multiple of 32): rows are consecutive q,
+    // so every copy is the tile's base plus a per-thread constant.
     const int p = k0 / path.Q;
     const float* tile = args.w + path.w_offset + p * path.w_stride_p + (k0 - p * path.Q) * path.w_stride_q + n0;
+    constexpr int kPerThread = kTileK * BN / 4 / Cfg::kThreads;
+    constexpr int kRowsPerPass = Cfg::kThreads / (BN / 4);
+    const int k_first = tid / (BN / 4), n = 4 * (tid % (BN / 4));
+    const bool n_valid = n0 + n < path.N;
+    const float* src = tile + k_first * path.w_stride_q + n;
+    float* dst = sB + k_first * kLdb + n;
 #pragma unroll
-    for (int i = 0; i < kTileK * BN / 4 / Cfg::kThreads; ++i) {
-      const int e = tid + i * Cfg::kThreads;
-      const int k = e / (BN / 4), n = 4 * (e - k * (BN / 4));
-      const bool valid = k0 + k < k_end && n0 + n < path.N;
-      CpAsync16(sB + k * kLdb + n, valid ? tile + k * path.w_stride_q + n : args.w, valid);
+    for (int i = 0; i < kPerThread; ++i) {
+      CpAsync16(dst + i * kRowsPerPass * kLdb, n_valid ? src + i * kRowsPerPass * path.w_stride_q : args.w, n_valid);
     }
   } else if (path.w_vec4 && (reinterpret_cast<unsigned long long>(args.w) & 15) == 0) {
     for (int e = tid; e < kTileK * BN / 4; e += Cfg::kThreads) {
