@@ -44,6 +44,7 @@ void Worker::Loop() {
   for (;;) {
     Batcher::Work work = batcher_->Next();
     if (work.batch.empty() && work.expired.empty()) return;
+    if (observer_ != nullptr) observer_->OnQueueDepth(batcher_->queued());
     for (auto& pending : work.expired) {
       bool cancelled = pending->request.cancelled && pending->request.cancelled->load();
       pending->done(cancelled ? absl::CancelledError("request cancelled while queued")
