@@ -204,6 +204,14 @@ class CudaBackendTest : public ::testing::Test {
                                       GradientOutputs{d_dw.view(), {}, {}}, ctx)
                       .ok());
       EXPECT_LE(RelativeError(d_dw.Download(), want_dw), tol) << "loss grad_weight only";
+      // Only the input gradients.
+      d_dx1.Poison();
+      d_dx2.Poison();
+      ASSERT_TRUE(cuda_->LossGradient(**prepared, loss, d_w.cview(), d_x1.cview(), d_x2.cview(), {},
+                                      GradientOutputs{{}, d_dx1.view(), d_dx2.view()}, ctx)
+                      .ok());
+      EXPECT_LE(RelativeError(d_dx1.Download(), want_dx1), tol) << "loss grad_x1 only";
+      EXPECT_LE(RelativeError(d_dx2.Download(), want_dx2), tol) << "loss grad_x2 only";
     }
   }
 

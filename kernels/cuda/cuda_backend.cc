@@ -8,7 +8,6 @@
 #include <map>
 #include <mutex>
 #include <utility>
-#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
