@@ -298,7 +298,8 @@ const CudaPreparedPlan* AsCuda(const PreparedPlan& plan) { return dynamic_cast<c
 
 absl::Status LaunchGemmRole(const CudaPreparedPlan& prepared, int role_index, const float* a, int64_t a_row_stride,
                             const float* b, int64_t b_row_stride, const float* w, float* out,
-                            int64_t out_row_stride, int64_t batch, Precision precision, cudaStream_t stream) {
+                            int64_t out_row_stride, int64_t batch, Precision precision, cudaStream_t stream,
+                            bool out_ir_mul = false) {
   const GemmRole& role = prepared.roles[role_index];
   ASSIGN_OR_RETURN(const WorkList* work, prepared.GetWork(role_index, batch));
   cuda::TpGemmArgs args{};
@@ -315,16 +316,18 @@ absl::Status LaunchGemmRole(const CudaPreparedPlan& prepared, int role_index, co
   args.out = out;
   args.out_row_stride = out_row_stride;
   args.batch = static_cast<int>(batch);
+  args.out_ir_mul = out_ir_mul ? 1 : 0;
   CUDA_RETURN_IF_ERROR(cuda::LaunchTpGemm(ToMmaPrecision(precision), role.shape, args, stream));
   return absl::OkStatus();
 }
 
+// out_ir_mul: write out transposed per irrep (out[z, off + k*mul + w]), as the weight gradient reads g.
 absl::Status RunForward(const CudaPreparedPlan& prepared, const float* w, const float* x1, const float* x2, float* out,
-                        int64_t batch, Precision precision, cudaStream_t stream) {
+                        int64_t batch, Precision precision, cudaStream_t stream, bool out_ir_mul = false) {
   const TensorProductPlan& plan = prepared.plan();
   CUDA_RETURN_IF_ERROR(cudaMemsetAsync(out, 0, sizeof(float) * batch * plan.dim_out(), stream));
   return LaunchGemmRole(prepared, 0, x1, plan.dim_in1(), x2, plan.dim_in2(), w, out, plan.dim_out(), batch, precision,
-                        stream);
+                        stream, out_ir_mul);
 }
 
 // Gradients from g = dL/dout ([batch, dim_out], device): g_mul_ir in e3nn's layout (needed for
@@ -519,28 +522,39 @@ absl::Status CudaBackend::LossGradient(const PreparedPlan& plan, Loss loss, Cons
   if (out.present()) RETURN_IF_ERROR(CheckTensor(out, "out", DType::kFloat32, {batch, plan.plan().dim_out()}));
   DeviceScope scope(device_);
   cudaStream_t stream = StreamOf(ctx);
-  // Workspaces from the stream-ordered pool, [batch, dim_out] floats each: the forward result (unless
-  // the caller wants it), g in e3nn's layout (for input gradients) and g transposed (for grad_weight).
+  // Workspaces from the stream-ordered pool, [batch, dim_out] floats each. The seed call (grad_weight
+  // only, no out) takes one: the forward writes out transposed per irrep and g replaces it in place.
+  // Otherwise: out (unless given), g in e3nn's layout (input gradients), g transposed (grad_weight).
   const bool want_dx = grads.grad_x1.present() || grads.grad_x2.present();
   const bool want_dw = grads.grad_weight.present();
+  const bool in_place = want_dw && !want_dx && !out.present() && loss == Loss::kSumTanh;
   const int64_t slot = std::max<int64_t>(out_numel, 1);
-  const int slots = (out.present() ? 0 : 1) + (want_dx ? 1 : 0) + (want_dw ? 1 : 0);
+  const int slots = in_place ? 1 : (out.present() ? 0 : 1) + (want_dx ? 1 : 0) + (want_dw ? 1 : 0);
   float* workspace = nullptr;
   if (slots > 0)
     CUDA_RETURN_IF_ERROR(cudaMallocAsync(reinterpret_cast<void**>(&workspace), sizeof(float) * slot * slots, stream));
-  float* next = workspace;
-  float* out_ptr = out.present() ? out.typed<float>() : std::exchange(next, next + slot);
-  float* g_mul_ir = want_dx ? std::exchange(next, next + slot) : nullptr;
-  float* g_ir_mul = want_dw ? std::exchange(next, next + slot) : nullptr;
   absl::Status status = [&]() -> absl::Status {
+    const auto mode = loss == Loss::kSumTanh ? cuda::OutputGradMode::kSumTanh : cuda::OutputGradMode::kSum;
+    const int dim_out = static_cast<int>(plan.plan().dim_out());
+    if (in_place) {
+      RETURN_IF_ERROR(RunForward(*prepared, weight.typed<float>(), x1.typed<float>(), x2.typed<float>(), workspace,
+                                 batch, ctx.precision, stream, /*out_ir_mul=*/true));
+      CUDA_RETURN_IF_ERROR(
+          cuda::LaunchOutputGrad(mode, workspace, nullptr, dim_out, batch, nullptr, workspace, stream));
+      return RunBackward(*prepared, weight.typed<float>(), x1.typed<float>(), x2.typed<float>(), nullptr, workspace,
+                         grads, batch, ctx.precision, stream);
+    }
+    float* next = workspace;
+    float* out_ptr = out.present() ? out.typed<float>() : std::exchange(next, next + slot);
+    float* g_mul_ir = want_dx ? std::exchange(next, next + slot) : nullptr;
+    float* g_ir_mul = want_dw ? std::exchange(next, next + slot) : nullptr;
     if (loss == Loss::kSumTanh || out.present()) {
       RETURN_IF_ERROR(RunForward(*prepared, weight.typed<float>(), x1.typed<float>(), x2.typed<float>(), out_ptr,
                                  batch, ctx.precision, stream));
     }
     if (!want_dx && !want_dw) return absl::OkStatus();
-    CUDA_RETURN_IF_ERROR(cuda::LaunchOutputGrad(
-        loss == Loss::kSumTanh ? cuda::OutputGradMode::kSumTanh : cuda::OutputGradMode::kSum, out_ptr,
-        prepared->ir_mul_col.get<int>(), static_cast<int>(plan.plan().dim_out()), batch, g_mul_ir, g_ir_mul, stream));
+    CUDA_RETURN_IF_ERROR(cuda::LaunchOutputGrad(mode, out_ptr, prepared->ir_mul_col.get<int>(), dim_out, batch,
+                                                g_mul_ir, g_ir_mul, stream));
     return RunBackward(*prepared, weight.typed<float>(), x1.typed<float>(), x2.typed<float>(), g_mul_ir, g_ir_mul,
                        grads, batch, ctx.precision, stream);
   }();

@@ -11,8 +11,8 @@
 namespace tpserve::cuda {
 namespace {
 
-__global__ void OutputGradKernel(OutputGradMode mode, const float* __restrict__ src, const int* __restrict__ ir_mul_col,
-                                 int dim_out, long long n, float* __restrict__ g_mul_ir, float* __restrict__ g_ir_mul) {
+__global__ void OutputGradKernel(OutputGradMode mode, const float* src, const int* __restrict__ ir_mul_col, int dim_out,
+                                 long long n, float* __restrict__ g_mul_ir, float* g_ir_mul) {
   for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<long long>(gridDim.x) * blockDim.x) {
     float g = 1.f;
@@ -23,7 +23,9 @@ __global__ void OutputGradKernel(OutputGradMode mode, const float* __restrict__ 
       g = src[i];
     }
     if (g_mul_ir != nullptr) g_mul_ir[i] = g;
-    if (g_ir_mul != nullptr) {
+    if (g_ir_mul != nullptr && ir_mul_col == nullptr) {
+      g_ir_mul[i] = g;
+    } else if (g_ir_mul != nullptr) {
       const long long z = i / dim_out;
       const int c = static_cast<int>(i - z * dim_out);
       g_ir_mul[z * dim_out + __ldg(ir_mul_col + c)] = g;

@@ -269,13 +269,15 @@ __global__ void __launch_bounds__(256, kPrec == MmaPrecision::k3xTf32 ? 1 : 2) T
       if (m >= rows_valid) continue;
       const int zl = m / R;
       const int r = m - zl * R;
-      float* out_row = args.out + (z0 + zl) * args.out_row_stride + path.out_offset + r;
+      float* out_row = args.out + (z0 + zl) * args.out_row_stride + path.out_offset +
+                       (args.out_ir_mul ? r * path.N : r);
+      const int n_stride = args.out_ir_mul ? 1 : R;
 #pragma unroll
       for (int nt = 0; nt < Cfg::NT; ++nt)
 #pragma unroll
         for (int i1 = 0; i1 < 2; ++i1) {
           const int n = n0 + warp_n0 + nt * 8 + 2 * t + i1;
-          if (n < path.N) atomicAdd(out_row + static_cast<long long>(n) * R, path.scale * acc[mt][nt][2 * i2 + i1]);
+          if (n < path.N) atomicAdd(out_row + n * n_stride, path.scale * acc[mt][nt][2 * i2 + i1]);
         }
     }
 }

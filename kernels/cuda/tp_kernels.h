@@ -59,6 +59,9 @@ struct TpGemmArgs {
   float* out;  // accumulated with atomics: zero it first
   long long out_row_stride;
   int batch;
+  // 0: out in e3nn's layout out[z, off + n*R + r]; 1: transposed per irrep, out[z, off + r*N + n]
+  // (the layout the weight gradient reads g in, so a loss can turn out into g in place).
+  int out_ir_mul;
 };
 
 // One path of the weight gradient (g in the transposed layout g_ir_mul):
@@ -107,7 +110,8 @@ cudaError_t LaunchWeightGrad(MmaPrecision precision, TileShape shape, const Weig
                              cudaStream_t stream);
 // Output gradient from the forward result (losses) or a given grad_out, written in e3nn's layout
 // (g_mul_ir, optional) and in the per-irrep transposed layout g_ir_mul[z, off + k*mul + w] that the
-// weight gradient reads (see loss_grad.cu).
+// weight gradient reads (see loss_grad.cu). With ir_mul_col == nullptr, src is already transposed
+// and g_ir_mul[i] = g(src[i]) elementwise (src == g_ir_mul allowed).
 enum class OutputGradMode : int { kSumTanh = 0, kSum = 1, kCopy = 2 };
 cudaError_t LaunchOutputGrad(OutputGradMode mode, const float* src, const int* ir_mul_col, int dim_out,
                              long long batch, float* g_mul_ir, float* g_ir_mul, cudaStream_t stream);
