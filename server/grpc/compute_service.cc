@@ -99,6 +99,10 @@ grpc::Status ComputeServiceImpl::Stream(
     tp::v1::DType dtype = tp::v1::DTYPE_FLOAT32;
     std::optional<absl::StatusOr<InferenceResult>> result;
     std::optional<tp::v1::EchoResponse> echo;
+    // Each request on a stream is also counted on its own ("Stream/Forward", ...).
+    const char* method = "Stream/Echo";
+    std::string model;
+    std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
   };
   struct State {
     std::mutex mu;
@@ -143,7 +147,17 @@ grpc::Status ComputeServiceImpl::Stream(
       } else {
         ToProto(*result, entry->dtype, /*inline_grad_weight=*/false, response.mutable_backward());
       }
-      if (!stream->Write(response)) {
+      const bool written = stream->Write(response);
+      if (env_.metrics != nullptr) {
+        const bool known = !entry->model.empty() && env_.core->FindModel(entry->model).ok();
+        const std::string device = result.ok() && !entry->echo.has_value() ? result->device : "none";
+        const grpc::StatusCode code = !written ? grpc::StatusCode::CANCELLED
+                                               : static_cast<grpc::StatusCode>(response.code());
+        env_.metrics->RequestFinished(
+            entry->method, known ? entry->model : "-", device, StatusCodeName(code),
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - entry->start).count());
+      }
+      if (!written) {
         std::lock_guard<std::mutex> lock(state->mu);
         state->writer_failed = true;
         cancelled->store(true);
@@ -158,6 +172,14 @@ grpc::Status ComputeServiceImpl::Stream(
     auto entry = std::make_shared<Entry>();
     entry->request_id = request.request_id();
     absl::StatusOr<InferenceRequest> converted = absl::InvalidArgumentError("stream request has no op");
+    if (request.has_forward()) {
+      entry->method = "Stream/Forward";
+      entry->model = request.forward().model();
+    } else if (request.has_backward()) {
+      entry->method = "Stream/Backward";
+      entry->model = request.backward().model();
+    }
+    if (env_.metrics != nullptr) env_.metrics->RequestStarted(entry->method);
     if (request.has_echo()) {
       entry->echo.emplace();
       if (request.echo().response_bytes() > 0 && request.echo().response_bytes() <= (int64_t{1} << 30)) {
@@ -185,7 +207,12 @@ grpc::Status ComputeServiceImpl::Stream(
       state->cv.wait(lock, [&] {
         return state->writer_failed || static_cast<int64_t>(state->entries.size()) < env_.stream_max_in_flight;
       });
-      if (state->writer_failed) break;
+      if (state->writer_failed) {
+        if (env_.metrics != nullptr) {
+          env_.metrics->RequestFinished(entry->method, "-", "none", "CANCELLED", 0);
+        }
+        break;
+      }
       state->entries.push_back(entry);
     }
     if (!converted.ok() || entry->echo.has_value()) {

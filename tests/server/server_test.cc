@@ -355,6 +355,11 @@ TEST_F(ServerTest, Stream_AnswersEveryRequestInOrderAndSurvivesABadOne) {
   writer.join();
   EXPECT_TRUE(stream.rpc->Finish().ok());
   EXPECT_EQ(received, kRequests);
+  // Every request on the stream is counted on its own, with its status code.
+  std::string text = server_->metrics().Serialize();
+  EXPECT_EQ(MetricValue(text, "tp_requests_total", {"method=\"Stream/Forward\"", "code=\"NOT_FOUND\""}), 1);
+  EXPECT_EQ(MetricValue(text, "tp_requests_total", {"method=\"Stream/Echo\"", "code=\"OK\""}), 1);
+  EXPECT_EQ(MetricValue(text, "tp_request_latency_seconds_count", {"method=\"Stream/Backward\"", "model=\"m\""}), 11);
 }
 
 TEST_F(ServerTest, Stream_ClientCancellingMidStreamLeavesTheServerServing) {
