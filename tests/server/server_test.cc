@@ -171,6 +171,25 @@ TEST(ServerChunks, WeightsLargerThanTheMessageLimit_MoveInChunks) {
   EXPECT_EQ(gradient->size(), weights.size());
 }
 
+TEST(ServerChunks, SeedModelWeights_126MB_RoundTripUnderTheDefaultMessageLimit) {
+  auto server = TestServer::Start();  // default limits: 64 MiB messages, 1 MiB chunks
+  auto client = server->Connect();
+  const char* seed = "128x0e + 128x1e + 128x2e";
+  std::vector<float> weights(31457280);
+  uint32_t state = 12345;
+  for (float& w : weights) {  // cheap distinct values, so a misplaced chunk shows
+    state = state * 1664525u + 1013904223u;
+    w = static_cast<float>(state >> 8) * (1.0f / 16777216.0f) - 0.5f;
+  }
+  auto created = client->CreateModel("seed", Spec(seed, seed, seed), &weights);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_EQ(created->weight_numel(), 31457280);
+  EXPECT_EQ(created->weights_fnv1a64(), server::Fnv1a64(weights.data(), weights.size() * 4));
+  auto downloaded = client->DownloadWeights("seed");
+  ASSERT_TRUE(downloaded.ok()) << downloaded.status();
+  EXPECT_TRUE(*downloaded == weights);
+}
+
 TEST_F(ServerTest, UploadWeights_RejectsGapsShortStreamsAndUnknownModels) {
   ASSERT_TRUE(client_->CreateModel("m", Spec(kSmallIn1, kSmallIn2, kSmallOut), nullptr).ok());
   std::vector<float> short_weights(50, 1.0f);
