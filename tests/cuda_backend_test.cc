@@ -267,13 +267,17 @@ TEST_F(CudaBackendTest, AllPasses_MatchCpuReference_OnSeedShape) {
   for (Precision precision : kAllPrecisions) CheckPlan(*plan, 64, precision);
 }
 
-TEST_F(CudaBackendTest, AllPasses_MatchCpuReference_OnOddMultiplicitiesAndHighL) {
+TEST_F(CudaBackendTest, AllPasses_MatchCpuReference_OnOddMultiplicitiesHighLAndTileEdges) {
   // Odd and zero multiplicities, mixed parity, l up to 11, batch not a multiple of any tile.
   const char* cases[][3] = {
       {"3x0e + 5x1o + 1x2e", "1x0e + 3x1o + 2x2o", "5x0e + 3x1o + 1x1e + 7x2e + 2x3o"},
       {"0x0e + 4x1o", "2x1o + 0x2e", "3x0e + 0x1e + 2x2e"},
       {"2x11o + 1x5e", "1x6e + 1x0e", "3x11o + 2x5e + 1x17e"},
       {"33x1e + 65x0o", "31x1o + 1x0e", "40x0o + 33x1o + 3x2o"},
+      // Multiplicities that are multiples of 32 take the fast generators; 32 uses the narrow tiles and
+      // changes p at every K tile, 96 changes it inside a block's K slice.
+      {"32x0e + 32x1e + 32x2e", "32x0e + 32x1e + 32x2e", "32x0e + 32x1e + 32x2e"},
+      {"96x0e + 64x1o", "32x1o + 96x0e", "64x1o + 32x0e + 96x1e"},
   };
   for (const auto& irreps : cases) {
     auto plan = TensorProductPlan::FullyConnected(irreps[0], irreps[1], irreps[2]);
@@ -305,6 +309,14 @@ TEST_F(CudaBackendTest, AllPasses_MatchCpuReference_OnRandomlyDrawnIrreps) {
     for (Precision precision : kAllPrecisions) CheckPlan(*plan, batch, precision);
   }
   EXPECT_EQ(checked, 4);
+}
+
+// Small enough for compute-sanitizer's racecheck/memcheck: the fast generators with p changing at
+// every K tile (multiplicity 32) and the narrow tiles.
+TEST_F(CudaBackendTest, SmallFastPath_MatchesCpuReference) {
+  auto plan = TensorProductPlan::FullyConnected("32x0e + 32x1e", "32x1e", "32x0e + 32x1e");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  CheckPlan(*plan, 9, Precision::kFp32);
 }
 
 TEST_F(CudaBackendTest, LargeBatch_SplitsAndAtomicsStayCorrect) {

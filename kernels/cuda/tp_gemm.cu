@@ -242,6 +242,9 @@ __global__ void __launch_bounds__(256, kPrec == MmaPrecision::k3xTf32 ? 1 : 2) T
   // Prologue: K tile 0 (W in flight, A generated).
   IssueWTile<Cfg, Smem::kLdb>(args, path, item.k_begin, item.k_end, n0, sB0, tid);
   generate(item.k_begin, 0);
+  // Tile 1's generation may rebuild sP (when p changes at the next tile, e.g. Q == 32): every warp
+  // must be done reading it for tile 0. Later tiles are ordered by the barrier before each MMA.
+  __syncthreads();
   int stage = 0;
   for (int k0 = item.k_begin; k0 < item.k_end; k0 += BK) {
     const int next = stage == kStages - 1 ? 0 : stage + 1;

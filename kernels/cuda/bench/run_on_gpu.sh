@@ -20,9 +20,13 @@ fi
 if [[ $STEPS == *memcheck* ]]; then
   timeout ${MEMCHECK_TIMEOUT:-200} /usr/local/cuda/bin/compute-sanitizer --tool memcheck --leak-check full \
     "$BIN/cuda_backend_test" --gtest_brief=1 \
-    --gtest_filter='CudaBackendTest.Forward_MatchesE3nnReferenceOutputs:CudaBackendTest.AllPasses_MatchCpuReference_OnOddMultiplicitiesAndHighL' \
+    --gtest_filter='CudaBackendTest.Forward_MatchesE3nnReferenceOutputs:CudaBackendTest.SmallFastPath_MatchesCpuReference' \
     >"$OUT/memcheck.log" 2>&1
   echo "memcheck exit $?"; tail -4 "$OUT/memcheck.log"
+  timeout ${MEMCHECK_TIMEOUT:-200} /usr/local/cuda/bin/compute-sanitizer --tool racecheck \
+    "$BIN/cuda_backend_test" --gtest_brief=1 --gtest_filter='CudaBackendTest.SmallFastPath_MatchesCpuReference' \
+    >"$OUT/racecheck.log" 2>&1
+  echo "racecheck exit $?"; tail -3 "$OUT/racecheck.log"
 fi
 if [[ $STEPS == *bench* ]]; then
   timeout ${BENCH_TIMEOUT:-300} "$BIN/tp-bench" --json "$OUT/bench.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
