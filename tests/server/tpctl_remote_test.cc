@@ -112,5 +112,28 @@ TEST_F(TpctlRemoteTest, ModelCommands_RoundTripThroughTheService) {
   EXPECT_EQ(Tpctl("create" + server_flag_ + "--model bad --irreps-in1 1xq --irreps-in2 1x0e --irreps-out 1x0e"), 2);
 }
 
+TEST(TpctlRemoteSecurity, TokenAndTlsFlagsReachTheServer) {
+  TempDir dir;
+  std::string cert = dir.path() + "/cert.pem", key = dir.path() + "/key.pem";
+  std::string openssl = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=tpserve.test "
+                        "-addext subjectAltName=DNS:tpserve.test -keyout " + key + " -out " + cert + " >/dev/null 2>&1";
+  ASSERT_EQ(std::system(openssl.c_str()), 0);
+  server::TransportConfig transport;
+  transport.auth_token = "s3cret";
+  transport.tls_cert_file = cert;
+  transport.tls_key_file = key;
+  auto server = TestServer::Start({}, transport);
+  ASSERT_NE(server, nullptr);
+  const std::string target = " --server " + server->target() + " --timeout 5 ";
+  const std::string tls = " --tls --tls-ca " + cert + " --tls-server-name tpserve.test ";
+  EXPECT_EQ(Tpctl("list" + target + tls + "--token s3cret"), 0);
+  EXPECT_EQ(Tpctl("create" + target + tls + "--token s3cret --model m --irreps-in1 1x0e --irreps-in2 1x0e "
+                  "--irreps-out 1x0e --seed 1"),
+            0);
+  EXPECT_EQ(Tpctl("list" + target + tls + "--token wrong"), 1) << "UNAUTHENTICATED";
+  EXPECT_EQ(Tpctl("list" + target + "--token s3cret"), 1) << "plaintext to a TLS server";
+  EXPECT_EQ(server->core().ListModels().size(), 1u);
+}
+
 }  // namespace
 }  // namespace tpserve::testing
