@@ -8,7 +8,10 @@
 
 namespace tpserve::server {
 
-class ComputeServiceImpl final : public tp::v1::TensorProductService::Service {
+// Stream is served with the callback API (server/grpc/stream_reactor.h); the unary and
+// server-streaming methods with the synchronous one.
+class ComputeServiceImpl final
+    : public tp::v1::TensorProductService::WithCallbackMethod_Stream<tp::v1::TensorProductService::Service> {
  public:
   explicit ComputeServiceImpl(const ServiceEnv& env) : env_(env) {}
 
@@ -18,10 +21,8 @@ class ComputeServiceImpl final : public tp::v1::TensorProductService::Service {
                         tp::v1::BackwardResponse* response) override;
   grpc::Status BackwardChunked(grpc::ServerContext* context, const tp::v1::BackwardRequest* request,
                                grpc::ServerWriter<tp::v1::BackwardResponse>* writer) override;
-  // Requests are admitted as they arrive (so several can be batched or in flight at once) and
-  // answered strictly in arrival order; at most stream_max_in_flight are outstanding.
-  grpc::Status Stream(grpc::ServerContext* context,
-                      grpc::ServerReaderWriter<tp::v1::StreamResponse, tp::v1::StreamRequest>* stream) override;
+  grpc::ServerBidiReactor<tp::v1::StreamRequest, tp::v1::StreamResponse>* Stream(
+      grpc::CallbackServerContext* context) override;
   grpc::Status Echo(grpc::ServerContext* context, const tp::v1::EchoRequest* request,
                     tp::v1::EchoResponse* response) override;
 

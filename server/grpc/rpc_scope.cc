@@ -15,7 +15,7 @@ bool ConstantTimeEquals(const std::string& a, const std::string& b) {
 
 }  // namespace
 
-RpcScope::RpcScope(const ServiceEnv& env, const char* method, grpc::ServerContext* context)
+RpcScope::RpcScope(const ServiceEnv& env, const char* method, grpc::ServerContextBase* context)
     : env_(env), method_(method), context_(context), start_(std::chrono::steady_clock::now()) {
   if (env_.metrics != nullptr) env_.metrics->RequestStarted(method_);
 }

@@ -23,7 +23,7 @@ struct ServiceEnv {
 
 class RpcScope {
  public:
-  RpcScope(const ServiceEnv& env, const char* method, grpc::ServerContext* context);
+  RpcScope(const ServiceEnv& env, const char* method, grpc::ServerContextBase* context);
   ~RpcScope();
 
   // UNAUTHENTICATED unless the call carries "authorization: Bearer <token>" (when one is set).
@@ -38,7 +38,7 @@ class RpcScope {
  private:
   const ServiceEnv& env_;
   const char* method_;
-  grpc::ServerContext* context_;
+  grpc::ServerContextBase* context_;
   std::string model_, device_ = "none";
   std::chrono::steady_clock::time_point start_;
   bool finished_ = false;

@@ -664,6 +664,10 @@ TEST(ServerAuth, BearerTokenIsRequiredWhenConfigured) {
   auto status = wrong->CreateModel("m", Spec("1x0e", "1x0e", "1x0e"), nullptr).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kUnauthenticated);
   EXPECT_EQ(good->ListModels()->size(), 0u);
+  client::TpClient::Stream stream = missing->OpenStream();
+  tp::v1::StreamResponse response;
+  EXPECT_FALSE(stream.rpc->Read(&response));
+  EXPECT_EQ(stream.rpc->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_GE(MetricValue(server->metrics().Serialize(), "tp_requests_total", {"code=\"UNAUTHENTICATED\""}), 2);
 }
 
