@@ -2,6 +2,7 @@
 // every acknowledged write is there and no model is torn or half-written.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,6 +33,8 @@ class ServerProcess {
     const std::string log_path = log_prefix + "." + std::to_string(starts++);
     pid_ = fork();
     if (pid_ == 0) {
+      // Dies with the test, even when the test itself crashes before its destructors run.
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
       int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       dup2(fd, 1);
       dup2(fd, 2);
@@ -121,7 +124,9 @@ TEST(CrashTest, KillDuringUploadKeepsThePreviousVersionIntact) {
   ASSERT_NE(restarted.port(), 0);
   auto client = restarted.Connect();
   ExpectIntact(*client, acked);
-  EXPECT_EQ(client->GetModel("m")->version(), 3u);
+  auto info = client->GetModel("m");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->version(), 3u);
 }
 
 TEST(CrashTest, KillAtRandomMomentsLosesNothingAcknowledged) {
