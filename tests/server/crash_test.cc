@@ -146,7 +146,9 @@ TEST(CrashTest, KillAtRandomMomentsLosesNothingAcknowledged) {
     ASSERT_NE(server.port(), 0);
     auto client = server.Connect();
     ExpectIntact(*client, acked);
-    uint64_t version = client->GetModel("m")->version();
+    auto current = client->GetModel("m");
+    ASSERT_TRUE(current.ok()) << current.status();
+    uint64_t version = current->version();
     std::atomic<bool> stop{false};
     std::atomic<uint64_t> last_acked{version};
     std::thread uploader([&] {
