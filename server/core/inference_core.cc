@@ -118,7 +118,9 @@ absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(CoreConfig 
                                                            core->config_.max_queued_requests,
                                                            core->config_.max_queued_bytes});
   for (auto& backend : backends) {
-    core->workers_.push_back(std::make_unique<Worker>(std::move(backend), core->batcher_.get(), core->observer_));
+    const int index = static_cast<int>(core->workers_.size());
+    core->workers_.push_back(
+        std::make_unique<Worker>(index, std::move(backend), core->batcher_.get(), core->observer_));
   }
   for (auto& worker : core->workers_) {
     for (const auto& [name, model] : core->models_) RETURN_IF_ERROR(worker->Warm(*model));

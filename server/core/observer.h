@@ -16,8 +16,9 @@ class CoreObserver {
                        double compute_seconds) {}
   // A request waited `queue_seconds` between admission and the start of its launch.
   virtual void OnQueueTime(const std::string& model, const std::string& device, double queue_seconds) {}
-  // Bytes a worker holds in its device's memory (replicas, gradient buffers, staging).
-  virtual void OnDeviceMemory(const std::string& device, int64_t bytes) {}
+  // Bytes worker `worker` (0-based, unique in the core) holds in its device's memory (replicas,
+  // gradient buffers, staging). Several workers may share a device.
+  virtual void OnDeviceMemory(const std::string& device, int worker, int64_t bytes) {}
   // Requests waiting for a worker, over all models.
   virtual void OnQueueDepth(int64_t requests) {}
 };

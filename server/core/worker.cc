@@ -21,8 +21,9 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 
 }  // namespace
 
-Worker::Worker(std::unique_ptr<Backend> backend, Batcher* batcher, CoreObserver* observer)
-    : backend_(std::move(backend)), device_(backend_->name()), batcher_(batcher), observer_(observer) {
+Worker::Worker(int index, std::unique_ptr<Backend> backend, Batcher* batcher, CoreObserver* observer)
+    : index_(index),
+      backend_(std::move(backend)), device_(backend_->name()), batcher_(batcher), observer_(observer) {
   absl::StatusOr<void*> stream = CreateDeviceStream(device_);
   // Without a stream of its own the worker still runs, on the device's default stream.
   if (stream.ok()) stream_ = *stream;
@@ -74,7 +75,7 @@ void Worker::ReportMemory() {
     if (replica.weights) bytes += static_cast<int64_t>(replica.weights->bytes());
     if (replica.grad) bytes += static_cast<int64_t>(replica.grad->bytes());
   }
-  observer_->OnDeviceMemory(device_, bytes);
+  observer_->OnDeviceMemory(device_, index_, bytes);
 }
 
 absl::StatusOr<Worker::Replica*> Worker::ReplicaFor(const Model& model, const WeightsSnapshot& weights) {

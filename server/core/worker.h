@@ -23,7 +23,8 @@ namespace tpserve::server {
 
 class Worker {
  public:
-  Worker(std::unique_ptr<Backend> backend, Batcher* batcher, CoreObserver* observer);
+  // `index` names this worker to the observer (workers may share a device).
+  Worker(int index, std::unique_ptr<Backend> backend, Batcher* batcher, CoreObserver* observer);
   ~Worker();
 
   const std::string& device() const { return device_; }
@@ -64,6 +65,7 @@ class Worker {
                         std::vector<InferenceResult>& results);
   void ReportMemory();
 
+  const int index_;
   std::unique_ptr<Backend> backend_;
   const std::string device_;
   Batcher* batcher_;

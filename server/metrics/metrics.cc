@@ -103,8 +103,13 @@ void Metrics::OnQueueTime(const std::string& model, const std::string& device, d
   queue_time_.Add({{"model", model}, {"device", device}}, time_buckets_).Observe(queue_seconds);
 }
 
-void Metrics::OnDeviceMemory(const std::string& device, int64_t bytes) {
-  device_memory_.Add({{"device", device}}).Set(static_cast<double>(bytes));
+void Metrics::OnDeviceMemory(const std::string& device, int worker, int64_t bytes) {
+  std::lock_guard<std::mutex> lock(memory_mu_);
+  std::map<int, int64_t>& workers = memory_by_device_[device];
+  workers[worker] = bytes;
+  int64_t total = 0;
+  for (const auto& [index, held] : workers) total += held;
+  device_memory_.Add({{"device", device}}).Set(static_cast<double>(total));
 }
 
 void Metrics::OnQueueDepth(int64_t requests) { queue_depth_.Set(static_cast<double>(requests)); }

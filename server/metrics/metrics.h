@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -59,7 +60,7 @@ class Metrics final : public CoreObserver {
   void OnBatch(const std::string& model, const std::string& device, int64_t batch, int requests,
                double compute_seconds) override;
   void OnQueueTime(const std::string& model, const std::string& device, double queue_seconds) override;
-  void OnDeviceMemory(const std::string& device, int64_t bytes) override;
+  void OnDeviceMemory(const std::string& device, int worker, int64_t bytes) override;
   void OnQueueDepth(int64_t requests) override;
 
  private:
@@ -75,6 +76,8 @@ class Metrics final : public CoreObserver {
   prometheus::Family<prometheus::Histogram>& batch_requests_;
   prometheus::Gauge& queue_depth_;
   prometheus::Family<prometheus::Gauge>& device_memory_;
+  std::mutex memory_mu_;
+  std::map<std::string, std::map<int, int64_t>> memory_by_device_;  // device -> worker -> bytes
   const std::vector<double> time_buckets_;
   const std::vector<double> size_buckets_;
 };

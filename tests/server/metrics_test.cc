@@ -68,7 +68,8 @@ TEST(MetricsTest, EveryFamily_IsExportedWithItsLabels) {
   metrics.RequestStarted("Forward");
   metrics.OnBatch("m", "cpu", 48, 3, 0.001);
   metrics.OnQueueTime("m", "cpu", 0.0001);
-  metrics.OnDeviceMemory("cpu", 4096);
+  metrics.OnDeviceMemory("cpu", 0, 4000);
+  metrics.OnDeviceMemory("cpu", 1, 96);  // two workers on one device add up
   metrics.OnQueueDepth(2);
   std::string text = metrics.Serialize();
   ExpectParses(text);
