@@ -1,7 +1,6 @@
 #include "server/metrics/metrics.h"
 
 #include "absl/strings/str_cat.h"
-#include "prometheus/exposer.h"
 #include "prometheus/text_serializer.h"
 
 namespace tpserve::server {
@@ -67,14 +66,11 @@ Metrics::Metrics()
 Metrics::~Metrics() = default;
 
 absl::Status Metrics::StartHttp(const std::string& address) {
-  try {
-    exposer_ = std::make_unique<prometheus::Exposer>(address);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat("metrics HTTP server on ", address, ": ", e.what()));
-  }
-  exposer_->RegisterCollectable(registry_);
-  std::vector<int> ports = exposer_->GetListeningPorts();
-  port_ = ports.empty() ? 0 : ports.front();
+  auto exposer = std::make_unique<HttpExposer>();
+  absl::Status status = exposer->Start(address, [this] { return Serialize(); });
+  if (!status.ok()) return status;
+  port_ = exposer->port();
+  exposer_ = std::move(exposer);
   return absl::OkStatus();
 }
 

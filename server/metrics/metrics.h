@@ -28,10 +28,7 @@
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 #include "server/core/observer.h"
-
-namespace prometheus {
-class Exposer;
-}
+#include "server/metrics/http_exposer.h"
 
 namespace tpserve::server {
 
@@ -65,7 +62,7 @@ class Metrics final : public CoreObserver {
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<HttpExposer> exposer_;
   int port_ = 0;
   prometheus::Family<prometheus::Histogram>& request_latency_;
   prometheus::Family<prometheus::Counter>& requests_;
