@@ -22,7 +22,7 @@ ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC address (port 0: any free 
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9090", "Prometheus /metrics address (\"\": off)");
 ABSL_FLAG(std::string, model_dir, "", "model repository directory (\"\": in memory only)");
 ABSL_FLAG(std::string, backend, "auto", "auto | cpu | cuda | cuda:0,cuda:1,...");
-ABSL_FLAG(int, workers_per_gpu, 1, "workers (streams, weight replicas) per GPU; 2: copies of one overlap compute of another");
+ABSL_FLAG(int, workers_per_gpu, 2, "workers (streams, weight replicas) per GPU; 2 (default): copies of one overlap compute of the other");
 ABSL_FLAG(int64_t, max_batch_size, 4096, "most samples per launch and per request");
 ABSL_FLAG(int64_t, max_queue_delay_us, 0, "how long a request may wait for others to batch with (0: greedy)");
 ABSL_FLAG(int64_t, max_queued_requests, 1024, "admitted requests waiting; beyond: RESOURCE_EXHAUSTED");
