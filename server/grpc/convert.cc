@@ -80,10 +80,14 @@ absl::Status CheckOutputDType(tp::v1::DType dtype) {
 
 }  // namespace
 
-absl::StatusOr<InferenceRequest> FromProto(const tp::v1::ForwardRequest& request) {
+namespace {
+
+// The fields Forward and Backward requests share: model, output dtype, x1, x2, precision.
+template <typename Request>
+absl::StatusOr<InferenceRequest> FromProtoCommon(const Request& request, Op op) {
   InferenceRequest r;
   r.model = request.model();
-  r.op = Op::kForward;
+  r.op = op;
   if (auto s = CheckOutputDType(request.output_dtype()); !s.ok()) return s;
   absl::StatusOr<HostTensor> x1 = wire::DecodeTensor(request.x1(), "x1");
   if (!x1.ok()) return x1.status();
@@ -97,20 +101,16 @@ absl::StatusOr<InferenceRequest> FromProto(const tp::v1::ForwardRequest& request
   return r;
 }
 
+}  // namespace
+
+absl::StatusOr<InferenceRequest> FromProto(const tp::v1::ForwardRequest& request) {
+  return FromProtoCommon(request, Op::kForward);
+}
+
 absl::StatusOr<InferenceRequest> FromProto(const tp::v1::BackwardRequest& request) {
-  InferenceRequest r;
-  r.model = request.model();
-  r.op = Op::kBackward;
-  if (auto s = CheckOutputDType(request.output_dtype()); !s.ok()) return s;
-  absl::StatusOr<HostTensor> x1 = wire::DecodeTensor(request.x1(), "x1");
-  if (!x1.ok()) return x1.status();
-  absl::StatusOr<HostTensor> x2 = wire::DecodeTensor(request.x2(), "x2");
-  if (!x2.ok()) return x2.status();
-  absl::StatusOr<Precision> precision = FromProto(request.precision());
-  if (!precision.ok()) return precision.status();
-  r.x1 = *std::move(x1);
-  r.x2 = *std::move(x2);
-  r.precision = *precision;
+  absl::StatusOr<InferenceRequest> common = FromProtoCommon(request, Op::kBackward);
+  if (!common.ok()) return common.status();
+  InferenceRequest r = *std::move(common);
   switch (request.cotangent_case()) {
     case tp::v1::BackwardRequest::kGradOut: {
       absl::StatusOr<HostTensor> grad_out = wire::DecodeTensor(request.grad_out(), "grad_out");
