@@ -98,6 +98,10 @@ class Backend {
 
   // Memory in this backend's space, and copies between it and the host (ordered on ctx).
   virtual absl::StatusOr<std::unique_ptr<BackendBuffer>> Allocate(size_t bytes) = 0;
+  // Host memory that CopyFromHost/CopyToHost move at full speed and without blocking the caller
+  // (page-locked on CUDA; pageable copies stage through a driver buffer at a fraction of the rate).
+  // Allocating it is slow: callers keep and reuse such buffers.
+  virtual absl::StatusOr<std::unique_ptr<BackendBuffer>> AllocateHost(size_t bytes) = 0;
   virtual absl::Status CopyFromHost(void* dst, const void* host_src, size_t bytes, const ExecutionContext& ctx) = 0;
   virtual absl::Status CopyToHost(void* host_dst, const void* src, size_t bytes, const ExecutionContext& ctx) = 0;
   // Blocks until all work issued on ctx has finished; reports asynchronous errors.

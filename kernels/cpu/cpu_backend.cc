@@ -418,6 +418,9 @@ absl::StatusOr<std::unique_ptr<BackendBuffer>> CpuBackend::Allocate(size_t bytes
   return std::unique_ptr<BackendBuffer>(std::move(buffer));
 }
 
+// The CPU backend's memory is host memory already.
+absl::StatusOr<std::unique_ptr<BackendBuffer>> CpuBackend::AllocateHost(size_t bytes) { return Allocate(bytes); }
+
 absl::Status CpuBackend::CopyFromHost(void* dst, const void* host_src, size_t bytes, const ExecutionContext&) {
   std::memcpy(dst, host_src, bytes);
   return absl::OkStatus();

@@ -34,6 +34,7 @@ class CpuBackend final : public Backend {
                             const ExecutionContext& ctx) override;
 
   absl::StatusOr<std::unique_ptr<BackendBuffer>> Allocate(size_t bytes) override;
+  absl::StatusOr<std::unique_ptr<BackendBuffer>> AllocateHost(size_t bytes) override;
   absl::Status CopyFromHost(void* dst, const void* host_src, size_t bytes, const ExecutionContext& ctx) override;
   absl::Status CopyToHost(void* host_dst, const void* src, size_t bytes, const ExecutionContext& ctx) override;
   absl::Status Synchronize(const ExecutionContext&) override { return absl::OkStatus(); }

@@ -70,6 +70,19 @@ class DeviceMemory {
   size_t bytes_ = 0;
 };
 
+// Page-locked host memory (cudaHostAlloc): the DMA engines read and write it directly.
+class PinnedHostBuffer final : public BackendBuffer {
+ public:
+  PinnedHostBuffer(void* ptr, size_t bytes) : ptr_(ptr), bytes_(bytes) {}
+  ~PinnedHostBuffer() override { cudaFreeHost(ptr_); }
+  void* data() const override { return ptr_; }
+  size_t bytes() const override { return bytes_; }
+
+ private:
+  void* ptr_;
+  size_t bytes_;
+};
+
 class CudaBuffer final : public BackendBuffer {
  public:
   CudaBuffer(int device, void* ptr, size_t bytes) : device_(device), ptr_(ptr), bytes_(bytes) {}
@@ -569,6 +582,14 @@ absl::StatusOr<std::unique_ptr<BackendBuffer>> CudaBackend::Allocate(size_t byte
   void* ptr = nullptr;
   CUDA_RETURN_IF_ERROR(cudaMalloc(&ptr, std::max<size_t>(bytes, 1)));
   return std::unique_ptr<BackendBuffer>(new CudaBuffer(device_, ptr, bytes));
+}
+
+absl::StatusOr<std::unique_ptr<BackendBuffer>> CudaBackend::AllocateHost(size_t bytes) {
+  DeviceScope scope(device_);
+  void* ptr = nullptr;
+  // Portable: any device's copies may use it (a worker's buffers stay with its device anyway).
+  CUDA_RETURN_IF_ERROR(cudaHostAlloc(&ptr, std::max<size_t>(bytes, 1), cudaHostAllocPortable));
+  return std::unique_ptr<BackendBuffer>(new PinnedHostBuffer(ptr, bytes));
 }
 
 absl::Status CudaBackend::CopyFromHost(void* dst, const void* host_src, size_t bytes, const ExecutionContext& ctx) {

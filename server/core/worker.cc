@@ -11,9 +11,11 @@
 namespace tpserve::server {
 namespace {
 
-// Requests at least this large (inputs, bytes) are copied to and from the device one by one
-// rather than gathered on the host first.
-constexpr int64_t kDirectCopyBytes = 64 << 10;
+// Each tensor's region in a staging buffer starts on a 256-byte boundary, as a fresh allocation
+// would: the kernels load rows with vector loads.
+constexpr int64_t kRegionAlignFloats = 64;
+
+int64_t AlignRegion(int64_t floats) { return (floats + kRegionAlignFloats - 1) / kRegionAlignFloats * kRegionAlignFloats; }
 
 double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -60,15 +62,19 @@ absl::Status Worker::EnsureStaging(Staging& staging, size_t bytes) {
   staging.buffer.reset();
   // Grow geometrically so a slowly growing batch does not reallocate every time.
   size_t want = bytes + bytes / 2;
-  ASSIGN_OR_RETURN(staging.buffer, backend_->Allocate(want));
-  ReportMemory();
+  if (staging.host) {
+    ASSIGN_OR_RETURN(staging.buffer, backend_->AllocateHost(want));
+  } else {
+    ASSIGN_OR_RETURN(staging.buffer, backend_->Allocate(want));
+    ReportMemory();
+  }
   return absl::OkStatus();
 }
 
 void Worker::ReportMemory() {
   if (observer_ == nullptr) return;
   int64_t bytes = 0;
-  for (const Staging* s : {&x1_, &x2_, &grad_out_, &out_, &grad_x1_, &grad_x2_, &grad_weight_}) {
+  for (const Staging* s : {&device_in_, &device_out_, &grad_weight_}) {
     if (s->buffer) bytes += static_cast<int64_t>(s->buffer->bytes());
   }
   for (const auto& [id, replica] : replicas_) {
@@ -147,6 +153,9 @@ void Worker::Execute(std::vector<std::unique_ptr<PendingRequest>> batch) {
     absl::StatusOr<Replica*> replica = ReplicaFor(model, weights);
     status = replica.status();
     if (status.ok()) status = RunBatch(batch, **replica, results);
+    // A failed launch may leave copies in flight that read or write the staging buffers: let
+    // them finish before the next launch reuses those.
+    if (!status.ok()) backend_->Synchronize(ctx_).IgnoreError();
     for (auto& result : results) result.model_version = weights.version;
     // A launch admitted before its model was deleted may have rebuilt the replica: free it.
     if (model.deleted()) {
@@ -184,64 +193,52 @@ absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batc
   for (const auto& pending : batch) samples += pending->batch;
   const size_t f = sizeof(float);
   const bool explicit_grad_out = head.op == Op::kBackward && head.grad_out.present();
+  const bool want_out = head.op == Op::kForward || (head.want_out && !explicit_grad_out);
+  const bool want_grad_x1 = head.op == Op::kBackward && head.want_grad_x1;
+  const bool want_grad_x2 = head.op == Op::kBackward && head.want_grad_x2;
 
-  // Inputs go to the device in one of two ways. Small requests are gathered back to back on the
-  // host and copied once (one cudaMemcpy instead of dozens of tiny ones); large ones are copied
-  // each straight from where it was decoded into its rows (a host memcpy of megabytes costs as
-  // much as the transfer itself). A lone request is always copied directly.
-  int64_t input_bytes = 0;
-  for (const auto& pending : batch) input_bytes += pending->bytes;
-  const bool direct = batch.size() == 1 || input_bytes / static_cast<int64_t>(batch.size()) >= kDirectCopyBytes;
-  auto upload = [&](Staging& staging, std::vector<float>& host, int64_t dim, auto member) -> absl::Status {
-    RETURN_IF_ERROR(EnsureStaging(staging, samples * dim * f));
-    int64_t row = 0;
-    if (direct) {
-      for (const auto& pending : batch) {
-        const HostTensor& t = pending->request.*member;
-        RETURN_IF_ERROR(backend_->CopyFromHost(static_cast<float*>(staging.data()) + row * dim, t.data.data(),
-                                               t.data.size() * f, ctx_));
-        row += pending->batch;
-      }
-      return absl::OkStatus();
-    }
-    host.resize(static_cast<size_t>(samples * dim));
+  // Where each tensor lives in the staging buffers (offsets in floats; host and device alike).
+  const int64_t x1_at = 0, x2_at = AlignRegion(samples * dim_in1), grad_out_at = x2_at + AlignRegion(samples * dim_in2);
+  const int64_t in_floats = grad_out_at + (explicit_grad_out ? samples * dim_out : 0);
+  const int64_t out_at = 0, grad_x1_at = AlignRegion(want_out ? samples * dim_out : 0);
+  const int64_t grad_x2_at = grad_x1_at + AlignRegion(want_grad_x1 ? samples * dim_in1 : 0);
+  const int64_t out_floats = grad_x2_at + (want_grad_x2 ? samples * dim_in2 : 0);
+  RETURN_IF_ERROR(EnsureStaging(device_in_, in_floats * f));
+  RETURN_IF_ERROR(EnsureStaging(host_in_, in_floats * f));
+  RETURN_IF_ERROR(EnsureStaging(device_out_, std::max<int64_t>(out_floats, 1) * f));
+  RETURN_IF_ERROR(EnsureStaging(host_out_, std::max<int64_t>(out_floats, 1) * f));
+
+  // Inputs: the requests' rows back to back in pinned memory (each request's values are read once,
+  // straight from where the transport left them), then one copy to the device.
+  auto gather = [&](int64_t at, int64_t dim, const HostTensor InferenceRequest::*member) {
+    float* dst = host_in_.floats() + at;
     for (const auto& pending : batch) {
       const HostTensor& t = pending->request.*member;
-      std::memcpy(host.data() + row * dim, t.data.data(), t.data.size() * f);
-      row += pending->batch;
+      std::memcpy(dst, t.values(), t.size() * f);
+      dst += pending->batch * dim;
     }
-    return backend_->CopyFromHost(staging.data(), host.data(), samples * dim * f, ctx_);
   };
-  RETURN_IF_ERROR(upload(x1_, host_in_[0], dim_in1, &InferenceRequest::x1));
-  RETURN_IF_ERROR(upload(x2_, host_in_[1], dim_in2, &InferenceRequest::x2));
-  if (explicit_grad_out) RETURN_IF_ERROR(upload(grad_out_, host_in_[2], dim_out, &InferenceRequest::grad_out));
+  gather(x1_at, dim_in1, &InferenceRequest::x1);
+  gather(x2_at, dim_in2, &InferenceRequest::x2);
+  if (explicit_grad_out) gather(grad_out_at, dim_out, &InferenceRequest::grad_out);
+  RETURN_IF_ERROR(backend_->CopyFromHost(device_in_.floats(), host_in_.floats(), in_floats * f, ctx_));
 
   ConstTensorView weight{replica.weights->data(), DType::kFloat32, {plan.weight_numel()}};
-  ConstTensorView x1{x1_.data(), DType::kFloat32, {samples, dim_in1}};
-  ConstTensorView x2{x2_.data(), DType::kFloat32, {samples, dim_in2}};
+  ConstTensorView x1{device_in_.floats() + x1_at, DType::kFloat32, {samples, dim_in1}};
+  ConstTensorView x2{device_in_.floats() + x2_at, DType::kFloat32, {samples, dim_in2}};
   ExecutionContext ctx = ctx_;
   ctx.precision = head.precision;
 
-  const bool want_out = head.op == Op::kForward || (head.want_out && !explicit_grad_out);
   TensorView out;
-  if (want_out) {
-    RETURN_IF_ERROR(EnsureStaging(out_, samples * dim_out * f));
-    out = {out_.data(), DType::kFloat32, {samples, dim_out}};
-  }
+  if (want_out) out = {device_out_.floats() + out_at, DType::kFloat32, {samples, dim_out}};
   GradientOutputs grads;
+  if (want_grad_x1) grads.grad_x1 = {device_out_.floats() + grad_x1_at, DType::kFloat32, {samples, dim_in1}};
+  if (want_grad_x2) grads.grad_x2 = {device_out_.floats() + grad_x2_at, DType::kFloat32, {samples, dim_in2}};
   if (head.op == Op::kBackward) {
-    if (head.want_grad_x1) {
-      RETURN_IF_ERROR(EnsureStaging(grad_x1_, samples * dim_in1 * f));
-      grads.grad_x1 = {grad_x1_.data(), DType::kFloat32, {samples, dim_in1}};
-    }
-    if (head.want_grad_x2) {
-      RETURN_IF_ERROR(EnsureStaging(grad_x2_, samples * dim_in2 * f));
-      grads.grad_x2 = {grad_x2_.data(), DType::kFloat32, {samples, dim_in2}};
-    }
     size_t weight_bytes = static_cast<size_t>(plan.weight_numel()) * f;
     if (head.weight_grad == WeightGradMode::kReturn) {
       RETURN_IF_ERROR(EnsureStaging(grad_weight_, weight_bytes));
-      grads.grad_weight = {grad_weight_.data(), DType::kFloat32, {plan.weight_numel()}};
+      grads.grad_weight = {grad_weight_.floats(), DType::kFloat32, {plan.weight_numel()}};
     } else if (head.weight_grad == WeightGradMode::kAccumulate) {
       if (!replica.grad) {
         ASSIGN_OR_RETURN(replica.grad, backend_->Allocate(weight_bytes));
@@ -257,50 +254,37 @@ absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batc
   if (head.op == Op::kForward) {
     RETURN_IF_ERROR(backend_->Forward(*replica.prepared, weight, x1, x2, out, ctx));
   } else if (explicit_grad_out) {
-    ConstTensorView grad_out{grad_out_.data(), DType::kFloat32, {samples, dim_out}};
+    ConstTensorView grad_out{device_in_.floats() + grad_out_at, DType::kFloat32, {samples, dim_out}};
     RETURN_IF_ERROR(backend_->Backward(*replica.prepared, weight, x1, x2, grad_out, grads, ctx));
   } else {
     RETURN_IF_ERROR(backend_->LossGradient(*replica.prepared, *head.loss, weight, x1, x2, out, grads, ctx));
   }
 
-  // Outputs come back the same two ways: straight into each request's result, or in one copy
-  // that is then split on the host.
-  auto scatter = [&](const Staging& staging, int64_t dim, std::vector<float>& host, HostTensor InferenceResult::*member)
-      -> absl::Status {
-    int64_t row = 0;
-    if (direct) {
-      for (size_t i = 0; i < batch.size(); ++i) {
-        const int64_t n = batch[i]->batch;
-        HostTensor& t = results[i].*member;
-        t = HostTensor::Zeros({n, dim});
-        RETURN_IF_ERROR(backend_->CopyToHost(t.data.data(), static_cast<const float*>(staging.data()) + row * dim,
-                                             n * dim * f, ctx_));
-        row += n;
-      }
-      return absl::OkStatus();
-    }
-    host.resize(static_cast<size_t>(samples * dim));
-    RETURN_IF_ERROR(backend_->CopyToHost(host.data(), staging.data(), samples * dim * f, ctx_));
-    RETURN_IF_ERROR(backend_->Synchronize(ctx_));
-    for (size_t i = 0; i < batch.size(); ++i) {
-      const int64_t n = batch[i]->batch;
-      HostTensor& t = results[i].*member;
-      t.shape = {n, dim};
-      t.data.assign(host.begin() + row * dim, host.begin() + (row + n) * dim);
-      row += n;
-    }
-    return absl::OkStatus();
-  };
-  if (want_out) RETURN_IF_ERROR(scatter(out_, dim_out, host_out_, &InferenceResult::out));
-  if (grads.grad_x1.present()) RETURN_IF_ERROR(scatter(grad_x1_, dim_in1, host_out_, &InferenceResult::grad_x1));
-  if (grads.grad_x2.present()) RETURN_IF_ERROR(scatter(grad_x2_, dim_in2, host_out_, &InferenceResult::grad_x2));
+  // Outputs: one copy back into pinned memory, then each request's rows into its result.
+  if (out_floats > 0) {
+    RETURN_IF_ERROR(backend_->CopyToHost(host_out_.floats(), device_out_.floats(), out_floats * f, ctx_));
+  }
   if (head.op == Op::kBackward && head.weight_grad == WeightGradMode::kReturn) {
     // Only unmerged launches return the weight gradient (the batcher never merges them).
     HostTensor& g = results.front().grad_weight;
     g = HostTensor::Zeros({plan.weight_numel()});
-    RETURN_IF_ERROR(backend_->CopyToHost(g.data.data(), grad_weight_.data(), plan.weight_numel() * f, ctx_));
+    RETURN_IF_ERROR(backend_->CopyToHost(g.data.data(), grad_weight_.floats(), plan.weight_numel() * f, ctx_));
   }
-  return backend_->Synchronize(ctx_);
+  RETURN_IF_ERROR(backend_->Synchronize(ctx_));
+  auto scatter = [&](int64_t at, int64_t dim, HostTensor InferenceResult::*member) {
+    const float* src = host_out_.floats() + at;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const int64_t n = batch[i]->batch;
+      HostTensor& t = results[i].*member;
+      t.shape = {n, dim};
+      t.data.assign(src, src + n * dim);
+      src += n * dim;
+    }
+  };
+  if (want_out) scatter(out_at, dim_out, &InferenceResult::out);
+  if (want_grad_x1) scatter(grad_x1_at, dim_in1, &InferenceResult::grad_x1);
+  if (want_grad_x2) scatter(grad_x2_at, dim_in2, &InferenceResult::grad_x2);
+  return absl::OkStatus();
 }
 
 }  // namespace tpserve::server

@@ -52,10 +52,12 @@ class Worker {
     bool loaded = false;
     std::unique_ptr<BackendBuffer> grad;  // allocated on first accumulation
   };
-  // A growable buffer in device memory.
+  // A growable buffer, in device memory (Allocate) or in host memory the device copies at full
+  // speed (AllocateHost).
   struct Staging {
     std::unique_ptr<BackendBuffer> buffer;
-    void* data() const { return buffer ? buffer->data() : nullptr; }
+    bool host = false;
+    float* floats() const { return buffer ? static_cast<float*>(buffer->data()) : nullptr; }
   };
 
   void Loop();
@@ -75,9 +77,10 @@ class Worker {
 
   std::mutex mu_;  // replicas_ and staging, held for each launch
   std::map<uint64_t, Replica> replicas_;  // by Model::instance_id()
-  Staging x1_, x2_, grad_out_, out_, grad_x1_, grad_x2_, grad_weight_;
-  // Host-side gather/scatter buffers (x1, x2, grad_out; outputs), reused across launches.
-  std::vector<float> host_in_[3], host_out_;
+  // A launch's inputs (x1 | x2 | grad_out) and outputs (out | grad_x1 | grad_x2), each set in one
+  // buffer on the device and one pinned on the host with the same layout, so that each direction
+  // is a single copy; reused across launches. The returned weight gradient has its own.
+  Staging device_in_, device_out_, host_in_{nullptr, true}, host_out_{nullptr, true}, grad_weight_;
   std::thread thread_;
 };
 

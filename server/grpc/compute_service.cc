@@ -31,7 +31,7 @@ grpc::Status ComputeServiceImpl::Forward(grpc::ServerContext* context, const tp:
   RpcScope scope(env_, "Forward", context);
   if (auto s = scope.Authorize(); !s.ok()) return scope.Finish(s);
   scope.set_model(request->model());
-  absl::StatusOr<InferenceRequest> converted = FromProto(*request);
+  absl::StatusOr<InferenceRequest> converted = FromProto(*request, wire::Decode::kBorrow);
   if (!converted.ok()) return scope.Finish(converted.status());
   absl::StatusOr<InferenceResult> result = RunForRpc(*env_.core, *std::move(converted), context);
   if (!result.ok()) return scope.Finish(result.status());
@@ -47,7 +47,7 @@ grpc::Status ComputeServiceImpl::Backward(grpc::ServerContext* context, const tp
   scope.set_model(request->model());
   tp::v1::DType dtype = ResultDType(request->output_dtype(), request->x1());
   if (auto s = CheckInlineGradient(env_, *request, dtype); !s.ok()) return scope.Finish(s);
-  absl::StatusOr<InferenceRequest> converted = FromProto(*request);
+  absl::StatusOr<InferenceRequest> converted = FromProto(*request, wire::Decode::kBorrow);
   if (!converted.ok()) return scope.Finish(converted.status());
   absl::StatusOr<InferenceResult> result = RunForRpc(*env_.core, *std::move(converted), context);
   if (!result.ok()) return scope.Finish(result.status());
@@ -62,7 +62,7 @@ grpc::Status ComputeServiceImpl::BackwardChunked(grpc::ServerContext* context, c
   if (auto s = scope.Authorize(); !s.ok()) return scope.Finish(s);
   scope.set_model(request->model());
   tp::v1::DType dtype = ResultDType(request->output_dtype(), request->x1());
-  absl::StatusOr<InferenceRequest> converted = FromProto(*request);
+  absl::StatusOr<InferenceRequest> converted = FromProto(*request, wire::Decode::kBorrow);
   if (!converted.ok()) return scope.Finish(converted.status());
   absl::StatusOr<InferenceResult> result = RunForRpc(*env_.core, *std::move(converted), context);
   if (!result.ok()) return scope.Finish(result.status());

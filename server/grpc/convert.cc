@@ -84,14 +84,14 @@ namespace {
 
 // The fields Forward and Backward requests share: model, output dtype, x1, x2, precision.
 template <typename Request>
-absl::StatusOr<InferenceRequest> FromProtoCommon(const Request& request, Op op) {
+absl::StatusOr<InferenceRequest> FromProtoCommon(const Request& request, Op op, wire::Decode mode) {
   InferenceRequest r;
   r.model = request.model();
   r.op = op;
   if (auto s = CheckOutputDType(request.output_dtype()); !s.ok()) return s;
-  absl::StatusOr<HostTensor> x1 = wire::DecodeTensor(request.x1(), "x1");
+  absl::StatusOr<HostTensor> x1 = wire::DecodeTensor(request.x1(), "x1", mode);
   if (!x1.ok()) return x1.status();
-  absl::StatusOr<HostTensor> x2 = wire::DecodeTensor(request.x2(), "x2");
+  absl::StatusOr<HostTensor> x2 = wire::DecodeTensor(request.x2(), "x2", mode);
   if (!x2.ok()) return x2.status();
   absl::StatusOr<Precision> precision = FromProto(request.precision());
   if (!precision.ok()) return precision.status();
@@ -103,17 +103,17 @@ absl::StatusOr<InferenceRequest> FromProtoCommon(const Request& request, Op op) 
 
 }  // namespace
 
-absl::StatusOr<InferenceRequest> FromProto(const tp::v1::ForwardRequest& request) {
-  return FromProtoCommon(request, Op::kForward);
+absl::StatusOr<InferenceRequest> FromProto(const tp::v1::ForwardRequest& request, wire::Decode mode) {
+  return FromProtoCommon(request, Op::kForward, mode);
 }
 
-absl::StatusOr<InferenceRequest> FromProto(const tp::v1::BackwardRequest& request) {
-  absl::StatusOr<InferenceRequest> common = FromProtoCommon(request, Op::kBackward);
+absl::StatusOr<InferenceRequest> FromProto(const tp::v1::BackwardRequest& request, wire::Decode mode) {
+  absl::StatusOr<InferenceRequest> common = FromProtoCommon(request, Op::kBackward, mode);
   if (!common.ok()) return common.status();
   InferenceRequest r = *std::move(common);
   switch (request.cotangent_case()) {
     case tp::v1::BackwardRequest::kGradOut: {
-      absl::StatusOr<HostTensor> grad_out = wire::DecodeTensor(request.grad_out(), "grad_out");
+      absl::StatusOr<HostTensor> grad_out = wire::DecodeTensor(request.grad_out(), "grad_out", mode);
       if (!grad_out.ok()) return grad_out.status();
       r.grad_out = *std::move(grad_out);
       break;
@@ -190,16 +190,20 @@ absl::StatusOr<InferenceResult> RunForRpc(InferenceCore& core, InferenceRequest 
     waiter->cv.notify_one();
   });
   std::unique_lock<std::mutex> lock(waiter->mu);
+  std::optional<absl::Status> gave_up;
   while (!waiter->result.has_value()) {
     // The callback wakes us; the timeout only bounds how late we notice a cancellation.
     waiter->cv.wait_for(lock, std::chrono::milliseconds(20));
-    if (!waiter->result.has_value() && context->IsCancelled()) {
+    if (!waiter->result.has_value() && !gave_up.has_value() && context->IsCancelled()) {
+      // Queued: the batcher drops it at its next look. Running: it finishes. Either way the
+      // callback comes soon, and the request may borrow this RPC's message until then.
       cancelled->store(true);
       bool past_deadline = std::chrono::system_clock::now() >= deadline;
-      return past_deadline ? absl::DeadlineExceededError("deadline exceeded")
-                           : absl::CancelledError("cancelled by the client");
+      gave_up = past_deadline ? absl::DeadlineExceededError("deadline exceeded")
+                              : absl::CancelledError("cancelled by the client");
     }
   }
+  if (gave_up.has_value()) return *gave_up;
   return *std::move(waiter->result);
 }
 

@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "grpcpp/grpcpp.h"
 #include "server/core/inference_core.h"
+#include "server/grpc/tensor_codec.h"
 #include "tp/v1/tensor_product.pb.h"
 
 namespace tpserve::server {
@@ -21,8 +22,12 @@ const char* StatusCodeName(grpc::StatusCode code);
 void ToProto(const ModelInfo& info, tp::v1::ModelInfo* out);
 ModelSpec FromProto(const tp::v1::ModelSpec& spec);
 
-absl::StatusOr<InferenceRequest> FromProto(const tp::v1::ForwardRequest& request);
-absl::StatusOr<InferenceRequest> FromProto(const tp::v1::BackwardRequest& request);
+// Decode::kBorrow: the request's float32 tensors point into `request`, which must then outlive
+// the core's result callback (RunForRpc waits for it).
+absl::StatusOr<InferenceRequest> FromProto(const tp::v1::ForwardRequest& request,
+                                           wire::Decode mode = wire::Decode::kCopy);
+absl::StatusOr<InferenceRequest> FromProto(const tp::v1::BackwardRequest& request,
+                                           wire::Decode mode = wire::Decode::kCopy);
 
 // The dtype results are sent in: output_dtype, or that of x1.
 tp::v1::DType ResultDType(tp::v1::DType output_dtype, const tp::v1::Tensor& x1);
@@ -32,8 +37,9 @@ void ToProto(const InferenceResult& result, tp::v1::DType dtype, tp::v1::Forward
 void ToProto(const InferenceResult& result, tp::v1::DType dtype, bool inline_grad_weight,
              tp::v1::BackwardResponse* out);
 
-// Runs a request on the core within the RPC's deadline, giving up (and cancelling the queued
-// request) when the client cancels or the deadline passes.
+// Runs a request on the core within the RPC's deadline. When the client cancels or the deadline
+// passes, marks the request cancelled (the batcher drops it if still queued) and returns that
+// status once the core is done with the request (which may borrow the RPC's message).
 absl::StatusOr<InferenceResult> RunForRpc(InferenceCore& core, InferenceRequest request,
                                           grpc::ServerContext* context);
 

@@ -164,7 +164,7 @@ void FloatsToBytes(const float* data, size_t n, tp::v1::DType dtype, std::string
   }
 }
 
-absl::StatusOr<server::HostTensor> DecodeTensor(const tp::v1::Tensor& tensor, const char* what) {
+absl::StatusOr<server::HostTensor> DecodeTensor(const tp::v1::Tensor& tensor, const char* what, Decode mode) {
   server::HostTensor host;
   int64_t numel = 1;
   for (int64_t extent : tensor.shape()) {
@@ -179,6 +179,13 @@ absl::StatusOr<server::HostTensor> DecodeTensor(const tp::v1::Tensor& tensor, co
     return absl::InvalidArgumentError(absl::StrCat(what, ": missing (no shape); expected [batch, dim]"));
   }
   host.shape.assign(tensor.shape().begin(), tensor.shape().end());
+  const std::string& bytes = tensor.data();
+  if (mode == Decode::kBorrow && tensor.dtype() == tp::v1::DTYPE_FLOAT32 &&
+      bytes.size() == static_cast<size_t>(numel) * sizeof(float) &&
+      reinterpret_cast<uintptr_t>(bytes.data()) % alignof(float) == 0) {
+    return server::HostTensor::Borrow(std::move(host.shape), reinterpret_cast<const float*>(bytes.data()),
+                                      static_cast<size_t>(numel));
+  }
   absl::StatusOr<std::vector<float>> values = BytesToFloats(
       tensor.dtype(), tensor.data(), absl::StrCat(what, " ", ShapeString(host.shape)).c_str(), numel);
   if (!values.ok()) return values.status();
@@ -192,7 +199,7 @@ void EncodeTensor(const server::HostTensor& tensor, tp::v1::DType dtype, tp::v1:
   for (int64_t extent : tensor.shape) out->add_shape(extent);
   out->set_dtype(dtype);
   out->clear_data();
-  FloatsToBytes(tensor.data.data(), tensor.data.size(), dtype, out->mutable_data());
+  FloatsToBytes(tensor.values(), tensor.size(), dtype, out->mutable_data());
 }
 
 }  // namespace tpserve::wire

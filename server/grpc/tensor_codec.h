@@ -26,7 +26,11 @@ absl::StatusOr<std::vector<float>> BytesToFloats(tp::v1::DType dtype, const std:
 void FloatsToBytes(const float* data, size_t n, tp::v1::DType dtype, std::string* out);
 
 // A tensor whose byte length matches shape x dtype exactly; every extent >= 0.
-absl::StatusOr<server::HostTensor> DecodeTensor(const tp::v1::Tensor& tensor, const char* what);
+enum class Decode { kCopy, kBorrow };
+// kBorrow: float32 bytes are not copied; the HostTensor points into `tensor`, which must outlive
+// it unchanged (other dtypes, and misaligned bytes, are converted into owned values as kCopy does).
+absl::StatusOr<server::HostTensor> DecodeTensor(const tp::v1::Tensor& tensor, const char* what,
+                                                Decode mode = Decode::kCopy);
 void EncodeTensor(const server::HostTensor& tensor, tp::v1::DType dtype, tp::v1::Tensor* out);
 
 // Splits a flat vector into chunks of at most chunk_elements (float32) and calls emit for each;
