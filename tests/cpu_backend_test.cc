@@ -955,6 +955,12 @@ TEST(CpuBackend, DescribesItselfAndCopiesHostMemory) {
   ASSERT_TRUE(backend.CopyToHost(back.data(), (*buffer)->data(), back.size() * sizeof(double), ctx).ok());
   EXPECT_TRUE(backend.Synchronize(ctx).ok());
   EXPECT_EQ(back, values);
+  // Host staging is plain host memory here, usable like any other.
+  auto host = backend.AllocateHost(values.size() * sizeof(double));
+  ASSERT_TRUE(host.ok()) << host.status();
+  EXPECT_EQ((*host)->bytes(), values.size() * sizeof(double));
+  ASSERT_TRUE(backend.CopyToHost((*host)->data(), (*buffer)->data(), values.size() * sizeof(double), ctx).ok());
+  EXPECT_EQ(std::memcmp((*host)->data(), values.data(), values.size() * sizeof(double)), 0);
 }
 
 // A batch of zero samples is valid: nothing to compute, a shared grad_weight of zeros.

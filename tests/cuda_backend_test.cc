@@ -4,6 +4,7 @@
 // with NaN before each run, so an unwritten element fails. Every test skips without a GPU.
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -323,6 +324,31 @@ TEST_F(CudaBackendTest, LargeBatch_SplitsAndAtomicsStayCorrect) {
   auto plan = TensorProductPlan::FullyConnected("4x0e + 3x1o", "2x1o + 1x0e", "5x1o + 2x0e");
   ASSERT_TRUE(plan.ok());
   CheckPlan(*plan, 5000, Precision::kFp32);
+}
+
+// Pinned host buffers: the worker's staging. A round trip through the device with asynchronous
+// copies on the context's stream returns every value (the destination starts poisoned).
+TEST_F(CudaBackendTest, AllocateHost_PinnedRoundTripThroughTheDevice) {
+  uint64_t seed = 0;
+  std::mt19937_64 rng = FreshRng(&seed);
+  const std::vector<double> values = RandomNormal(300001, rng);
+  const size_t bytes = values.size() * sizeof(float);
+  auto source = cuda_->AllocateHost(bytes);
+  auto back = cuda_->AllocateHost(bytes);
+  auto device = cuda_->Allocate(bytes);
+  ASSERT_TRUE(source.ok() && back.ok() && device.ok()) << source.status() << back.status() << device.status();
+  EXPECT_EQ((*source)->bytes(), bytes);
+  float* src = static_cast<float*>((*source)->data());
+  float* dst = static_cast<float*>((*back)->data());
+  for (size_t i = 0; i < values.size(); ++i) {
+    src[i] = static_cast<float>(values[i]);
+    dst[i] = std::numeric_limits<float>::quiet_NaN();
+  }
+  const ExecutionContext ctx;
+  ASSERT_TRUE(cuda_->CopyFromHost((*device)->data(), src, bytes, ctx).ok());
+  ASSERT_TRUE(cuda_->CopyToHost(dst, (*device)->data(), bytes, ctx).ok());
+  ASSERT_TRUE(cuda_->Synchronize(ctx).ok());
+  EXPECT_EQ(std::memcmp(src, dst, bytes), 0) << "seed " << seed;
 }
 
 TEST_F(CudaBackendTest, Float64_IsUnimplemented) {

@@ -75,38 +75,70 @@ TEST(InferenceCoreTest, ConcurrentRequestsForOneModel_MergeIntoOneLaunch) {
   EXPECT_EQ(f.observer.max_requests.load(), 6);
 }
 
-TEST(InferenceCoreTest, LargeMergedRequests_AreCopiedOneByOneAndSplitCorrectly) {
-  CoreConfig config;
-  config.max_queue_delay_us = 10000000;  // launches when the 4 x 64 samples are all there
-  config.max_batch_size = 256;
-  Fixture f(config);
-  ASSERT_TRUE(f.core->CreateModel("big", {"32x0e + 32x1o", "32x0e + 32x1o", "16x0e + 16x1o"}, std::nullopt, 1).ok());
-  std::mt19937_64 rng = testing::FreshRng();
-  // 64 x 128 floats per input: 64 KiB per request, above the direct-copy threshold.
-  std::vector<InferenceRequest> requests(4);
-  for (auto& r : requests) {
-    r.model = "big";
-    std::vector<double> x1 = testing::RandomNormal(64 * 128, rng), x2 = testing::RandomNormal(64 * 128, rng);
-    r.x1 = HostTensor({64, 128}, std::vector<float>(x1.begin(), x1.end()));
-    r.x2 = HostTensor({64, 128}, std::vector<float>(x2.begin(), x2.end()));
-  }
-  std::vector<std::future<absl::StatusOr<InferenceResult>>> merged;
-  for (const auto& r : requests) merged.push_back(std::async(std::launch::async, [&f, r] { return f.core->Run(r); }));
-  std::vector<InferenceResult> results;
-  for (auto& m : merged) {
-    auto r = m.get();
-    ASSERT_TRUE(r.ok()) << r.status();
-    results.push_back(*r);
-  }
-  EXPECT_EQ(f.observer.max_requests.load(), 4) << "the requests were not merged";
-  // Each request alone, on a greedy core holding the same (seeded) model.
-  Fixture g(CoreConfig{});
-  ASSERT_TRUE(g.core->CreateModel("big", {"32x0e + 32x1o", "32x0e + 32x1o", "16x0e + 16x1o"}, std::nullopt, 1).ok());
-  for (size_t i = 0; i < requests.size(); ++i) {
-    auto alone = g.core->Run(requests[i]);
-    ASSERT_TRUE(alone.ok());
-    EXPECT_EQ(alone->executed_batch, 64);
-    EXPECT_LT(RelativeError(D(results[i].out), D(alone->out)), 1e-6) << i;
+// Merged launches gather every request's rows into one staging buffer per direction and split
+// the results back; requests may own their inputs or borrow them (as unary RPCs do).
+TEST(InferenceCoreTest, MergedRequests_OwnedOrBorrowed_AreGatheredAndSplitCorrectly) {
+  const ModelSpec spec{"32x0e + 32x1o", "32x0e + 32x1o", "16x0e + 16x1o"};
+  for (Op op : {Op::kForward, Op::kBackward}) {
+    SCOPED_TRACE(op == Op::kForward ? "forward" : "backward");
+    CoreConfig config;
+    config.max_queue_delay_us = 10000000;  // launches when the 16 + 24 + 8 + 16 samples are all there
+    config.max_batch_size = 64;
+    Fixture f(config);
+    ASSERT_TRUE(f.core->CreateModel("big", spec, std::nullopt, 1).ok());
+    std::mt19937_64 rng = testing::FreshRng();
+    const std::vector<int64_t> batches = {16, 24, 8, 16};
+    std::vector<std::vector<float>> kept;  // what the borrowing requests point into
+    std::vector<InferenceRequest> requests(batches.size());
+    for (size_t i = 0; i < batches.size(); ++i) {
+      InferenceRequest& r = requests[i];
+      const int64_t n = batches[i];
+      r.model = "big";
+      r.op = op;
+      auto values = [&](int64_t count) {
+        std::vector<double> d = testing::RandomNormal(count, rng);
+        return std::vector<float>(d.begin(), d.end());
+      };
+      std::vector<float> x1 = values(n * 128), x2 = values(n * 128), g = values(n * 64);
+      if (i % 2 == 1) {
+        for (auto* v : {&x1, &x2, &g}) kept.push_back(*v);
+        const size_t k = kept.size();
+        r.x1 = HostTensor::Borrow({n, 128}, kept[k - 3].data(), kept[k - 3].size());
+        r.x2 = HostTensor::Borrow({n, 128}, kept[k - 2].data(), kept[k - 2].size());
+        if (op == Op::kBackward) r.grad_out = HostTensor::Borrow({n, 64}, kept[k - 1].data(), kept[k - 1].size());
+      } else {
+        r.x1 = HostTensor({n, 128}, x1);
+        r.x2 = HostTensor({n, 128}, x2);
+        if (op == Op::kBackward) r.grad_out = HostTensor({n, 64}, g);
+      }
+      r.want_grad_x1 = r.want_grad_x2 = op == Op::kBackward;
+    }
+    std::vector<std::future<absl::StatusOr<InferenceResult>>> merged;
+    for (const auto& r : requests) merged.push_back(std::async(std::launch::async, [&f, r] { return f.core->Run(r); }));
+    std::vector<InferenceResult> results;
+    for (auto& m : merged) {
+      auto r = m.get();
+      ASSERT_TRUE(r.ok()) << r.status();
+      results.push_back(*r);
+    }
+    EXPECT_EQ(f.observer.max_requests.load(), 4) << "the requests were not merged";
+    // Each request alone, on a greedy core holding the same (seeded) model.
+    Fixture g(CoreConfig{});
+    ASSERT_TRUE(g.core->CreateModel("big", spec, std::nullopt, 1).ok());
+    for (size_t i = 0; i < requests.size(); ++i) {
+      auto alone = g.core->Run(requests[i]);
+      ASSERT_TRUE(alone.ok()) << alone.status();
+      EXPECT_EQ(alone->executed_batch, batches[i]);
+      EXPECT_EQ(results[i].executed_batch, 64);
+      if (op == Op::kForward) {
+        EXPECT_EQ(results[i].out.shape, (std::vector<int64_t>{batches[i], 64}));
+        EXPECT_LT(RelativeError(D(results[i].out), D(alone->out)), 1e-6) << i;
+      } else {
+        EXPECT_EQ(results[i].grad_x1.shape, (std::vector<int64_t>{batches[i], 128}));
+        EXPECT_LT(RelativeError(D(results[i].grad_x1), D(alone->grad_x1)), 1e-6) << i;
+        EXPECT_LT(RelativeError(D(results[i].grad_x2), D(alone->grad_x2)), 1e-6) << i;
+      }
+    }
   }
 }
 

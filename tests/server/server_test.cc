@@ -8,6 +8,7 @@
 
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"
+#include "server/grpc/tensor_codec.h"
 #include "tests/server/server_test_util.h"
 #include "tests/support/random.h"
 #include "tests/support/reference_case.h"
@@ -503,6 +504,56 @@ TEST(ServerBatching, DeadlinePassedWhileQueuedIsDeadlineExceeded) {
   EXPECT_EQ(response.status().code(), absl::StatusCode::kDeadlineExceeded) << response.status();
   // The server is still fine afterwards.
   EXPECT_TRUE(client->Forward(ForwardFor("m", c)).ok());
+}
+
+// A unary call's inputs are read straight from its request message (no copy), so the handler
+// must not return while the core may still read them: a call cancelled while queued ends as
+// CANCELLED once the batcher has dropped it, and the server goes on answering correctly.
+TEST(ServerBatching, CancelledWhileQueuedIsCancelledAndTheServerGoesOn) {
+  server::CoreConfig core;
+  core.max_queue_delay_us = 300000;
+  auto server = TestServer::Start(core);
+  auto client = server->Connect();
+  ReferenceCase c = LoadCase();
+  CreateFromCase(*client, "m", c);
+  auto stub = tp::v1::TensorProductService::NewStub(
+      grpc::CreateChannel(server->target(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  tp::v1::ForwardResponse response;
+  grpc::Status status;
+  std::thread call([&] { status = stub->Forward(&context, ForwardFor("m", c), &response); });
+  WaitForQueueDepth(*server, 1);
+  context.TryCancel();
+  call.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED) << status.error_message();
+  auto after = client->Forward(ForwardFor("m", c));
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_LT(RelativeError(ToDoubles(after->out()), c.out), 1e-5);
+}
+
+TEST(TensorCodec, BorrowReadsFloat32BytesInPlaceAndConvertsOtherDTypes) {
+  tp::v1::Tensor f32 = F32({2, 3}, {1, -2, 3.5, 4, 5, 6});
+  auto borrowed = wire::DecodeTensor(f32, "x1", wire::Decode::kBorrow);
+  ASSERT_TRUE(borrowed.ok()) << borrowed.status();
+  EXPECT_EQ(static_cast<const void*>(borrowed->values()), static_cast<const void*>(f32.data().data()));
+  EXPECT_TRUE(borrowed->data.empty());
+  ASSERT_EQ(borrowed->size(), 6u);
+  EXPECT_EQ(borrowed->values()[2], 3.5f);
+  auto copied = wire::DecodeTensor(f32, "x1");
+  ASSERT_TRUE(copied.ok());
+  EXPECT_NE(static_cast<const void*>(copied->values()), static_cast<const void*>(f32.data().data()));
+  EXPECT_EQ(copied->data, (std::vector<float>{1, -2, 3.5, 4, 5, 6}));
+  // float64 cannot be borrowed as float32: it is converted into owned values.
+  tp::v1::Tensor f64 = F64({1, 2}, {0.25, -8});
+  auto converted = wire::DecodeTensor(f64, "x2", wire::Decode::kBorrow);
+  ASSERT_TRUE(converted.ok());
+  EXPECT_EQ(converted->borrowed, nullptr);
+  EXPECT_EQ(converted->data, (std::vector<float>{0.25f, -8.0f}));
+  // A byte length that disagrees with the shape is refused in either mode.
+  f32.mutable_data()->pop_back();
+  auto bad = wire::DecodeTensor(f32, "x1", wire::Decode::kBorrow);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(bad.status().message(), "expected 24 bytes")) << bad.status();
 }
 
 TEST(ServerShutdown, FinishesCallsInFlight) {
