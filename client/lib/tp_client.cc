@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "server/grpc/channel_tuning.h"
 #include "server/grpc/tensor_codec.h"
 
 namespace tpserve::client {
@@ -21,6 +22,7 @@ absl::StatusOr<std::unique_ptr<TpClient>> TpClient::Connect(const ClientOptions&
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT32_MAX)));
   args.SetMaxSendMessageSize(static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT32_MAX)));
+  for (const auto& [name, value] : transport::kTensorChannelArgs) args.SetInt(name, value);
   if (options.tls) {
     grpc::SslCredentialsOptions ssl;
     if (!options.tls_ca_file.empty()) {

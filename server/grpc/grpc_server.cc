@@ -9,6 +9,7 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "server/grpc/channel_tuning.h"
 #include "server/grpc/compute_service.h"
 #include "server/grpc/model_service.h"
 
@@ -69,6 +70,7 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportCon
   builder.AddListeningPort(config.listen_address, credentials, &server->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
   builder.SetMaxSendMessageSize(static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
+  for (const auto& [name, value] : transport::kTensorChannelArgs) builder.AddChannelArgument(name, value);
   builder.RegisterService(server->model_service_.get());
   builder.RegisterService(server->compute_service_.get());
   server->server_ = builder.BuildAndStart();

@@ -1,0 +1,67 @@
+#!/bin/bash
+# Server latency and throughput on the GPU machine (run there by the `device` tool), over a carried
+# folder ($CARRY, default build-h100-carry) holding new.tar.xz and optionally base.tar.xz: each a
+# bin/ (tpserve, tp-load; grpc-echo-probe optional) plus libs/ from ../shared/tools/bundle-runtime-libs.
+# Writes logs, tp-load JSON and /metrics scrapes under $OUT. See docs/BENCHMARKS.md.
+set -u
+CARRY=${CARRY:-build-h100-carry}
+OUT=${OUT:-/tmp/server-bench}
+ITERS=${ITERS:-1000}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt" 2>&1
+lscpu | grep -E "Model name|^CPU\(s\)" > "$OUT/cpu.txt"
+for v in new base; do
+  [ -f "$CARRY/$v.tar.xz" ] || continue
+  mkdir -p "/tmp/tp-$v" && tar xJf "$CARRY/$v.tar.xz" -C "/tmp/tp-$v"
+done
+
+if [ -x /tmp/tp-new/bin/cuda_backend_test ]; then
+  LD_LIBRARY_PATH=/tmp/tp-new/libs:/usr/local/cuda/lib64 /tmp/tp-new/bin/cuda_backend_test \
+    --gtest_filter='*AllocateHost*:*SeedShape*' > "$OUT/cuda_backend_test.txt" 2>&1
+  echo "cuda_backend_test (AllocateHost, seed shape): exit $?"; tail -3 "$OUT/cuda_backend_test.txt"
+fi
+
+# serve VERSION FLAGS...: starts tpserve from /tmp/tp-VERSION and waits until it serves.
+serve() {
+  local v=$1; shift
+  LD_LIBRARY_PATH=/tmp/tp-$v/libs:/usr/local/cuda/lib64 /tmp/tp-$v/bin/tpserve --backend cuda \
+    --listen 127.0.0.1:50051 --metrics_address 127.0.0.1:9090 --demo_model seed "$@" > "$OUT/server-$v.log" 2>&1 &
+  SERVER=$!
+  for _ in $(seq 300); do grep -q "serving on port" "$OUT/server-$v.log" && return 0; sleep 0.1; done
+  echo "tpserve ($v) did not start"; cat "$OUT/server-$v.log"; return 1
+}
+stop() { kill -INT "$SERVER"; wait "$SERVER"; }
+# load CLIENT_VERSION NAME FLAGS...: tp-load from /tmp/tp-CLIENT_VERSION against the running server.
+load() {
+  local v=$1 name=$2; shift 2
+  LD_LIBRARY_PATH=/tmp/tp-$v/libs:/usr/local/cuda/lib64 /tmp/tp-$v/bin/tp-load --server 127.0.0.1:50051 \
+    --model seed --batch 64 --json "$OUT/$name.json" "$@" 2>&1 | tee "$OUT/$name.txt" | grep -E "verify|latency|/|req/s"
+}
+scrape() { curl -s 127.0.0.1:9090/metrics > "$OUT/metrics-$1.txt"; }
+
+for v in base new; do
+  [ -d "/tmp/tp-$v" ] || continue
+  echo "== server $v, client $v"
+  serve "$v" --workers_per_gpu 2 || exit 1
+  for p in fp32 tf32; do load "$v" "latency-$v-$p" --precision "$p" --latency_iters "$ITERS" --streams 0; done
+  scrape "$v-latency"
+  if [ "$v" = new ]; then
+    [ -d /tmp/tp-base ] && { echo "== server new, client base"; load base "latency-new-server-base-client-fp32" --precision fp32 --latency_iters "$ITERS" --streams 0; }
+    for p in fp32 tf32; do load new "throughput-new-$p" --precision "$p" --latency_iters 100 --streams 32 --window 4 --duration_s 5; done
+    scrape "$v-all"
+  fi
+  stop
+done
+
+# gRPC alone: unary Echo at the seed sizes, default channel arguments vs the ones tpserve sets.
+if [ -x /tmp/tp-new/bin/grpc-echo-probe ]; then
+  export LD_LIBRARY_PATH=/tmp/tp-new/libs
+  R="grpc.experimental.tcp_read_chunk_size 1048576 grpc.experimental.tcp_min_read_chunk_size 1048576 grpc.experimental.tcp_max_read_chunk_size 4194304"
+  for rep in 1 2; do
+    for args in "" "$R"; do
+      /tmp/tp-new/bin/grpc-echo-probe server 127.0.0.1:52001 $args & e=$!; sleep 0.5
+      echo "grpc-echo-probe ${args:+tuned}${args:-default}: $(/tmp/tp-new/bin/grpc-echo-probe client 127.0.0.1:52001 $args)" | tee -a "$OUT/echo.txt"
+      kill $e; wait $e 2>/dev/null
+    done
+  done
+fi
