@@ -14,6 +14,10 @@ class CoreObserver {
   // One launch on `device` that merged `requests` requests of `model` into `batch` samples.
   virtual void OnBatch(const std::string& model, const std::string& device, int64_t batch, int requests,
                        double compute_seconds) {}
+  // Where one launch's time went on the host's side: copying inputs into staging (`gather`), the
+  // device's part (copy in, compute, copy out, until synchronized) and splitting results (`scatter`).
+  virtual void OnLaunchStages(const std::string& device, double gather_seconds, double device_seconds,
+                              double scatter_seconds) {}
   // A request waited `queue_seconds` between admission and the start of its launch.
   virtual void OnQueueTime(const std::string& model, const std::string& device, double queue_seconds) {}
   // Bytes worker `worker` (0-based, unique in the core) holds in its device's memory (replicas,

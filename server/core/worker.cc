@@ -218,9 +218,12 @@ absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batc
       dst += pending->batch * dim;
     }
   };
+  const auto gather_start = std::chrono::steady_clock::now();
   gather(x1_at, dim_in1, &InferenceRequest::x1);
   gather(x2_at, dim_in2, &InferenceRequest::x2);
   if (explicit_grad_out) gather(grad_out_at, dim_out, &InferenceRequest::grad_out);
+  const double gather_seconds = SecondsSince(gather_start);
+  const auto device_start = std::chrono::steady_clock::now();
   RETURN_IF_ERROR(backend_->CopyFromHost(device_in_.floats(), host_in_.floats(), in_floats * f, ctx_));
 
   ConstTensorView weight{replica.weights->data(), DType::kFloat32, {plan.weight_numel()}};
@@ -271,6 +274,8 @@ absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batc
     RETURN_IF_ERROR(backend_->CopyToHost(g.data.data(), grad_weight_.floats(), plan.weight_numel() * f, ctx_));
   }
   RETURN_IF_ERROR(backend_->Synchronize(ctx_));
+  const double device_seconds = SecondsSince(device_start);
+  const auto scatter_start = std::chrono::steady_clock::now();
   auto scatter = [&](int64_t at, int64_t dim, HostTensor InferenceResult::*member) {
     const float* src = host_out_.floats() + at;
     for (size_t i = 0; i < batch.size(); ++i) {
@@ -284,6 +289,7 @@ absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batc
   if (want_out) scatter(out_at, dim_out, &InferenceResult::out);
   if (want_grad_x1) scatter(grad_x1_at, dim_in1, &InferenceResult::grad_x1);
   if (want_grad_x2) scatter(grad_x2_at, dim_in2, &InferenceResult::grad_x2);
+  if (observer_ != nullptr) observer_->OnLaunchStages(device_, gather_seconds, device_seconds, SecondsSince(scatter_start));
   return absl::OkStatus();
 }
 

@@ -43,6 +43,11 @@ Metrics::Metrics()
                         .Name("tp_compute_time_seconds")
                         .Help("Time of one launch on a device, copies included")
                         .Register(*registry_)),
+      launch_stage_time_(prometheus::BuildHistogram()
+                             .Name("tp_launch_stage_seconds")
+                             .Help("Parts of one launch by device and stage: gather (inputs into staging), "
+                                   "device (copies and compute), scatter (results out of staging)")
+                             .Register(*registry_)),
       batch_size_(prometheus::BuildHistogram()
                       .Name("tp_batch_size")
                       .Help("Samples per launch after dynamic batching")
@@ -93,6 +98,13 @@ void Metrics::OnBatch(const std::string& model, const std::string& device, int64
   batch_size_.Add({{"model", model}, {"device", device}}, size_buckets_).Observe(static_cast<double>(batch));
   batch_requests_.Add({{"model", model}, {"device", device}}, size_buckets_).Observe(requests);
   compute_time_.Add({{"device", device}}, time_buckets_).Observe(compute_seconds);
+}
+
+void Metrics::OnLaunchStages(const std::string& device, double gather_seconds, double device_seconds,
+                             double scatter_seconds) {
+  launch_stage_time_.Add({{"device", device}, {"stage", "gather"}}, time_buckets_).Observe(gather_seconds);
+  launch_stage_time_.Add({{"device", device}, {"stage", "device"}}, time_buckets_).Observe(device_seconds);
+  launch_stage_time_.Add({{"device", device}, {"stage", "scatter"}}, time_buckets_).Observe(scatter_seconds);
 }
 
 void Metrics::OnQueueTime(const std::string& model, const std::string& device, double queue_seconds) {

@@ -57,6 +57,8 @@ class Metrics final : public CoreObserver {
   void OnBatch(const std::string& model, const std::string& device, int64_t batch, int requests,
                double compute_seconds) override;
   void OnQueueTime(const std::string& model, const std::string& device, double queue_seconds) override;
+  void OnLaunchStages(const std::string& device, double gather_seconds, double device_seconds,
+                      double scatter_seconds) override;
   void OnDeviceMemory(const std::string& device, int worker, int64_t bytes) override;
   void OnQueueDepth(int64_t requests) override;
 
@@ -69,6 +71,7 @@ class Metrics final : public CoreObserver {
   prometheus::Family<prometheus::Gauge>& in_flight_;
   prometheus::Family<prometheus::Histogram>& queue_time_;
   prometheus::Family<prometheus::Histogram>& compute_time_;
+  prometheus::Family<prometheus::Histogram>& launch_stage_time_;
   prometheus::Family<prometheus::Histogram>& batch_size_;
   prometheus::Family<prometheus::Histogram>& batch_requests_;
   prometheus::Gauge& queue_depth_;

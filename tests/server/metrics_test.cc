@@ -68,6 +68,7 @@ TEST(MetricsTest, EveryFamily_IsExportedWithItsLabels) {
   metrics.RequestStarted("Forward");
   metrics.OnBatch("m", "cpu", 48, 3, 0.001);
   metrics.OnQueueTime("m", "cpu", 0.0001);
+  metrics.OnLaunchStages("cpu", 0.00002, 0.0009, 0.00003);
   metrics.OnDeviceMemory("cpu", 0, 4000);
   metrics.OnDeviceMemory("cpu", 1, 96);  // two workers on one device add up
   metrics.OnQueueDepth(2);
@@ -80,6 +81,9 @@ TEST(MetricsTest, EveryFamily_IsExportedWithItsLabels) {
   EXPECT_EQ(MetricValue(text, "tp_batch_requests_sum", {"device=\"cpu\""}), 3);
   EXPECT_EQ(MetricValue(text, "tp_compute_time_seconds_count", {"device=\"cpu\""}), 1);
   EXPECT_EQ(MetricValue(text, "tp_queue_time_seconds_count", {"model=\"m\""}), 1);
+  EXPECT_DOUBLE_EQ(MetricValue(text, "tp_launch_stage_seconds_sum", {"device=\"cpu\"", "stage=\"gather\""}), 0.00002);
+  EXPECT_DOUBLE_EQ(MetricValue(text, "tp_launch_stage_seconds_sum", {"device=\"cpu\"", "stage=\"device\""}), 0.0009);
+  EXPECT_DOUBLE_EQ(MetricValue(text, "tp_launch_stage_seconds_sum", {"device=\"cpu\"", "stage=\"scatter\""}), 0.00003);
   EXPECT_EQ(MetricValue(text, "tp_device_memory_bytes", {"device=\"cpu\""}), 4096);
   EXPECT_EQ(MetricValue(text, "tp_queue_depth", {}), 2);
   // The 2 ms observation is counted by every bucket whose bound is >= 2 ms and by no other.

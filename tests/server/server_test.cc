@@ -471,6 +471,8 @@ TEST(ServerBatching, ConcurrentRequestsMergeIntoOneLaunch) {
   double samples = MetricValue(text, "tp_batch_size_sum", {"model=\"m\""});
   EXPECT_EQ(samples, kClients * c.batch);
   EXPECT_EQ(launches, 1) << "the batch-size histogram must show one merged launch";
+  EXPECT_EQ(MetricValue(text, "tp_launch_stage_seconds_count", {"stage=\"device\""}), 1);
+  EXPECT_EQ(MetricValue(text, "tp_launch_stage_seconds_count", {"stage=\"gather\""}), 1);
   EXPECT_EQ(max_executed.load(), kClients * c.batch);
 }
 

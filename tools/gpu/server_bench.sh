@@ -7,6 +7,8 @@ set -u
 CARRY=${CARRY:-build-h100-carry}
 OUT=${OUT:-/tmp/server-bench}
 ITERS=${ITERS:-1000}
+VERSIONS=${VERSIONS:-base new}   # which carried builds to serve, in order
+THROUGHPUT=${THROUGHPUT:-1}   # 0: latency only
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt" 2>&1
 lscpu | grep -E "Model name|^CPU\(s\)" > "$OUT/cpu.txt"
@@ -39,14 +41,16 @@ load() {
 }
 scrape() { curl -s 127.0.0.1:9090/metrics > "$OUT/metrics-$1.txt"; }
 
-for v in base new; do
+for v in $VERSIONS; do
   [ -d "/tmp/tp-$v" ] || continue
   echo "== server $v, client $v"
   serve "$v" --workers_per_gpu 2 || exit 1
-  for p in fp32 tf32; do load "$v" "latency-$v-$p" --precision "$p" --latency_iters "$ITERS" --streams 0; done
-  scrape "$v-latency"
-  if [ "$v" = new ]; then
-    [ -d /tmp/tp-base ] && { echo "== server new, client base"; load base "latency-new-server-base-client-fp32" --precision fp32 --latency_iters "$ITERS" --streams 0; }
+  for p in fp32 tf32; do
+    load "$v" "latency-$v-$p" --precision "$p" --latency_iters "$ITERS" --streams 0
+    scrape "$v-latency-$p"
+  done
+  if [ "$v" = new ] && [ "$THROUGHPUT" = 1 ]; then
+    [ -d /tmp/tp-base ] && [[ " $VERSIONS " == *" base "* ]] && { echo "== server new, client base"; load base "latency-new-server-base-client-fp32" --precision fp32 --latency_iters "$ITERS" --streams 0; }
     for p in fp32 tf32; do load new "throughput-new-$p" --precision "$p" --latency_iters 100 --streams 32 --window 4 --duration_s 5; done
     scrape "$v-all"
   fi
@@ -65,3 +69,6 @@ if [ -x /tmp/tp-new/bin/grpc-echo-probe ]; then
     done
   done
 fi
+
+# The device tool returns a limited number of files: everything also goes back as one archive.
+tar czf /tmp/server-bench.tgz -C "$OUT" . && mv /tmp/server-bench.tgz "$OUT/all.tgz"
