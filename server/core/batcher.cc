@@ -36,11 +36,12 @@ absl::Status Batcher::Enqueue(std::unique_ptr<PendingRequest>& request) {
   return absl::OkStatus();
 }
 
-Batcher::Work Batcher::Next() {
+Batcher::Work Batcher::Next(const std::atomic<int>* claimed) {
   Work work;
   std::unique_lock<std::mutex> lock(mu_);
+  auto free = [claimed] { return claimed == nullptr || claimed->load() == 0; };
   for (;;) {
-    cv_.wait(lock, [&] { return shutdown_ || !queue_.empty(); });
+    cv_.wait(lock, [&] { return shutdown_ || (!queue_.empty() && free()); });
     if (queue_.empty()) return work;  // shut down and drained
 
     // Drop what nobody waits for any more.
@@ -98,6 +99,16 @@ Batcher::Work Batcher::Next() {
     if (more) cv_.notify_one();
     return work;
   }
+}
+
+void Batcher::Wake() {
+  bool waiting;
+  {
+    // Taking the lock also orders this after a waiter's check of its claim (no lost wake-up).
+    std::lock_guard<std::mutex> lock(mu_);
+    waiting = !queue_.empty();
+  }
+  if (waiting) cv_.notify_all();
 }
 
 void Batcher::Shutdown() {

@@ -8,6 +8,7 @@
 // sum over the whole launch).
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -52,8 +53,11 @@ class Batcher {
     std::vector<std::unique_ptr<PendingRequest>> expired;  // deadline passed or cancelled
   };
   // Blocks until there is work; returns an empty Work (both vectors empty) once shut down and
-  // drained.
-  Work Next();
+  // drained. While `*claimed` is non-zero (another thread runs a launch on the caller's worker)
+  // the caller takes nothing, so that queued work goes to a free worker instead.
+  Work Next(const std::atomic<int>* claimed = nullptr);
+  // Wakes the waiting workers to look again (a worker's claim ended).
+  void Wake();
 
   // Stops admission and wakes every waiting worker; queued requests are still handed out.
   void Shutdown();

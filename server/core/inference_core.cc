@@ -330,7 +330,7 @@ absl::Status InferenceCore::Validate(const InferenceRequest& r, const Model& mod
   return absl::OkStatus();
 }
 
-void InferenceCore::Submit(InferenceRequest request, ResultCallback done) {
+void InferenceCore::Submit(InferenceRequest request, ResultCallback done, Dispatch dispatch) {
   absl::StatusOr<std::shared_ptr<Model>> model = FindModel(request.model);
   if (!model.ok()) return done(model.status());
   if (absl::Status status = Validate(request, **model); !status.ok()) return done(status);
@@ -341,16 +341,32 @@ void InferenceCore::Submit(InferenceRequest request, ResultCallback done) {
   pending->request = std::move(request);
   pending->model = *std::move(model);
   pending->done = std::move(done);
+  // On the caller's thread only when that changes nothing else: greedy batching (a queued request
+  // would launch at once too), no one queued ahead, and a worker with nothing to do.
+  if (dispatch == Dispatch::kCallerMayRun && config_.max_queue_delay_us == 0 && !shut_down_.load() &&
+      batcher_->queued() == 0) {
+    for (auto& worker : workers_) {
+      if (!worker->TryClaim()) continue;
+      pending->enqueue_time = absl::Now();
+      std::vector<std::unique_ptr<PendingRequest>> batch;
+      batch.push_back(std::move(pending));
+      worker->Execute(std::move(batch));
+      worker->Release();
+      return;
+    }
+  }
   absl::Status status = batcher_->Enqueue(pending);
   observer_->OnQueueDepth(batcher_->queued());
   // On error the batcher left the request with us.
   if (!status.ok()) pending->done(status);
 }
 
-absl::StatusOr<InferenceResult> InferenceCore::Run(InferenceRequest request) {
+absl::StatusOr<InferenceResult> InferenceCore::Run(InferenceRequest request, Dispatch dispatch) {
   auto promise = std::make_shared<std::promise<absl::StatusOr<InferenceResult>>>();
   std::future<absl::StatusOr<InferenceResult>> future = promise->get_future();
-  Submit(std::move(request), [promise](absl::StatusOr<InferenceResult> result) { promise->set_value(std::move(result)); });
+  Submit(
+      std::move(request),
+      [promise](absl::StatusOr<InferenceResult> result) { promise->set_value(std::move(result)); }, dispatch);
   return future.get();
 }
 

@@ -2,8 +2,11 @@
 // Everything the server does goes through this class, which knows nothing of gRPC; the transport
 // (server/grpc) converts wire messages to these calls and back.
 //
-// Threading: every method is thread-safe. Submit() never blocks on compute: it validates, admits
-// the request into the batcher (or fails fast) and returns; the callback runs on a worker thread.
+// Threading: every method is thread-safe. Submit() validates, admits the request into the batcher
+// (or fails fast) and returns; the callback runs on a worker thread. A caller that is going to
+// wait anyway (a unary RPC) may offer its own thread: when the server batches greedily, nothing is
+// queued and a worker is idle, the launch runs right there, which saves two thread hand-offs and
+// keeps the request's bytes in the cache of the core that received them.
 #pragma once
 
 #include <atomic>
@@ -75,10 +78,12 @@ class InferenceCore {
   // ---- compute -------------------------------------------------------------------------
   // Checks a request against its model (NOT_FOUND, INVALID_ARGUMENT naming expected shapes).
   absl::Status Validate(const InferenceRequest& request, const Model& model) const;
-  // `done` is called exactly once: inline with an admission error, later with the result.
-  void Submit(InferenceRequest request, ResultCallback done);
+  enum class Dispatch { kQueue, kCallerMayRun };
+  // `done` is called exactly once: inline with an admission error, later with the result (or
+  // inline with it, when kCallerMayRun ran the launch on the calling thread).
+  void Submit(InferenceRequest request, ResultCallback done, Dispatch dispatch = Dispatch::kQueue);
   // Submit and wait.
-  absl::StatusOr<InferenceResult> Run(InferenceRequest request);
+  absl::StatusOr<InferenceResult> Run(InferenceRequest request, Dispatch dispatch = Dispatch::kQueue);
 
   // Stops admission, finishes everything admitted, joins the workers. Idempotent.
   void Shutdown();

@@ -45,7 +45,7 @@ void Worker::Join() {
 
 void Worker::Loop() {
   for (;;) {
-    Batcher::Work work = batcher_->Next();
+    Batcher::Work work = batcher_->Next(&busy_);
     if (work.batch.empty() && work.expired.empty()) return;
     if (observer_ != nullptr) observer_->OnQueueDepth(batcher_->queued());
     for (auto& pending : work.expired) {
@@ -53,7 +53,11 @@ void Worker::Loop() {
       pending->done(cancelled ? absl::CancelledError("request cancelled while queued")
                               : absl::DeadlineExceededError("deadline passed while queued"));
     }
-    if (!work.batch.empty()) Execute(std::move(work.batch));
+    if (!work.batch.empty()) {
+      busy_.fetch_add(1);
+      Execute(std::move(work.batch));
+      busy_.fetch_sub(1);
+    }
   }
 }
 

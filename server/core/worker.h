@@ -6,6 +6,7 @@
 // Gradient operations (read, zero) run under the worker's lock, serialized with its launches.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -43,6 +44,17 @@ class Worker {
 
   // Runs one batch now on the calling thread (the worker thread calls this; tests may too).
   void Execute(std::vector<std::unique_ptr<PendingRequest>> batch);
+  // Claims this worker for one Execute() on the calling thread, if it is idle (neither running a
+  // launch nor claimed); Release() after. Launches are serialized by the worker's lock either way,
+  // so a race with the worker's own thread costs a wait, never correctness.
+  bool TryClaim() {
+    int idle = 0;
+    return busy_.compare_exchange_strong(idle, 1);
+  }
+  void Release() {
+    busy_.fetch_sub(1);
+    batcher_->Wake();
+  }
 
  private:
   struct Replica {
@@ -75,6 +87,7 @@ class Worker {
   ExecutionContext ctx_;
   void* stream_ = nullptr;  // owned CUDA stream (nullptr on CPU)
 
+  std::atomic<int> busy_{0};  // launches running or claimed
   std::mutex mu_;  // replicas_ and staging, held for each launch
   std::map<uint64_t, Replica> replicas_;  // by Model::instance_id()
   // A launch's inputs (x1 | x2 | grad_out) and outputs (out | grad_x1 | grad_x2), each set in one

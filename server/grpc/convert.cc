@@ -184,11 +184,15 @@ absl::StatusOr<InferenceResult> RunForRpc(InferenceCore& core, InferenceRequest 
   }
   auto cancelled = std::make_shared<std::atomic<bool>>(false);
   request.cancelled = cancelled;
-  core.Submit(std::move(request), [waiter](absl::StatusOr<InferenceResult> result) {
-    std::lock_guard<std::mutex> lock(waiter->mu);
-    waiter->result = std::move(result);
-    waiter->cv.notify_one();
-  });
+  // This thread waits for the result anyway: let it run the launch when a worker is idle.
+  core.Submit(
+      std::move(request),
+      [waiter](absl::StatusOr<InferenceResult> result) {
+        std::lock_guard<std::mutex> lock(waiter->mu);
+        waiter->result = std::move(result);
+        waiter->cv.notify_one();
+      },
+      InferenceCore::Dispatch::kCallerMayRun);
   std::unique_lock<std::mutex> lock(waiter->mu);
   std::optional<absl::Status> gave_up;
   while (!waiter->result.has_value()) {

@@ -142,6 +142,49 @@ TEST(InferenceCoreTest, MergedRequests_OwnedOrBorrowed_AreGatheredAndSplitCorrec
   }
 }
 
+// A caller that offers its thread (a unary RPC) runs the launch itself when the core batches
+// greedily and a worker is idle; otherwise the request is queued for a worker thread as usual.
+TEST(InferenceCoreTest, CallerMayRun_RunsOnTheCallerOnlyWhenGreedyAndIdle) {
+  for (int64_t delay_us : {0, 20000}) {
+    SCOPED_TRACE(delay_us);
+    CoreConfig config;
+    config.max_queue_delay_us = delay_us;
+    Fixture f(config);
+    std::thread::id ran_on;
+    std::promise<absl::StatusOr<InferenceResult>> promise;
+    f.core->Submit(
+        f.Forward(),
+        [&](absl::StatusOr<InferenceResult> r) {
+          ran_on = std::this_thread::get_id();
+          promise.set_value(std::move(r));
+        },
+        InferenceCore::Dispatch::kCallerMayRun);
+    auto result = promise.get_future().get();
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_LT(RelativeError(D(result->out), f.c.out), 1e-5);
+    EXPECT_EQ(ran_on == std::this_thread::get_id(), delay_us == 0);
+    EXPECT_EQ(f.observer.launches.load(), 1);
+  }
+}
+
+// While another thread runs a launch on a worker (a claim), that worker's own thread leaves the
+// queue to the others; when the claim ends it takes the work.
+TEST(BatcherTest, ClaimedWorkerTakesNothingUntilWoken) {
+  Batcher batcher(BatcherConfig{});
+  auto pending = std::make_unique<PendingRequest>();
+  pending->batch = 1;
+  ASSERT_TRUE(batcher.Enqueue(pending).ok());
+  std::atomic<int> claimed{1};
+  auto next = std::async(std::launch::async, [&] { return batcher.Next(&claimed); });
+  EXPECT_EQ(next.wait_for(std::chrono::milliseconds(100)), std::future_status::timeout);
+  EXPECT_EQ(batcher.queued(), 1);
+  claimed = 0;
+  batcher.Wake();
+  ASSERT_EQ(next.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_EQ(next.get().batch.size(), 1u);
+  EXPECT_EQ(batcher.queued(), 0);
+}
+
 TEST(InferenceCoreTest, MaxBatchSize_BoundsEachLaunch) {
   CoreConfig config;
   config.max_queue_delay_us = 100000;
