@@ -14,6 +14,7 @@
 #include "kernels/core/backend_factory.h"
 #include "server/core/inference_core.h"
 #include "server/grpc/grpc_server.h"
+#include "server/malloc_tuning.h"
 #include "server/metrics/metrics.h"
 #include "server/server_config.h"
 
@@ -118,6 +119,7 @@ absl::StatusOr<std::vector<std::unique_ptr<Backend>>> MakeBackends(const std::st
 }
 
 int Main() {
+  KeepLargeBuffersInTheHeap();
   absl::StatusOr<ServerConfig> config = LoadConfig();
   if (!config.ok()) {
     std::cerr << "tpserve: " << config.status() << "\n";

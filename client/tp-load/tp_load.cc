@@ -27,6 +27,7 @@
 #include "kernels/core/backend_factory.h"
 #include "nlohmann/json.hpp"
 #include "server/grpc/tensor_codec.h"
+#include "server/malloc_tuning.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "tpserve address");
 ABSL_FLAG(std::string, token, "", "bearer token");
@@ -338,6 +339,7 @@ int Main() {
 }  // namespace tpserve
 
 int main(int argc, char** argv) {
+  tpserve::KeepLargeBuffersInTheHeap();  // as tpserve does: a client's faults count in its latency
   absl::ParseCommandLine(argc, argv);
   return tpserve::Main();
 }
