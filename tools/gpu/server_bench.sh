@@ -62,10 +62,14 @@ if [ -x /tmp/tp-new/bin/grpc-echo-probe ]; then
   export LD_LIBRARY_PATH=/tmp/tp-new/libs
   R="grpc.experimental.tcp_read_chunk_size 1048576 grpc.experimental.tcp_min_read_chunk_size 1048576 grpc.experimental.tcp_max_read_chunk_size 4194304"
   for rep in 1 2; do
-    for args in "" "$R"; do
-      /tmp/tp-new/bin/grpc-echo-probe server 127.0.0.1:52001 $args & e=$!; sleep 0.5
-      echo "grpc-echo-probe ${args:+tuned}${args:-default}: $(/tmp/tp-new/bin/grpc-echo-probe client 127.0.0.1:52001 $args)" | tee -a "$OUT/echo.txt"
-      kill $e; wait $e 2>/dev/null
+    for malloc in default tuned; do
+      for args in "" "$R"; do
+        MALLOC=$malloc /tmp/tp-new/bin/grpc-echo-probe server 127.0.0.1:52001 $args & e=$!; sleep 0.5
+        f0=$(awk '{print $10}' /proc/$e/stat)
+        line=$(MALLOC=$malloc /tmp/tp-new/bin/grpc-echo-probe client 127.0.0.1:52001 $args)
+        echo "grpc-echo-probe malloc $malloc, channel args ${args:+tuned}${args:-default}: $line; server minor faults $(( $(awk '{print $10}' /proc/$e/stat) - f0 ))" | tee -a "$OUT/echo.txt"
+        kill $e; wait $e 2>/dev/null
+      done
     done
   done
 fi
