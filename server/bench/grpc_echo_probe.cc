@@ -5,7 +5,7 @@
 //   grpc-echo-probe server 127.0.0.1:52001 [ARG VALUE]... &
 //   grpc-echo-probe client 127.0.0.1:52001 [ARG VALUE]...   (REQUEST_BYTES, RESPONSE_BYTES, CALLS)
 //
-// Prints p50 / p90 / min in ms and the process's minor page faults. The seed model's sizes (590 KB
+// SERVICE picks the server's shape (sync, sync+callback-stream, callback). Prints p50 / p90 / min in ms and the process's minor page faults. The seed model's sizes (590 KB
 // in, 295 KB out) are the default.
 #include <sys/resource.h>
 
@@ -23,10 +23,29 @@
 
 namespace {
 
-class EchoOnly final : public tp::v1::TensorProductService::Service {
+class EchoOnly : public tp::v1::TensorProductService::Service {
   grpc::Status Echo(grpc::ServerContext*, const tp::v1::EchoRequest* request, tp::v1::EchoResponse* response) override {
     response->mutable_payload()->assign(static_cast<size_t>(request->response_bytes()), '\0');
     return grpc::Status::OK;
+  }
+};
+
+// The same sync Echo in a service that also has a callback-API method (as tpserve's Stream is).
+class EchoWithCallbackStream final : public tp::v1::TensorProductService::WithCallbackMethod_Stream<EchoOnly> {
+  grpc::ServerBidiReactor<tp::v1::StreamRequest, tp::v1::StreamResponse>* Stream(
+      grpc::CallbackServerContext*) override {
+    return nullptr;  // never called
+  }
+};
+
+// Echo itself on the callback API, answered inline.
+class CallbackEcho final : public tp::v1::TensorProductService::WithCallbackMethod_Echo<EchoOnly> {
+  grpc::ServerUnaryReactor* Echo(grpc::CallbackServerContext* context, const tp::v1::EchoRequest* request,
+                                 tp::v1::EchoResponse* response) override {
+    response->mutable_payload()->assign(static_cast<size_t>(request->response_bytes()), '\0');
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
   }
 };
 
@@ -48,7 +67,17 @@ int main(int argc, char** argv) {
   std::vector<std::pair<std::string, int>> args;
   for (int i = 3; i + 1 < argc; i += 2) args.emplace_back(argv[i], std::atoi(argv[i + 1]));
   if (std::string(argv[1]) == "server") {
-    EchoOnly service;
+    // SERVICE=sync (default) | sync+callback-stream | callback
+    const std::string kind = std::getenv("SERVICE") != nullptr ? std::getenv("SERVICE") : "sync";
+    std::unique_ptr<grpc::Service> service_owner;
+    if (kind == "sync+callback-stream") {
+      service_owner = std::make_unique<EchoWithCallbackStream>();
+    } else if (kind == "callback") {
+      service_owner = std::make_unique<CallbackEcho>();
+    } else {
+      service_owner = std::make_unique<EchoOnly>();
+    }
+    grpc::Service& service = *service_owner;
     grpc::ServerBuilder builder;
     builder.AddListeningPort(argv[2], grpc::InsecureServerCredentials());
     builder.SetMaxReceiveMessageSize(1 << 30);

@@ -1,8 +1,15 @@
 #include "server/grpc/compute_service.h"
 
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+
 #include "absl/strings/str_cat.h"
 #include "server/grpc/convert.h"
-#include "server/grpc/stream_reactor.h"
 #include "server/grpc/tensor_codec.h"
 
 namespace tpserve::server {
@@ -82,9 +89,155 @@ grpc::Status ComputeServiceImpl::BackwardChunked(grpc::ServerContext* context, c
   return scope.Finish(grpc::Status::OK);
 }
 
-grpc::ServerBidiReactor<tp::v1::StreamRequest, tp::v1::StreamResponse>* ComputeServiceImpl::Stream(
-    grpc::CallbackServerContext* context) {
-  return new StreamReactor(env_, context);
+grpc::Status ComputeServiceImpl::Stream(
+    grpc::ServerContext* context, grpc::ServerReaderWriter<tp::v1::StreamResponse, tp::v1::StreamRequest>* stream) {
+  RpcScope scope(env_, "Stream", context);
+  if (auto s = scope.Authorize(); !s.ok()) return scope.Finish(s);
+
+  // One entry per request, in arrival order; the writer answers the front one when it is done.
+  struct Entry {
+    uint64_t request_id = 0;
+    bool forward = true;
+    tp::v1::DType dtype = tp::v1::DTYPE_FLOAT32;
+    std::optional<absl::StatusOr<InferenceResult>> result;
+    std::optional<tp::v1::EchoResponse> echo;
+    // Each request on a stream is also counted on its own ("Stream/Forward", ...).
+    const char* method = "Stream/Echo";
+    std::string model;
+    std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+  };
+  struct State {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::deque<std::shared_ptr<Entry>> entries;
+    bool reads_done = false;
+    bool writer_failed = false;
+  };
+  auto state = std::make_shared<State>();
+  auto cancelled = std::make_shared<std::atomic<bool>>(false);
+
+  std::thread writer([&, state] {
+    for (;;) {
+      std::shared_ptr<Entry> entry;
+      {
+        std::unique_lock<std::mutex> lock(state->mu);
+        for (;;) {
+          if (!state->entries.empty() && state->entries.front()->result.has_value()) break;
+          if (state->entries.empty() && state->reads_done) return;
+          if (context->IsCancelled()) {
+            cancelled->store(true);
+            state->writer_failed = true;
+            state->cv.notify_all();
+            return;
+          }
+          state->cv.wait_for(lock, std::chrono::milliseconds(20));
+        }
+        entry = state->entries.front();
+        state->entries.pop_front();
+      }
+      state->cv.notify_all();  // room for the reader
+      tp::v1::StreamResponse response;
+      response.set_request_id(entry->request_id);
+      const absl::StatusOr<InferenceResult>& result = *entry->result;
+      if (entry->echo.has_value()) {
+        *response.mutable_echo() = std::move(*entry->echo);
+      } else if (!result.ok()) {
+        response.set_code(static_cast<int>(result.status().code()));
+        response.set_message(std::string(result.status().message()));
+      } else if (entry->forward) {
+        ToProto(*result, entry->dtype, response.mutable_forward());
+      } else {
+        ToProto(*result, entry->dtype, /*inline_grad_weight=*/false, response.mutable_backward());
+      }
+      const bool written = stream->Write(response);
+      if (env_.metrics != nullptr) {
+        const bool known = !entry->model.empty() && env_.core->FindModel(entry->model).ok();
+        const std::string device = result.ok() && !entry->echo.has_value() ? result->device : "none";
+        const grpc::StatusCode code = !written ? grpc::StatusCode::CANCELLED
+                                               : static_cast<grpc::StatusCode>(response.code());
+        env_.metrics->RequestFinished(
+            entry->method, known ? entry->model : "-", device, StatusCodeName(code),
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - entry->start).count());
+      }
+      if (!written) {
+        std::lock_guard<std::mutex> lock(state->mu);
+        state->writer_failed = true;
+        cancelled->store(true);
+        state->cv.notify_all();
+        return;
+      }
+    }
+  });
+
+  tp::v1::StreamRequest request;
+  while (stream->Read(&request)) {
+    auto entry = std::make_shared<Entry>();
+    entry->request_id = request.request_id();
+    absl::StatusOr<InferenceRequest> converted = absl::InvalidArgumentError("stream request has no op");
+    if (request.has_forward()) {
+      entry->method = "Stream/Forward";
+      entry->model = request.forward().model();
+    } else if (request.has_backward()) {
+      entry->method = "Stream/Backward";
+      entry->model = request.backward().model();
+    }
+    if (env_.metrics != nullptr) env_.metrics->RequestStarted(entry->method);
+    if (request.has_echo()) {
+      entry->echo.emplace();
+      if (request.echo().response_bytes() > 0 && request.echo().response_bytes() <= (int64_t{1} << 30)) {
+        entry->echo->mutable_payload()->assign(static_cast<size_t>(request.echo().response_bytes()), '\0');
+      } else {
+        *entry->echo->mutable_payload() = std::move(*request.mutable_echo()->mutable_payload());
+      }
+      converted = InferenceRequest{};  // placeholder: answered without the core
+    } else if (request.has_forward()) {
+      entry->forward = true;
+      entry->dtype = ResultDType(request.forward().output_dtype(), request.forward().x1());
+      converted = FromProto(request.forward());
+    } else if (request.has_backward()) {
+      entry->forward = false;
+      entry->dtype = ResultDType(request.backward().output_dtype(), request.backward().x1());
+      if (request.backward().weight_grad() == tp::v1::WEIGHT_GRAD_RETURN) {
+        converted = absl::InvalidArgumentError(
+            "WEIGHT_GRAD_RETURN is not available on streams; use WEIGHT_GRAD_ACCUMULATE or BackwardChunked");
+      } else {
+        converted = FromProto(request.backward());
+      }
+    }
+    {
+      std::unique_lock<std::mutex> lock(state->mu);
+      state->cv.wait(lock, [&] {
+        return state->writer_failed || static_cast<int64_t>(state->entries.size()) < env_.stream_max_in_flight;
+      });
+      if (state->writer_failed) {
+        if (env_.metrics != nullptr) {
+          env_.metrics->RequestFinished(entry->method, "-", "none", "CANCELLED", 0);
+        }
+        break;
+      }
+      state->entries.push_back(entry);
+    }
+    if (!converted.ok() || entry->echo.has_value()) {
+      std::lock_guard<std::mutex> lock(state->mu);
+      entry->result = converted.ok() ? absl::StatusOr<InferenceResult>(InferenceResult{}) : converted.status();
+      state->cv.notify_all();
+      continue;
+    }
+    converted->cancelled = cancelled;
+    env_.core->Submit(*std::move(converted), [state, entry](absl::StatusOr<InferenceResult> result) {
+      std::lock_guard<std::mutex> lock(state->mu);
+      entry->result = std::move(result);
+      state->cv.notify_all();
+    });
+  }
+  {
+    std::lock_guard<std::mutex> lock(state->mu);
+    state->reads_done = true;
+    state->cv.notify_all();
+  }
+  writer.join();
+  if (state->writer_failed) return scope.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled"));
+  return scope.Finish(grpc::Status::OK);
 }
 
 grpc::Status ComputeServiceImpl::Echo(grpc::ServerContext* context, const tp::v1::EchoRequest* request,

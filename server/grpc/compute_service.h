@@ -8,10 +8,11 @@
 
 namespace tpserve::server {
 
-// Stream is served with the callback API (server/grpc/stream_reactor.h); the unary and
-// server-streaming methods with the synchronous one.
-class ComputeServiceImpl final
-    : public tp::v1::TensorProductService::WithCallbackMethod_Stream<tp::v1::TensorProductService::Service> {
+// Every method is served with the synchronous API. A server with any callback-API method (an
+// earlier Stream was one) answers its synchronous unary calls 0.1-0.15 ms slower: on the H100
+// host a unary Echo of the seed's sizes took p50 0.57-0.63 ms instead of 0.42-0.49 ms
+// (grpc-echo-probe, docs/BENCHMARKS.md). The price: a Stream holds two threads while open.
+class ComputeServiceImpl final : public tp::v1::TensorProductService::Service {
  public:
   explicit ComputeServiceImpl(const ServiceEnv& env) : env_(env) {}
 
@@ -21,8 +22,10 @@ class ComputeServiceImpl final
                         tp::v1::BackwardResponse* response) override;
   grpc::Status BackwardChunked(grpc::ServerContext* context, const tp::v1::BackwardRequest* request,
                                grpc::ServerWriter<tp::v1::BackwardResponse>* writer) override;
-  grpc::ServerBidiReactor<tp::v1::StreamRequest, tp::v1::StreamResponse>* Stream(
-      grpc::CallbackServerContext* context) override;
+  // Requests are admitted as they arrive (so several can be batched or in flight at once) and
+  // answered strictly in arrival order; at most stream_max_in_flight are outstanding.
+  grpc::Status Stream(grpc::ServerContext* context,
+                      grpc::ServerReaderWriter<tp::v1::StreamResponse, tp::v1::StreamRequest>* stream) override;
   grpc::Status Echo(grpc::ServerContext* context, const tp::v1::EchoRequest* request,
                     tp::v1::EchoResponse* response) override;
 

@@ -8,9 +8,9 @@
 #include "absl/strings/str_format.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
-#include "grpcpp/health_check_service_interface.h"
 #include "server/grpc/channel_tuning.h"
 #include "server/grpc/compute_service.h"
+#include "server/grpc/health_service.h"
 #include "server/grpc/model_service.h"
 
 namespace tpserve::server {
@@ -47,6 +47,8 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportCon
   server->env_.stream_max_in_flight = config.stream_max_in_flight;
   server->model_service_ = std::make_unique<ModelServiceImpl>(server->env_);
   server->compute_service_ = std::make_unique<ComputeServiceImpl>(server->env_);
+  server->health_service_ = std::make_unique<HealthServiceImpl>(std::vector<std::string>{
+      tp::v1::ModelService::service_full_name(), tp::v1::TensorProductService::service_full_name()});
 
   std::shared_ptr<grpc::ServerCredentials> credentials;
   if (config.tls()) {
@@ -64,7 +66,7 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportCon
     credentials = grpc::InsecureServerCredentials();
   }
 
-  grpc::EnableDefaultHealthCheckService(true);
+  grpc::EnableDefaultHealthCheckService(false);  // ours is synchronous (health_service.h)
   if (config.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(config.listen_address, credentials, &server->port_);
@@ -73,18 +75,17 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportCon
   for (const auto& [name, value] : transport::kTensorChannelArgs) builder.AddChannelArgument(name, value);
   builder.RegisterService(server->model_service_.get());
   builder.RegisterService(server->compute_service_.get());
+  builder.RegisterService(server->health_service_.get());
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen_address));
   }
-  grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService();
-  health->SetServingStatus(true);
-  health->SetServingStatus(tp::v1::ModelService::service_full_name(), true);
-  health->SetServingStatus(tp::v1::TensorProductService::service_full_name(), true);
+  server->health_service_->SetServing(true);
   return server;
 }
 
 GrpcServer::~GrpcServer() {
+  if (health_service_) health_service_->BeginShutdown();
   if (server_) {
     server_->Shutdown(std::chrono::system_clock::now());
     server_->Wait();
@@ -92,7 +93,7 @@ GrpcServer::~GrpcServer() {
 }
 
 void GrpcServer::Shutdown(absl::Duration grace) {
-  server_->GetHealthCheckService()->SetServingStatus(false);
+  health_service_->BeginShutdown();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
 }
 

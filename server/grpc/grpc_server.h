@@ -34,6 +34,7 @@ struct TransportConfig {
 
 class ModelServiceImpl;
 class ComputeServiceImpl;
+class HealthServiceImpl;
 
 class GrpcServer {
  public:
@@ -51,6 +52,7 @@ class GrpcServer {
   ServiceEnv env_;
   std::unique_ptr<ModelServiceImpl> model_service_;
   std::unique_ptr<ComputeServiceImpl> compute_service_;
+  std::unique_ptr<HealthServiceImpl> health_service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
 };

@@ -1,6 +1,7 @@
 // Operations: server reflection lists tp.v1's services; health turns NOT_SERVING at shutdown;
 // the config file and its precedence.
 #include <fstream>
+#include <thread>
 
 #include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
@@ -64,6 +65,43 @@ TEST(OpsTest, Health_IsNotServingOnceShutdownBegins) {
   server->grpc().Shutdown(absl::Seconds(1));
   server->grpc().Wait();
   EXPECT_FALSE(client->Health().ok() && *client->Health() == grpc::health::v1::HealthCheckResponse::SERVING);
+}
+
+// Watch streams the current status, then the change when shutdown begins, then ends; an unknown
+// service is NOT_FOUND for Check and SERVICE_UNKNOWN for Watch.
+TEST(OpsTest, HealthWatch_SeesShutdownAndUnknownServicesAreNamed) {
+  using grpc::health::v1::HealthCheckResponse;
+  auto server = TestServer::Start();
+  auto stub = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel(server->target(), grpc::InsecureChannelCredentials()));
+  {
+    grpc::ClientContext context;
+    grpc::health::v1::HealthCheckRequest request;
+    request.set_service("no.such.Service");
+    HealthCheckResponse response;
+    grpc::Status status = stub->Check(&context, request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+    grpc::ClientContext watch_context;
+    auto unknown = stub->Watch(&watch_context, request);
+    ASSERT_TRUE(unknown->Read(&response));
+    EXPECT_EQ(response.status(), HealthCheckResponse::SERVICE_UNKNOWN);
+    watch_context.TryCancel();
+    unknown->Finish().IgnoreError();
+  }
+  grpc::ClientContext context;
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service("tp.v1.ModelService");
+  auto watch = stub->Watch(&context, request);
+  HealthCheckResponse response;
+  ASSERT_TRUE(watch->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
+  std::thread shutdown([&] { server->grpc().Shutdown(absl::Seconds(5)); });
+  ASSERT_TRUE(watch->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::NOT_SERVING);
+  EXPECT_FALSE(watch->Read(&response));
+  EXPECT_TRUE(watch->Finish().ok());
+  shutdown.join();
+  server->grpc().Wait();
 }
 
 TEST(OpsTest, ConfigFile_SetsEveryComponentAndRejectsUnknownKeys) {
