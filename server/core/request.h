@@ -33,6 +33,11 @@ struct InferenceRequest {
   bool want_grad_x2 = false;
   WeightGradMode weight_grad = WeightGradMode::kNone;
   Precision precision = Precision::kFp32;
+  // Optional: where `out` ([batch, dim_out] float32) is written, in memory the submitter keeps alive
+  // until the result callback; the result's `out` then borrows it. Saves a copy when the caller
+  // already holds the buffer the answer goes out in (a unary response's bytes).
+  float* out_into = nullptr;
+  size_t out_into_size = 0;  // floats there; a result that does not fit it is returned as usual
 
   // Dropped with DEADLINE_EXCEEDED / CANCELLED if still queued when these trip.
   absl::Time deadline = absl::InfiniteFuture();

@@ -198,6 +198,11 @@ void EncodeTensor(const server::HostTensor& tensor, tp::v1::DType dtype, tp::v1:
   out->clear_shape();
   for (int64_t extent : tensor.shape) out->add_shape(extent);
   out->set_dtype(dtype);
+  // Already there: the values were written straight into this message's bytes (out_into).
+  if (dtype == tp::v1::DTYPE_FLOAT32 && out->data().size() == tensor.size() * sizeof(float) &&
+      static_cast<const void*>(tensor.values()) == static_cast<const void*>(out->data().data())) {
+    return;
+  }
   out->clear_data();
   FloatsToBytes(tensor.values(), tensor.size(), dtype, out->mutable_data());
 }

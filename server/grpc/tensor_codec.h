@@ -31,6 +31,7 @@ enum class Decode { kCopy, kBorrow };
 // it unchanged (other dtypes, and misaligned bytes, are converted into owned values as kCopy does).
 absl::StatusOr<server::HostTensor> DecodeTensor(const tp::v1::Tensor& tensor, const char* what,
                                                 Decode mode = Decode::kCopy);
+// Leaves the bytes alone when `tensor` already borrows them as float32 (see Forward's out_into).
 void EncodeTensor(const server::HostTensor& tensor, tp::v1::DType dtype, tp::v1::Tensor* out);
 
 // Splits a flat vector into chunks of at most chunk_elements (float32) and calls emit for each;

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cmath>
 #include <future>
+#include <limits>
 #include <thread>
 
 #include "gtest/gtest.h"
@@ -164,6 +165,28 @@ TEST(InferenceCoreTest, CallerMayRun_RunsOnTheCallerOnlyWhenGreedyAndIdle) {
     EXPECT_LT(RelativeError(D(result->out), f.c.out), 1e-5);
     EXPECT_EQ(ran_on == std::this_thread::get_id(), delay_us == 0);
     EXPECT_EQ(f.observer.launches.load(), 1);
+  }
+}
+
+// out_into: the result is written into the caller's buffer (and borrows it) when it fits exactly;
+// otherwise it comes back owned, as usual.
+TEST(InferenceCoreTest, OutInto_WritesTheCallersBufferOnlyWhenItFits) {
+  Fixture f(CoreConfig{});
+  const int64_t dim_out = f.c.out.size() / f.c.batch;
+  for (int64_t extra : {0, 1}) {
+    SCOPED_TRACE(extra);
+    std::vector<float> buffer(static_cast<size_t>(f.c.batch * dim_out + extra),
+                              std::numeric_limits<float>::quiet_NaN());
+    InferenceRequest request = f.Forward();
+    request.out_into = buffer.data();
+    request.out_into_size = buffer.size();
+    auto result = f.core->Run(std::move(request), InferenceCore::Dispatch::kCallerMayRun);
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(result->out.shape, (std::vector<int64_t>{f.c.batch, dim_out}));
+    EXPECT_EQ(result->out.values() == buffer.data(), extra == 0);
+    std::vector<double> out(result->out.values(), result->out.values() + result->out.size());
+    EXPECT_LT(RelativeError(out, f.c.out), 1e-5);
+    if (extra != 0) EXPECT_TRUE(std::isnan(buffer[0])) << "a buffer that does not fit stays untouched";
   }
 }
 
