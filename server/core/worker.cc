@@ -213,7 +213,7 @@ absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batc
   RETURN_IF_ERROR(EnsureStaging(host_out_, std::max<int64_t>(out_floats, 1) * f));
 
   // Inputs: the requests' rows back to back in pinned memory (each request's values are read once,
-  // straight from where the transport left them), then one copy per tensor to the device.
+  // straight from where the transport left them), then one copy to the device.
   auto gather = [&](int64_t at, int64_t dim, const HostTensor InferenceRequest::*member) {
     float* dst = host_in_.floats() + at;
     for (const auto& pending : batch) {
@@ -223,16 +223,14 @@ absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batc
     }
   };
   const auto gather_start = std::chrono::steady_clock::now();
-  // Each tensor's copy to the device starts as soon as it is gathered, under the next one's gather.
-  auto gather_and_copy = [&](int64_t at, int64_t dim, const HostTensor InferenceRequest::*member) -> absl::Status {
-    gather(at, dim, member);
-    return backend_->CopyFromHost(device_in_.floats() + at, host_in_.floats() + at, samples * dim * f, ctx_);
-  };
-  RETURN_IF_ERROR(gather_and_copy(x1_at, dim_in1, &InferenceRequest::x1));
-  RETURN_IF_ERROR(gather_and_copy(x2_at, dim_in2, &InferenceRequest::x2));
-  if (explicit_grad_out) RETURN_IF_ERROR(gather_and_copy(grad_out_at, dim_out, &InferenceRequest::grad_out));
+  // One copy for all inputs: starting each tensor's copy right after its gather was measured
+  // slower on the H100 host (gather 0.045 -> 0.10 ms, device part only 0.02 ms shorter).
+  gather(x1_at, dim_in1, &InferenceRequest::x1);
+  gather(x2_at, dim_in2, &InferenceRequest::x2);
+  if (explicit_grad_out) gather(grad_out_at, dim_out, &InferenceRequest::grad_out);
   const double gather_seconds = SecondsSince(gather_start);
   const auto device_start = std::chrono::steady_clock::now();
+  RETURN_IF_ERROR(backend_->CopyFromHost(device_in_.floats(), host_in_.floats(), in_floats * f, ctx_));
 
   ConstTensorView weight{replica.weights->data(), DType::kFloat32, {plan.weight_numel()}};
   ConstTensorView x1{device_in_.floats() + x1_at, DType::kFloat32, {samples, dim_in1}};
