@@ -36,10 +36,10 @@ absl::Status Batcher::Enqueue(std::unique_ptr<PendingRequest>& request) {
   return absl::OkStatus();
 }
 
-Batcher::Work Batcher::Next(const std::atomic<int>* claimed) {
+Batcher::Work Batcher::Next(std::atomic<int>* busy) {
   Work work;
   std::unique_lock<std::mutex> lock(mu_);
-  auto free = [claimed] { return claimed == nullptr || claimed->load() == 0; };
+  auto free = [busy] { return busy == nullptr || busy->load() == 0; };
   for (;;) {
     cv_.wait(lock, [&] { return shutdown_ || (!queue_.empty() && free()); });
     if (queue_.empty()) return work;  // shut down and drained
@@ -94,6 +94,7 @@ Batcher::Work Batcher::Next(const std::atomic<int>* claimed) {
       }
     }
     work.batch.insert(work.batch.begin(), std::move(first));
+    if (busy != nullptr) busy->fetch_add(1);
     bool more = !queue_.empty();
     lock.unlock();
     if (more) cv_.notify_one();

@@ -53,9 +53,12 @@ class Batcher {
     std::vector<std::unique_ptr<PendingRequest>> expired;  // deadline passed or cancelled
   };
   // Blocks until there is work; returns an empty Work (both vectors empty) once shut down and
-  // drained. While `*claimed` is non-zero (another thread runs a launch on the caller's worker)
-  // the caller takes nothing, so that queued work goes to a free worker instead.
-  Work Next(const std::atomic<int>* claimed = nullptr);
+  // drained. With `busy` (the caller's worker's count of launches running or claimed): takes
+  // nothing while it is non-zero (another thread runs a launch on that worker), so queued work goes
+  // to a free worker instead, and counts the batch it returns in it under the queue's lock, so a
+  // thread that saw the queue empty cannot claim the worker in between. The caller decrements it
+  // when the batch is done.
+  Work Next(std::atomic<int>* busy = nullptr);
   // Wakes the waiting workers to look again (a worker's claim ended).
   void Wake();
 

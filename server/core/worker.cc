@@ -54,9 +54,8 @@ void Worker::Loop() {
                               : absl::DeadlineExceededError("deadline passed while queued"));
     }
     if (!work.batch.empty()) {
-      busy_.fetch_add(1);
       Execute(std::move(work.batch));
-      busy_.fetch_sub(1);
+      busy_.fetch_sub(1);  // counted by Next()
     }
   }
 }

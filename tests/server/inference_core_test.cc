@@ -206,6 +206,7 @@ TEST(BatcherTest, ClaimedWorkerTakesNothingUntilWoken) {
   ASSERT_EQ(next.wait_for(std::chrono::seconds(10)), std::future_status::ready);
   EXPECT_EQ(next.get().batch.size(), 1u);
   EXPECT_EQ(batcher.queued(), 0);
+  EXPECT_EQ(claimed.load(), 1) << "the batch handed out is counted as the worker's launch";
 }
 
 TEST(InferenceCoreTest, MaxBatchSize_BoundsEachLaunch) {
