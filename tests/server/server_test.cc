@@ -508,16 +508,30 @@ TEST(ServerBatching, DeadlinePassedWhileQueuedIsDeadlineExceeded) {
   EXPECT_TRUE(client->Forward(ForwardFor("m", c)).ok());
 }
 
+// A server whose first request waits 0.3 s for company (so a test can act while it is queued),
+// holding model "m" of the default reference case.
+struct QueueingServer {
+  QueueingServer() {
+    server::CoreConfig core;
+    core.max_queue_delay_us = 300000;
+    server = TestServer::Start(core);
+    client = server->Connect();
+    c = LoadCase();
+    CreateFromCase(*client, "m", c);
+  }
+  std::unique_ptr<TestServer> server;
+  std::unique_ptr<client::TpClient> client;
+  ReferenceCase c;
+};
+
 // A unary call's inputs are read straight from its request message (no copy), so the handler
 // must not return while the core may still read them: a call cancelled while queued ends as
 // CANCELLED once the batcher has dropped it, and the server goes on answering correctly.
 TEST(ServerBatching, CancelledWhileQueuedIsCancelledAndTheServerGoesOn) {
-  server::CoreConfig core;
-  core.max_queue_delay_us = 300000;
-  auto server = TestServer::Start(core);
-  auto client = server->Connect();
-  ReferenceCase c = LoadCase();
-  CreateFromCase(*client, "m", c);
+  QueueingServer q;
+  auto& server = q.server;
+  auto& client = q.client;
+  const ReferenceCase& c = q.c;
   auto stub = tp::v1::TensorProductService::NewStub(
       grpc::CreateChannel(server->target(), grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
@@ -559,12 +573,10 @@ TEST(TensorCodec, BorrowReadsFloat32BytesInPlaceAndConvertsOtherDTypes) {
 }
 
 TEST(ServerShutdown, FinishesCallsInFlight) {
-  server::CoreConfig core;
-  core.max_queue_delay_us = 300000;
-  auto server = TestServer::Start(core);
-  auto client = server->Connect();
-  ReferenceCase c = LoadCase();
-  CreateFromCase(*client, "m", c);
+  QueueingServer q;
+  auto& server = q.server;
+  auto& client = q.client;
+  const ReferenceCase& c = q.c;
   absl::StatusOr<tp::v1::ForwardResponse> response = absl::UnknownError("not run");
   std::thread call([&] { response = client->Forward(ForwardFor("m", c)); });
   WaitForQueueDepth(*server, 1);
