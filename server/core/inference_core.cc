@@ -47,29 +47,30 @@ bool AnyNonFinite(const float* values, size_t n) {
   return bad != 0;
 }
 
-absl::Status CheckFiniteWeights(const std::vector<float>& weights) {
-  if (!AnyNonFinite(weights.data(), weights.size())) return absl::OkStatus();
-  for (size_t i = 0; i < weights.size(); ++i) {
-    if (!std::isfinite(weights[i])) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "weights: non-finite value %f at [%d] (the server rejects NaN and Inf; see --non_finite)", weights[i], i));
-    }
+// Index of the first NaN or +-Inf among the n values, or -1. The usual all-finite case costs the
+// one vectorized pass; only a bad array is scanned again to name the element.
+int64_t FirstNonFinite(const float* values, size_t n) {
+  if (!AnyNonFinite(values, n)) return -1;
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(values[i])) return static_cast<int64_t>(i);
   }
-  return absl::OkStatus();
+  return -1;
+}
+
+absl::Status CheckFiniteWeights(const std::vector<float>& weights) {
+  const int64_t i = FirstNonFinite(weights.data(), weights.size());
+  if (i < 0) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "weights: non-finite value %f at [%d] (the server rejects NaN and Inf; see --non_finite)", weights[i], i));
 }
 
 absl::Status CheckFinite(const HostTensor& t, const char* what) {
-  const float* values = t.values();
-  if (!AnyNonFinite(values, t.size())) return absl::OkStatus();
-  for (size_t i = 0; i < t.size(); ++i) {
-    if (!std::isfinite(values[i])) {
-      int64_t cols = t.shape.size() == 2 ? t.shape[1] : 1;
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "%s: non-finite value %f at [%d, %d] (the server rejects NaN and Inf; see --non_finite)", what, values[i],
-          static_cast<int64_t>(i) / cols, static_cast<int64_t>(i) % cols));
-    }
-  }
-  return absl::OkStatus();
+  const int64_t i = FirstNonFinite(t.values(), t.size());
+  if (i < 0) return absl::OkStatus();
+  const int64_t cols = t.shape.size() == 2 ? t.shape[1] : 1;
+  return absl::InvalidArgumentError(
+      absl::StrFormat("%s: non-finite value %f at [%d, %d] (the server rejects NaN and Inf; see --non_finite)", what,
+                      t.values()[i], i / cols, i % cols));
 }
 
 }  // namespace
