@@ -50,6 +50,19 @@ struct Fixture {
     r.x2 = HostTensor({c.batch, d2}, std::vector<float>(c.x2.begin(), c.x2.end()));
     return r;
   }
+  // Submits n forward requests at once and returns their statuses once all have answered.
+  std::vector<absl::Status> SubmitForwards(int n) {
+    std::vector<absl::Status> statuses(static_cast<size_t>(n));
+    std::atomic<int> done{0};
+    for (int i = 0; i < n; ++i) {
+      core->Submit(Forward(), [&, i](absl::StatusOr<InferenceResult> r) {
+        statuses[i] = r.status();
+        ++done;
+      });
+    }
+    while (done.load() < n) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return statuses;
+  }
   CountingObserver observer;
   std::unique_ptr<InferenceCore> core;
   testing::ReferenceCase c;
@@ -231,15 +244,7 @@ TEST(InferenceCoreTest, FullQueue_IsResourceExhausted) {
   config.max_queue_delay_us = 300000;
   config.max_queued_requests = 2;
   Fixture f(config);
-  std::vector<absl::Status> statuses(4);
-  std::atomic<int> done{0};
-  for (int i = 0; i < 4; ++i) {
-    f.core->Submit(f.Forward(), [&, i](absl::StatusOr<InferenceResult> r) {
-      statuses[i] = r.status();
-      ++done;
-    });
-  }
-  while (done.load() < 4) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  std::vector<absl::Status> statuses = f.SubmitForwards(4);
   EXPECT_TRUE(statuses[0].ok());
   EXPECT_TRUE(statuses[1].ok());
   EXPECT_EQ(statuses[2].code(), absl::StatusCode::kResourceExhausted);
@@ -251,15 +256,7 @@ TEST(InferenceCoreTest, QueuedBytesOverTheLimit_IsResourceExhausted) {
   config.max_queue_delay_us = 300000;
   config.max_queued_bytes = 600;  // one request of the fixture holds (56 + 44) * 4 = 400 bytes
   Fixture f(config);
-  std::vector<absl::Status> statuses(2);
-  std::atomic<int> done{0};
-  for (int i = 0; i < 2; ++i) {
-    f.core->Submit(f.Forward(), [&, i](absl::StatusOr<InferenceResult> r) {
-      statuses[i] = r.status();
-      ++done;
-    });
-  }
-  while (done.load() < 2) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  std::vector<absl::Status> statuses = f.SubmitForwards(2);
   EXPECT_TRUE(statuses[0].ok());
   EXPECT_EQ(statuses[1].code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(statuses[1].message().find("bytes"), std::string::npos) << statuses[1];
