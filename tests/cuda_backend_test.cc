@@ -279,6 +279,8 @@ TEST_F(CudaBackendTest, AllPasses_MatchCpuReference_OnOddMultiplicitiesHighLAndT
       // changes p at every K tile, 96 changes it inside a block's K slice.
       {"32x0e + 32x1e + 32x2e", "32x0e + 32x1e + 32x2e", "32x0e + 32x1e + 32x2e"},
       {"96x0e + 64x1o", "32x1o + 96x0e", "64x1o + 32x0e + 96x1e"},
+      // The factored forward (T <= 5, R <= 5) next to paths it leaves to the GEMM (l = 3) in one launch.
+      {"32x0e + 32x1o + 32x3e", "32x0e + 32x3e", "32x0e + 32x1o + 32x3e + 64x2e"},
   };
   for (const auto& irreps : cases) {
     auto plan = TensorProductPlan::FullyConnected(irreps[0], irreps[1], irreps[2]);

@@ -5,8 +5,11 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <mutex>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -138,6 +141,7 @@ struct WorkList {
   DeviceMemory items;
   int count = 0;
   bool split_k = false;
+  int max_t_ldq = 0;  // factored forward: the largest T * (Q + 4) (sizes its shared memory)
 };
 
 // One forward-shaped role (forward, grad_x1 or grad_x2) of a plan, on the device.
@@ -157,8 +161,13 @@ class CudaPreparedPlan final : public PreparedPlan {
   DeviceMemory ir_mul_col;  // column map of g into the weight gradient's layout (loss_grad.cu)
   TileShape wg_shape = TileShape::kWide;
   int num_sms = 132;
+  // Forward paths that run in the factored kernel (tp_forward_factored.cu) in 3xTF32 and TF32;
+  // the others, and all of them in bf16, run in tp_gemm.cu.
+  std::vector<bool> factored;
+  bool any_factored = false;
 
-  // Work lists per (kind, batch); kind 0..2 = roles, 3 = weight gradient.
+  // Work lists per (kind, batch); kind 0..2 = roles (all paths), 3 = weight gradient, 4 = factored
+  // forward, 5 = the forward role without the factored paths.
   absl::StatusOr<const WorkList*> GetWork(int kind, int64_t batch) const {
     std::lock_guard<std::mutex> lock(mutex_);
     auto key = std::make_pair(kind, batch);
@@ -167,9 +176,13 @@ class CudaPreparedPlan final : public PreparedPlan {
     if (work_.size() > 256) work_.clear();  // unbounded batch sizes: start over (cudaFree syncs)
     auto list = std::make_unique<WorkList>();
     if (kind < 3) {
-      RETURN_IF_ERROR(BuildGemmWork(roles[kind], batch, list.get()));
-    } else {
+      RETURN_IF_ERROR(BuildGemmWork(roles[kind], batch, nullptr, list.get()));
+    } else if (kind == 3) {
       RETURN_IF_ERROR(BuildWeightGradWork(batch, list.get()));
+    } else if (kind == 4) {
+      RETURN_IF_ERROR(BuildFactoredWork(batch, list.get()));
+    } else {
+      RETURN_IF_ERROR(BuildGemmWork(roles[0], batch, &factored, list.get()));
     }
     const WorkList* result = list.get();
     work_.emplace(key, std::move(list));
@@ -179,18 +192,20 @@ class CudaPreparedPlan final : public PreparedPlan {
  private:
   int TargetBlocks() const { return num_sms * 4; }
 
-  absl::Status BuildGemmWork(const GemmRole& role, int64_t batch, WorkList* list) const {
+  // skip: paths left out (run elsewhere), or nullptr.
+  absl::Status BuildGemmWork(const GemmRole& role, int64_t batch, const std::vector<bool>* skip, WorkList* list) const {
     const int cols = cuda::TileCols(role.shape);
     int64_t tiles = 0;
-    for (const TpGemmPath& p : role.paths) {
-      if (int64_t{p.P} * p.Q * p.N == 0) continue;
+    for (size_t i = 0; i < role.paths.size(); ++i) {
+      const TpGemmPath& p = role.paths[i];
+      if (int64_t{p.P} * p.Q * p.N == 0 || (skip && (*skip)[i])) continue;
       tiles += CeilDiv(batch, cuda::kTileRows / p.R) * CeilDiv(p.N, cols);
     }
     const int64_t splits = tiles == 0 ? 1 : std::max<int64_t>(1, CeilDiv(TargetBlocks(), tiles));
     std::vector<TpGemmWork> items;
     for (size_t i = 0; i < role.paths.size(); ++i) {
       const TpGemmPath& p = role.paths[i];
-      if (int64_t{p.P} * p.Q * p.N == 0 || batch == 0) continue;
+      if (int64_t{p.P} * p.Q * p.N == 0 || batch == 0 || (skip && (*skip)[i])) continue;
       const int zt = cuda::kTileRows / p.R;
       const int64_t k = int64_t{p.P} * p.Q;
       const int64_t ktiles = CeilDiv(k, cuda::kTileK);
@@ -204,6 +219,39 @@ class CudaPreparedPlan final : public PreparedPlan {
     if (items.size() > 0x7fffffff) return absl::ResourceExhaustedError("too many tiles for one launch");
     list->count = static_cast<int>(items.size());
     list->split_k = splits > 1;
+    return list->items.Upload(items);
+  }
+
+  // Blocks of (path, 32 samples, 64 columns, a range of p), sized so that about three blocks per SM
+  // (one resident at a time) share the work evenly; heavier paths (larger T) first, and blocks that
+  // read the same W slice next to each other so that they meet in L2.
+  absl::Status BuildFactoredWork(int64_t batch, WorkList* list) const {
+    const int zt = cuda::FactoredForwardSamples(), cols = cuda::FactoredForwardCols();
+    const std::vector<TpGemmPath>& paths = roles[0].paths;
+    int64_t units = 0;
+    std::vector<size_t> order;
+    for (size_t i = 0; i < paths.size(); ++i) {
+      if (!factored[i]) continue;
+      const TpGemmPath& p = paths[i];
+      units += int64_t{p.T} * CeilDiv(batch, zt) * CeilDiv(p.N, cols) * p.P;
+      order.push_back(i);
+    }
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return paths[a].T > paths[b].T; });
+    const int64_t per_block = std::max<int64_t>(1, CeilDiv(units, int64_t{num_sms} * 3));
+    std::vector<TpGemmWork> items;
+    for (size_t i : order) {
+      const TpGemmPath& p = paths[i];
+      if (batch == 0) break;
+      list->max_t_ldq = std::max(list->max_t_ldq, p.T * (p.Q + 4));
+      const int chunk = static_cast<int>(std::clamp<int64_t>(CeilDiv(per_block, p.T), 1, p.P));
+      for (int pb = 0; pb < p.P; pb += chunk)
+        for (int n0 = 0; n0 < p.N; n0 += cols)
+          for (int64_t z0 = 0; z0 < batch; z0 += zt)
+            items.push_back({static_cast<int>(i), static_cast<int>(z0), n0, pb, std::min(p.P, pb + chunk)});
+    }
+    if (items.size() > 0x7fffffff) return absl::ResourceExhaustedError("too many tiles for one launch");
+    list->count = static_cast<int>(items.size());
+    list->split_k = true;
     return list->items.Upload(items);
   }
 
@@ -314,7 +362,10 @@ absl::Status LaunchGemmRole(const CudaPreparedPlan& prepared, int role_index, co
                             int64_t out_row_stride, int64_t batch, Precision precision, cudaStream_t stream,
                             bool out_ir_mul = false) {
   const GemmRole& role = prepared.roles[role_index];
-  ASSIGN_OR_RETURN(const WorkList* work, prepared.GetWork(role_index, batch));
+  // The forward role's factored paths (3xTF32, TF32; W 16-byte aligned) take their own kernel.
+  const bool factored = role_index == 0 && prepared.any_factored && precision != Precision::kBf16 &&
+                        (reinterpret_cast<uintptr_t>(w) & 15) == 0;
+  ASSIGN_OR_RETURN(const WorkList* work, prepared.GetWork(factored ? 5 : role_index, batch));
   cuda::TpGemmArgs args{};
   args.paths = role.paths_dev.get<TpGemmPath>();
   args.work = work->items.get<TpGemmWork>();
@@ -331,6 +382,12 @@ absl::Status LaunchGemmRole(const CudaPreparedPlan& prepared, int role_index, co
   args.batch = static_cast<int>(batch);
   args.out_ir_mul = out_ir_mul ? 1 : 0;
   CUDA_RETURN_IF_ERROR(cuda::LaunchTpGemm(ToMmaPrecision(precision), role.shape, args, stream));
+  if (factored) {
+    ASSIGN_OR_RETURN(const WorkList* fwork, prepared.GetWork(4, batch));
+    args.work = fwork->items.get<TpGemmWork>();
+    args.num_work = fwork->count;
+    CUDA_RETURN_IF_ERROR(cuda::LaunchFactoredForward(ToMmaPrecision(precision), fwork->max_t_ldq, args, stream));
+  }
   return absl::OkStatus();
 }
 
@@ -415,6 +472,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CudaBackend::Create(int device) {
   }
   DeviceScope scope(device);
   CUDA_RETURN_IF_ERROR(cuda::ConfigureTpGemmKernels());
+  CUDA_RETURN_IF_ERROR(cuda::ConfigureFactoredForwardKernels());
   CUDA_RETURN_IF_ERROR(cuda::ConfigureWeightGradKernels());
   // Keep the stream-ordered pool's memory between calls (LossGradient's workspaces).
   cudaMemPool_t pool;
@@ -447,6 +505,13 @@ absl::StatusOr<std::unique_ptr<PreparedPlan>> CudaBackend::Prepare(const TensorP
   auto prepared = std::make_unique<CudaPreparedPlan>(plan);
   prepared->num_sms = num_sms_;
   for (int which = 0; which < 3; ++which) RETURN_IF_ERROR(UploadRole(plan.paths(), which, &prepared->roles[which]));
+  // TPSERVE_FORWARD_KERNEL=gemm keeps every forward path in tp_gemm.cu (for comparisons).
+  const char* forward_kernel = std::getenv("TPSERVE_FORWARD_KERNEL");
+  const bool allow_factored = forward_kernel == nullptr || std::string_view(forward_kernel) != "gemm";
+  for (const TpGemmPath& d : prepared->roles[0].paths) {
+    prepared->factored.push_back(allow_factored && cuda::FactoredForwardSupports(d));
+    prepared->any_factored = prepared->any_factored || prepared->factored.back();
+  }
   int max_n = 0;
   for (size_t i = 0; i < plan.paths().size(); ++i) {
     const PathPlan& pp = plan.paths()[i];

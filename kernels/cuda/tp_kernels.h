@@ -106,6 +106,17 @@ cudaError_t ConfigureTpGemmKernels();
 cudaError_t ConfigureWeightGradKernels();
 
 cudaError_t LaunchTpGemm(MmaPrecision precision, TileShape shape, const TpGemmArgs& args, cudaStream_t stream);
+
+// Forward with the x2 contraction first (tp_forward_factored.cu): same arguments, but a work item's
+// [k_begin, k_end) is a range of p (x1 multiplicity index), z0 steps by FactoredForwardSamples() and
+// n0 by FactoredForwardCols(). 3xTF32 and TF32 only, for paths where FactoredForwardSupports();
+// max_t_ldq = the largest T * (Q + 4) among the launch's paths (sizes shared memory).
+bool FactoredForwardSupports(const TpGemmPath& path);
+int FactoredForwardSamples();
+int FactoredForwardCols();
+cudaError_t ConfigureFactoredForwardKernels();
+cudaError_t LaunchFactoredForward(MmaPrecision precision, int max_t_ldq, const TpGemmArgs& args,
+                                  cudaStream_t stream);
 cudaError_t LaunchWeightGrad(MmaPrecision precision, TileShape shape, const WeightGradArgs& args,
                              cudaStream_t stream);
 // Output gradient from the forward result (losses) or a given grad_out, written in e3nn's layout

@@ -1,0 +1,369 @@
+// Forward of 'uvw' paths with the x2 contraction first: a plain GEMM on the tensor cores, then the
+// small 3j contraction on the CUDA cores.
+//
+// For one path (a = x1, b = x2, r = k; TpGemmPath, see tp_kernels.h):
+//   out[z, n, r] = scale * sum_p sum_t Y_p[z, t, n] * Pz[z, p, t, r]
+//   Y_p[z, t, n]  = sum_q b[z, q, t] * Wt[p, q, n]            (M = samples x T, K = Q, N: no generated operand)
+//   Pz[z, p, t, r] = sum_{(s, t, c) in nz(r)} c * a[z, p, s]   (tiny, built per p in shared memory)
+// The GEMM of tp_gemm.cu generates its A operand (T-term dot products, operand split, store, ldmatrix)
+// next to every MMA and is issue-bound at ~11 instructions per MMA; here the A operand (b) is loaded
+// and split once per block and stays in shared memory, so the main loop is ldmatrix + MMA plus the
+// W fragments, and the 3j work is 2*T*R flops per Y element after its K = Q sum.
+//
+// Block (256 threads, 8 warps): one path, kSamples samples, kCols output columns, a range of p
+// (TpGemmWork.k_begin/k_end index p here). Warps are 2 (samples, 16 each) x 4 (columns, 16 each);
+// a warp holds Y for its 16 samples x all T x 16 columns (rows of A ordered t-major, so one thread
+// holds every t of its samples and the 3j step needs no shuffles) and accumulates out over p in
+// registers; partial sums over p meet in `out` by atomicAdd (zeroed by the host).
+// W streams through a 4-stage cp.async ring of 32 x kCols tiles ((p, q-chunk) order).
+// Limits (host checks, else tp_gemm.cu): T in {1, 3, 5}, R <= 5, S <= 5, Q % 32 == 0, W contiguous in n.
+#include "kernels/cuda/mma.cuh"
+#include "kernels/cuda/tp_kernels.h"
+
+namespace tpserve::cuda {
+namespace {
+
+constexpr int kSamples = 32;  // samples per block (2 warps x 16)
+constexpr int kCols = 64;     // output columns per block (4 warps x 16)
+constexpr int kStages = 4;
+constexpr int kLdw = kCols + 8;  // W fragment reads: bank = 8t + g
+constexpr int kMaxR = 5;
+constexpr int kMaxS = 5;
+constexpr int kPzPerSample = kMaxR * kMaxR;  // Pz[t][r], t < T <= 5, r < 5
+constexpr int kMaxNz = kMaxS * kMaxR * kMaxR;  // dense 3j block of one path
+constexpr int kThreads = 256;
+
+template <MmaPrecision kPrec>
+constexpr int Planes() {
+  return kPrec == MmaPrecision::k3xTf32 ? 2 : 1;
+}
+
+template <MmaPrecision kPrec>
+constexpr size_t SmemBytes(int t_times_ldq) {
+  return sizeof(float) * (size_t{Planes<kPrec>()} * kSamples * t_times_ldq + kStages * kTileK * kLdw +
+                          2 * kSamples * kPzPerSample) +
+         sizeof(float) * kMaxNz;
+}
+
+template <MmaPrecision kPrec, int kT, int kR>
+__device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGemmPath& path, const TpGemmWork& item,
+                                              char* smem) {
+  constexpr int kPlanes = Planes<kPrec>();
+  constexpr int kRows = kT * kSamples;  // A rows: t * kSamples + sample
+  const int Q = path.Q, ldq = Q + 4;
+  constexpr int R = kR;  // ldmatrix rows 16 bytes apart in banks
+  uint32_t* const sA = reinterpret_cast<uint32_t*>(smem);                    // [plane][kRows][ldq]
+  float* const sW = reinterpret_cast<float*>(sA + kPlanes * kRows * ldq);    // [kStages][32][kLdw]
+  float* const sPz = sW + kStages * kTileK * kLdw;                           // [2][kSamples][t][r]
+  float* const sC = sPz + 2 * kSamples * kPzPerSample;                       // [r][s][t], 5 x 5 x 5
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int warp_z0 = (warp >> 2) * 16, warp_n0 = (warp & 3) * 16;
+  const int z0 = item.z0, n0 = item.n0;
+  const int samples = min(kSamples, args.batch - z0);
+  const int p_begin = item.k_begin, p_end = item.k_end;
+  const int kchunks = Q / kTileK;
+  const int num_tiles = (p_end - p_begin) * kchunks;
+
+  // W tile `tile` = (p, q-chunk) in order; the issuing position advances by one per call. Each
+  // thread copies the same two 16-byte pieces of every tile (rows k and k + 16, columns n..n+3), so
+  // only a running source pointer and the stage change.
+  constexpr int kCopies = kTileK * kCols / 4 / kThreads;  // 2
+  constexpr int kRowsPerCopy = kThreads / (kCols / 4);    // 16
+  const int copy_k = tid / (kCols / 4), copy_n = 4 * (tid % (kCols / 4));
+  const bool copy_valid = n0 + copy_n < path.N;
+  const long long row_step = path.w_stride_q;
+  const float* w_src = args.w + path.w_offset + static_cast<long long>(p_begin) * path.w_stride_p +
+                       copy_k * row_step + n0 + copy_n;
+  const long long chunk_step = kTileK * row_step;
+  const long long p_step = path.w_stride_p - (kchunks - 1) * chunk_step;  // last chunk of p -> first of p + 1
+  float* const w_dst0 = sW + copy_k * kLdw + copy_n;
+  int issue_kc = 0, issued = 0, issue_stage = 0;
+  auto issue_next = [&]() {
+    if (issued < num_tiles) {
+      float* dst = w_dst0 + issue_stage * (kTileK * kLdw);
+#pragma unroll
+      for (int i = 0; i < kCopies; ++i)
+        CpAsync16(dst + i * kRowsPerCopy * kLdw, copy_valid ? w_src + i * kRowsPerCopy * row_step : args.w,
+                  copy_valid);
+      if (++issue_kc == kchunks) {
+        issue_kc = 0;
+        w_src += p_step;
+      } else {
+        w_src += chunk_step;
+      }
+      issue_stage = issue_stage == kStages - 1 ? 0 : issue_stage + 1;
+    }
+    ++issued;
+    CpAsyncCommit();
+  };
+  for (int s = 0; s < kStages - 1; ++s) issue_next();
+
+  // A = b[z, q, t] as rows (t, sample), columns q, in the MMA's operand format; zero past the batch.
+  // A warp per sample, four loads in flight per lane before their stores.
+  {
+    const int per_sample = Q * kT;
+    for (int zl = warp; zl < kSamples; zl += kThreads / 32) {
+      const bool live = zl < samples;
+      const float* row = args.b + static_cast<long long>(z0 + (live ? zl : 0)) * args.b_row_stride + path.b_offset;
+      for (int idx0 = lane; idx0 < per_sample; idx0 += 4 * 32) {
+        float v[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int idx = idx0 + 32 * i;
+          v[i] = live && idx < per_sample ? __ldg(row + idx) : 0.f;
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int idx = idx0 + 32 * i;
+          if (idx >= per_sample) break;
+          const int q = idx / kT, t = idx - q * kT;
+          const int at = (t * kSamples + zl) * ldq + q;
+          const uint32_t big = ToTf32(v[i]);
+          sA[at] = big;
+          if constexpr (kPlanes == 2) sA[kRows * ldq + at] = ToTf32(v[i] - __uint_as_float(big));
+        }
+      }
+    }
+  }
+  // The path's 3j block as dense sC[r][s][t] (zeros where C has none), and Pz entries past R (and T)
+  // zero, so that Pz and the 3j step below run fixed 5 x 5 loops.
+  for (int i = tid; i < kMaxNz; i += kThreads) sC[i] = 0.f;
+  for (int i = tid; i < 2 * kSamples * kPzPerSample; i += kThreads) sPz[i] = 0.f;
+  __syncthreads();
+  {
+    const int* roff = args.roff + path.roff_begin;
+    for (int r = 0; r < R; ++r) {
+      const int e_begin = __ldg(roff + r), e_end = __ldg(roff + r + 1);
+      for (int e = e_begin + tid; e < e_end; e += kThreads) {
+        const NzEntry nz = args.nz[e];
+        sC[(r * kMaxS + nz.s) * kMaxR + nz.t] = nz.c;  // (s, t) unique per r
+      }
+    }
+  }
+
+  // Pz[z, p, t, r] = sum_s C[s, t, r] a[z, p, s]: thread (sample, r) for tid < kSamples * R. Its x1
+  // values are loaded one p ahead into registers, so building Pz never waits on memory.
+  const bool pz_thread = tid < kSamples * R;
+  const int pz_zl = pz_thread ? tid / R : 0, pz_r = pz_thread ? tid - pz_zl * R : 0;
+  const bool pz_live = pz_thread && pz_zl < samples;
+  const float* pz_a = args.a + static_cast<long long>(z0 + pz_zl) * args.a_row_stride + path.a_offset;
+  const int S = path.S;
+  float a_next[kMaxS];
+#define TP_LOAD_A(pp)                                                                             \
+  _Pragma("unroll") for (int s = 0; s < kMaxS; ++s) a_next[s] =                                   \
+      pz_live && (pp) < p_end && s < S ? __ldg(pz_a + (pp) * S + s) : 0.f;
+#define TP_COMPUTE_PZ(buf)                                                                        \
+  if (pz_thread) {                                                                                \
+    const float* c = sC + pz_r * (kMaxS * kMaxR);                                                 \
+    float* P = sPz + (buf) * (kSamples * kPzPerSample) + pz_zl * kPzPerSample + pz_r;             \
+    _Pragma("unroll") for (int t = 0; t < kT; ++t) {                                              \
+      float acc = 0.f;                                                                            \
+      _Pragma("unroll") for (int s = 0; s < kMaxS; ++s) acc += c[s * kMaxR + t] * a_next[s];      \
+      P[t * kMaxR] = acc;                                                                         \
+    }                                                                                             \
+  }
+  TP_LOAD_A(p_begin);
+  __syncthreads();  // sC complete
+  TP_COMPUTE_PZ(0);
+  TP_LOAD_A(p_begin + 1);
+
+  float y[kT][2][4];
+  float o[2][2][2][kR];  // [row half][n8 tile][column parity][r]
+#pragma unroll
+  for (int half = 0; half < 2; ++half)
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int c = 0; c < 2; ++c)
+#pragma unroll
+        for (int r = 0; r < kR; ++r) o[half][nt][c][r] = 0.f;
+
+  // ldmatrix addresses of this lane (see WarpMmaLdm in mma.cuh).
+  const int lrow = (lane & 7) + ((lane >> 3) & 1) * 8;
+  const int lcol = (lane >> 4) * 4;
+  const uint32_t a_lane = static_cast<uint32_t>(__cvta_generic_to_shared(sA)) + ((warp_z0 + lrow) * ldq + lcol) * 4;
+  const uint32_t t_stride = kSamples * ldq * 4, plane_bytes = kRows * ldq * 4;
+
+  // Fragments of one k8 step: A for every t (both planes for 3xTF32) and W as stored. The next step's
+  // are loaded while this step's MMAs run.
+  struct Frags {
+    uint32_t a[kT][kPlanes][4];
+    float b[2][2];
+  };
+  auto load_frags = [&](Frags& f, uint32_t a_k, const float* w_k) {
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      f.b[nt][0] = w_k[nt * 8];
+      f.b[nt][1] = w_k[nt * 8 + 4 * kLdw];
+    }
+#pragma unroll
+    for (int t = 0; t < kT; ++t)
+#pragma unroll
+      for (int pl = 0; pl < kPlanes; ++pl) LdMatrixX4(f.a[t][pl], a_k + pl * plane_bytes + t * t_stride);
+  };
+  auto mma_frags = [&](const Frags& f) {
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      if constexpr (kPrec == MmaPrecision::k3xTf32) {
+        uint32_t b_big[2], b_small[2];
+        SplitTf32(f.b[nt][0], b_big[0], b_small[0]);
+        SplitTf32(f.b[nt][1], b_big[1], b_small[1]);
+#pragma unroll
+        for (int t = 0; t < kT; ++t) {
+          MmaTf32(y[t][nt], f.a[t][1], b_big);
+          MmaTf32(y[t][nt], f.a[t][0], b_small);
+          MmaTf32(y[t][nt], f.a[t][0], b_big);
+        }
+      } else {
+        // W as stored: the tensor cores read its top 19 bits (TF32 by truncation).
+        const uint32_t bw[2] = {__float_as_uint(f.b[nt][0]), __float_as_uint(f.b[nt][1])};
+#pragma unroll
+        for (int t = 0; t < kT; ++t) MmaTf32(y[t][nt], f.a[t][0], bw);
+      }
+    }
+  };
+
+  int p = p_begin, kc = 0, stage = 0;
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    CpAsyncWait<kStages - 2>();
+    __syncthreads();  // W tile `tile` landed for everyone; the stage refilled below is free
+    issue_next();
+    if (kc == 0) {
+#pragma unroll
+      for (int t = 0; t < kT; ++t)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) y[t][nt][i] = 0.f;
+      // Pz of the next p into the other buffer: its last reader (p - 1) passed the barrier above.
+      if (p + 1 < p_end) {
+        TP_COMPUTE_PZ((p + 1 - p_begin) & 1);
+        TP_LOAD_A(p + 2);
+      }
+    }
+    const float* w_lane = sW + stage * (kTileK * kLdw) + t4 * kLdw + warp_n0 + g;
+    const uint32_t a_k = a_lane + kc * kTileK * 4;
+    Frags f[2];
+    load_frags(f[0], a_k, w_lane);
+#pragma unroll
+    for (int step = 0; step < kTileK / 8; ++step) {
+      if (step + 1 < kTileK / 8) load_frags(f[(step + 1) & 1], a_k + (step + 1) * 32, w_lane + (step + 1) * 8 * kLdw);
+      mma_frags(f[step & 1]);
+    }
+    stage = stage == kStages - 1 ? 0 : stage + 1;
+    if (++kc == kchunks) {
+      // Y_p complete: out[z, n, r] += sum_t Y_p[z, t, n] * Pz[z, p, t, r] for this thread's 2 samples
+      // (t outermost: 4 * kR independent accumulators per step).
+      const float* P = sPz + ((p - p_begin) & 1) * (kSamples * kPzPerSample);
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const float* pz = P + (warp_z0 + g + 8 * half) * kPzPerSample;
+        float pzv[kT][kR];
+#pragma unroll
+        for (int t = 0; t < kT; ++t)
+#pragma unroll
+          for (int r = 0; r < kR; ++r) pzv[t][r] = pz[t * kMaxR + r];
+#pragma unroll
+        for (int t = 0; t < kT; ++t)
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int c = 0; c < 2; ++c)
+#pragma unroll
+              for (int r = 0; r < kR; ++r) o[half][nt][c][r] += y[t][nt][2 * half + c] * pzv[t][r];
+      }
+      kc = 0;
+      ++p;
+    }
+  }
+  CpAsyncWait<0>();
+
+  // Partial sums over this block's p range into out (e3nn layout out[z, off + n*R + r], or per-irrep
+  // transposed out[z, off + r*N + n]).
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int zl = warp_z0 + g + 8 * half;
+    if (zl >= samples) continue;
+    float* row = args.out + static_cast<long long>(z0 + zl) * args.out_row_stride + path.out_offset;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      const int n = n0 + warp_n0 + nt * 8 + 2 * t4;
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        if (n + c >= path.N) continue;
+#pragma unroll
+        for (int r = 0; r < kR; ++r) {
+          float* dst = args.out_ir_mul ? row + r * path.N + n + c : row + (n + c) * R + r;
+          atomicAdd(dst, path.scale * o[half][nt][c][r]);
+        }
+      }
+    }
+  }
+}
+
+#undef TP_LOAD_A
+#undef TP_COMPUTE_PZ
+
+template <MmaPrecision kPrec>
+__global__ void __launch_bounds__(kThreads, 1) TpForwardFactoredKernel(const TpGemmArgs args) {
+  extern __shared__ float4 smem_raw[];
+  const TpGemmWork item = args.work[blockIdx.x];
+  const TpGemmPath path = args.paths[item.path];
+  char* smem = reinterpret_cast<char*>(smem_raw);
+  switch (path.T * 8 + path.R) {
+    case 1 * 8 + 1: FactoredBlock<kPrec, 1, 1>(args, path, item, smem); break;
+    case 1 * 8 + 3: FactoredBlock<kPrec, 1, 3>(args, path, item, smem); break;
+    case 1 * 8 + 5: FactoredBlock<kPrec, 1, 5>(args, path, item, smem); break;
+    case 3 * 8 + 1: FactoredBlock<kPrec, 3, 1>(args, path, item, smem); break;
+    case 3 * 8 + 3: FactoredBlock<kPrec, 3, 3>(args, path, item, smem); break;
+    case 3 * 8 + 5: FactoredBlock<kPrec, 3, 5>(args, path, item, smem); break;
+    case 5 * 8 + 1: FactoredBlock<kPrec, 5, 1>(args, path, item, smem); break;
+    case 5 * 8 + 3: FactoredBlock<kPrec, 5, 3>(args, path, item, smem); break;
+    default: FactoredBlock<kPrec, 5, 5>(args, path, item, smem); break;
+  }
+}
+
+constexpr size_t kMaxSmem = 227 * 1024;
+
+}  // namespace
+
+bool FactoredForwardSupports(const TpGemmPath& path) {
+  auto odd_upto5 = [](int x) { return x == 1 || x == 3 || x == 5; };
+  const bool shape_ok = odd_upto5(path.T) && odd_upto5(path.R) && path.S <= kMaxS && path.Q > 0 &&
+                        path.Q % kTileK == 0 && path.N > 0 && path.P > 0 && path.w_stride_n == 1 && path.w_vec4;
+  return shape_ok && SmemBytes<MmaPrecision::k3xTf32>(path.T * (path.Q + 4)) <= kMaxSmem;
+}
+
+int FactoredForwardSamples() { return kSamples; }
+int FactoredForwardCols() { return kCols; }
+
+cudaError_t ConfigureFactoredForwardKernels() {
+  for (cudaError_t e : {cudaFuncSetAttribute(TpForwardFactoredKernel<MmaPrecision::k3xTf32>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kMaxSmem)),
+                        cudaFuncSetAttribute(TpForwardFactoredKernel<MmaPrecision::kTf32>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kMaxSmem))}) {
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+cudaError_t LaunchFactoredForward(MmaPrecision precision, int max_t_ldq, const TpGemmArgs& args,
+                                  cudaStream_t stream) {
+  if (args.num_work == 0) return cudaSuccess;
+  if ((reinterpret_cast<unsigned long long>(args.w) & 15) != 0) return cudaErrorMisalignedAddress;
+  switch (precision) {
+    case MmaPrecision::k3xTf32:
+      TpForwardFactoredKernel<MmaPrecision::k3xTf32>
+          <<<args.num_work, kThreads, SmemBytes<MmaPrecision::k3xTf32>(max_t_ldq), stream>>>(args);
+      return cudaGetLastError();
+    case MmaPrecision::kTf32:
+      TpForwardFactoredKernel<MmaPrecision::kTf32>
+          <<<args.num_work, kThreads, SmemBytes<MmaPrecision::kTf32>(max_t_ldq), stream>>>(args);
+      return cudaGetLastError();
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace tpserve::cuda
