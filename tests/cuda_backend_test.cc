@@ -2,12 +2,16 @@
 // reference case's irreps, the seed shape and randomly drawn irreps, in every precision, for the
 // forward pass, the backward pass (each gradient) and the built-in losses. Outputs are poisoned
 // with NaN before each run, so an unwritten element fails. Every test skips without a GPU.
+#include <cuda_runtime_api.h>
+
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -326,6 +330,98 @@ TEST_F(CudaBackendTest, LargeBatch_SplitsAndAtomicsStayCorrect) {
   auto plan = TensorProductPlan::FullyConnected("4x0e + 3x1o", "2x1o + 1x0e", "5x1o + 2x0e");
   ASSERT_TRUE(plan.ok());
   CheckPlan(*plan, 5000, Precision::kFp32);
+}
+
+// The factored forward (tp_forward_factored.cu) against the GEMM forward (tp_gemm.cu) on the seed
+// shape: batch sizes across its tile edges up to the server's largest batch, then two host threads
+// on their own streams sharing one prepared plan with changing batch sizes (as the server's workers
+// do), every result checked.
+TEST_F(CudaBackendTest, FactoredForward_MatchesGemmForward_AcrossBatchesAndConcurrentStreams) {
+  auto plan = TensorProductPlan::FullyConnected("128x0e+128x1e+128x2e", "128x0e+128x1e+128x2e",
+                                                "128x0e+128x1e+128x2e");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  auto factored = cuda_->Prepare(*plan);
+  ASSERT_TRUE(factored.ok()) << factored.status();
+  setenv("TPSERVE_FORWARD_KERNEL", "gemm", 1);
+  auto gemm = cuda_->Prepare(*plan);
+  unsetenv("TPSERVE_FORWARD_KERNEL");
+  ASSERT_TRUE(gemm.ok()) << gemm.status();
+
+  constexpr int64_t kMaxBatch = 4096;
+  uint64_t seed = 0;
+  std::mt19937_64 rng = FreshRng(&seed);
+  SCOPED_TRACE(absl::StrCat("seed ", seed));
+  const std::vector<int64_t> w_shape = {plan->weight_numel()};
+  DeviceTensor w(cuda_.get(), w_shape), x1(cuda_.get(), {kMaxBatch, plan->dim_in1()}),
+      x2(cuda_.get(), {kMaxBatch, plan->dim_in2()});
+  w.Upload(RandomNormal(plan->weight_numel(), rng));
+  x1.Upload(RandomNormal(kMaxBatch * plan->dim_in1(), rng));
+  x2.Upload(RandomNormal(kMaxBatch * plan->dim_in2(), rng));
+  auto run = [&](const PreparedPlan& prepared, int64_t batch, Precision precision, void* stream,
+                 DeviceTensor& out) -> absl::Status {
+    ExecutionContext ctx;
+    ctx.precision = precision;
+    ctx.stream = stream;
+    const float* x1p = static_cast<const float*>(x1.cview().data);
+    const float* x2p = static_cast<const float*>(x2.cview().data);
+    ConstTensorView x1v{x1p, DType::kFloat32, {batch, plan->dim_in1()}};
+    ConstTensorView x2v{x2p, DType::kFloat32, {batch, plan->dim_in2()}};
+    TensorView outv{out.view().data, DType::kFloat32, {batch, plan->dim_out()}};
+    return cuda_->Forward(prepared, w.cview(), x1v, x2v, outv, ctx);
+  };
+  auto prefix = [&](std::vector<double> v, int64_t batch) {
+    v.resize(batch * plan->dim_out());
+    return v;
+  };
+
+  DeviceTensor out_f(cuda_.get(), {kMaxBatch, plan->dim_out()}), out_g(cuda_.get(), {kMaxBatch, plan->dim_out()});
+  for (Precision precision : {Precision::kFp32, Precision::kTf32}) {
+    for (int64_t batch : std::vector<int64_t>{1, 31, 33, 64, 100, 640, 1000, kMaxBatch}) {
+      SCOPED_TRACE(absl::StrCat(PrecisionName(precision), " batch ", batch));
+      out_f.Poison();
+      out_g.Poison();
+      ASSERT_TRUE(run(**factored, batch, precision, nullptr, out_f).ok());
+      ASSERT_TRUE(run(**gemm, batch, Precision::kFp32, nullptr, out_g).ok());
+      EXPECT_LE(RelativeError(prefix(out_f.Download(), batch), prefix(out_g.Download(), batch)),
+                precision == Precision::kFp32 ? 2e-5 : 2e-3);
+    }
+  }
+
+  // Concurrent streams, one prepared plan, batch sizes drawn per call (fresh work lists and reused ones).
+  constexpr int kThreads = 2, kCalls = 40;
+  std::vector<std::unique_ptr<DeviceTensor>> outs;
+  std::vector<cudaStream_t> streams(kThreads);
+  for (int i = 0; i < kThreads; ++i) {
+    ASSERT_EQ(cudaStreamCreateWithFlags(&streams[i], cudaStreamNonBlocking), cudaSuccess);
+    outs.push_back(std::make_unique<DeviceTensor>(cuda_.get(), std::vector<int64_t>{kMaxBatch, plan->dim_out()}));
+  }
+  std::vector<int64_t> last_batch(kThreads);
+  std::vector<absl::Status> status(kThreads);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&, i, thread_seed = rng()] {
+      std::mt19937_64 local(thread_seed);
+      for (int c = 0; c < kCalls && status[i].ok(); ++c) {
+        const int64_t batch = 64 * (1 + static_cast<int64_t>(local() % 64));
+        status[i] = run(**factored, batch, c % 2 ? Precision::kTf32 : Precision::kFp32, streams[i], *outs[i]);
+        last_batch[i] = batch;
+      }
+      if (status[i].ok() && cudaStreamSynchronize(streams[i]) != cudaSuccess) {
+        status[i] = absl::InternalError("stream failed");
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int i = 0; i < kThreads; ++i) {
+    ASSERT_TRUE(status[i].ok()) << "thread " << i << ": " << status[i];
+    // The last call was tf32 (kCalls even): check it against the fp32 GEMM forward.
+    out_g.Poison();
+    ASSERT_TRUE(run(**gemm, last_batch[i], Precision::kFp32, nullptr, out_g).ok());
+    EXPECT_LE(RelativeError(prefix(outs[i]->Download(), last_batch[i]), prefix(out_g.Download(), last_batch[i])),
+              2e-3)
+        << "thread " << i << ", batch " << last_batch[i];
+    cudaStreamDestroy(streams[i]);
+  }
 }
 
 // Pinned host buffers: the worker's staging. A round trip through the device with asynchronous

@@ -1,6 +1,7 @@
 #include "server/core/worker.h"
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -158,7 +159,16 @@ void Worker::Execute(std::vector<std::unique_ptr<PendingRequest>> batch) {
     if (status.ok()) status = RunBatch(batch, **replica, results);
     // A failed launch may leave copies in flight that read or write the staging buffers: let
     // them finish before the next launch reuses those.
-    if (!status.ok()) backend_->Synchronize(ctx_).IgnoreError();
+    if (!status.ok()) {
+      backend_->Synchronize(ctx_).IgnoreError();
+      // The callers get the status; the log keeps the first few with the launch's shape.
+      if (failures_logged_ < 5) {
+        ++failures_logged_;
+        std::fprintf(stderr, "tpserve: %s: launch of %zu request(s), %lld samples, model %s failed: %s\n",
+                     device_.c_str(), batch.size(), static_cast<long long>(samples), model.name().c_str(),
+                     status.ToString().c_str());
+      }
+    }
     for (auto& result : results) result.model_version = weights.version;
     // A launch admitted before its model was deleted may have rebuilt the replica: free it.
     if (model.deleted()) {

@@ -90,6 +90,7 @@ class Worker {
   std::atomic<int> busy_{0};  // launches running or claimed
   std::mutex mu_;  // replicas_ and staging, held for each launch
   std::map<uint64_t, Replica> replicas_;  // by Model::instance_id()
+  int failures_logged_ = 0;               // failed launches written to stderr (the first few)
   // A launch's inputs (x1 | x2 | grad_out) and outputs (out | grad_x1 | grad_x2), each set in one
   // buffer on the device and one pinned on the host with the same layout, so that each direction
   // is a single copy; reused across launches. The returned weight gradient has its own.

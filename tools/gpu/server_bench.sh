@@ -7,7 +7,8 @@ set -u
 CARRY=${CARRY:-build-h100-carry}
 OUT=${OUT:-/tmp/server-bench}
 ITERS=${ITERS:-1000}
-VERSIONS=${VERSIONS:-base new}   # which carried builds to serve, in order
+VERSIONS=${VERSIONS:-base new}   # which carried builds to serve, in order; NAME-gemm = NAME's build
+                                 # with TPSERVE_FORWARD_KERNEL=gemm (every forward path in tp_gemm.cu)
 THROUGHPUT=${THROUGHPUT:-1}   # 0: latency only
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt" 2>&1
@@ -25,40 +26,42 @@ fi
 
 # serve VERSION FLAGS...: starts tpserve from /tmp/tp-VERSION and waits until it serves.
 serve() {
-  local v=$1; shift
-  LD_LIBRARY_PATH=/tmp/tp-$v/libs:/usr/local/cuda/lib64 /tmp/tp-$v/bin/tpserve --backend cuda \
-    --listen 127.0.0.1:50051 --metrics_address 127.0.0.1:9090 --demo_model seed "$@" > "$OUT/server-$v.log" 2>&1 &
+  local v=$1 d=${1%-gemm}; shift
+  local kernel=default; [[ $v == *-gemm ]] && kernel=gemm
+  local seen; seen=$(cat "$OUT/server-$v.log" 2>/dev/null | wc -l)  # a server log per version, appended per pass
+  TPSERVE_FORWARD_KERNEL=$kernel LD_LIBRARY_PATH=/tmp/tp-$d/libs:/usr/local/cuda/lib64 /tmp/tp-$d/bin/tpserve --backend cuda \
+    --listen 127.0.0.1:50051 --metrics_address 127.0.0.1:9090 --demo_model seed "$@" >> "$OUT/server-$v.log" 2>&1 &
   SERVER=$!
-  for _ in $(seq 300); do grep -q "serving on port" "$OUT/server-$v.log" && return 0; sleep 0.1; done
+  for _ in $(seq 300); do tail -n +$((seen + 1)) "$OUT/server-$v.log" | grep -q "serving on port" && return 0; sleep 0.1; done
   echo "tpserve ($v) did not start"; cat "$OUT/server-$v.log"; return 1
 }
 stop() { kill -INT "$SERVER"; wait "$SERVER"; }
 # load CLIENT_VERSION NAME FLAGS...: tp-load from /tmp/tp-CLIENT_VERSION against the running server.
 load() {
-  local v=$1 name=$2; shift 2
+  local v=${1%-gemm} name=$2; shift 2
   LD_LIBRARY_PATH=/tmp/tp-$v/libs:/usr/local/cuda/lib64 /tmp/tp-$v/bin/tp-load --server 127.0.0.1:50051 \
     --model seed --batch 64 --json "$OUT/$name.json" "$@" 2>&1 | tee "$OUT/$name.txt" | grep -E "verify|latency|/|req/s"
 }
 scrape() { curl -s 127.0.0.1:9090/metrics > "$OUT/metrics-$1.txt"; }
 
 for v in $VERSIONS; do
-  [ -d "/tmp/tp-$v" ] || continue
+  [ -d "/tmp/tp-${v%-gemm}" ] || continue
   echo "== server $v, client $v"
   serve "$v" --workers_per_gpu 2 || exit 1
   for p in fp32 tf32; do
     load "$v" "latency-$v-$p" --precision "$p" --latency_iters "$ITERS" --streams 0
     scrape "$v-latency-$p"
   done
-  if [ "$v" = new ] && [ "$THROUGHPUT" = 1 ]; then
+  if [[ $v == new* ]] && [ "$THROUGHPUT" = 1 ]; then
     [ -d /tmp/tp-base ] && [[ " $VERSIONS " == *" base "* ]] && { echo "== server new, client base"; load base "latency-new-server-base-client-fp32" --precision fp32 --latency_iters "$ITERS" --streams 0; }
-    for p in fp32 tf32; do load new "throughput-new-$p" --precision "$p" --latency_iters 100 --streams 32 --window 4 --duration_s 5; done
+    for p in fp32 tf32; do load new "throughput-$v-$p" --precision "$p" --latency_iters 100 --streams 32 --window 4 --duration_s 5; done
     scrape "$v-all"
   fi
   stop
 done
 
 # gRPC alone: unary Echo at the seed sizes, default channel arguments vs the ones tpserve sets.
-if [ -x /tmp/tp-new/bin/grpc-echo-probe ]; then
+if [ -x /tmp/tp-new/bin/grpc-echo-probe ] && [ "${PROBE:-1}" = 1 ]; then
   export LD_LIBRARY_PATH=/tmp/tp-new/libs
   R="grpc.experimental.tcp_read_chunk_size 1048576 grpc.experimental.tcp_min_read_chunk_size 1048576 grpc.experimental.tcp_max_read_chunk_size 4194304"
   for rep in 1 2; do

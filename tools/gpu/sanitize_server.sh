@@ -1,0 +1,17 @@
+# Finds a device fault under load: tpserve (from build-h100-carry/new.tar.xz) under $WRAP (e.g.
+# compute-sanitizer) or with CUDA_LAUNCH_BLOCKING=1 ($BLOCKING=1), fed by tp-load streams; prints the
+# server log (launch failures name the failing call) and the sanitizer report.
+mkdir -p /tmp/tp-new && tar xJf build-h100-carry/new.tar.xz -C /tmp/tp-new
+export LD_LIBRARY_PATH=/tmp/tp-new/libs:/usr/local/cuda/lib64
+LOG=$OUT/server-${TAG:-run}.log
+[ "${BLOCKING:-0}" = 1 ] && export CUDA_LAUNCH_BLOCKING=1
+timeout 300 ${WRAP:-} /tmp/tp-new/bin/tpserve --backend cuda --listen 127.0.0.1:50051 --metrics_address 127.0.0.1:9090 --demo_model seed --workers_per_gpu 2 > $LOG 2>&1 &
+S=$!
+for _ in $(seq 600); do grep -q "serving on port" $LOG && break; sleep 0.2; done
+for p in ${PRE_LATENCY_PRECISIONS:-}; do  # unary calls first, as tools/gpu/server_bench.sh does
+  timeout 60 /tmp/tp-new/bin/tp-load --server 127.0.0.1:50051 --model seed --batch 64 --precision $p --latency_iters 1000 --streams 0 2>&1 | grep -E "Forward latency"
+done
+timeout 120 /tmp/tp-new/bin/tp-load --server 127.0.0.1:50051 --model seed --batch 64 --precision ${PREC:-fp32} --latency_iters 100 --streams 32 --window 4 --duration_s ${SECONDS_LOAD:-10} 2>&1 | grep -E "streams x|verify"
+kill -INT $S; sleep 3; kill $S 2>/dev/null; wait $S
+unset CUDA_LAUNCH_BLOCKING
+grep -v "^=========     Host Frame\|^=========         in \|config:\|  core:\|  transport:\|  metrics=" $LOG | head -${LINES_OUT:-12}
