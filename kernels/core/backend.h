@@ -106,6 +106,11 @@ class Backend {
   virtual absl::Status CopyToHost(void* host_dst, const void* src, size_t bytes, const ExecutionContext& ctx) = 0;
   // Blocks until all work issued on ctx has finished; reports asynchronous errors.
   virtual absl::Status Synchronize(const ExecutionContext& ctx) = 0;
+
+  // OK while the device can still run work. A device fault (on CUDA: an illegal address, a trap)
+  // poisons the process's context for good: every later call fails and only a new process recovers.
+  // Callers ask after a failed launch, to tell such a fault from an error of that launch alone.
+  virtual absl::Status CheckDevice() { return absl::OkStatus(); }
 };
 
 // Shape and dtype checks shared by every backend, so each names the same expectations.

@@ -51,6 +51,7 @@ class CudaBackend final : public Backend {
   absl::Status CopyFromHost(void* dst, const void* host_src, size_t bytes, const ExecutionContext& ctx) override;
   absl::Status CopyToHost(void* host_dst, const void* src, size_t bytes, const ExecutionContext& ctx) override;
   absl::Status Synchronize(const ExecutionContext& ctx) override;
+  absl::Status CheckDevice() override;
 
   int device() const { return device_; }
 

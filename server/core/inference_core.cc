@@ -140,10 +140,43 @@ absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(CoreConfig 
         std::make_unique<Worker>(index, std::move(backend), core->batcher_.get(), core->observer_));
   }
   for (auto& worker : core->workers_) {
+    InferenceCore* self = core.get();
+    worker->SetDeviceLostHandler(
+        [self](const std::string& device, const std::string& why) { self->NotifyDeviceLost(device, why); });
     for (const auto& [name, model] : core->models_) RETURN_IF_ERROR(worker->Warm(*model));
     worker->Start();
   }
   return core;
+}
+
+void InferenceCore::NotifyDeviceLost(const std::string& device, const std::string& why) {
+  // Listeners run under the lock, so that one removed is never called afterwards.
+  std::lock_guard<std::mutex> lock(lost_mu_);
+  for (const auto& [lost, unused] : lost_devices_) {
+    if (lost == device) return;  // workers sharing a device report it once
+  }
+  lost_devices_.emplace_back(device, why);
+  for (const auto& [id, listener] : lost_listeners_) listener(device, why);
+}
+
+int InferenceCore::AddDeviceLostListener(DeviceLostListener listener) {
+  std::lock_guard<std::mutex> lock(lost_mu_);
+  const int id = next_lost_listener_++;
+  for (const auto& [device, why] : lost_devices_) listener(device, why);
+  lost_listeners_[id] = std::move(listener);
+  return id;
+}
+
+void InferenceCore::RemoveDeviceLostListener(int id) {
+  std::lock_guard<std::mutex> lock(lost_mu_);
+  lost_listeners_.erase(id);
+}
+
+std::vector<std::string> InferenceCore::LostDevices() const {
+  std::lock_guard<std::mutex> lock(lost_mu_);
+  std::vector<std::string> devices;
+  for (const auto& [device, why] : lost_devices_) devices.push_back(device);
+  return devices;
 }
 
 InferenceCore::~InferenceCore() { Shutdown(); }

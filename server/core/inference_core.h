@@ -10,6 +10,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -88,6 +89,15 @@ class InferenceCore {
   // Stops admission, finishes everything admitted, joins the workers. Idempotent.
   void Shutdown();
 
+  // Device faults (Backend::CheckDevice after a failed launch): `listener` is called once per lost
+  // device, on the thread that found it, and at once for devices lost before it was added; it runs
+  // under the core's lock, so it must be quick and must not call these three. The id removes it
+  // (before the listener's captures go away); after RemoveDeviceLostListener returns it is not called.
+  using DeviceLostListener = std::function<void(const std::string& device, const std::string& why)>;
+  int AddDeviceLostListener(DeviceLostListener listener);
+  void RemoveDeviceLostListener(int id);
+  std::vector<std::string> LostDevices() const;
+
  private:
   InferenceCore(CoreConfig config, CoreObserver* observer);
   absl::Status CommitWeights(Model& model, std::vector<float> weights);
@@ -103,6 +113,12 @@ class InferenceCore {
   std::map<std::string, std::shared_ptr<Model>> models_;
   std::mutex create_mu_;  // serializes create/delete with their disk writes
   std::atomic<bool> shut_down_{false};
+
+  void NotifyDeviceLost(const std::string& device, const std::string& why);
+  mutable std::mutex lost_mu_;  // the three below
+  std::vector<std::pair<std::string, std::string>> lost_devices_;  // (device, why)
+  std::map<int, DeviceLostListener> lost_listeners_;
+  int next_lost_listener_ = 0;
 };
 
 }  // namespace tpserve::server

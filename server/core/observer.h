@@ -25,6 +25,8 @@ class CoreObserver {
   virtual void OnDeviceMemory(const std::string& device, int worker, int64_t bytes) {}
   // Requests waiting for a worker, over all models.
   virtual void OnQueueDepth(int64_t requests) {}
+  // `device` faulted (Backend::CheckDevice): its workers answer UNAVAILABLE from now on.
+  virtual void OnDeviceLost(const std::string& device, const std::string& why) {}
 };
 
 }  // namespace tpserve::server

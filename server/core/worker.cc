@@ -150,16 +150,22 @@ void Worker::Execute(std::vector<std::unique_ptr<PendingRequest>> batch) {
   absl::Status status;
   int64_t samples = 0;
   for (const auto& pending : batch) samples += pending->batch;
+  bool lost_now = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     const Model& model = *batch.front()->model;
     WeightsSnapshot weights = model.weights();
-    absl::StatusOr<Replica*> replica = ReplicaFor(model, weights);
-    status = replica.status();
-    if (status.ok()) status = RunBatch(batch, **replica, results);
+    if (lost_.load()) {
+      status = absl::UnavailableError(
+          absl::StrCat(device_, " is lost (", lost_why_, "); this server must be restarted"));
+    } else {
+      absl::StatusOr<Replica*> replica = ReplicaFor(model, weights);
+      status = replica.status();
+      if (status.ok()) status = RunBatch(batch, **replica, results);
+    }
     // A failed launch may leave copies in flight that read or write the staging buffers: let
     // them finish before the next launch reuses those.
-    if (!status.ok()) {
+    if (!status.ok() && !lost_.load()) {
       backend_->Synchronize(ctx_).IgnoreError();
       // The callers get the status; the log keeps the first few with the launch's shape.
       if (failures_logged_ < 5) {
@@ -168,6 +174,13 @@ void Worker::Execute(std::vector<std::unique_ptr<PendingRequest>> batch) {
                      device_.c_str(), batch.size(), static_cast<long long>(samples), model.name().c_str(),
                      status.ToString().c_str());
       }
+      if (absl::Status device = backend_->CheckDevice(); !device.ok()) {
+        lost_why_ = std::string(device.message());
+        lost_.store(true);
+        lost_now = true;
+        std::fprintf(stderr, "tpserve: %s: device lost, every later launch answers UNAVAILABLE: %s\n",
+                     device_.c_str(), lost_why_.c_str());
+      }
     }
     for (auto& result : results) result.model_version = weights.version;
     // A launch admitted before its model was deleted may have rebuilt the replica: free it.
@@ -175,6 +188,10 @@ void Worker::Execute(std::vector<std::unique_ptr<PendingRequest>> batch) {
       replicas_.erase(model.instance_id());
       ReportMemory();
     }
+  }
+  if (lost_now) {
+    if (observer_ != nullptr) observer_->OnDeviceLost(device_, lost_why_);
+    if (on_lost_) on_lost_(device_, lost_why_);
   }
   double compute_seconds = SecondsSince(start);
   const std::string& model_name = batch.front()->model->name();

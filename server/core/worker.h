@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -29,6 +30,13 @@ class Worker {
   ~Worker();
 
   const std::string& device() const { return device_; }
+  // Called once (on the launching thread) when this worker finds its device lost after a failed
+  // launch (Backend::CheckDevice). Set before Start().
+  void SetDeviceLostHandler(std::function<void(const std::string& device, const std::string& why)> handler) {
+    on_lost_ = std::move(handler);
+  }
+  // After a device fault every launch answers UNAVAILABLE without touching the device.
+  bool lost() const { return lost_.load(); }
   void Start();
   // Returns once the batcher is shut down and drained and the last launch has finished.
   void Join();
@@ -91,6 +99,9 @@ class Worker {
   std::mutex mu_;  // replicas_ and staging, held for each launch
   std::map<uint64_t, Replica> replicas_;  // by Model::instance_id()
   int failures_logged_ = 0;               // failed launches written to stderr (the first few)
+  std::atomic<bool> lost_{false};
+  std::string lost_why_;  // set once, under mu_, before lost_
+  std::function<void(const std::string&, const std::string&)> on_lost_;
   // A launch's inputs (x1 | x2 | grad_out) and outputs (out | grad_x1 | grad_x2), each set in one
   // buffer on the device and one pinned on the host with the same layout, so that each direction
   // is a single copy; reused across launches. The returned weight gradient has its own.

@@ -81,10 +81,16 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportCon
     return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen_address));
   }
   server->health_service_->SetServing(true);
+  // A lost device cannot come back in this process: report NOT_SERVING so that a load balancer or
+  // an orchestrator moves traffic away and restarts it (calls meanwhile answer UNAVAILABLE).
+  HealthServiceImpl* health = server->health_service_.get();
+  server->lost_listener_ =
+      core->AddDeviceLostListener([health](const std::string&, const std::string&) { health->SetServing(false); });
   return server;
 }
 
 GrpcServer::~GrpcServer() {
+  if (lost_listener_ >= 0) env_.core->RemoveDeviceLostListener(lost_listener_);
   if (health_service_) health_service_->BeginShutdown();
   if (server_) {
     server_->Shutdown(std::chrono::system_clock::now());

@@ -55,6 +55,7 @@ class GrpcServer {
   std::unique_ptr<HealthServiceImpl> health_service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
+  int lost_listener_ = -1;  // InferenceCore::AddDeviceLostListener: health NOT_SERVING on a device fault
 };
 
 }  // namespace tpserve::server

@@ -65,6 +65,10 @@ Metrics::Metrics()
                          .Name("tp_device_memory_bytes")
                          .Help("Memory a worker holds on its device (weights, gradients, staging)")
                          .Register(*registry_)),
+      device_lost_(prometheus::BuildGauge()
+                       .Name("tp_device_lost")
+                       .Help("1 once the device faulted: its launches answer UNAVAILABLE until a restart")
+                       .Register(*registry_)),
       time_buckets_(LatencyBuckets()),
       size_buckets_(SizeBuckets()) {}
 
@@ -118,6 +122,11 @@ void Metrics::OnDeviceMemory(const std::string& device, int worker, int64_t byte
   int64_t total = 0;
   for (const auto& [index, held] : workers) total += held;
   device_memory_.Add({{"device", device}}).Set(static_cast<double>(total));
+  device_lost_.Add({{"device", device}});  // 0 from the device's first report on
+}
+
+void Metrics::OnDeviceLost(const std::string& device, const std::string& why) {
+  device_lost_.Add({{"device", device}}).Set(1);
 }
 
 void Metrics::OnQueueDepth(int64_t requests) { queue_depth_.Set(static_cast<double>(requests)); }

@@ -10,6 +10,7 @@
 //   tp_batch_requests{model,device}                   histogram  requests merged per launch
 //   tp_queue_depth                                    gauge      requests admitted, not launched
 //   tp_device_memory_bytes{device}                    gauge      worker memory in use
+//   tp_device_lost{device}                            gauge      1 once the device faulted (restart)
 // Time buckets grow by 1.5x from 50 us to past 10 s. Labels are bounded: method names, model
 // names (bounded by the repository), devices, status codes; never request ids.
 #pragma once
@@ -60,6 +61,7 @@ class Metrics final : public CoreObserver {
   void OnLaunchStages(const std::string& device, double gather_seconds, double device_seconds,
                       double scatter_seconds) override;
   void OnDeviceMemory(const std::string& device, int worker, int64_t bytes) override;
+  void OnDeviceLost(const std::string& device, const std::string& why) override;
   void OnQueueDepth(int64_t requests) override;
 
  private:
@@ -76,6 +78,7 @@ class Metrics final : public CoreObserver {
   prometheus::Family<prometheus::Histogram>& batch_requests_;
   prometheus::Gauge& queue_depth_;
   prometheus::Family<prometheus::Gauge>& device_memory_;
+  prometheus::Family<prometheus::Gauge>& device_lost_;
   std::mutex memory_mu_;
   std::map<std::string, std::map<int, int64_t>> memory_by_device_;  // device -> worker -> bytes
   const std::vector<double> time_buckets_;

@@ -6,10 +6,13 @@
 #include <cmath>
 #include <future>
 #include <limits>
+#include <mutex>
+#include <string>
 #include <thread>
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "tests/support/fault_injecting_backend.h"
 #include "tests/support/random.h"
 #include "tests/support/reference_case.h"
 
@@ -26,14 +29,21 @@ class CountingObserver : public CoreObserver {
     samples += batch;
     max_requests = std::max(max_requests.load(), requests);
   }
-  std::atomic<int> launches{0}, max_requests{0};
+  void OnDeviceLost(const std::string& device, const std::string&) override {
+    devices_lost += 1;
+    lost_device = device;
+  }
+  std::atomic<int> launches{0}, max_requests{0}, devices_lost{0};
+  std::string lost_device;
   std::atomic<int64_t> samples{0};
 };
 
 struct Fixture {
-  explicit Fixture(CoreConfig config, int workers = 1) {
-    std::vector<std::unique_ptr<Backend>> backends;
-    for (int i = 0; i < workers; ++i) backends.push_back(std::make_unique<CpuBackend>(CpuBackendOptions{1}));
+  // `backends` empty: `workers` CPU backends.
+  explicit Fixture(CoreConfig config, int workers = 1, std::vector<std::unique_ptr<Backend>> backends = {}) {
+    if (backends.empty()) {
+      for (int i = 0; i < workers; ++i) backends.push_back(std::make_unique<CpuBackend>(CpuBackendOptions{1}));
+    }
     core = *InferenceCore::Create(config, std::move(backends), &observer);
     auto loaded = testing::LoadReferenceCase("ref_mixed_parity.json");
     EXPECT_TRUE(loaded.ok()) << loaded.status();
@@ -205,6 +215,71 @@ TEST(InferenceCoreTest, OutInto_WritesTheCallersBufferOnlyWhenItFits) {
 
 // While another thread runs a launch on a worker (a claim), that worker's own thread leaves the
 // queue to the others; when the claim ends it takes the work.
+// A launch error fails only its launch; a device fault (CheckDevice fails after it) makes every later
+// launch on that device answer UNAVAILABLE without touching it, once the listeners and the observer
+// have heard of it (health and metrics hang off these).
+TEST(InferenceCoreTest, DeviceFault_LaterLaunchesAreUnavailable_AndListenersHearOnce) {
+  using testing::FakeDevice;
+  using testing::FaultInjectingBackend;
+  using testing::InjectedFault;
+  auto device = std::make_shared<FakeDevice>();
+  std::vector<std::unique_ptr<Backend>> backends;
+  backends.push_back(std::make_unique<FaultInjectingBackend>(device));
+  backends.push_back(std::make_unique<FaultInjectingBackend>(device));  // two workers on one device
+  Fixture f(CoreConfig{}, 2, std::move(backends));
+  std::vector<std::string> heard;
+  std::mutex heard_mu;
+  const int listener = f.core->AddDeviceLostListener([&](const std::string& name, const std::string& why) {
+    std::lock_guard<std::mutex> lock(heard_mu);
+    heard.push_back(name + ": " + why);
+  });
+  ASSERT_TRUE(f.core->Run(f.Forward()).ok());
+
+  device->fault.store(InjectedFault::kLaunchError);
+  absl::StatusOr<InferenceResult> failed = f.core->Run(f.Forward());
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kInternal);
+  device->fault.store(InjectedFault::kNone);
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(f.core->Run(f.Forward()).ok()) << "a launch error must not take the device out";
+  EXPECT_TRUE(f.core->LostDevices().empty());
+  EXPECT_EQ(f.observer.devices_lost.load(), 0);
+
+  device->fault.store(InjectedFault::kDeviceFault);
+  failed = f.core->Run(f.Forward());
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kInternal);
+  device->fault.store(InjectedFault::kNone);  // the device stays faulted regardless
+  // The worker that found the fault answers UNAVAILABLE without launching; the other one fails its
+  // next launch (INTERNAL) and finds the device lost too.
+  int internal = 0, unavailable = 0;
+  for (int i = 0; i < 12; ++i) {
+    absl::StatusOr<InferenceResult> after = f.core->Run(f.Forward());
+    if (after.status().code() == absl::StatusCode::kInternal) {
+      ++internal;
+      continue;
+    }
+    ASSERT_EQ(after.status().code(), absl::StatusCode::kUnavailable) << after.status();
+    EXPECT_NE(after.status().message().find("cpu is lost"), std::string::npos) << after.status();
+    EXPECT_NE(after.status().message().find("restart"), std::string::npos) << after.status();
+    ++unavailable;
+  }
+  EXPECT_LE(internal, 1);
+  EXPECT_GE(unavailable, 11);
+  {
+    std::lock_guard<std::mutex> lock(heard_mu);
+    ASSERT_EQ(heard.size(), 1u) << "one device, heard of once";
+    EXPECT_NE(heard[0].find("cpu: injected device fault"), std::string::npos) << heard[0];
+  }
+  EXPECT_EQ(f.core->LostDevices(), std::vector<std::string>{"cpu"});
+  EXPECT_EQ(f.observer.devices_lost.load(), 1 + internal);  // each worker that found it
+  EXPECT_EQ(f.observer.lost_device, "cpu");
+
+  // A listener added later hears of the loss at once; a removed one is not called again.
+  int late_calls = 0;
+  const int late = f.core->AddDeviceLostListener([&](const std::string&, const std::string&) { ++late_calls; });
+  EXPECT_EQ(late_calls, 1);
+  f.core->RemoveDeviceLostListener(late);
+  f.core->RemoveDeviceLostListener(listener);
+}
+
 TEST(BatcherTest, ClaimedWorkerTakesNothingUntilWoken) {
   Batcher batcher(BatcherConfig{});
   auto pending = std::make_unique<PendingRequest>();

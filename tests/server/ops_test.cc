@@ -7,6 +7,7 @@
 #include "gtest/gtest.h"
 #include "server/server_config.h"
 #include "tests/server/server_test_util.h"
+#include "tests/support/fault_injecting_backend.h"
 
 namespace tpserve::testing {
 namespace {
@@ -65,6 +66,40 @@ TEST(OpsTest, Health_IsNotServingOnceShutdownBegins) {
   server->grpc().Shutdown(absl::Seconds(1));
   server->grpc().Wait();
   EXPECT_FALSE(client->Health().ok() && *client->Health() == grpc::health::v1::HealthCheckResponse::SERVING);
+}
+
+// A device fault (as a GPU's illegal address) turns health NOT_SERVING, later calls UNAVAILABLE
+// naming the device, and tp_device_lost{device} 1 on /metrics; a plain launch error does none of it.
+TEST(OpsTest, DeviceFault_TurnsHealthNotServing_AndCallsUnavailable) {
+  using grpc::health::v1::HealthCheckResponse;
+  auto device = std::make_shared<FakeDevice>();
+  std::vector<std::unique_ptr<Backend>> backends;
+  backends.push_back(std::make_unique<FaultInjectingBackend>(device));
+  auto server = TestServer::Start({}, {}, std::move(backends));
+  ASSERT_NE(server, nullptr);
+  auto client = server->Connect();
+  ASSERT_TRUE(client->CreateModel("m", Spec("2x0e + 1x1o", "1x0e + 1x1o", "2x0e + 1x1o"), nullptr, /*seed=*/3).ok());
+  tp::v1::ForwardRequest request;
+  request.set_model("m");
+  *request.mutable_x1() = F32({2, 5}, {0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8, 0.9, 1.0});
+  *request.mutable_x2() = F32({2, 4}, {1.0, -0.5, 0.25, 0.75, -1.0, 0.5, -0.25, 0.125});
+  ASSERT_TRUE(client->Forward(request).ok());
+
+  device->fault.store(InjectedFault::kLaunchError);
+  EXPECT_EQ(client->Forward(request).status().code(), absl::StatusCode::kInternal);
+  device->fault.store(InjectedFault::kNone);
+  ASSERT_TRUE(client->Forward(request).ok());
+  EXPECT_EQ(*client->Health(), HealthCheckResponse::SERVING);
+  EXPECT_EQ(MetricValue(server->metrics().Serialize(), "tp_device_lost", {"device=\"cpu\""}), 0);
+
+  device->fault.store(InjectedFault::kDeviceFault);
+  EXPECT_EQ(client->Forward(request).status().code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(*client->Health(), HealthCheckResponse::NOT_SERVING);
+  EXPECT_EQ(*client->Health("tp.v1.TensorProductService"), HealthCheckResponse::NOT_SERVING);
+  absl::StatusOr<tp::v1::ForwardResponse> after = client->Forward(request);
+  EXPECT_EQ(after.status().code(), absl::StatusCode::kUnavailable) << after.status();
+  EXPECT_NE(after.status().message().find("cpu is lost"), std::string::npos) << after.status();
+  EXPECT_EQ(MetricValue(server->metrics().Serialize(), "tp_device_lost", {"device=\"cpu\""}), 1);
 }
 
 // Watch streams the current status, then the change when shutdown begins, then ends; an unknown

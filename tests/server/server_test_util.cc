@@ -29,11 +29,11 @@ TempDir::~TempDir() {
   if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
 }
 
-std::unique_ptr<TestServer> TestServer::Start(server::CoreConfig core, server::TransportConfig transport) {
+std::unique_ptr<TestServer> TestServer::Start(server::CoreConfig core, server::TransportConfig transport,
+                                              std::vector<std::unique_ptr<Backend>> backends) {
   auto test_server = std::unique_ptr<TestServer>(new TestServer());
   test_server->metrics_ = std::make_unique<server::Metrics>();
-  std::vector<std::unique_ptr<Backend>> backends;
-  backends.push_back(std::make_unique<CpuBackend>(CpuBackendOptions{2}));
+  if (backends.empty()) backends.push_back(std::make_unique<CpuBackend>(CpuBackendOptions{2}));
   auto created = server::InferenceCore::Create(core, std::move(backends), test_server->metrics_.get());
   EXPECT_TRUE(created.ok()) << created.status();
   if (!created.ok()) return nullptr;

@@ -28,7 +28,9 @@ class TempDir {
 
 class TestServer {
  public:
-  static std::unique_ptr<TestServer> Start(server::CoreConfig core = {}, server::TransportConfig transport = {});
+  // `backends` empty: one CPU backend.
+  static std::unique_ptr<TestServer> Start(server::CoreConfig core = {}, server::TransportConfig transport = {},
+                                           std::vector<std::unique_ptr<Backend>> backends = {});
   ~TestServer();
 
   int port() const { return grpc_->port(); }

@@ -1,0 +1,87 @@
+// A backend that runs the CPU backend and fails on demand like a GPU can: a launch error that
+// leaves the device usable, or a device fault after which Backend::CheckDevice reports the device
+// lost. Tests of how the server reacts to device faults, which a CPU-only machine cannot produce.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "kernels/core/backend.h"
+#include "kernels/cpu/cpu_backend.h"
+
+namespace tpserve::testing {
+
+enum class InjectedFault : int { kNone = 0, kLaunchError = 1, kDeviceFault = 2 };
+
+// What backends on one device share: the switch the test flips, and whether the device has faulted
+// (after which every launch on it fails, whatever the switch says, as on a poisoned CUDA context).
+struct FakeDevice {
+  std::atomic<InjectedFault> fault{InjectedFault::kNone};
+  std::atomic<bool> faulted{false};
+};
+
+class FaultInjectingBackend final : public Backend {
+ public:
+  // `device` is shared with the test, which flips its switch while the server owns the backend.
+  explicit FaultInjectingBackend(std::shared_ptr<FakeDevice> device)
+      : inner_(CpuBackendOptions{1}), device_(std::move(device)) {}
+
+  std::string name() const override { return inner_.name(); }
+  MemorySpace memory_space() const override { return inner_.memory_space(); }
+  bool SupportsDType(DType dtype) const override { return inner_.SupportsDType(dtype); }
+  absl::StatusOr<std::unique_ptr<PreparedPlan>> Prepare(const TensorProductPlan& plan) override {
+    return inner_.Prepare(plan);
+  }
+  absl::Status Forward(const PreparedPlan& plan, ConstTensorView weight, ConstTensorView x1, ConstTensorView x2,
+                       TensorView out, const ExecutionContext& ctx) override {
+    if (absl::Status injected = Injected(); !injected.ok()) return injected;
+    return inner_.Forward(plan, weight, x1, x2, out, ctx);
+  }
+  absl::Status Backward(const PreparedPlan& plan, ConstTensorView weight, ConstTensorView x1, ConstTensorView x2,
+                        ConstTensorView grad_out, const GradientOutputs& grads,
+                        const ExecutionContext& ctx) override {
+    if (absl::Status injected = Injected(); !injected.ok()) return injected;
+    return inner_.Backward(plan, weight, x1, x2, grad_out, grads, ctx);
+  }
+  absl::Status LossGradient(const PreparedPlan& plan, Loss loss, ConstTensorView weight, ConstTensorView x1,
+                            ConstTensorView x2, TensorView out, const GradientOutputs& grads,
+                            const ExecutionContext& ctx) override {
+    if (absl::Status injected = Injected(); !injected.ok()) return injected;
+    return inner_.LossGradient(plan, loss, weight, x1, x2, out, grads, ctx);
+  }
+  absl::StatusOr<std::unique_ptr<BackendBuffer>> Allocate(size_t bytes) override { return inner_.Allocate(bytes); }
+  absl::StatusOr<std::unique_ptr<BackendBuffer>> AllocateHost(size_t bytes) override {
+    return inner_.AllocateHost(bytes);
+  }
+  absl::Status CopyFromHost(void* dst, const void* host_src, size_t bytes, const ExecutionContext& ctx) override {
+    return inner_.CopyFromHost(dst, host_src, bytes, ctx);
+  }
+  absl::Status CopyToHost(void* host_dst, const void* src, size_t bytes, const ExecutionContext& ctx) override {
+    return inner_.CopyToHost(host_dst, src, bytes, ctx);
+  }
+  absl::Status Synchronize(const ExecutionContext& ctx) override { return inner_.Synchronize(ctx); }
+  // A device fault stays: the context is poisoned even if the test clears the switch.
+  absl::Status CheckDevice() override {
+    if (device_->faulted.load()) return absl::InternalError("injected device fault (illegal address)");
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::Status Injected() {
+    if (device_->faulted.load()) return absl::InternalError("injected device fault (illegal address)");
+    switch (device_->fault.load()) {
+      case InjectedFault::kNone: return absl::OkStatus();
+      case InjectedFault::kLaunchError: return absl::InternalError("injected launch error");
+      case InjectedFault::kDeviceFault:
+        device_->faulted.store(true);
+        return absl::InternalError("injected device fault (illegal address)");
+    }
+    return absl::OkStatus();
+  }
+  CpuBackend inner_;
+  std::shared_ptr<FakeDevice> device_;
+};
+
+}  // namespace tpserve::testing
