@@ -52,10 +52,6 @@ class DeviceMemory {
     if (ptr_ != nullptr) cudaFree(ptr_);
   }
   absl::Status Allocate(size_t bytes) {
-    if (ptr_ != nullptr) {  // replaced before any kernel reads it (plan preparation)
-      cudaFree(ptr_);
-      ptr_ = nullptr;
-    }
     CUDA_RETURN_IF_ERROR(cudaMalloc(&ptr_, std::max<size_t>(bytes, 1)));
     bytes_ = bytes;
     return absl::OkStatus();
@@ -176,10 +172,6 @@ class CudaPreparedPlan final : public PreparedPlan {
   // the others, and all of them in bf16, run in tp_gemm.cu.
   std::vector<bool> factored;
   bool any_factored = false;
-  // x2's blocks that factored paths read, split per launch (cuda::LaunchFactoredForward): per column
-  // of x2 {block start in split units, T, Q, block's first column}, and the split row's width.
-  DeviceMemory b_columns;
-  int split_width = 0;
 
   // Work lists per (kind, batch); kind 0..2 = roles (all paths), 3 = weight gradient, 4 = factored
   // forward, 5 = the forward role without the factored paths.
@@ -403,18 +395,7 @@ absl::Status LaunchGemmRole(const CudaPreparedPlan& prepared, int role_index, co
     ASSIGN_OR_RETURN(const WorkList* fwork, prepared.GetWork(4, batch));
     args.work = fwork->items.get<TpGemmWork>();
     args.num_work = fwork->count;
-    // x2 split into the MMA's operand format once for all blocks: a workspace from the stream-ordered
-    // pool (2 x batch x split_width words in 3xTF32, 0.6 MB at batch 64 on the seed shape).
-    const MmaPrecision mma = ToMmaPrecision(precision);
-    uint32_t* b_split = nullptr;
-    const long long words = std::max<long long>(cuda::FactoredSplitWords(mma, batch, prepared.split_width), 4);
-    CUDA_RETURN_IF_ERROR(cudaMallocAsync(reinterpret_cast<void**>(&b_split), sizeof(uint32_t) * words, stream));
-    const cudaError_t launched = cuda::LaunchFactoredForward(mma, fwork->max_t_ldq, prepared.b_columns.get<int>(),
-                                                             prepared.plan().dim_in2(), prepared.split_width, b_split,
-                                                             args, stream);
-    const cudaError_t freed = cudaFreeAsync(b_split, stream);
-    CUDA_RETURN_IF_ERROR(launched);
-    CUDA_RETURN_IF_ERROR(freed);
+    CUDA_RETURN_IF_ERROR(cuda::LaunchFactoredForward(ToMmaPrecision(precision), fwork->max_t_ldq, args, stream));
   }
   return absl::OkStatus();
 }
@@ -536,27 +517,9 @@ absl::StatusOr<std::unique_ptr<PreparedPlan>> CudaBackend::Prepare(const TensorP
   // TPSERVE_FORWARD_KERNEL=gemm keeps every forward path in tp_gemm.cu (for comparisons).
   const char* forward_kernel = std::getenv("TPSERVE_FORWARD_KERNEL");
   const bool allow_factored = forward_kernel == nullptr || std::string_view(forward_kernel) != "gemm";
-  std::vector<int> b_columns(4 * static_cast<size_t>(plan.dim_in2()), 0);
-  for (int c = 0; c < plan.dim_in2(); ++c) b_columns[4 * c] = -1;
-  std::map<int, int> split_start;  // x2 block (first column) -> start in split units
-  for (TpGemmPath& d : prepared->roles[0].paths) {
-    const bool factored = allow_factored && cuda::FactoredForwardSupports(d);
-    prepared->factored.push_back(factored);
-    prepared->any_factored = prepared->any_factored || factored;
-    if (!factored) continue;
-    auto [it, fresh] = split_start.emplace(d.b_offset, prepared->split_width);
-    if (fresh) {
-      for (int c = 0; c < d.T * d.Q; ++c) {
-        int* entry = &b_columns[4 * static_cast<size_t>(d.b_offset + c)];
-        entry[0] = prepared->split_width; entry[1] = d.T; entry[2] = d.Q; entry[3] = d.b_offset;
-      }
-      prepared->split_width += d.T * d.Q;  // a multiple of 32: every block stays 16-byte aligned
-    }
-    d.b_split_offset = it->second;
-  }
-  if (prepared->any_factored) {
-    RETURN_IF_ERROR(prepared->roles[0].paths_dev.Upload(prepared->roles[0].paths));
-    RETURN_IF_ERROR(prepared->b_columns.Upload(b_columns));
+  for (const TpGemmPath& d : prepared->roles[0].paths) {
+    prepared->factored.push_back(allow_factored && cuda::FactoredForwardSupports(d));
+    prepared->any_factored = prepared->any_factored || prepared->factored.back();
   }
   int max_n = 0;
   for (size_t i = 0; i < plan.paths().size(); ++i) {

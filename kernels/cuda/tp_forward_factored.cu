@@ -17,8 +17,6 @@
 // registers; partial sums over p meet in `out` by atomicAdd (zeroed by the host).
 // W streams through a 4-stage cp.async ring of 32 x kCols tiles ((p, q-chunk) order).
 // Limits (host checks, else tp_gemm.cu): T in {1, 3, 5}, R <= 5, S <= 5, Q % 32 == 0, W contiguous in n.
-#include <algorithm>
-
 #include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/tp_kernels.h"
 
@@ -100,23 +98,35 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
     ++issued;
     CpAsyncCommit();
   };
-  // A = b[z, q, t] as rows (t, sample), columns q, already in the MMA's operand format (SplitB wrote
-  // it once per launch): 16-byte copies in the same group as W tile 0, zeros past the batch.
+  for (int s = 0; s < kStages - 1; ++s) issue_next();
+
+  // A = b[z, q, t] as rows (t, sample), columns q, in the MMA's operand format; zero past the batch.
+  // A warp per sample, four loads in flight per lane before their stores.
   {
-    const uint32_t* block = args.b_split + static_cast<long long>(args.batch) * path.b_split_offset;
-    for (int row = warp; row < kPlanes * kRows; row += kThreads / 32) {
-      const int plane = row / kRows, t = (row % kRows) / kSamples, zl = row % kSamples;
+    const int per_sample = Q * kT;
+    for (int zl = warp; zl < kSamples; zl += kThreads / 32) {
       const bool live = zl < samples;
-      const uint32_t* src = block + plane * args.b_split_plane +
-                            (static_cast<long long>(t) * args.batch + z0 + (live ? zl : 0)) * Q;
-      float* dst = reinterpret_cast<float*>(sA + row * ldq);
-      for (int c = 4 * lane; c < Q; c += 4 * 32) {
-        CpAsync16(dst + c, reinterpret_cast<const float*>(live ? src + c : args.b_split), live);
+      const float* row = args.b + static_cast<long long>(z0 + (live ? zl : 0)) * args.b_row_stride + path.b_offset;
+      for (int idx0 = lane; idx0 < per_sample; idx0 += 4 * 32) {
+        float v[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int idx = idx0 + 32 * i;
+          v[i] = live && idx < per_sample ? __ldg(row + idx) : 0.f;
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int idx = idx0 + 32 * i;
+          if (idx >= per_sample) break;
+          const int q = idx / kT, t = idx - q * kT;
+          const int at = (t * kSamples + zl) * ldq + q;
+          const uint32_t big = ToTf32(v[i]);
+          sA[at] = big;
+          if constexpr (kPlanes == 2) sA[kRows * ldq + at] = ToTf32(v[i] - __uint_as_float(big));
+        }
       }
     }
   }
-  for (int s = 0; s < kStages - 1; ++s) issue_next();
-
   // The path's 3j block as dense sC[r][s][t] (zeros where C has none), and Pz entries past R (and T)
   // zero, so that Pz and the 3j step below run fixed 5 x 5 loops.
   for (int i = tid; i < kMaxNz; i += kThreads) sC[i] = 0.f;
@@ -296,28 +306,6 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
 #undef TP_LOAD_A
 #undef TP_COMPUTE_PZ
 
-// b's columns that factored paths read, once per launch, into the operand format of the MMA:
-// columns[c] = {block start in split units, T, Q, block's first column} (start -1: column unused);
-// split[batch * start + (t * batch + z) * Q + q] holds column first + q * T + t of sample z.
-template <int kPlanes>
-__global__ void SplitBKernel(const float* b, long long b_row_stride, int batch, int dim, const int4* columns,
-                             uint32_t* split, long long plane) {
-  const long long total = static_cast<long long>(batch) * dim;
-  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<long long>(gridDim.x) * blockDim.x) {
-    const int z = static_cast<int>(i / dim), c = static_cast<int>(i - static_cast<long long>(z) * dim);
-    const int4 col = __ldg(columns + c);
-    if (col.x < 0) continue;
-    const int T = col.y, Q = col.z, rel = c - col.w;
-    const int q = rel / T, t = rel - q * T;
-    const long long at = static_cast<long long>(batch) * col.x + (static_cast<long long>(t) * batch + z) * Q + q;
-    const float v = __ldg(b + z * b_row_stride + c);
-    const uint32_t big = ToTf32(v);
-    split[at] = big;
-    if constexpr (kPlanes == 2) split[plane + at] = ToTf32(v - __uint_as_float(big));
-  }
-}
-
 template <MmaPrecision kPrec>
 __global__ void __launch_bounds__(kThreads, 1) TpForwardFactoredKernel(const TpGemmArgs args) {
   extern __shared__ float4 smem_raw[];
@@ -361,34 +349,16 @@ cudaError_t ConfigureFactoredForwardKernels() {
   return cudaSuccess;
 }
 
-long long FactoredSplitWords(MmaPrecision precision, long long batch, int split_width) {
-  return (precision == MmaPrecision::k3xTf32 ? 2 : 1) * batch * split_width;
-}
-
-cudaError_t LaunchFactoredForward(MmaPrecision precision, int max_t_ldq, const int* b_columns, int b_dim,
-                                  int split_width, uint32_t* b_split, const TpGemmArgs& args_in,
+cudaError_t LaunchFactoredForward(MmaPrecision precision, int max_t_ldq, const TpGemmArgs& args,
                                   cudaStream_t stream) {
-  if (args_in.num_work == 0) return cudaSuccess;
-  if ((reinterpret_cast<unsigned long long>(args_in.w) & 15) != 0 ||
-      (reinterpret_cast<unsigned long long>(b_split) & 15) != 0) {
-    return cudaErrorMisalignedAddress;
-  }
-  TpGemmArgs args = args_in;
-  args.b_split = b_split;
-  args.b_split_plane = static_cast<long long>(args.batch) * split_width;
-  const long long elements = static_cast<long long>(args.batch) * b_dim;
-  const int split_blocks = static_cast<int>(std::min<long long>((elements + 255) / 256, 4096));
-  const int4* columns = reinterpret_cast<const int4*>(b_columns);
+  if (args.num_work == 0) return cudaSuccess;
+  if ((reinterpret_cast<unsigned long long>(args.w) & 15) != 0) return cudaErrorMisalignedAddress;
   switch (precision) {
     case MmaPrecision::k3xTf32:
-      SplitBKernel<2><<<split_blocks, 256, 0, stream>>>(args.b, args.b_row_stride, args.batch, b_dim, columns, b_split,
-                                                        args.b_split_plane);
       TpForwardFactoredKernel<MmaPrecision::k3xTf32>
           <<<args.num_work, kThreads, SmemBytes<MmaPrecision::k3xTf32>(max_t_ldq), stream>>>(args);
       return cudaGetLastError();
     case MmaPrecision::kTf32:
-      SplitBKernel<1><<<split_blocks, 256, 0, stream>>>(args.b, args.b_row_stride, args.batch, b_dim, columns, b_split,
-                                                        args.b_split_plane);
       TpForwardFactoredKernel<MmaPrecision::kTf32>
           <<<args.num_work, kThreads, SmemBytes<MmaPrecision::kTf32>(max_t_ldq), stream>>>(args);
       return cudaGetLastError();

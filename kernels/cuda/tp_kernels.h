@@ -37,9 +37,6 @@ struct TpGemmPath {
   int fast_t;
   // W tiles load as 16-byte copies (w_stride_n == 1 and every offset a multiple of 4 floats).
   int w_vec4;
-  // Factored forward: where this path's b block starts in the split copy of b (TpGemmArgs::b_split),
-  // in units of batch floats (a multiple of 32).
-  int b_split_offset;
 };
 
 // One thread block of a forward-shaped launch: rows of samples [z0, z0 + 128 / R), output columns
@@ -65,11 +62,6 @@ struct TpGemmArgs {
   // 0: out in e3nn's layout out[z, off + n*R + r]; 1: transposed per irrep, out[z, off + r*N + n]
   // (the layout the weight gradient reads g in, so a loss can turn out into g in place).
   int out_ir_mul;
-  // Factored forward only: b's blocks in the MMA's operand format, written by LaunchFactoredForward
-  // (block at batch * b_split_offset, rows (t * batch + z) of Q columns; the small TF32 halves one
-  // plane of b_split_plane words further for 3xTF32).
-  const uint32_t* b_split;
-  long long b_split_plane;
 };
 
 // One path of the weight gradient (g in the transposed layout g_ir_mul):
@@ -123,11 +115,8 @@ bool FactoredForwardSupports(const TpGemmPath& path);
 int FactoredForwardSamples();
 int FactoredForwardCols();
 cudaError_t ConfigureFactoredForwardKernels();
-// b_columns[c] = {block start in split units, T, Q} for each column c of b (start -1: not needed);
-// b_split has room for FactoredSplitWords(precision, batch, split_width) words.
-cudaError_t LaunchFactoredForward(MmaPrecision precision, int max_t_ldq, const int* b_columns, int b_dim,
-                                  int split_width, uint32_t* b_split, const TpGemmArgs& args, cudaStream_t stream);
-long long FactoredSplitWords(MmaPrecision precision, long long batch, int split_width);
+cudaError_t LaunchFactoredForward(MmaPrecision precision, int max_t_ldq, const TpGemmArgs& args,
+                                  cudaStream_t stream);
 cudaError_t LaunchWeightGrad(MmaPrecision precision, TileShape shape, const WeightGradArgs& args,
                              cudaStream_t stream);
 // Output gradient from the forward result (losses) or a given grad_out, written in e3nn's layout
