@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string_view>
 #include <utility>
@@ -174,14 +175,16 @@ class CudaPreparedPlan final : public PreparedPlan {
   bool any_factored = false;
 
   // Work lists per (kind, batch); kind 0..2 = roles (all paths), 3 = weight gradient, 4 = factored
-  // forward, 5 = the forward role without the factored paths.
-  absl::StatusOr<const WorkList*> GetWork(int kind, int64_t batch) const {
+  // forward, 5 = the forward role without the factored paths. Shared, because the cache may drop a
+  // list (past 256 of them) while another thread is launching with it: the last holder frees it
+  // (cudaFree waits for the device, so kernels already launched with it finish first).
+  absl::StatusOr<std::shared_ptr<const WorkList>> GetWork(int kind, int64_t batch) const {
     std::lock_guard<std::mutex> lock(mutex_);
     auto key = std::make_pair(kind, batch);
     auto it = work_.find(key);
-    if (it != work_.end()) return it->second.get();
-    if (work_.size() > 256) work_.clear();  // unbounded batch sizes: start over (cudaFree syncs)
-    auto list = std::make_unique<WorkList>();
+    if (it != work_.end()) return it->second;
+    if (work_.size() > 256) work_.clear();  // unbounded batch sizes: start over
+    auto list = std::make_shared<WorkList>();
     if (kind < 3) {
       RETURN_IF_ERROR(BuildGemmWork(roles[kind], batch, nullptr, list.get()));
     } else if (kind == 3) {
@@ -191,9 +194,8 @@ class CudaPreparedPlan final : public PreparedPlan {
     } else {
       RETURN_IF_ERROR(BuildGemmWork(roles[0], batch, &factored, list.get()));
     }
-    const WorkList* result = list.get();
-    work_.emplace(key, std::move(list));
-    return result;
+    work_.emplace(key, list);
+    return std::shared_ptr<const WorkList>(std::move(list));
   }
 
  private:
@@ -294,7 +296,7 @@ class CudaPreparedPlan final : public PreparedPlan {
   }
 
   mutable std::mutex mutex_;
-  mutable std::map<std::pair<int, int64_t>, std::unique_ptr<WorkList>> work_;
+  mutable std::map<std::pair<int, int64_t>, std::shared_ptr<WorkList>> work_;
 };
 
 absl::Status UploadRole(const std::vector<PathPlan>& paths, int which, GemmRole* role) {
@@ -374,7 +376,7 @@ absl::Status LaunchGemmRole(const CudaPreparedPlan& prepared, int role_index, co
   // The forward role's factored paths (3xTF32, TF32; W 16-byte aligned) take their own kernel.
   const bool factored = role_index == 0 && prepared.any_factored && precision != Precision::kBf16 &&
                         (reinterpret_cast<uintptr_t>(w) & 15) == 0;
-  ASSIGN_OR_RETURN(const WorkList* work, prepared.GetWork(factored ? 5 : role_index, batch));
+  ASSIGN_OR_RETURN(std::shared_ptr<const WorkList> work, prepared.GetWork(factored ? 5 : role_index, batch));
   cuda::TpGemmArgs args{};
   args.paths = role.paths_dev.get<TpGemmPath>();
   args.work = work->items.get<TpGemmWork>();
@@ -392,7 +394,7 @@ absl::Status LaunchGemmRole(const CudaPreparedPlan& prepared, int role_index, co
   args.out_ir_mul = out_ir_mul ? 1 : 0;
   CUDA_RETURN_IF_ERROR(cuda::LaunchTpGemm(ToMmaPrecision(precision), role.shape, args, stream));
   if (factored) {
-    ASSIGN_OR_RETURN(const WorkList* fwork, prepared.GetWork(4, batch));
+    ASSIGN_OR_RETURN(std::shared_ptr<const WorkList> fwork, prepared.GetWork(4, batch));
     args.work = fwork->items.get<TpGemmWork>();
     args.num_work = fwork->count;
     CUDA_RETURN_IF_ERROR(cuda::LaunchFactoredForward(ToMmaPrecision(precision), fwork->max_t_ldq, args, stream));
@@ -417,7 +419,7 @@ absl::Status RunBackward(const CudaPreparedPlan& prepared, const float* w, const
   const TensorProductPlan& plan = prepared.plan();
   if (grads.grad_weight.present()) {
     float* dw = grads.grad_weight.typed<float>();
-    ASSIGN_OR_RETURN(const WorkList* work, prepared.GetWork(3, batch));
+    ASSIGN_OR_RETURN(std::shared_ptr<const WorkList> work, prepared.GetWork(3, batch));
     cuda::WeightGradStore store = grads.accumulate_grad_weight ? cuda::WeightGradStore::kAdd
                                                                 : cuda::WeightGradStore::kAssign;
     if (work->split_k || batch == 0) {
