@@ -688,8 +688,7 @@ absl::Status CudaBackend::CheckDevice() {
   cudaGetLastError();
   const cudaError_t e = cudaDeviceSynchronize();
   if (e == cudaSuccess) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat(name(), " is lost: ", cudaGetErrorName(e), " (", cudaGetErrorString(e),
-                                          "); restart the process"));
+  return absl::InternalError(absl::StrCat(cudaGetErrorName(e), ": ", cudaGetErrorString(e)));
 }
 
 absl::Status CudaBackend::Synchronize(const ExecutionContext& ctx) {

@@ -30,7 +30,7 @@ constexpr int kLdw = kCols + 8;  // W fragment reads: bank = 8t + g
 constexpr int kMaxR = 5;
 constexpr int kMaxS = 5;
 constexpr int kPzPerSample = kMaxR * kMaxR;  // Pz[t][r], t < T <= 5, r < 5
-constexpr int kMaxNz = kMaxS * kMaxR * kMaxR;  // dense 3j block of one path
+constexpr int kCBlock = kMaxR * kMaxS * kMaxR;  // one path's 3j block, dense [r][s][t]
 constexpr int kThreads = 256;
 
 template <MmaPrecision kPrec>
@@ -41,8 +41,7 @@ constexpr int Planes() {
 template <MmaPrecision kPrec>
 constexpr size_t SmemBytes(int t_times_ldq) {
   return sizeof(float) * (size_t{Planes<kPrec>()} * kSamples * t_times_ldq + kStages * kTileK * kLdw +
-                          2 * kSamples * kPzPerSample) +
-         sizeof(float) * kMaxNz;
+                          2 * kSamples * kPzPerSample + kCBlock);
 }
 
 template <MmaPrecision kPrec, int kT, int kR>
@@ -50,8 +49,8 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
                                               char* smem) {
   constexpr int kPlanes = Planes<kPrec>();
   constexpr int kRows = kT * kSamples;  // A rows: t * kSamples + sample
-  const int Q = path.Q, ldq = Q + 4;
-  constexpr int R = kR;  // ldmatrix rows 16 bytes apart in banks
+  const int Q = path.Q, ldq = Q + 4;  // ldmatrix rows 16 bytes apart in banks
+  constexpr int R = kR;
   uint32_t* const sA = reinterpret_cast<uint32_t*>(smem);                    // [plane][kRows][ldq]
   float* const sW = reinterpret_cast<float*>(sA + kPlanes * kRows * ldq);    // [kStages][32][kLdw]
   float* const sPz = sW + kStages * kTileK * kLdw;                           // [2][kSamples][t][r]
@@ -129,7 +128,7 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
   }
   // The path's 3j block as dense sC[r][s][t] (zeros where C has none), and Pz entries past R (and T)
   // zero, so that Pz and the 3j step below run fixed 5 x 5 loops.
-  for (int i = tid; i < kMaxNz; i += kThreads) sC[i] = 0.f;
+  for (int i = tid; i < kCBlock; i += kThreads) sC[i] = 0.f;
   for (int i = tid; i < 2 * kSamples * kPzPerSample; i += kThreads) sPz[i] = 0.f;
   __syncthreads();
   {
@@ -151,6 +150,7 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
   const float* pz_a = args.a + static_cast<long long>(z0 + pz_zl) * args.a_row_stride + path.a_offset;
   const int S = path.S;
   float a_next[kMaxS];
+  // Macros, not lambdas: a lambda capturing a_next by reference put it in local memory.
 #define TP_LOAD_A(pp)                                                                             \
   _Pragma("unroll") for (int s = 0; s < kMaxS; ++s) a_next[s] =                                   \
       pz_live && (pp) < p_end && s < S ? __ldg(pz_a + (pp) * S + s) : 0.f;

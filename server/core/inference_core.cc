@@ -156,6 +156,7 @@ void InferenceCore::NotifyDeviceLost(const std::string& device, const std::strin
     if (lost == device) return;  // workers sharing a device report it once
   }
   lost_devices_.emplace_back(device, why);
+  observer_->OnDeviceLost(device, why);
   for (const auto& [id, listener] : lost_listeners_) listener(device, why);
 }
 

@@ -25,7 +25,7 @@ class CoreObserver {
   virtual void OnDeviceMemory(const std::string& device, int worker, int64_t bytes) {}
   // Requests waiting for a worker, over all models.
   virtual void OnQueueDepth(int64_t requests) {}
-  // `device` faulted (Backend::CheckDevice): its workers answer UNAVAILABLE from now on.
+  // `device` faulted (Backend::CheckDevice): its workers answer UNAVAILABLE from now on. Once per device.
   virtual void OnDeviceLost(const std::string& device, const std::string& why) {}
 };
 

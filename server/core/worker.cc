@@ -189,10 +189,7 @@ void Worker::Execute(std::vector<std::unique_ptr<PendingRequest>> batch) {
       ReportMemory();
     }
   }
-  if (lost_now) {
-    if (observer_ != nullptr) observer_->OnDeviceLost(device_, lost_why_);
-    if (on_lost_) on_lost_(device_, lost_why_);
-  }
+  if (lost_now && on_lost_) on_lost_(device_, lost_why_);
   double compute_seconds = SecondsSince(start);
   const std::string& model_name = batch.front()->model->name();
   if (observer_ != nullptr) {

@@ -31,7 +31,7 @@ class Worker {
 
   const std::string& device() const { return device_; }
   // Called once (on the launching thread) when this worker finds its device lost after a failed
-  // launch (Backend::CheckDevice). Set before Start().
+  // launch (Backend::CheckDevice). Set before Start(); the core tells the observer.
   void SetDeviceLostHandler(std::function<void(const std::string& device, const std::string& why)> handler) {
     on_lost_ = std::move(handler);
   }
