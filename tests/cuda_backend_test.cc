@@ -344,8 +344,11 @@ TEST_F(CudaBackendTest, FactoredForward_MatchesGemmForward_AcrossBatchesAndConcu
   ASSERT_TRUE(factored.ok()) << factored.status();
   setenv("TPSERVE_FORWARD_KERNEL", "gemm", 1);
   auto gemm = cuda_->Prepare(*plan);
+  setenv("TPSERVE_FORWARD_KERNEL", "factored-3xtf32", 1);
+  auto three_tf32 = cuda_->Prepare(*plan);
   unsetenv("TPSERVE_FORWARD_KERNEL");
   ASSERT_TRUE(gemm.ok()) << gemm.status();
+  ASSERT_TRUE(three_tf32.ok()) << three_tf32.status();
 
   constexpr int64_t kMaxBatch = 4096;
   uint64_t seed = 0;
@@ -384,6 +387,11 @@ TEST_F(CudaBackendTest, FactoredForward_MatchesGemmForward_AcrossBatchesAndConcu
       ASSERT_TRUE(run(**gemm, batch, Precision::kFp32, nullptr, out_g).ok());
       EXPECT_LE(RelativeError(prefix(out_f.Download(), batch), prefix(out_g.Download(), batch)),
                 precision == Precision::kFp32 ? 2e-5 : 2e-3);
+      if (precision == Precision::kFp32) {  // the three-TF32 variant of the factored kernel too
+        out_f.Poison();
+        ASSERT_TRUE(run(**three_tf32, batch, precision, nullptr, out_f).ok());
+        EXPECT_LE(RelativeError(prefix(out_f.Download(), batch), prefix(out_g.Download(), batch)), 2e-5);
+      }
     }
   }
 

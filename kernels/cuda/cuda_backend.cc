@@ -173,6 +173,7 @@ class CudaPreparedPlan final : public PreparedPlan {
   // the others, and all of them in bf16, run in tp_gemm.cu.
   std::vector<bool> factored;
   bool any_factored = false;
+  bool factored_three_tf32 = false;  // fp32 as three TF32 MMAs (TPSERVE_FORWARD_KERNEL=factored-3xtf32)
 
   // Work lists per (kind, batch); kind 0..2 = roles (all paths), 3 = weight gradient, 4 = factored
   // forward, 5 = the forward role without the factored paths. Shared, because the cache may drop a
@@ -397,7 +398,8 @@ absl::Status LaunchGemmRole(const CudaPreparedPlan& prepared, int role_index, co
     ASSIGN_OR_RETURN(std::shared_ptr<const WorkList> fwork, prepared.GetWork(4, batch));
     args.work = fwork->items.get<TpGemmWork>();
     args.num_work = fwork->count;
-    CUDA_RETURN_IF_ERROR(cuda::LaunchFactoredForward(ToMmaPrecision(precision), fwork->max_t_ldq, args, stream));
+    CUDA_RETURN_IF_ERROR(cuda::LaunchFactoredForward(ToMmaPrecision(precision), prepared.factored_three_tf32,
+                                                     fwork->max_t_ldq, args, stream));
   }
   return absl::OkStatus();
 }
@@ -516,9 +518,12 @@ absl::StatusOr<std::unique_ptr<PreparedPlan>> CudaBackend::Prepare(const TensorP
   auto prepared = std::make_unique<CudaPreparedPlan>(plan);
   prepared->num_sms = num_sms_;
   for (int which = 0; which < 3; ++which) RETURN_IF_ERROR(UploadRole(plan.paths(), which, &prepared->roles[which]));
-  // TPSERVE_FORWARD_KERNEL=gemm keeps every forward path in tp_gemm.cu (for comparisons).
-  const char* forward_kernel = std::getenv("TPSERVE_FORWARD_KERNEL");
-  const bool allow_factored = forward_kernel == nullptr || std::string_view(forward_kernel) != "gemm";
+  // For comparisons: TPSERVE_FORWARD_KERNEL=gemm keeps every forward path in tp_gemm.cu;
+  // =factored-3xtf32 runs fp32 in the factored kernel with three TF32 MMAs (not TF32 + bf16).
+  const char* forward_kernel_env = std::getenv("TPSERVE_FORWARD_KERNEL");
+  const std::string_view forward_kernel = forward_kernel_env == nullptr ? "" : forward_kernel_env;
+  const bool allow_factored = forward_kernel != "gemm";
+  prepared->factored_three_tf32 = forward_kernel == "factored-3xtf32";
   for (const TpGemmPath& d : prepared->roles[0].paths) {
     prepared->factored.push_back(allow_factored && cuda::FactoredForwardSupports(d));
     prepared->any_factored = prepared->any_factored || prepared->factored.back();

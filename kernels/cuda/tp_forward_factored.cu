@@ -33,21 +33,32 @@ constexpr int kPzPerSample = kMaxR * kMaxR;  // Pz[t][r], t < T <= 5, r < 5
 constexpr int kCBlock = kMaxR * kMaxS * kMaxR;  // one path's 3j block, dense [r][s][t]
 constexpr int kThreads = 256;
 
-template <MmaPrecision kPrec>
+// How the products are formed (fp32-accurate modes keep a second A plane in shared memory):
+//   kTf32:     one TF32 MMA per k8 step (A rounded, W truncated by the tensor cores).
+//   kTf32Bf16: fp32 accuracy in two MMA times: a_big * w_big in TF32, then both correction terms
+//              a_small * w + a * w_small in ONE bf16 m16n8k16 (k slots 0-7 hold a_small against w,
+//              8-15 hold a against w_small). The corrections are below 2^-11 of the product, so their
+//              bf16 rounding (2^-9) costs ~2^-19 relative per product, and the bf16 MMA of k16 takes
+//              the time of one TF32 k8.
+//   k3xTf32:   the classic three TF32 MMAs (a_small*w_big + a_big*w_small + a_big*w_big); three MMA
+//              times, ~2x more accurate. Kept for comparisons (TPSERVE_FORWARD_KERNEL=factored-3xtf32).
+enum class Mode : int { kTf32, kTf32Bf16, k3xTf32 };
+
+template <Mode kMode>
 constexpr int Planes() {
-  return kPrec == MmaPrecision::k3xTf32 ? 2 : 1;
+  return kMode == Mode::kTf32 ? 1 : 2;
 }
 
-template <MmaPrecision kPrec>
+template <Mode kMode>
 constexpr size_t SmemBytes(int t_times_ldq) {
-  return sizeof(float) * (size_t{Planes<kPrec>()} * kSamples * t_times_ldq + kStages * kTileK * kLdw +
+  return sizeof(float) * (size_t{Planes<kMode>()} * kSamples * t_times_ldq + kStages * kTileK * kLdw +
                           2 * kSamples * kPzPerSample + kCBlock);
 }
 
-template <MmaPrecision kPrec, int kT, int kR>
+template <Mode kMode, int kT, int kR>
 __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGemmPath& path, const TpGemmWork& item,
                                               char* smem) {
-  constexpr int kPlanes = Planes<kPrec>();
+  constexpr int kPlanes = Planes<kMode>();
   constexpr int kRows = kT * kSamples;  // A rows: t * kSamples + sample
   const int Q = path.Q, ldq = Q + 4;  // ldmatrix rows 16 bytes apart in banks
   constexpr int R = kR;
@@ -121,7 +132,16 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
           const int at = (t * kSamples + zl) * ldq + q;
           const uint32_t big = ToTf32(v[i]);
           sA[at] = big;
-          if constexpr (kPlanes == 2) sA[kRows * ldq + at] = ToTf32(v[i] - __uint_as_float(big));
+          if constexpr (kMode == Mode::k3xTf32) sA[kRows * ldq + at] = ToTf32(v[i] - __uint_as_float(big));
+          if constexpr (kMode == Mode::kTf32Bf16) {
+            // Plane 2 holds the bf16 m16n8k16 A fragment words: within each group of 8 columns, word
+            // j < 4 = (a_small[j], a_small[j + 4]) and word 4 + j = (a[j], a[j + 4]) (low half first),
+            // so ldmatrix with the TF32 addressing yields k slots (2j, 2j + 1) and (2j + 8, 2j + 9).
+            __nv_bfloat16* plane = reinterpret_cast<__nv_bfloat16*>(sA + kRows * ldq + at - q);
+            const int group = q & ~7, j = q & 3, half = (q >> 2) & 1;
+            plane[2 * (group + j) + half] = __float2bfloat16_rn(v[i] - __uint_as_float(big));
+            plane[2 * (group + 4 + j) + half] = __float2bfloat16_rn(v[i]);
+          }
         }
       }
     }
@@ -206,7 +226,19 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
   auto mma_frags = [&](const Frags& f) {
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
-      if constexpr (kPrec == MmaPrecision::k3xTf32) {
+      if constexpr (kMode == Mode::kTf32Bf16) {
+        // W = w_big (TF32, rounded) + w_small; B of the bf16 MMA: slots (2j, 2j + 1) = w at rows j and
+        // j + 4 (against a_small), slots (2j + 8, 2j + 9) = w_small (against a).
+        const uint32_t w_big[2] = {ToTf32(f.b[nt][0]), ToTf32(f.b[nt][1])};
+        const uint32_t w_fix[2] = {PackBf16(f.b[nt][0], f.b[nt][1]),
+                                   PackBf16(f.b[nt][0] - __uint_as_float(w_big[0]),
+                                            f.b[nt][1] - __uint_as_float(w_big[1]))};
+#pragma unroll
+        for (int t = 0; t < kT; ++t) {
+          MmaBf16(y[t][nt], f.a[t][1], w_fix);
+          MmaTf32(y[t][nt], f.a[t][0], w_big);
+        }
+      } else if constexpr (kMode == Mode::k3xTf32) {
         uint32_t b_big[2], b_small[2];
         SplitTf32(f.b[nt][0], b_big[0], b_small[0]);
         SplitTf32(f.b[nt][1], b_big[1], b_small[1]);
@@ -306,22 +338,22 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
 #undef TP_LOAD_A
 #undef TP_COMPUTE_PZ
 
-template <MmaPrecision kPrec>
+template <Mode kMode>
 __global__ void __launch_bounds__(kThreads, 1) TpForwardFactoredKernel(const TpGemmArgs args) {
   extern __shared__ float4 smem_raw[];
   const TpGemmWork item = args.work[blockIdx.x];
   const TpGemmPath path = args.paths[item.path];
   char* smem = reinterpret_cast<char*>(smem_raw);
   switch (path.T * 8 + path.R) {
-    case 1 * 8 + 1: FactoredBlock<kPrec, 1, 1>(args, path, item, smem); break;
-    case 1 * 8 + 3: FactoredBlock<kPrec, 1, 3>(args, path, item, smem); break;
-    case 1 * 8 + 5: FactoredBlock<kPrec, 1, 5>(args, path, item, smem); break;
-    case 3 * 8 + 1: FactoredBlock<kPrec, 3, 1>(args, path, item, smem); break;
-    case 3 * 8 + 3: FactoredBlock<kPrec, 3, 3>(args, path, item, smem); break;
-    case 3 * 8 + 5: FactoredBlock<kPrec, 3, 5>(args, path, item, smem); break;
-    case 5 * 8 + 1: FactoredBlock<kPrec, 5, 1>(args, path, item, smem); break;
-    case 5 * 8 + 3: FactoredBlock<kPrec, 5, 3>(args, path, item, smem); break;
-    default: FactoredBlock<kPrec, 5, 5>(args, path, item, smem); break;
+    case 1 * 8 + 1: FactoredBlock<kMode, 1, 1>(args, path, item, smem); break;
+    case 1 * 8 + 3: FactoredBlock<kMode, 1, 3>(args, path, item, smem); break;
+    case 1 * 8 + 5: FactoredBlock<kMode, 1, 5>(args, path, item, smem); break;
+    case 3 * 8 + 1: FactoredBlock<kMode, 3, 1>(args, path, item, smem); break;
+    case 3 * 8 + 3: FactoredBlock<kMode, 3, 3>(args, path, item, smem); break;
+    case 3 * 8 + 5: FactoredBlock<kMode, 3, 5>(args, path, item, smem); break;
+    case 5 * 8 + 1: FactoredBlock<kMode, 5, 1>(args, path, item, smem); break;
+    case 5 * 8 + 3: FactoredBlock<kMode, 5, 3>(args, path, item, smem); break;
+    default: FactoredBlock<kMode, 5, 5>(args, path, item, smem); break;
   }
 }
 
@@ -333,34 +365,40 @@ bool FactoredForwardSupports(const TpGemmPath& path) {
   auto odd_upto5 = [](int x) { return x == 1 || x == 3 || x == 5; };
   const bool shape_ok = odd_upto5(path.T) && odd_upto5(path.R) && path.S <= kMaxS && path.Q > 0 &&
                         path.Q % kTileK == 0 && path.N > 0 && path.P > 0 && path.w_stride_n == 1 && path.w_vec4;
-  return shape_ok && SmemBytes<MmaPrecision::k3xTf32>(path.T * (path.Q + 4)) <= kMaxSmem;
+  return shape_ok && SmemBytes<Mode::k3xTf32>(path.T * (path.Q + 4)) <= kMaxSmem;
 }
 
 int FactoredForwardSamples() { return kSamples; }
 int FactoredForwardCols() { return kCols; }
 
 cudaError_t ConfigureFactoredForwardKernels() {
-  for (cudaError_t e : {cudaFuncSetAttribute(TpForwardFactoredKernel<MmaPrecision::k3xTf32>,
+  for (cudaError_t e : {cudaFuncSetAttribute(TpForwardFactoredKernel<Mode::kTf32Bf16>,
                                              cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kMaxSmem)),
-                        cudaFuncSetAttribute(TpForwardFactoredKernel<MmaPrecision::kTf32>,
+                        cudaFuncSetAttribute(TpForwardFactoredKernel<Mode::k3xTf32>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kMaxSmem)),
+                        cudaFuncSetAttribute(TpForwardFactoredKernel<Mode::kTf32>,
                                              cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kMaxSmem))}) {
     if (e != cudaSuccess) return e;
   }
   return cudaSuccess;
 }
 
-cudaError_t LaunchFactoredForward(MmaPrecision precision, int max_t_ldq, const TpGemmArgs& args,
+cudaError_t LaunchFactoredForward(MmaPrecision precision, bool three_tf32, int max_t_ldq, const TpGemmArgs& args,
                                   cudaStream_t stream) {
   if (args.num_work == 0) return cudaSuccess;
   if ((reinterpret_cast<unsigned long long>(args.w) & 15) != 0) return cudaErrorMisalignedAddress;
   switch (precision) {
     case MmaPrecision::k3xTf32:
-      TpForwardFactoredKernel<MmaPrecision::k3xTf32>
-          <<<args.num_work, kThreads, SmemBytes<MmaPrecision::k3xTf32>(max_t_ldq), stream>>>(args);
+      if (three_tf32) {
+        TpForwardFactoredKernel<Mode::k3xTf32>
+            <<<args.num_work, kThreads, SmemBytes<Mode::k3xTf32>(max_t_ldq), stream>>>(args);
+      } else {
+        TpForwardFactoredKernel<Mode::kTf32Bf16>
+            <<<args.num_work, kThreads, SmemBytes<Mode::kTf32Bf16>(max_t_ldq), stream>>>(args);
+      }
       return cudaGetLastError();
     case MmaPrecision::kTf32:
-      TpForwardFactoredKernel<MmaPrecision::kTf32>
-          <<<args.num_work, kThreads, SmemBytes<MmaPrecision::kTf32>(max_t_ldq), stream>>>(args);
+      TpForwardFactoredKernel<Mode::kTf32><<<args.num_work, kThreads, SmemBytes<Mode::kTf32>(max_t_ldq), stream>>>(args);
       return cudaGetLastError();
     default: return cudaErrorInvalidValue;
   }

@@ -115,7 +115,9 @@ bool FactoredForwardSupports(const TpGemmPath& path);
 int FactoredForwardSamples();
 int FactoredForwardCols();
 cudaError_t ConfigureFactoredForwardKernels();
-cudaError_t LaunchFactoredForward(MmaPrecision precision, int max_t_ldq, const TpGemmArgs& args,
+// k3xTf32 (fp32 accuracy) runs one TF32 MMA plus one bf16 MMA carrying both correction terms per
+// product, unless three_tf32 (the classic three TF32 MMAs: slower, ~2x smaller error; comparisons).
+cudaError_t LaunchFactoredForward(MmaPrecision precision, bool three_tf32, int max_t_ldq, const TpGemmArgs& args,
                                   cudaStream_t stream);
 cudaError_t LaunchWeightGrad(MmaPrecision precision, TileShape shape, const WeightGradArgs& args,
                              cudaStream_t stream);
