@@ -223,37 +223,56 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
 #pragma unroll
       for (int pl = 0; pl < kPlanes; ++pl) LdMatrixX4(f.a[t][pl], a_k + pl * plane_bytes + t * t_stride);
   };
+  // MMAs of one k8 step. Passes over all (t, n8 tile) so that the MMAs into one accumulator are
+  // 2 * kT apart (the asm statements keep their order): back to back they waited on each other.
   auto mma_frags = [&](const Frags& f) {
+    if constexpr (kMode == Mode::kTf32Bf16) {
+      // W = w_big (TF32, rounded) + w_small; B of the bf16 MMA: slots (2j, 2j + 1) = w at rows j and
+      // j + 4 (against a_small), slots (2j + 8, 2j + 9) = w_small (against a).
+      uint32_t w_big[2][2], w_fix[2][2];
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
-      if constexpr (kMode == Mode::kTf32Bf16) {
-        // W = w_big (TF32, rounded) + w_small; B of the bf16 MMA: slots (2j, 2j + 1) = w at rows j and
-        // j + 4 (against a_small), slots (2j + 8, 2j + 9) = w_small (against a).
-        const uint32_t w_big[2] = {ToTf32(f.b[nt][0]), ToTf32(f.b[nt][1])};
-        const uint32_t w_fix[2] = {PackBf16(f.b[nt][0], f.b[nt][1]),
-                                   PackBf16(f.b[nt][0] - __uint_as_float(w_big[0]),
-                                            f.b[nt][1] - __uint_as_float(w_big[1]))};
-#pragma unroll
-        for (int t = 0; t < kT; ++t) {
-          MmaBf16(y[t][nt], f.a[t][1], w_fix);
-          MmaTf32(y[t][nt], f.a[t][0], w_big);
-        }
-      } else if constexpr (kMode == Mode::k3xTf32) {
-        uint32_t b_big[2], b_small[2];
-        SplitTf32(f.b[nt][0], b_big[0], b_small[0]);
-        SplitTf32(f.b[nt][1], b_big[1], b_small[1]);
-#pragma unroll
-        for (int t = 0; t < kT; ++t) {
-          MmaTf32(y[t][nt], f.a[t][1], b_big);
-          MmaTf32(y[t][nt], f.a[t][0], b_small);
-          MmaTf32(y[t][nt], f.a[t][0], b_big);
-        }
-      } else {
-        // W as stored: the tensor cores read its top 19 bits (TF32 by truncation).
-        const uint32_t bw[2] = {__float_as_uint(f.b[nt][0]), __float_as_uint(f.b[nt][1])};
-#pragma unroll
-        for (int t = 0; t < kT; ++t) MmaTf32(y[t][nt], f.a[t][0], bw);
+      for (int nt = 0; nt < 2; ++nt) {
+        w_big[nt][0] = ToTf32(f.b[nt][0]);
+        w_big[nt][1] = ToTf32(f.b[nt][1]);
+        w_fix[nt][0] = PackBf16(f.b[nt][0], f.b[nt][1]);
+        w_fix[nt][1] = PackBf16(f.b[nt][0] - __uint_as_float(w_big[nt][0]), f.b[nt][1] - __uint_as_float(w_big[nt][1]));
       }
+#pragma unroll
+      for (int t = 0; t < kT; ++t)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) MmaBf16(y[t][nt], f.a[t][1], w_fix[nt]);
+#pragma unroll
+      for (int t = 0; t < kT; ++t)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) MmaTf32(y[t][nt], f.a[t][0], w_big[nt]);
+    } else if constexpr (kMode == Mode::k3xTf32) {
+      uint32_t b_big[2][2], b_small[2][2];
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        SplitTf32(f.b[nt][0], b_big[nt][0], b_small[nt][0]);
+        SplitTf32(f.b[nt][1], b_big[nt][1], b_small[nt][1]);
+      }
+#pragma unroll
+      for (int t = 0; t < kT; ++t)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) MmaTf32(y[t][nt], f.a[t][1], b_big[nt]);
+#pragma unroll
+      for (int t = 0; t < kT; ++t)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) MmaTf32(y[t][nt], f.a[t][0], b_small[nt]);
+#pragma unroll
+      for (int t = 0; t < kT; ++t)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) MmaTf32(y[t][nt], f.a[t][0], b_big[nt]);
+    } else {
+      // W as stored: the tensor cores read its top 19 bits (TF32 by truncation).
+#pragma unroll
+      for (int t = 0; t < kT; ++t)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          const uint32_t bw[2] = {__float_as_uint(f.b[nt][0]), __float_as_uint(f.b[nt][1])};
+          MmaTf32(y[t][nt], f.a[t][0], bw);
+        }
     }
   };
 
