@@ -52,8 +52,8 @@ for v in $VERSIONS; do
     load "$v" "latency-$v-$p" --precision "$p" --latency_iters "$ITERS" --streams 0
     scrape "$v-latency-$p"
   done
-  if [[ $v == new* ]] && [ "$THROUGHPUT" = 1 ]; then
-    [ -d /tmp/tp-base ] && [[ " $VERSIONS " == *" base "* ]] && { echo "== server new, client base"; load base "latency-new-server-base-client-fp32" --precision fp32 --latency_iters "$ITERS" --streams 0; }
+  if [ "$THROUGHPUT" = 1 ]; then
+    [[ $v == new* ]] && [ -d /tmp/tp-base ] && [[ " $VERSIONS " == *" base "* ]] && { echo "== server new, client base"; load base "latency-new-server-base-client-fp32" --precision fp32 --latency_iters "$ITERS" --streams 0; }
     for p in fp32 tf32; do load new "throughput-$v-$p" --precision "$p" --latency_iters 100 --streams 32 --window 4 --duration_s 5; done
     scrape "$v-all"
   fi
