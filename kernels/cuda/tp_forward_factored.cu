@@ -10,12 +10,14 @@
 // and split once per block and stays in shared memory, so the main loop is ldmatrix + MMA plus the
 // W fragments, and the 3j work is 2*T*R flops per Y element after its K = Q sum.
 //
-// Block (256 threads, 8 warps): one path, kSamples samples, kCols output columns, a range of p
-// (TpGemmWork.k_begin/k_end index p here). Warps are 2 (samples, 16 each) x 4 (columns, 16 each);
-// a warp holds Y for its 16 samples x all T x 16 columns (rows of A ordered t-major, so one thread
-// holds every t of its samples and the 3j step needs no shuffles) and accumulates out over p in
-// registers; partial sums over p meet in `out` by atomicAdd (zeroed by the host).
-// W streams through a 4-stage cp.async ring of 32 x kCols tiles ((p, q-chunk) order).
+// Block (512 threads, 16 warps, one block per SM): one path, kSamples samples, kCols output columns,
+// a range of p (TpGemmWork.k_begin/k_end index p here). Warps are 2 (samples, 16 each) x 8 (columns,
+// 16 each); a warp holds Y for its 16 samples x all T x 16 columns (rows of A ordered t-major, so one
+// thread holds every t of its samples and the 3j step needs no shuffles) and accumulates out over p
+// in registers; partial sums over p meet in `out` by atomicAdd (zeroed by the host). 16 warps (128
+// registers each) rather than 8 with more registers: each warp's own instruction stream set the pace
+// (ncu: 2 warps per scheduler, stalls on fixed-latency and shared-memory dependencies).
+// W streams through a 3-stage cp.async ring of 32 x kCols tiles ((p, q-chunk) order).
 // Limits (host checks, else tp_gemm.cu): T in {1, 3, 5}, R <= 5, S <= 5, Q % 32 == 0, W contiguous in n.
 #include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/tp_kernels.h"
@@ -24,14 +26,14 @@ namespace tpserve::cuda {
 namespace {
 
 constexpr int kSamples = 32;  // samples per block (2 warps x 16)
-constexpr int kCols = 64;     // output columns per block (4 warps x 16)
-constexpr int kStages = 4;
+constexpr int kCols = 128;    // output columns per block (8 warps x 16)
+constexpr int kStages = 3;
 constexpr int kLdw = kCols + 8;  // W fragment reads: bank = 8t + g
 constexpr int kMaxR = 5;
 constexpr int kMaxS = 5;
 constexpr int kPzPerSample = kMaxR * kMaxR;  // Pz[t][r], t < T <= 5, r < 5
 constexpr int kCBlock = kMaxR * kMaxS * kMaxR;  // one path's 3j block, dense [r][s][t]
-constexpr int kThreads = 256;
+constexpr int kThreads = 512;
 
 // How the products are formed (fp32-accurate modes keep a second A plane in shared memory):
 //   kTf32:     one TF32 MMA per k8 step (A rounded, W truncated by the tensor cores).
@@ -69,7 +71,7 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t4 = lane & 3;
-  const int warp_z0 = (warp >> 2) * 16, warp_n0 = (warp & 3) * 16;
+  const int warp_z0 = (warp >> 3) * 16, warp_n0 = (warp & 7) * 16;
   const int z0 = item.z0, n0 = item.n0;
   const int samples = min(kSamples, args.batch - z0);
   const int p_begin = item.k_begin, p_end = item.k_end;
@@ -206,73 +208,53 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
   const uint32_t a_lane = static_cast<uint32_t>(__cvta_generic_to_shared(sA)) + ((warp_z0 + lrow) * ldq + lcol) * 4;
   const uint32_t t_stride = kSamples * ldq * 4, plane_bytes = kRows * ldq * 4;
 
-  // Fragments of one k8 step: A for every t (both planes for 3xTF32) and W as stored. The next step's
-  // are loaded while this step's MMAs run.
-  struct Frags {
-    uint32_t a[kT][kPlanes][4];
+  // One k8 step: W fragments (as stored) and their split, then per t the A fragments (both planes
+  // for the fp32 modes) and the MMAs of both n8 tiles. A is loaded per t so that few registers hold
+  // it (16 warps per SM leave 128 per thread).
+  auto run_step = [&](uint32_t a_k, const float* w_k) {
     float b[2][2];
-  };
-  auto load_frags = [&](Frags& f, uint32_t a_k, const float* w_k) {
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
-      f.b[nt][0] = w_k[nt * 8];
-      f.b[nt][1] = w_k[nt * 8 + 4 * kLdw];
+      b[nt][0] = w_k[nt * 8];
+      b[nt][1] = w_k[nt * 8 + 4 * kLdw];
+    }
+    uint32_t w_big[2][2], w_fix[2][2];
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      if constexpr (kMode == Mode::kTf32Bf16) {
+        // W = w_big (TF32, rounded) + w_small; B of the bf16 MMA: slots (2j, 2j + 1) = w at rows j and
+        // j + 4 (against a_small), slots (2j + 8, 2j + 9) = w_small (against a).
+        w_big[nt][0] = ToTf32(b[nt][0]);
+        w_big[nt][1] = ToTf32(b[nt][1]);
+        w_fix[nt][0] = PackBf16(b[nt][0], b[nt][1]);
+        w_fix[nt][1] = PackBf16(b[nt][0] - __uint_as_float(w_big[nt][0]), b[nt][1] - __uint_as_float(w_big[nt][1]));
+      } else if constexpr (kMode == Mode::k3xTf32) {
+        SplitTf32(b[nt][0], w_big[nt][0], w_fix[nt][0]);  // w_fix = w_small here
+        SplitTf32(b[nt][1], w_big[nt][1], w_fix[nt][1]);
+      } else {
+        // W as stored: the tensor cores read its top 19 bits (TF32 by truncation).
+        w_big[nt][0] = __float_as_uint(b[nt][0]);
+        w_big[nt][1] = __float_as_uint(b[nt][1]);
+      }
     }
 #pragma unroll
-    for (int t = 0; t < kT; ++t)
+    for (int t = 0; t < kT; ++t) {
+      uint32_t a[kPlanes][4];
 #pragma unroll
-      for (int pl = 0; pl < kPlanes; ++pl) LdMatrixX4(f.a[t][pl], a_k + pl * plane_bytes + t * t_stride);
-  };
-  // MMAs of one k8 step. Passes over all (t, n8 tile) so that the MMAs into one accumulator are
-  // 2 * kT apart (the asm statements keep their order): back to back they waited on each other.
-  auto mma_frags = [&](const Frags& f) {
-    if constexpr (kMode == Mode::kTf32Bf16) {
-      // W = w_big (TF32, rounded) + w_small; B of the bf16 MMA: slots (2j, 2j + 1) = w at rows j and
-      // j + 4 (against a_small), slots (2j + 8, 2j + 9) = w_small (against a).
-      uint32_t w_big[2][2], w_fix[2][2];
+      for (int pl = 0; pl < kPlanes; ++pl) LdMatrixX4(a[pl], a_k + pl * plane_bytes + t * t_stride);
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt) {
-        w_big[nt][0] = ToTf32(f.b[nt][0]);
-        w_big[nt][1] = ToTf32(f.b[nt][1]);
-        w_fix[nt][0] = PackBf16(f.b[nt][0], f.b[nt][1]);
-        w_fix[nt][1] = PackBf16(f.b[nt][0] - __uint_as_float(w_big[nt][0]), f.b[nt][1] - __uint_as_float(w_big[nt][1]));
-      }
-#pragma unroll
-      for (int t = 0; t < kT; ++t)
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) MmaBf16(y[t][nt], f.a[t][1], w_fix[nt]);
-#pragma unroll
-      for (int t = 0; t < kT; ++t)
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) MmaTf32(y[t][nt], f.a[t][0], w_big[nt]);
-    } else if constexpr (kMode == Mode::k3xTf32) {
-      uint32_t b_big[2][2], b_small[2][2];
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
-        SplitTf32(f.b[nt][0], b_big[nt][0], b_small[nt][0]);
-        SplitTf32(f.b[nt][1], b_big[nt][1], b_small[nt][1]);
-      }
-#pragma unroll
-      for (int t = 0; t < kT; ++t)
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) MmaTf32(y[t][nt], f.a[t][1], b_big[nt]);
-#pragma unroll
-      for (int t = 0; t < kT; ++t)
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) MmaTf32(y[t][nt], f.a[t][0], b_small[nt]);
-#pragma unroll
-      for (int t = 0; t < kT; ++t)
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) MmaTf32(y[t][nt], f.a[t][0], b_big[nt]);
-    } else {
-      // W as stored: the tensor cores read its top 19 bits (TF32 by truncation).
-#pragma unroll
-      for (int t = 0; t < kT; ++t)
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-          const uint32_t bw[2] = {__float_as_uint(f.b[nt][0]), __float_as_uint(f.b[nt][1])};
-          MmaTf32(y[t][nt], f.a[t][0], bw);
+        if constexpr (kMode == Mode::kTf32Bf16) {
+          MmaBf16(y[t][nt], a[1], w_fix[nt]);
+          MmaTf32(y[t][nt], a[0], w_big[nt]);
+        } else if constexpr (kMode == Mode::k3xTf32) {
+          MmaTf32(y[t][nt], a[1], w_big[nt]);
+          MmaTf32(y[t][nt], a[0], w_fix[nt]);
+          MmaTf32(y[t][nt], a[0], w_big[nt]);
+        } else {
+          MmaTf32(y[t][nt], a[0], w_big[nt]);
         }
+      }
     }
   };
 
@@ -296,13 +278,8 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
     }
     const float* w_lane = sW + stage * (kTileK * kLdw) + t4 * kLdw + warp_n0 + g;
     const uint32_t a_k = a_lane + kc * kTileK * 4;
-    Frags f[2];
-    load_frags(f[0], a_k, w_lane);
 #pragma unroll
-    for (int step = 0; step < kTileK / 8; ++step) {
-      if (step + 1 < kTileK / 8) load_frags(f[(step + 1) & 1], a_k + (step + 1) * 32, w_lane + (step + 1) * 8 * kLdw);
-      mma_frags(f[step & 1]);
-    }
+    for (int step = 0; step < kTileK / 8; ++step) run_step(a_k + step * 32, w_lane + step * 8 * kLdw);
     stage = stage == kStages - 1 ? 0 : stage + 1;
     if (++kc == kchunks) {
       // Y_p complete: out[z, n, r] += sum_t Y_p[z, t, n] * Pz[z, p, t, r] for this thread's 2 samples
