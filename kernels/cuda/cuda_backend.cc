@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <queue>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -174,6 +175,7 @@ class CudaPreparedPlan final : public PreparedPlan {
   std::vector<bool> factored;
   bool any_factored = false;
   bool factored_three_tf32 = false;  // fp32 as three TF32 MMAs (TPSERVE_FORWARD_KERNEL=factored-3xtf32)
+  int factored_blocks_per_sm = 0;    // factored forward work split; 0: chosen per batch (BuildFactoredWork)
 
   // Work lists per (kind, batch); kind 0..2 = roles (all paths), 3 = weight gradient, 4 = factored
   // forward, 5 = the forward role without the factored paths. Shared, because the cache may drop a
@@ -232,9 +234,15 @@ class CudaPreparedPlan final : public PreparedPlan {
     return list->items.Upload(items);
   }
 
-  // Blocks of (path, 32 samples, 64 columns, a range of p), sized so that about three blocks per SM
-  // (one resident at a time) share the work evenly; heavier paths (larger T) first, and blocks that
-  // read the same W slice next to each other so that they meet in L2.
+  // Blocks of (path, 32 samples, 128 columns, a range of p); heavier paths (larger T) first, and
+  // blocks that read the same W slice next to each other so that they meet in L2. One block is
+  // resident per SM, so how the work is cut sets the tail: the p ranges are sized for B blocks per
+  // SM, B in {2, 3}, whichever list finishes first when the SMs take the blocks in order (a block
+  // costs T * (its p count + kPrologueP)). Measured on the H100, fp32 forward in ms for B = 2, 3, 4,
+  // 6: batch 64: 0.343 0.312 0.326 0.342; 256: 0.966 1.044 1.029 0.937; 512: 1.672 1.694 1.726 1.809;
+  // 2048: 5.90 5.86 5.82 5.95. The model picks 3, 2, 2, 3 for 64, 256, 512, 1024; over wider
+  // candidate sets it picked 4 at 512 (slower), so the set stays small. TPSERVE_FACTORED_BLOCKS_PER_SM
+  // fixes B (read at Prepare; for experiments).
   absl::Status BuildFactoredWork(int64_t batch, WorkList* list) const {
     const int zt = cuda::FactoredForwardSamples(), cols = cuda::FactoredForwardCols();
     const std::vector<TpGemmPath>& paths = roles[0].paths;
@@ -245,21 +253,50 @@ class CudaPreparedPlan final : public PreparedPlan {
       const TpGemmPath& p = paths[i];
       units += int64_t{p.T} * CeilDiv(batch, zt) * CeilDiv(p.N, cols) * p.P;
       order.push_back(i);
+      list->max_t_ldq = std::max(list->max_t_ldq, p.T * (p.Q + 4));
     }
     std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return paths[a].T > paths[b].T; });
-    // Three blocks per SM: measured at batch 64 (fp32 / tf32 forward): 2 -> 0.396 / 0.292 ms,
-    // 3 -> 0.335 / 0.247, 4 -> 0.360 / 0.259 (one block is resident per SM, so the tail matters).
-    const int64_t per_block = std::max<int64_t>(1, CeilDiv(units, int64_t{num_sms} * 3));
+    auto cut = [&](int blocks_per_sm) {
+      const int64_t per_block = std::max<int64_t>(1, CeilDiv(units, int64_t{num_sms} * blocks_per_sm));
+      std::vector<TpGemmWork> items;
+      for (size_t i : order) {
+        const TpGemmPath& p = paths[i];
+        const int chunk = static_cast<int>(std::clamp<int64_t>(CeilDiv(per_block, p.T), 1, p.P));
+        for (int pb = 0; pb < p.P; pb += chunk)
+          for (int n0 = 0; n0 < p.N; n0 += cols)
+            for (int64_t z0 = 0; z0 < batch; z0 += zt)
+              items.push_back({static_cast<int>(i), static_cast<int>(z0), n0, pb, std::min(p.P, pb + chunk)});
+      }
+      return items;
+    };
+    constexpr double kPrologueP = 1.5;  // a block's setup (x2 tile, 3j block, pipeline fill) in p steps
+    auto finish_time = [&](const std::vector<TpGemmWork>& items) {
+      std::priority_queue<double, std::vector<double>, std::greater<double>> sm_free(
+          std::greater<double>(), std::vector<double>(static_cast<size_t>(std::max(num_sms, 1)), 0.0));
+      double last = 0;
+      for (const TpGemmWork& w : items) {
+        const double done = sm_free.top() + paths[w.path].T * (w.k_end - w.k_begin + kPrologueP);
+        sm_free.pop();
+        sm_free.push(done);
+        last = std::max(last, done);
+      }
+      return last;
+    };
     std::vector<TpGemmWork> items;
-    for (size_t i : order) {
-      const TpGemmPath& p = paths[i];
-      if (batch == 0) break;
-      list->max_t_ldq = std::max(list->max_t_ldq, p.T * (p.Q + 4));
-      const int chunk = static_cast<int>(std::clamp<int64_t>(CeilDiv(per_block, p.T), 1, p.P));
-      for (int pb = 0; pb < p.P; pb += chunk)
-        for (int n0 = 0; n0 < p.N; n0 += cols)
-          for (int64_t z0 = 0; z0 < batch; z0 += zt)
-            items.push_back({static_cast<int>(i), static_cast<int>(z0), n0, pb, std::min(p.P, pb + chunk)});
+    if (batch > 0) {
+      if (factored_blocks_per_sm > 0) {
+        items = cut(factored_blocks_per_sm);
+      } else {
+        double best = 0;
+        for (int b : {3, 2}) {  // ties keep 3
+          std::vector<TpGemmWork> candidate = cut(b);
+          const double t = finish_time(candidate);
+          if (items.empty() || t < best) {
+            best = t;
+            items = std::move(candidate);
+          }
+        }
+      }
     }
     if (items.size() > 0x7fffffff) return absl::ResourceExhaustedError("too many tiles for one launch");
     list->count = static_cast<int>(items.size());
@@ -524,6 +561,9 @@ absl::StatusOr<std::unique_ptr<PreparedPlan>> CudaBackend::Prepare(const TensorP
   const std::string_view forward_kernel = forward_kernel_env == nullptr ? "" : forward_kernel_env;
   const bool allow_factored = forward_kernel != "gemm";
   prepared->factored_three_tf32 = forward_kernel == "factored-3xtf32";
+  if (const char* blocks = std::getenv("TPSERVE_FACTORED_BLOCKS_PER_SM"); blocks != nullptr) {
+    prepared->factored_blocks_per_sm = std::clamp(std::atoi(blocks), 1, 64);
+  }
   for (const TpGemmPath& d : prepared->roles[0].paths) {
     prepared->factored.push_back(allow_factored && cuda::FactoredForwardSupports(d));
     prepared->any_factored = prepared->any_factored || prepared->factored.back();
