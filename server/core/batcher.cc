@@ -40,8 +40,10 @@ Batcher::Work Batcher::Next(std::atomic<int>* busy) {
   Work work;
   std::unique_lock<std::mutex> lock(mu_);
   auto free = [busy] { return busy == nullptr || busy->load() == 0; };
+  auto retired = [busy] { return busy != nullptr && busy->load() >= kRetired; };
   for (;;) {
-    cv_.wait(lock, [&] { return shutdown_ || (!queue_.empty() && free()); });
+    cv_.wait(lock, [&] { return shutdown_ || retired() || (!queue_.empty() && free()); });
+    if (retired()) return work;
     if (queue_.empty()) return work;  // shut down and drained
 
     // Drop what nobody waits for any more.
@@ -110,6 +112,11 @@ void Batcher::Wake() {
     waiting = !queue_.empty();
   }
   if (waiting) cv_.notify_all();
+}
+
+void Batcher::WakeAll() {
+  { std::lock_guard<std::mutex> lock(mu_); }  // orders this after a waiter's check (no lost wake-up)
+  cv_.notify_all();
 }
 
 void Batcher::Shutdown() {

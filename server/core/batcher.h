@@ -58,9 +58,14 @@ class Batcher {
   // to a free worker instead, and counts the batch it returns in it under the queue's lock, so a
   // thread that saw the queue empty cannot claim the worker in between. The caller decrements it
   // when the batch is done.
+  // A busy count at or above kRetired marks a worker that takes nothing more (its device is lost
+  // while others still serve): Next returns an empty Work at once, as after a drained shutdown.
   Work Next(std::atomic<int>* busy = nullptr);
+  static constexpr int kRetired = 1 << 30;
   // Wakes the waiting workers to look again (a worker's claim ended).
   void Wake();
+  // Wakes every waiting worker whether or not work is queued (a worker was retired).
+  void WakeAll();
 
   // Stops admission and wakes every waiting worker; queued requests are still handed out.
   void Shutdown();

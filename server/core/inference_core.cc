@@ -156,6 +156,19 @@ void InferenceCore::NotifyDeviceLost(const std::string& device, const std::strin
     if (lost == device) return;  // workers sharing a device report it once
   }
   lost_devices_.emplace_back(device, why);
+  // Every worker on the device stops launching (not only the one that found the fault). While
+  // another device still serves, they also leave the queue's rotation, so requests go there; the
+  // last device's workers keep answering UNAVAILABLE, so that nothing waits on a queue nobody takes.
+  bool others_serve = false;
+  for (auto& worker : workers_) {
+    if (worker->device() == device) worker->MarkLost(why);
+    others_serve = others_serve || !worker->lost();
+  }
+  if (others_serve) {
+    for (auto& worker : workers_) {
+      if (worker->device() == device) worker->Retire();
+    }
+  }
   observer_->OnDeviceLost(device, why);
   for (const auto& [id, listener] : lost_listeners_) listener(device, why);
 }
@@ -171,6 +184,13 @@ int InferenceCore::AddDeviceLostListener(DeviceLostListener listener) {
 void InferenceCore::RemoveDeviceLostListener(int id) {
   std::lock_guard<std::mutex> lock(lost_mu_);
   lost_listeners_.erase(id);
+}
+
+bool InferenceCore::AllDevicesLost() const {
+  for (const auto& worker : workers_) {
+    if (!worker->lost()) return false;
+  }
+  return true;
 }
 
 std::vector<std::string> InferenceCore::LostDevices() const {
@@ -320,6 +340,8 @@ absl::StatusOr<ModelInfo> InferenceCore::SgdStep(const std::string& name, double
   std::lock_guard<std::mutex> update_lock(model->update_mutex());
   RETURN_IF_ERROR(FindModel(name).status());
   std::vector<float> weights = *model->weights().weights;
+  // A part lost with its device fails the step before any part is read (and zeroed).
+  for (auto& worker : workers_) RETURN_IF_ERROR(worker->GradientReadable(*model));
   for (auto& worker : workers_) {
     ASSIGN_OR_RETURN(std::vector<float> part, worker->ReadGradient(*model, zero_gradient));
     for (size_t i = 0; i < weights.size(); ++i) {

@@ -91,12 +91,15 @@ class InferenceCore {
 
   // Device faults (Backend::CheckDevice after a failed launch): `listener` is called once per lost
   // device, on the thread that found it, and at once for devices lost before it was added; it runs
-  // under the core's lock, so it must be quick and must not call these three. The id removes it
+  // under the core's lock, so it must be quick and must not call the three below (AllDevicesLost is
+  // fine: the device's workers are marked lost before the listeners run). The id removes it
   // (before the listener's captures go away); after RemoveDeviceLostListener returns it is not called.
   using DeviceLostListener = std::function<void(const std::string& device, const std::string& why)>;
   int AddDeviceLostListener(DeviceLostListener listener);
   void RemoveDeviceLostListener(int id);
   std::vector<std::string> LostDevices() const;
+  // True when every worker's device is lost (nothing can serve a launch any more).
+  bool AllDevicesLost() const;
 
  private:
   InferenceCore(CoreConfig config, CoreObserver* observer);

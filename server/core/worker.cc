@@ -106,16 +106,44 @@ absl::StatusOr<Worker::Replica*> Worker::ReplicaFor(const Model& model, const We
   return &replica;
 }
 
+absl::Status Worker::GradientReadable(const Model& model) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return GradientReadableLocked(model);
+}
+
+absl::Status Worker::GradientReadableLocked(const Model& model) {
+  if (!lost_.load()) return absl::OkStatus();
+  auto it = replicas_.find(model.instance_id());
+  if (it == replicas_.end() || !it->second.grad || !it->second.grad_dirty) return absl::OkStatus();
+  return absl::DataLossError(absl::StrCat("the part of model '", model.name(), "'s gradient accumulated on ", device_,
+                                          " was lost with the device (", lost_why_,
+                                          "); zero the gradient to accumulate again on the devices that remain"));
+}
+
+void Worker::MarkLost(const std::string& why) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (lost_.load()) return;
+  lost_why_ = why;
+  lost_.store(true);
+}
+
+void Worker::Retire() {
+  busy_.fetch_add(Batcher::kRetired);
+  batcher_->WakeAll();
+}
+
 absl::StatusOr<std::vector<float>> Worker::ReadGradient(const Model& model, bool zero) {
   std::lock_guard<std::mutex> lock(mu_);
+  RETURN_IF_ERROR(GradientReadableLocked(model));
   std::vector<float> grad(static_cast<size_t>(model.plan().weight_numel()), 0.0f);
   auto it = replicas_.find(model.instance_id());
-  if (it == replicas_.end() || !it->second.grad) return grad;
+  if (it == replicas_.end() || !it->second.grad || lost_.load()) return grad;
   size_t bytes = grad.size() * sizeof(float);
   RETURN_IF_ERROR(backend_->CopyToHost(grad.data(), it->second.grad->data(), bytes, ctx_));
   if (zero) {
     std::vector<float> zeros(grad.size(), 0.0f);
     RETURN_IF_ERROR(backend_->CopyFromHost(it->second.grad->data(), zeros.data(), bytes, ctx_));
+    it->second.grad_dirty = false;
   }
   RETURN_IF_ERROR(backend_->Synchronize(ctx_));
   return grad;
@@ -125,6 +153,8 @@ absl::Status Worker::ZeroGradient(const Model& model) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = replicas_.find(model.instance_id());
   if (it == replicas_.end() || !it->second.grad) return absl::OkStatus();
+  it->second.grad_dirty = false;
+  if (lost_.load()) return absl::OkStatus();  // the lost part is forgotten, not read
   std::vector<float> zeros(static_cast<size_t>(model.plan().weight_numel()), 0.0f);
   RETURN_IF_ERROR(backend_->CopyFromHost(it->second.grad->data(), zeros.data(), zeros.size() * sizeof(float), ctx_));
   return backend_->Synchronize(ctx_);
@@ -132,6 +162,7 @@ absl::Status Worker::ZeroGradient(const Model& model) {
 
 absl::Status Worker::Warm(const Model& model) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (lost_.load()) return absl::OkStatus();  // takes no work; launches answer UNAVAILABLE
   absl::StatusOr<Replica*> replica = ReplicaFor(model, model.weights());
   if (!replica.ok()) return replica.status();
   return backend_->Synchronize(ctx_);
@@ -157,7 +188,7 @@ void Worker::Execute(std::vector<std::unique_ptr<PendingRequest>> batch) {
     WeightsSnapshot weights = model.weights();
     if (lost_.load()) {
       status = absl::UnavailableError(
-          absl::StrCat(device_, " is lost (", lost_why_, "); this server must be restarted"));
+          absl::StrCat(device_, " is lost (", lost_why_, "); the server must be restarted to use it again"));
     } else {
       absl::StatusOr<Replica*> replica = ReplicaFor(model, weights);
       status = replica.status();
@@ -280,6 +311,7 @@ absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batc
       }
       grads.grad_weight = {replica.grad->data(), DType::kFloat32, {plan.weight_numel()}};
       grads.accumulate_grad_weight = true;
+      replica.grad_dirty = true;
     }
   }
 

@@ -37,12 +37,22 @@ class Worker {
   }
   // After a device fault every launch answers UNAVAILABLE without touching the device.
   bool lost() const { return lost_.load(); }
+  // Marks the device lost (another worker on the same device found the fault). Idempotent.
+  void MarkLost(const std::string& why);
+  // Takes this (lost) worker out of the queue's rotation for good: its thread stops taking batches
+  // and TryClaim() fails, so the workers that remain get all the work. The core retires a lost
+  // device's workers only while another device still serves; the last one keeps answering.
+  void Retire();
+  // OK, or DATA_LOSS when this worker's device is lost holding a part of `model`'s gradient buffer
+  // that was accumulated and not zeroed since (the model's gradient can no longer be summed).
+  absl::Status GradientReadable(const Model& model);
   void Start();
   // Returns once the batcher is shut down and drained and the last launch has finished.
   void Join();
 
   // This worker's part of `model`'s gradient buffer, copied to the host (zeros when it has none);
-  // zeroed afterwards when `zero` is set.
+  // zeroed afterwards when `zero` is set. On a lost device: DATA_LOSS if the part held
+  // accumulations (see GradientReadable), else zeros; ZeroGradient there forgets the lost part.
   absl::StatusOr<std::vector<float>> ReadGradient(const Model& model, bool zero);
   absl::Status ZeroGradient(const Model& model);
   // Prepares the plan and uploads the current weights now, so that the first request does not pay.
@@ -71,6 +81,7 @@ class Worker {
     uint64_t version = 0;
     bool loaded = false;
     std::unique_ptr<BackendBuffer> grad;  // allocated on first accumulation
+    bool grad_dirty = false;              // accumulated into since it was last zeroed
   };
   // A growable buffer, in device memory (Allocate) or in host memory the device copies at full
   // speed (AllocateHost).
@@ -86,6 +97,7 @@ class Worker {
   absl::Status RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batch, Replica& replica,
                         std::vector<InferenceResult>& results);
   void ReportMemory();
+  absl::Status GradientReadableLocked(const Model& model);  // with mu_ held
 
   const int index_;
   std::unique_ptr<Backend> backend_;

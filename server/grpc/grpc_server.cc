@@ -81,11 +81,14 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportCon
     return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen_address));
   }
   server->health_service_->SetServing(true);
-  // A lost device cannot come back in this process: report NOT_SERVING so that a load balancer or
-  // an orchestrator moves traffic away and restarts it (calls meanwhile answer UNAVAILABLE).
+  // A lost device cannot come back in this process. While other devices serve, the server keeps
+  // SERVING with less capacity (tp_device_lost{device} and the log say which is gone); once every
+  // device is lost it reports NOT_SERVING so that a load balancer or an orchestrator moves traffic
+  // away and restarts it (calls meanwhile answer UNAVAILABLE).
   HealthServiceImpl* health = server->health_service_.get();
-  server->lost_listener_ =
-      core->AddDeviceLostListener([health](const std::string&, const std::string&) { health->SetServing(false); });
+  server->lost_listener_ = core->AddDeviceLostListener([health, core](const std::string&, const std::string&) {
+    if (core->AllDevicesLost()) health->SetServing(false);
+  });
   return server;
 }
 

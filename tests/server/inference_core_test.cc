@@ -182,7 +182,7 @@ TEST(InferenceCoreTest, CallerMayRun_RunsOnTheCallerOnlyWhenGreedyAndIdle) {
           ran_on = std::this_thread::get_id();
           promise.set_value(std::move(r));
         },
-        InferenceCore::Dispatch::kCallerMayRun);
+        InferenceCore::InferenceCore::Dispatch::kCallerMayRun);
     auto result = promise.get_future().get();
     ASSERT_TRUE(result.ok()) << result.status();
     EXPECT_LT(RelativeError(D(result->out), f.c.out), 1e-5);
@@ -203,7 +203,7 @@ TEST(InferenceCoreTest, OutInto_WritesTheCallersBufferOnlyWhenItFits) {
     InferenceRequest request = f.Forward();
     request.out_into = buffer.data();
     request.out_into_size = buffer.size();
-    auto result = f.core->Run(std::move(request), InferenceCore::Dispatch::kCallerMayRun);
+    auto result = f.core->Run(std::move(request), InferenceCore::InferenceCore::Dispatch::kCallerMayRun);
     ASSERT_TRUE(result.ok()) << result.status();
     EXPECT_EQ(result->out.shape, (std::vector<int64_t>{f.c.batch, dim_out}));
     EXPECT_EQ(result->out.values() == buffer.data(), extra == 0);
@@ -278,6 +278,77 @@ TEST(InferenceCoreTest, DeviceFault_LaterLaunchesAreUnavailable_AndListenersHear
   EXPECT_EQ(late_calls, 1);
   f.core->RemoveDeviceLostListener(late);
   f.core->RemoveDeviceLostListener(listener);
+}
+
+// Two devices, one lost: its workers leave the rotation and the other device serves every request
+// (queued or run on the caller's thread); the gradient part the lost device held is DATA_LOSS until
+// the gradient is zeroed (an SGD step refuses before touching anything). When the last device is
+// lost too, requests answer UNAVAILABLE instead of waiting on a queue nobody takes.
+TEST(InferenceCoreTest, DeviceFault_OnOneOfTwoDevices_TheOtherServesAndTheLostGradientIsDataLoss) {
+  using testing::FakeDevice;
+  using testing::FaultInjectingBackend;
+  using testing::InjectedFault;
+  auto gpu0 = std::make_shared<FakeDevice>(), gpu1 = std::make_shared<FakeDevice>();
+  std::vector<std::unique_ptr<Backend>> backends;
+  backends.push_back(std::make_unique<FaultInjectingBackend>(gpu0, "gpu:0"));
+  backends.push_back(std::make_unique<FaultInjectingBackend>(gpu0, "gpu:0"));  // two workers on gpu:0
+  backends.push_back(std::make_unique<FaultInjectingBackend>(gpu1, "gpu:1"));
+  Fixture f(CoreConfig{}, 3, std::move(backends));
+  auto backward = [&] {
+    InferenceRequest r = f.Forward();
+    r.op = Op::kBackward;
+    r.loss = Loss::kSumTanh;
+    r.weight_grad = WeightGradMode::kAccumulate;
+    return r;
+  };
+  // On the caller's thread the first idle worker runs it: gpu:0's first worker.
+  absl::StatusOr<InferenceResult> first = f.core->Run(backward(), InferenceCore::Dispatch::kCallerMayRun);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(first->device, "gpu:0");
+  ASSERT_TRUE(f.core->GetGradient("m").ok());
+
+  gpu0->fault.store(InjectedFault::kDeviceFault);
+  absl::StatusOr<InferenceResult> failed = f.core->Run(f.Forward(), InferenceCore::Dispatch::kCallerMayRun);
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kInternal) << failed.status();
+  gpu0->fault.store(InjectedFault::kNone);
+  EXPECT_EQ(f.core->LostDevices(), std::vector<std::string>{"gpu:0"});
+  EXPECT_FALSE(f.core->AllDevicesLost());
+  EXPECT_EQ(f.observer.devices_lost.load(), 1);
+
+  for (const absl::Status& status : f.SubmitForwards(24)) EXPECT_TRUE(status.ok()) << status;
+  for (int i = 0; i < 6; ++i) {
+    absl::StatusOr<InferenceResult> inline_run = f.core->Run(f.Forward(), InferenceCore::Dispatch::kCallerMayRun);
+    ASSERT_TRUE(inline_run.ok()) << inline_run.status();
+    EXPECT_EQ(inline_run->device, "gpu:1");
+    EXPECT_LT(RelativeError(D(inline_run->out), f.c.out), 1e-5);
+  }
+
+  absl::StatusOr<std::vector<float>> lost_gradient = f.core->GetGradient("m");
+  EXPECT_EQ(lost_gradient.status().code(), absl::StatusCode::kDataLoss) << lost_gradient.status();
+  EXPECT_NE(lost_gradient.status().message().find("gpu:0"), std::string::npos) << lost_gradient.status();
+  EXPECT_NE(lost_gradient.status().message().find("zero the gradient"), std::string::npos);
+  EXPECT_EQ(f.core->SgdStep("m", 0.1, /*zero_gradient=*/true).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(f.core->GetWeights("m")->version, 1u) << "a refused step changes nothing";
+  ASSERT_TRUE(f.core->ZeroGradient("m").ok());
+  absl::StatusOr<std::vector<float>> zeroed = f.core->GetGradient("m");
+  ASSERT_TRUE(zeroed.ok()) << zeroed.status();
+  for (float g : *zeroed) ASSERT_EQ(g, 0.0f);
+  ASSERT_TRUE(f.core->Run(backward()).ok());
+  absl::StatusOr<std::vector<float>> again = f.core->GetGradient("m");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_LT(RelativeError({again->begin(), again->end()}, f.c.grad_weight_sum_tanh), 1e-5);
+  ASSERT_TRUE(f.core->SgdStep("m", 0.1, /*zero_gradient=*/true).ok());
+
+  gpu1->fault.store(InjectedFault::kDeviceFault);
+  EXPECT_EQ(f.core->Run(f.Forward()).status().code(), absl::StatusCode::kInternal);
+  EXPECT_TRUE(f.core->AllDevicesLost());
+  // Nothing is left to serve: answered at once (not queued for ever), naming a lost device.
+  auto last = std::async(std::launch::async, [&] { return f.core->Run(f.Forward()); });
+  ASSERT_EQ(last.wait_for(std::chrono::seconds(20)), std::future_status::ready);
+  absl::StatusOr<InferenceResult> unavailable = last.get();
+  EXPECT_EQ(unavailable.status().code(), absl::StatusCode::kUnavailable) << unavailable.status();
+  EXPECT_NE(unavailable.status().message().find("gpu:1 is lost"), std::string::npos) << unavailable.status();
+  EXPECT_EQ(f.observer.devices_lost.load(), 2);
 }
 
 TEST(BatcherTest, ClaimedWorkerTakesNothingUntilWoken) {

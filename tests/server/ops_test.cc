@@ -102,6 +102,53 @@ TEST(OpsTest, DeviceFault_TurnsHealthNotServing_AndCallsUnavailable) {
   EXPECT_EQ(MetricValue(server->metrics().Serialize(), "tp_device_lost", {"device=\"cpu\""}), 1);
 }
 
+// With two devices, losing one keeps the server SERVING on the other (the response names it; the
+// lost one reads 1 in tp_device_lost); losing both turns health NOT_SERVING and calls UNAVAILABLE.
+TEST(OpsTest, DeviceFault_OnOneOfTwoDevices_KeepsServingOnTheOther) {
+  using grpc::health::v1::HealthCheckResponse;
+  auto gpu0 = std::make_shared<FakeDevice>(), gpu1 = std::make_shared<FakeDevice>();
+  std::vector<std::unique_ptr<Backend>> backends;
+  backends.push_back(std::make_unique<FaultInjectingBackend>(gpu0, "gpu:0"));
+  backends.push_back(std::make_unique<FaultInjectingBackend>(gpu1, "gpu:1"));
+  auto server = TestServer::Start({}, {}, std::move(backends));
+  ASSERT_NE(server, nullptr);
+  auto client = server->Connect();
+  ASSERT_TRUE(client->CreateModel("m", Spec("2x0e + 1x1o", "1x0e + 1x1o", "2x0e + 1x1o"), nullptr, /*seed=*/3).ok());
+  tp::v1::ForwardRequest request;
+  request.set_model("m");
+  *request.mutable_x1() = F32({2, 5}, {0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8, 0.9, 1.0});
+  *request.mutable_x2() = F32({2, 4}, {1.0, -0.5, 0.25, 0.75, -1.0, 0.5, -0.25, 0.125});
+  absl::StatusOr<tp::v1::ForwardResponse> before = client->Forward(request);
+  ASSERT_TRUE(before.ok()) << before.status();
+
+  // Both devices faulty for one call: whichever runs it is lost; then the switch is off again.
+  gpu0->fault.store(InjectedFault::kDeviceFault);
+  gpu1->fault.store(InjectedFault::kDeviceFault);
+  EXPECT_EQ(client->Forward(request).status().code(), absl::StatusCode::kInternal);
+  const bool lost0 = gpu0->faulted.load();
+  ASSERT_NE(lost0, gpu1->faulted.load()) << "one call, one device";
+  gpu0->fault.store(InjectedFault::kNone);
+  gpu1->fault.store(InjectedFault::kNone);
+  const std::string lost = lost0 ? "gpu:0" : "gpu:1", alive = lost0 ? "gpu:1" : "gpu:0";
+  EXPECT_EQ(*client->Health(), HealthCheckResponse::SERVING);
+  for (int i = 0; i < 8; ++i) {
+    absl::StatusOr<tp::v1::ForwardResponse> after = client->Forward(request);
+    ASSERT_TRUE(after.ok()) << after.status();
+    EXPECT_EQ(after->device(), alive);
+    EXPECT_EQ(after->out().data(), before->out().data()) << "same weights, same inputs, same bytes";
+  }
+  const std::string text = server->metrics().Serialize();
+  EXPECT_EQ(MetricValue(text, "tp_device_lost", {"device=\"" + lost + "\""}), 1);
+  EXPECT_EQ(MetricValue(text, "tp_device_lost", {"device=\"" + alive + "\""}), 0);
+
+  (lost0 ? gpu1 : gpu0)->fault.store(InjectedFault::kDeviceFault);
+  EXPECT_EQ(client->Forward(request).status().code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(*client->Health(), HealthCheckResponse::NOT_SERVING);
+  absl::StatusOr<tp::v1::ForwardResponse> last = client->Forward(request);
+  EXPECT_EQ(last.status().code(), absl::StatusCode::kUnavailable) << last.status();
+  EXPECT_NE(last.status().message().find(alive + " is lost"), std::string::npos) << last.status();
+}
+
 // Watch streams the current status, then the change when shutdown begins, then ends; an unknown
 // service is NOT_FOUND for Check and SERVICE_UNKNOWN for Watch.
 TEST(OpsTest, HealthWatch_SeesShutdownAndUnknownServicesAreNamed) {

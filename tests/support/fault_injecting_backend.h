@@ -25,10 +25,11 @@ struct FakeDevice {
 class FaultInjectingBackend final : public Backend {
  public:
   // `device` is shared with the test, which flips its switch while the server owns the backend.
-  explicit FaultInjectingBackend(std::shared_ptr<FakeDevice> device)
-      : inner_(CpuBackendOptions{1}), device_(std::move(device)) {}
+  // `name` is the device the server sees (workers with the same name share a device).
+  explicit FaultInjectingBackend(std::shared_ptr<FakeDevice> device, std::string name = "cpu")
+      : inner_(CpuBackendOptions{1}), device_(std::move(device)), name_(std::move(name)) {}
 
-  std::string name() const override { return inner_.name(); }
+  std::string name() const override { return name_; }
   MemorySpace memory_space() const override { return inner_.memory_space(); }
   bool SupportsDType(DType dtype) const override { return inner_.SupportsDType(dtype); }
   absl::StatusOr<std::unique_ptr<PreparedPlan>> Prepare(const TensorProductPlan& plan) override {
@@ -82,6 +83,7 @@ class FaultInjectingBackend final : public Backend {
   }
   CpuBackend inner_;
   std::shared_ptr<FakeDevice> device_;
+  std::string name_;
 };
 
 }  // namespace tpserve::testing
