@@ -37,6 +37,8 @@ ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "max gRPC message size, both dir
 ABSL_FLAG(bool, reflection, true, "serve grpc.reflection");
 ABSL_FLAG(int64_t, chunk_elements, 262144, "default float32 elements per streamed weights chunk");
 ABSL_FLAG(int64_t, stream_max_in_flight, 64, "outstanding requests per Stream call");
+ABSL_FLAG(int64_t, max_streams, 256, "Stream calls open at once (each holds two threads); more: RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, max_threads, 1024, "threads gRPC may run calls on; calls past it: RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::string, demo_model, "", "create this seeded model at start unless it exists");
 ABSL_FLAG(std::string, demo_irreps_in1, "128x0e + 128x1e + 128x2e", "demo model irreps_in1");
 ABSL_FLAG(std::string, demo_irreps_in2, "128x0e + 128x1e + 128x2e", "demo model irreps_in2");
@@ -88,6 +90,8 @@ absl::StatusOr<ServerConfig> LoadConfig() {
   take("reflection", c.transport.reflection, absl::GetFlag(FLAGS_reflection));
   take("chunk_elements", c.transport.chunk_elements, absl::GetFlag(FLAGS_chunk_elements));
   take("stream_max_in_flight", c.transport.stream_max_in_flight, absl::GetFlag(FLAGS_stream_max_in_flight));
+  take("max_streams", c.transport.max_streams, absl::GetFlag(FLAGS_max_streams));
+  take("max_threads", c.transport.max_threads, absl::GetFlag(FLAGS_max_threads));
   take("demo_model", c.demo_model, absl::GetFlag(FLAGS_demo_model));
   take("demo_irreps_in1", c.demo_spec.irreps_in1, absl::GetFlag(FLAGS_demo_irreps_in1));
   take("demo_irreps_in2", c.demo_spec.irreps_in2, absl::GetFlag(FLAGS_demo_irreps_in2));

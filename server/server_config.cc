@@ -52,6 +52,8 @@ absl::Status ApplyConfigFile(const std::string& path, ServerConfig* config) {
       else if (key == "reflection") config->transport.reflection = value.get<bool>();
       else if (key == "chunk_elements") config->transport.chunk_elements = value.get<int64_t>();
       else if (key == "stream_max_in_flight") config->transport.stream_max_in_flight = value.get<int64_t>();
+      else if (key == "max_streams") config->transport.max_streams = value.get<int64_t>();
+      else if (key == "max_threads") config->transport.max_threads = value.get<int>();
       else if (key == "demo_model") config->demo_model = value.get<std::string>();
       else if (key == "demo_irreps_in1") config->demo_spec.irreps_in1 = value.get<std::string>();
       else if (key == "demo_irreps_in2") config->demo_spec.irreps_in2 = value.get<std::string>();

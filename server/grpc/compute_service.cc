@@ -110,6 +110,15 @@ grpc::Status ComputeServiceImpl::Stream(
     grpc::ServerContext* context, grpc::ServerReaderWriter<tp::v1::StreamResponse, tp::v1::StreamRequest>* stream) {
   RpcScope scope(env_, "Stream", context);
   if (auto s = scope.Authorize(); !s.ok()) return scope.Finish(s);
+  struct StreamSlot {
+    std::atomic<int64_t>& open;
+    ~StreamSlot() { open.fetch_sub(1); }
+  } slot{open_streams_};
+  if (const int64_t open = open_streams_.fetch_add(1); open >= env_.max_streams) {
+    return scope.Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                     absl::StrCat(open, " Stream calls are open (the server's max_streams is ",
+                                                  env_.max_streams, "); retry later or use unary calls")));
+  }
 
   // One entry per request, in arrival order; the writer answers the front one when it is done.
   struct Entry {

@@ -3,6 +3,8 @@
 // it on the core within the call's deadline and converts the result back.
 #pragma once
 
+#include <atomic>
+
 #include "server/grpc/rpc_scope.h"
 #include "tp/v1/tensor_product.grpc.pb.h"
 
@@ -23,7 +25,9 @@ class ComputeServiceImpl final : public tp::v1::TensorProductService::Service {
   grpc::Status BackwardChunked(grpc::ServerContext* context, const tp::v1::BackwardRequest* request,
                                grpc::ServerWriter<tp::v1::BackwardResponse>* writer) override;
   // Requests are admitted as they arrive (so several can be batched or in flight at once) and
-  // answered strictly in arrival order; at most stream_max_in_flight are outstanding.
+  // answered strictly in arrival order; at most stream_max_in_flight are outstanding. At most
+  // max_streams are open at once: one more answers RESOURCE_EXHAUSTED before it reads anything,
+  // so that streams cannot take every thread from unary callers.
   grpc::Status Stream(grpc::ServerContext* context,
                       grpc::ServerReaderWriter<tp::v1::StreamResponse, tp::v1::StreamRequest>* stream) override;
   grpc::Status Echo(grpc::ServerContext* context, const tp::v1::EchoRequest* request,
@@ -31,6 +35,7 @@ class ComputeServiceImpl final : public tp::v1::TensorProductService::Service {
 
  private:
   const ServiceEnv& env_;
+  std::atomic<int64_t> open_streams_{0};
 };
 
 }  // namespace tpserve::server

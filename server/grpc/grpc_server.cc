@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
+#include "grpcpp/resource_quota.h"
 #include "server/grpc/channel_tuning.h"
 #include "server/grpc/compute_service.h"
 #include "server/grpc/health_service.h"
@@ -28,10 +29,11 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) 
 
 std::string TransportConfig::DebugString() const {
   return absl::StrFormat(
-      "listen=%s tls=%s auth=%s max_message_bytes=%d reflection=%s chunk_elements=%d stream_max_in_flight=%d",
+      "listen=%s tls=%s auth=%s max_message_bytes=%d reflection=%s chunk_elements=%d stream_max_in_flight=%d "
+      "max_streams=%d max_threads=%d",
       listen_address, tls() ? absl::StrCat("on (cert ", tls_cert_file, ")") : "off",
       auth_token.empty() ? "off" : "bearer token", max_message_bytes, reflection ? "on" : "off", chunk_elements,
-      stream_max_in_flight);
+      stream_max_in_flight, max_streams, max_threads);
 }
 
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportConfig& config, InferenceCore* core,
@@ -45,6 +47,10 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportCon
   server->env_.chunk_elements = std::clamp<int64_t>(config.chunk_elements, 1, max_chunk_elements);
   server->env_.max_chunk_elements = max_chunk_elements;
   server->env_.stream_max_in_flight = config.stream_max_in_flight;
+  server->env_.max_streams = config.max_streams;
+  if (config.max_streams < 1 || config.max_threads < 4) {
+    return absl::InvalidArgumentError("max_streams must be >= 1 and max_threads >= 4");
+  }
   server->model_service_ = std::make_unique<ModelServiceImpl>(server->env_);
   server->compute_service_ = std::make_unique<ComputeServiceImpl>(server->env_);
   server->health_service_ = std::make_unique<HealthServiceImpl>(std::vector<std::string>{
@@ -73,6 +79,11 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportCon
   builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
   builder.SetMaxSendMessageSize(static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
   for (const auto& [name, value] : transport::kTensorChannelArgs) builder.AddChannelArgument(name, value);
+  // Each running call holds a thread of the synchronous server: the quota bounds them, so that a
+  // flood of calls cannot exhaust the process (calls past it answer RESOURCE_EXHAUSTED).
+  grpc::ResourceQuota quota("tpserve");
+  quota.SetMaxThreads(config.max_threads);
+  builder.SetResourceQuota(quota);
   builder.RegisterService(server->model_service_.get());
   builder.RegisterService(server->compute_service_.get());
   builder.RegisterService(server->health_service_.get());

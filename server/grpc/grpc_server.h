@@ -27,6 +27,8 @@ struct TransportConfig {
   bool reflection = true;
   int64_t chunk_elements = 262144;  // default elements per streamed WeightsChunk
   int64_t stream_max_in_flight = 64;
+  int64_t max_streams = 256;  // open Stream calls (each holds two threads); one more: RESOURCE_EXHAUSTED
+  int max_threads = 1024;     // gRPC's synchronous-server threads (one per running call); see SERVER.md
 
   bool tls() const { return !tls_cert_file.empty() || !tls_key_file.empty(); }
   std::string DebugString() const;  // the token is never printed

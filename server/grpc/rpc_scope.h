@@ -19,6 +19,7 @@ struct ServiceEnv {
   int64_t chunk_elements = 262144;  // default elements per WeightsChunk sent (1 MB of float32)
   int64_t max_chunk_elements = int64_t{1} << 40;  // what fits in one message
   int64_t stream_max_in_flight = 64;  // requests a Stream call may have outstanding
+  int64_t max_streams = 256;          // Stream calls open at once (each holds two threads)
 };
 
 class RpcScope {

@@ -149,6 +149,96 @@ TEST(OpsTest, DeviceFault_OnOneOfTwoDevices_KeepsServingOnTheOther) {
   EXPECT_NE(last.status().message().find(alive + " is lost"), std::string::npos) << last.status();
 }
 
+namespace {
+// Opens a Stream and completes one echo on it, so that the server's handler holds its slot.
+// Returns the stream, or the status it ended with when the server refused it.
+struct OpenedStream {
+  client::TpClient::Stream stream;
+  grpc::Status refused;  // OK when the echo came back
+};
+OpenedStream OpenAndEcho(client::TpClient& client) {
+  OpenedStream opened{client.OpenStream(), grpc::Status::OK};
+  tp::v1::StreamRequest request;
+  request.set_request_id(7);
+  request.mutable_echo()->set_payload("ping");
+  opened.stream.rpc->Write(request);
+  tp::v1::StreamResponse response;
+  if (!opened.stream.rpc->Read(&response)) {
+    opened.refused = opened.stream.rpc->Finish();
+    if (opened.refused.ok()) opened.refused = grpc::Status(grpc::StatusCode::UNKNOWN, "ended without an answer");
+  }
+  return opened;
+}
+void Close(OpenedStream& opened) {
+  opened.stream.rpc->WritesDone();
+  tp::v1::StreamResponse response;
+  while (opened.stream.rpc->Read(&response)) {
+  }
+  EXPECT_TRUE(opened.stream.rpc->Finish().ok());
+}
+}  // namespace
+
+// max_streams open Stream calls at most: one more is RESOURCE_EXHAUSTED naming the limit, unary
+// calls still run, and a closed stream frees its slot.
+TEST(OpsTest, MaxStreams_RefusesOneMoreButNotUnaryCalls) {
+  server::TransportConfig transport;
+  transport.max_streams = 2;
+  auto server = TestServer::Start({}, transport);
+  ASSERT_NE(server, nullptr);
+  auto client = server->Connect();
+  ASSERT_TRUE(client->CreateModel("m", Spec("2x0e + 1x1o", "1x0e + 1x1o", "2x0e + 1x1o"), nullptr, /*seed=*/3).ok());
+  tp::v1::ForwardRequest request;
+  request.set_model("m");
+  *request.mutable_x1() = F32({2, 5}, {0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8, 0.9, 1.0});
+  *request.mutable_x2() = F32({2, 4}, {1.0, -0.5, 0.25, 0.75, -1.0, 0.5, -0.25, 0.125});
+
+  OpenedStream a = OpenAndEcho(*client), b = OpenAndEcho(*client);
+  ASSERT_TRUE(a.refused.ok()) << a.refused.error_message();
+  ASSERT_TRUE(b.refused.ok()) << b.refused.error_message();
+  OpenedStream c = OpenAndEcho(*client);
+  EXPECT_EQ(c.refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(c.refused.error_message().find("max_streams is 2"), std::string::npos) << c.refused.error_message();
+  EXPECT_TRUE(client->Forward(request).ok());
+  Close(a);
+  OpenedStream d = OpenAndEcho(*client);
+  EXPECT_TRUE(d.refused.ok()) << d.refused.error_message();
+  Close(b);
+  Close(d);
+}
+
+// A flood of calls past max_threads: the calls the server cannot take answer RESOURCE_EXHAUSTED
+// and the server keeps serving (nothing crashes, every call ends); after it, calls run as before.
+TEST(OpsTest, MaxThreads_BoundsTheServersThreadsUnderAFloodOfStreams) {
+  server::TransportConfig transport;
+  transport.max_threads = 8;
+  auto server = TestServer::Start({}, transport);
+  ASSERT_NE(server, nullptr);
+  auto client = server->Connect();
+  constexpr int kStreams = 24;
+  std::vector<OpenedStream> opened;
+  int refused = 0, served = 0;
+  for (int i = 0; i < kStreams; ++i) {
+    opened.push_back(OpenAndEcho(*client));
+    if (opened.back().refused.ok()) {
+      ++served;
+    } else {
+      EXPECT_EQ(opened.back().refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+          << opened.back().refused.error_message();
+      ++refused;
+    }
+  }
+  EXPECT_GT(refused, 0);
+  EXPECT_GT(served, 0);
+  EXPECT_LT(served, 8) << refused << " refused";
+  for (OpenedStream& s : opened) {
+    if (s.refused.ok()) Close(s);
+  }
+  for (int i = 0; i < 4; ++i) EXPECT_TRUE(client->ListModels().ok());
+  OpenedStream after = OpenAndEcho(*client);
+  EXPECT_TRUE(after.refused.ok()) << after.refused.error_message();
+  Close(after);
+}
+
 // Watch streams the current status, then the change when shutdown begins, then ends; an unknown
 // service is NOT_FOUND for Check and SERVICE_UNKNOWN for Watch.
 TEST(OpsTest, HealthWatch_SeesShutdownAndUnknownServicesAreNamed) {
@@ -191,7 +281,8 @@ TEST(OpsTest, ConfigFile_SetsEveryComponentAndRejectsUnknownKeys) {
   std::string path = dir.path() + "/tpserve.json";
   std::ofstream(path) << R"({"listen": "127.0.0.1:7000", "model_dir": "/m", "max_batch_size": 128,
       "max_queue_delay_us": 50, "max_queued_requests": 9, "non_finite": "pass", "auth_token": "t",
-      "max_message_bytes": 1024, "demo_model": "seed", "demo_irreps_in1": "1x0e", "backend": "cpu"})";
+      "max_message_bytes": 1024, "demo_model": "seed", "demo_irreps_in1": "1x0e", "backend": "cpu",
+      "max_streams": 5, "max_threads": 64})";
   server::ServerConfig config;
   ASSERT_TRUE(server::ApplyConfigFile(path, &config).ok());
   EXPECT_EQ(config.transport.listen_address, "127.0.0.1:7000");
@@ -199,6 +290,8 @@ TEST(OpsTest, ConfigFile_SetsEveryComponentAndRejectsUnknownKeys) {
   EXPECT_EQ(config.core.max_batch_size, 128);
   EXPECT_EQ(config.core.max_queue_delay_us, 50);
   EXPECT_EQ(config.core.max_queued_requests, 9);
+  EXPECT_EQ(config.transport.max_streams, 5);
+  EXPECT_EQ(config.transport.max_threads, 64);
   EXPECT_FALSE(config.core.reject_non_finite);
   EXPECT_EQ(config.transport.auth_token, "t");
   EXPECT_EQ(config.transport.max_message_bytes, 1024);
