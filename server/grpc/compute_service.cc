@@ -6,6 +6,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <system_error>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -142,7 +143,7 @@ grpc::Status ComputeServiceImpl::Stream(
   auto state = std::make_shared<State>();
   auto cancelled = std::make_shared<std::atomic<bool>>(false);
 
-  std::thread writer([&, state] {
+  auto write_answers = [&, state] {
     for (;;) {
       std::shared_ptr<Entry> entry;
       {
@@ -193,7 +194,16 @@ grpc::Status ComputeServiceImpl::Stream(
         return;
       }
     }
-  });
+  };
+  // Out of threads (a process limit, memory): refuse this stream rather than let the exception
+  // end the process.
+  std::thread writer;
+  try {
+    writer = std::thread(write_answers);
+  } catch (const std::system_error& e) {
+    return scope.Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                     absl::StrCat("cannot start this stream's writer thread: ", e.what())));
+  }
 
   tp::v1::StreamRequest request;
   while (stream->Read(&request)) {
