@@ -114,6 +114,17 @@ void Batcher::Wake() {
   if (waiting) cv_.notify_all();
 }
 
+void Batcher::Requeue(std::vector<std::unique_ptr<PendingRequest>> batch) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = batch.rbegin(); it != batch.rend(); ++it) {
+      queued_bytes_ += (*it)->bytes;
+      queue_.push_front(std::move(*it));
+    }
+  }
+  cv_.notify_all();
+}
+
 void Batcher::WakeAll() {
   { std::lock_guard<std::mutex> lock(mu_); }  // orders this after a waiter's check (no lost wake-up)
   cv_.notify_all();

@@ -66,6 +66,9 @@ class Batcher {
   void Wake();
   // Wakes every waiting worker whether or not work is queued (a worker was retired).
   void WakeAll();
+  // Puts a batch handed out by Next back at the front of the queue, in its order (its worker was
+  // retired before launching it). Admitted work: no limit applies, even after Shutdown.
+  void Requeue(std::vector<std::unique_ptr<PendingRequest>> batch);
 
   // Stops admission and wakes every waiting worker; queued requests are still handed out.
   void Shutdown();

@@ -160,14 +160,9 @@ void InferenceCore::NotifyDeviceLost(const std::string& device, const std::strin
   // another device still serves, they also leave the queue's rotation, so requests go there; the
   // last device's workers keep answering UNAVAILABLE, so that nothing waits on a queue nobody takes.
   bool others_serve = false;
+  for (auto& worker : workers_) others_serve = others_serve || (worker->device() != device && !worker->lost());
   for (auto& worker : workers_) {
-    if (worker->device() == device) worker->MarkLost(why);
-    others_serve = others_serve || !worker->lost();
-  }
-  if (others_serve) {
-    for (auto& worker : workers_) {
-      if (worker->device() == device) worker->Retire();
-    }
+    if (worker->device() == device) worker->MarkLost(why, /*retire=*/others_serve);
   }
   observer_->OnDeviceLost(device, why);
   for (const auto& [id, listener] : lost_listeners_) listener(device, why);

@@ -120,15 +120,17 @@ absl::Status Worker::GradientReadableLocked(const Model& model) {
                                           "); zero the gradient to accumulate again on the devices that remain"));
 }
 
-void Worker::MarkLost(const std::string& why) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (lost_.load()) return;
-  lost_why_ = why;
-  lost_.store(true);
-}
-
-void Worker::Retire() {
-  busy_.fetch_add(Batcher::kRetired);
+void Worker::MarkLost(const std::string& why, bool retire) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!lost_.load()) {
+      lost_why_ = why;
+      lost_.store(true);
+    }
+    if (!retire || retired_) return;
+    retired_ = true;
+    busy_.fetch_add(Batcher::kRetired);
+  }
   batcher_->WakeAll();
 }
 
@@ -184,6 +186,12 @@ void Worker::Execute(std::vector<std::unique_ptr<PendingRequest>> batch) {
   bool lost_now = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    // Taken from the queue just before this worker was retired: back to the queue, for the devices
+    // that remain (lost and retired are set together under mu_, so no batch falls in between).
+    if (retired_) {
+      batcher_->Requeue(std::move(batch));
+      return;
+    }
     const Model& model = *batch.front()->model;
     WeightsSnapshot weights = model.weights();
     if (lost_.load()) {

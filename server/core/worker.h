@@ -37,12 +37,12 @@ class Worker {
   }
   // After a device fault every launch answers UNAVAILABLE without touching the device.
   bool lost() const { return lost_.load(); }
-  // Marks the device lost (another worker on the same device found the fault). Idempotent.
-  void MarkLost(const std::string& why);
-  // Takes this (lost) worker out of the queue's rotation for good: its thread stops taking batches
-  // and TryClaim() fails, so the workers that remain get all the work. The core retires a lost
-  // device's workers only while another device still serves; the last one keeps answering.
-  void Retire();
+  // Marks the device lost (this or another worker on it found the fault); idempotent. With
+  // `retire`, also takes the worker out of the queue's rotation for good: its thread stops taking
+  // batches, TryClaim() fails, and a batch it took just before goes back to the queue, so the
+  // workers that remain get all the work. The core retires a lost device's workers only while
+  // another device still serves; the last device's workers keep answering UNAVAILABLE.
+  void MarkLost(const std::string& why, bool retire);
   // OK, or DATA_LOSS when this worker's device is lost holding a part of `model`'s gradient buffer
   // that was accumulated and not zeroed since (the model's gradient can no longer be summed).
   absl::Status GradientReadable(const Model& model);
@@ -112,6 +112,7 @@ class Worker {
   std::map<uint64_t, Replica> replicas_;  // by Model::instance_id()
   int failures_logged_ = 0;               // failed launches written to stderr (the first few)
   std::atomic<bool> lost_{false};
+  bool retired_ = false;  // under mu_; busy_ holds Batcher::kRetired from then on
   std::string lost_why_;  // set once, under mu_, before lost_
   std::function<void(const std::string&, const std::string&)> on_lost_;
   // A launch's inputs (x1 | x2 | grad_out) and outputs (out | grad_x1 | grad_x2), each set in one
