@@ -37,6 +37,9 @@ ABSL_FLAG(std::string, model, "seed", "model to load (created, seeded, when miss
 ABSL_FLAG(std::string, irreps, "128x0e + 128x1e + 128x2e", "irreps_in1 = irreps_in2 = irreps_out of a created model");
 ABSL_FLAG(int64_t, batch, 64, "samples per request");
 ABSL_FLAG(int, latency_iters, 200, "timed unary Forward calls (after 10 warm-up calls)");
+ABSL_FLAG(int, paired_iters, -1,
+          "Forward/Echo pairs, called alternately, for the server's own cost (Forward minus Echo of the same "
+          "bytes, pair by pair: host drift cancels); -1: latency_iters, 0: skip");
 ABSL_FLAG(int, streams, 32, "concurrent streams in the throughput test (0: skip it)");
 ABSL_FLAG(int, window, 4, "requests in flight per stream");
 ABSL_FLAG(double, duration_s, 10, "seconds per throughput measurement");
@@ -293,6 +296,41 @@ int Main() {
       json["echo_latency_ms"] = {{"p50", Percentile(echo_ms, 0.5)},
                                  {"p90", Percentile(echo_ms, 0.9)},
                                  {"p99", Percentile(echo_ms, 0.99)}};
+    }
+  }
+
+  // Forward and Echo alternately: both see the same host state, so the per-pair difference is the
+  // server's own cost (decode, checks, launch, copies, encode) with the transport's drift removed.
+  {
+    const int pairs = absl::GetFlag(FLAGS_paired_iters) < 0 ? iters : absl::GetFlag(FLAGS_paired_iters);
+    tp::v1::EchoRequest echo;
+    echo.set_payload(std::string(static_cast<size_t>(request_bytes), 'x'));
+    echo.set_response_bytes(response_bytes);
+    std::vector<double> forward_ms, echo_ms, difference_ms;
+    for (int i = 0; i < 10 + pairs; ++i) {
+      auto start = Clock::now();
+      auto r = client.Forward(request);
+      auto middle = Clock::now();
+      absl::Status e = client.Echo(echo).status();
+      auto end = Clock::now();
+      if (!r.ok() || !e.ok()) {
+        std::cerr << "tp-load: paired calls: " << (r.ok() ? e : r.status()) << "\n";
+        return 1;
+      }
+      if (i < 10) continue;
+      forward_ms.push_back(std::chrono::duration<double, std::milli>(middle - start).count());
+      echo_ms.push_back(std::chrono::duration<double, std::milli>(end - middle).count());
+      difference_ms.push_back(forward_ms.back() - echo_ms.back());
+    }
+    if (pairs > 0) {
+      std::cout << absl::StrFormat(
+          "  paired, alternating (%d pairs): Forward p50 %.3f ms, Echo p50 %.3f ms, Forward - Echo p50 %.3f ms\n",
+          pairs, Percentile(forward_ms, 0.5), Percentile(echo_ms, 0.5), Percentile(difference_ms, 0.5));
+      json["paired_ms"] = {{"forward_p50", Percentile(forward_ms, 0.5)},
+                           {"echo_p50", Percentile(echo_ms, 0.5)},
+                           {"forward_minus_echo_p50", Percentile(difference_ms, 0.5)},
+                           {"forward_minus_echo_p90", Percentile(difference_ms, 0.9)},
+                           {"pairs", pairs}};
     }
   }
 

@@ -32,6 +32,10 @@ TEST(TpLoadTest, VerifiesTimesAndWritesJson) {
   EXPECT_LT(json["verify_relative_error"].get<double>(), 1e-4);
   EXPECT_GT(json["latency_ms"]["p50"].get<double>(), 0);
   EXPECT_EQ(json["latency_ms"]["calls"].get<int>(), 20);
+  EXPECT_EQ(json["paired_ms"]["pairs"].get<int>(), 20);  // --paired_iters defaults to --latency_iters
+  EXPECT_GT(json["paired_ms"]["forward_p50"].get<double>(), 0);
+  EXPECT_GT(json["paired_ms"]["echo_p50"].get<double>(), 0);
+  EXPECT_TRUE(json["paired_ms"]["forward_minus_echo_p50"].is_number());
   EXPECT_GT(json["throughput"]["forward_requests_per_s"].get<double>(), 0);
   EXPECT_GT(json["throughput"]["stream_echo_requests_per_s"].get<double>(), 0);
   EXPECT_EQ(json["throughput"]["forward_errors"].get<int>(), 0);

@@ -40,7 +40,7 @@ stop() { kill -INT "$SERVER"; wait "$SERVER"; }
 load() {
   local v=${1%-gemm} name=$2; shift 2
   LD_LIBRARY_PATH=/tmp/tp-$v/libs:/usr/local/cuda/lib64 /tmp/tp-$v/bin/tp-load --server 127.0.0.1:50051 \
-    --model seed --batch 64 --json "$OUT/$name.json" "$@" 2>&1 | tee "$OUT/$name.txt" | grep -E "verify|latency|/|req/s"
+    --model seed --batch 64 --json "$OUT/$name.json" "$@" 2>&1 | tee "$OUT/$name.txt" | grep -E "verify|latency|paired|/|req/s"
 }
 scrape() { curl -s 127.0.0.1:9090/metrics > "$OUT/metrics-$1.txt"; }
 
