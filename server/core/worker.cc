@@ -127,8 +127,7 @@ void Worker::MarkLost(const std::string& why, bool retire) {
       lost_why_ = why;
       lost_.store(true);
     }
-    if (!retire || retired_) return;
-    retired_ = true;
+    if (!retire || retired()) return;
     busy_.fetch_add(Batcher::kRetired);
   }
   batcher_->WakeAll();
@@ -188,7 +187,7 @@ void Worker::Execute(std::vector<std::unique_ptr<PendingRequest>> batch) {
     std::lock_guard<std::mutex> lock(mu_);
     // Taken from the queue just before this worker was retired: back to the queue, for the devices
     // that remain (lost and retired are set together under mu_, so no batch falls in between).
-    if (retired_) {
+    if (retired()) {
       batcher_->Requeue(std::move(batch));
       return;
     }

@@ -98,6 +98,8 @@ class Worker {
                         std::vector<InferenceResult>& results);
   void ReportMemory();
   absl::Status GradientReadableLocked(const Model& model);  // with mu_ held
+  // Retired by MarkLost (the only writer of Batcher::kRetired into busy_, under mu_).
+  bool retired() const { return busy_.load() >= Batcher::kRetired; }
 
   const int index_;
   std::unique_ptr<Backend> backend_;
@@ -112,7 +114,6 @@ class Worker {
   std::map<uint64_t, Replica> replicas_;  // by Model::instance_id()
   int failures_logged_ = 0;               // failed launches written to stderr (the first few)
   std::atomic<bool> lost_{false};
-  bool retired_ = false;  // under mu_; busy_ holds Batcher::kRetired from then on
   std::string lost_why_;  // set once, under mu_, before lost_
   std::function<void(const std::string&, const std::string&)> on_lost_;
   // A launch's inputs (x1 | x2 | grad_out) and outputs (out | grad_x1 | grad_x2), each set in one

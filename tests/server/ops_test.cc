@@ -12,6 +12,15 @@
 namespace tpserve::testing {
 namespace {
 
+// A forward call of 2 samples for a model with Spec("2x0e + 1x1o", "1x0e + 1x1o", "2x0e + 1x1o").
+tp::v1::ForwardRequest SmallForward(const std::string& model) {
+  tp::v1::ForwardRequest request;
+  request.set_model(model);
+  *request.mutable_x1() = F32({2, 5}, {0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8, 0.9, 1.0});
+  *request.mutable_x2() = F32({2, 4}, {1.0, -0.5, 0.25, 0.75, -1.0, 0.5, -0.25, 0.125});
+  return request;
+}
+
 // grpc.reflection.v1alpha.ServerReflectionInfo with {list_services: ""}, spoken as raw bytes so
 // the test needs no copy of reflection.proto (whose descriptors libgrpc++_reflection already has).
 std::string ListServicesByReflection(const std::string& target) {
@@ -79,10 +88,7 @@ TEST(OpsTest, DeviceFault_TurnsHealthNotServing_AndCallsUnavailable) {
   ASSERT_NE(server, nullptr);
   auto client = server->Connect();
   ASSERT_TRUE(client->CreateModel("m", Spec("2x0e + 1x1o", "1x0e + 1x1o", "2x0e + 1x1o"), nullptr, /*seed=*/3).ok());
-  tp::v1::ForwardRequest request;
-  request.set_model("m");
-  *request.mutable_x1() = F32({2, 5}, {0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8, 0.9, 1.0});
-  *request.mutable_x2() = F32({2, 4}, {1.0, -0.5, 0.25, 0.75, -1.0, 0.5, -0.25, 0.125});
+  const tp::v1::ForwardRequest request = SmallForward("m");
   ASSERT_TRUE(client->Forward(request).ok());
 
   device->fault.store(InjectedFault::kLaunchError);
@@ -114,10 +120,7 @@ TEST(OpsTest, DeviceFault_OnOneOfTwoDevices_KeepsServingOnTheOther) {
   ASSERT_NE(server, nullptr);
   auto client = server->Connect();
   ASSERT_TRUE(client->CreateModel("m", Spec("2x0e + 1x1o", "1x0e + 1x1o", "2x0e + 1x1o"), nullptr, /*seed=*/3).ok());
-  tp::v1::ForwardRequest request;
-  request.set_model("m");
-  *request.mutable_x1() = F32({2, 5}, {0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8, 0.9, 1.0});
-  *request.mutable_x2() = F32({2, 4}, {1.0, -0.5, 0.25, 0.75, -1.0, 0.5, -0.25, 0.125});
+  const tp::v1::ForwardRequest request = SmallForward("m");
   absl::StatusOr<tp::v1::ForwardResponse> before = client->Forward(request);
   ASSERT_TRUE(before.ok()) << before.status();
 
@@ -187,10 +190,7 @@ TEST(OpsTest, MaxStreams_RefusesOneMoreButNotUnaryCalls) {
   ASSERT_NE(server, nullptr);
   auto client = server->Connect();
   ASSERT_TRUE(client->CreateModel("m", Spec("2x0e + 1x1o", "1x0e + 1x1o", "2x0e + 1x1o"), nullptr, /*seed=*/3).ok());
-  tp::v1::ForwardRequest request;
-  request.set_model("m");
-  *request.mutable_x1() = F32({2, 5}, {0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8, 0.9, 1.0});
-  *request.mutable_x2() = F32({2, 4}, {1.0, -0.5, 0.25, 0.75, -1.0, 0.5, -0.25, 0.125});
+  const tp::v1::ForwardRequest request = SmallForward("m");
 
   OpenedStream a = OpenAndEcho(*client), b = OpenAndEcho(*client);
   ASSERT_TRUE(a.refused.ok()) << a.refused.error_message();
