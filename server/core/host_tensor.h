@@ -19,6 +19,9 @@ struct HostTensor {
   std::vector<float> data;          // the values when owned (empty when borrowed)
   const float* borrowed = nullptr;  // the values when borrowed ...
   size_t borrowed_size = 0;         // ... and how many there are
+  // The borrowed values lie in page-locked memory (a HostPool lease): a GPU worker copies them to
+  // the device from there instead of gathering them into its staging buffer first.
+  bool pinned = false;
 
   HostTensor() = default;
   HostTensor(std::vector<int64_t> shape_in, std::vector<float> data_in)

@@ -139,6 +139,11 @@ absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(CoreConfig 
     core->workers_.push_back(
         std::make_unique<Worker>(index, std::move(backend), core->batcher_.get(), core->observer_));
   }
+  // Leases are page-locked through the first worker's backend (CUDA allocates them portable, so
+  // every device's copies use them at full speed); 256 MiB of them at most, ~280 seed-sized calls.
+  Backend* first = &core->workers_.front()->backend();
+  core->host_pool_ = HostPool::Create([first](size_t bytes) { return first->AllocateHost(bytes); },
+                                      size_t{256} << 20);
   for (auto& worker : core->workers_) {
     InferenceCore* self = core.get();
     worker->SetDeviceLostHandler(

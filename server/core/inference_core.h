@@ -22,6 +22,7 @@
 #include "kernels/core/backend.h"
 #include "server/core/batcher.h"
 #include "server/core/config.h"
+#include "server/core/host_pool.h"
 #include "server/core/model.h"
 #include "server/core/model_repository.h"
 #include "server/core/observer.h"
@@ -86,6 +87,10 @@ class InferenceCore {
   // Submit and wait.
   absl::StatusOr<InferenceResult> Run(InferenceRequest request, Dispatch dispatch = Dispatch::kQueue);
 
+  // Page-locked host memory for a call's tensors (see host_pool.h): a request whose x1/x2 lie in
+  // such leases (HostTensor::pinned), and whose out_into is one, skips the workers' staging copies.
+  HostPool& host_pool() const { return *host_pool_; }
+
   // Stops admission, finishes everything admitted, joins the workers. Idempotent.
   void Shutdown();
 
@@ -111,6 +116,7 @@ class InferenceCore {
   ModelRepository repository_;
   std::unique_ptr<Batcher> batcher_;
   std::vector<std::unique_ptr<Worker>> workers_;
+  std::shared_ptr<HostPool> host_pool_;
 
   mutable std::mutex mu_;  // models_
   std::map<std::string, std::shared_ptr<Model>> models_;

@@ -38,6 +38,7 @@ struct InferenceRequest {
   // already holds the buffer the answer goes out in (a unary response's bytes).
   float* out_into = nullptr;
   size_t out_into_size = 0;  // floats there; a result that does not fit it is returned as usual
+  bool out_into_pinned = false;  // out_into is page-locked: the device copies the result straight there
 
   // Dropped with DEADLINE_EXCEEDED / CANCELLED if still queued when these trip.
   absl::Time deadline = absl::InfiniteFuture();

@@ -27,6 +27,7 @@ class Worker {
  public:
   // `index` names this worker to the observer (workers may share a device).
   Worker(int index, std::unique_ptr<Backend> backend, Batcher* batcher, CoreObserver* observer);
+  Backend& backend() const { return *backend_; }
   ~Worker();
 
   const std::string& device() const { return device_; }

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/grpc/convert.h"
+#include "server/grpc/forward_wire.h"
 #include "server/grpc/tensor_codec.h"
 
 namespace tpserve::server {
@@ -32,36 +33,149 @@ absl::Status CheckInlineGradient(const ServiceEnv& env, const tp::v1::BackwardRe
   return absl::OkStatus();
 }
 
-// Sizes the response's float32 `out` bytes now so that the launch writes the result straight into
-// them (one copy fewer on the way out). Does nothing when the model or batch is not as expected:
-// the core then reports the error, or the result is encoded as usual.
-void PrepareOutInto(const ServiceEnv& env, const tp::v1::ForwardRequest& request, InferenceRequest& converted,
-                    tp::v1::ForwardResponse* response) {
-  absl::StatusOr<std::shared_ptr<Model>> model = env.core->FindModel(request.model());
-  const int64_t batch = converted.x1.rows();
-  if (!model.ok() || batch < 1 || batch > env.core->config().max_batch_size) return;
-  const int64_t floats = batch * (*model)->plan().dim_out();
-  std::string* bytes = response->mutable_out()->mutable_data();
-  bytes->resize(static_cast<size_t>(floats) * sizeof(float));
-  converted.out_into = reinterpret_cast<float*>(bytes->data());
-  converted.out_into_size = static_cast<size_t>(floats);
+// The tensor's elements when it is a well-formed float32 array of `data_bytes` bytes, else -1
+// (the caller then lets protobuf and DecodeTensor produce the answer, errors included).
+int64_t Float32Elements(const tp::v1::Tensor& header, size_t data_bytes) {
+  if (header.dtype() != tp::v1::DTYPE_FLOAT32 || header.shape().empty()) return -1;
+  int64_t numel = 1;
+  for (int64_t extent : header.shape()) {
+    if (extent < 0 || extent > (int64_t{1} << 40) || numel > (int64_t{1} << 40) / std::max<int64_t>(extent, 1)) {
+      return -1;
+    }
+    numel *= extent;
+  }
+  return data_bytes == static_cast<size_t>(numel) * sizeof(float) ? numel : -1;
 }
 
 }  // namespace
 
-grpc::Status ComputeServiceImpl::Forward(grpc::ServerContext* context, const tp::v1::ForwardRequest* request,
-                                         tp::v1::ForwardResponse* response) {
+ComputeServiceImpl::ComputeServiceImpl(const ServiceEnv& env) : env_(env) {
+  using grpc::internal::RpcMethod;
+  using grpc::internal::RpcServiceMethod;
+  using Message = grpc::protobuf::MessageLite;
+  using Self = ComputeServiceImpl;
+  AddMethod(new RpcServiceMethod(
+      "/tp.v1.TensorProductService/Forward", RpcMethod::NORMAL_RPC,
+      new grpc::internal::RpcMethodHandler<Self, grpc::ByteBuffer, grpc::ByteBuffer>(
+          [](Self* self, grpc::ServerContext* context, const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
+            return self->Forward(context, request, response);
+          },
+          this)));
+  AddMethod(new RpcServiceMethod(
+      "/tp.v1.TensorProductService/Backward", RpcMethod::NORMAL_RPC,
+      new grpc::internal::RpcMethodHandler<Self, tp::v1::BackwardRequest, tp::v1::BackwardResponse, Message, Message>(
+          [](Self* self, grpc::ServerContext* context, const tp::v1::BackwardRequest* request,
+             tp::v1::BackwardResponse* response) { return self->Backward(context, request, response); },
+          this)));
+  AddMethod(new RpcServiceMethod(
+      "/tp.v1.TensorProductService/BackwardChunked", RpcMethod::SERVER_STREAMING,
+      new grpc::internal::ServerStreamingHandler<Self, tp::v1::BackwardRequest, tp::v1::BackwardResponse>(
+          [](Self* self, grpc::ServerContext* context, const tp::v1::BackwardRequest* request,
+             grpc::ServerWriter<tp::v1::BackwardResponse>* writer) {
+            return self->BackwardChunked(context, request, writer);
+          },
+          this)));
+  AddMethod(new RpcServiceMethod(
+      "/tp.v1.TensorProductService/Stream", RpcMethod::BIDI_STREAMING,
+      new grpc::internal::BidiStreamingHandler<Self, tp::v1::StreamRequest, tp::v1::StreamResponse>(
+          [](Self* self, grpc::ServerContext* context,
+             grpc::ServerReaderWriter<tp::v1::StreamResponse, tp::v1::StreamRequest>* stream) {
+            return self->Stream(context, stream);
+          },
+          this)));
+  AddMethod(new RpcServiceMethod(
+      "/tp.v1.TensorProductService/Echo", RpcMethod::NORMAL_RPC,
+      new grpc::internal::RpcMethodHandler<Self, tp::v1::EchoRequest, tp::v1::EchoResponse, Message, Message>(
+          [](Self* self, grpc::ServerContext* context, const tp::v1::EchoRequest* request,
+             tp::v1::EchoResponse* response) { return self->Echo(context, request, response); },
+          this)));
+}
+
+grpc::Status ComputeServiceImpl::Forward(grpc::ServerContext* context, const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) {
   RpcScope scope(env_, "Forward", context);
   if (auto s = scope.Authorize(); !s.ok()) return scope.Finish(s);
-  scope.set_model(request->model());
-  absl::StatusOr<InferenceRequest> converted = FromProto(*request, wire::Decode::kBorrow);
+
+  // The usual message (float32 tensors, plain encoding): x1 and x2 go from gRPC's buffer straight
+  // into one page-locked lease, which the worker copies to the device.
+  std::vector<grpc::Slice> slices;
+  std::vector<absl::string_view> pieces;
+  if (request->Dump(&slices).ok()) {
+    pieces.reserve(slices.size());
+    for (const grpc::Slice& slice : slices) {
+      pieces.emplace_back(reinterpret_cast<const char*>(slice.begin()), slice.size());
+    }
+  }
+  wire::ForwardRequestView view;
+  std::unique_ptr<HostLease> in_lease;
+  absl::StatusOr<InferenceRequest> converted = absl::UnknownError("not converted");
+  const tp::v1::ForwardRequest* header = &view.header;
+  tp::v1::ForwardRequest message;  // anything else: protobuf parses it, as the generated handler would
+  int64_t x1_elements = -1, x2_elements = -1;
+  if (wire::ParseForwardRequest(pieces, &view)) {
+    x1_elements = Float32Elements(view.header.x1(), view.x1_data.size);
+    x2_elements = Float32Elements(view.header.x2(), view.x2_data.size);
+  }
+  if (x1_elements >= 0 && x2_elements >= 0) {
+    const size_t x2_at = (view.x1_data.size + 255) / 256 * 256;  // 256-byte aligned, as a fresh buffer
+    in_lease = env_.core->host_pool().Acquire(x2_at + view.x2_data.size);
+    char* base = static_cast<char*>(in_lease->data());
+    wire::CopyWireBytes(pieces, view.x1_data, base);
+    wire::CopyWireBytes(pieces, view.x2_data, base + x2_at);
+    HostTensor x1 = HostTensor::Borrow({view.header.x1().shape().begin(), view.header.x1().shape().end()},
+                                       reinterpret_cast<const float*>(base), static_cast<size_t>(x1_elements));
+    HostTensor x2 = HostTensor::Borrow({view.header.x2().shape().begin(), view.header.x2().shape().end()},
+                                       reinterpret_cast<const float*>(base + x2_at), static_cast<size_t>(x2_elements));
+    x1.pinned = x2.pinned = in_lease->pinned();
+    converted = FromProto(view.header, std::move(x1), std::move(x2));
+  } else {
+    grpc::ByteBuffer copy(*request);  // Deserialize consumes its buffer; this one shares the bytes
+    if (!grpc::SerializationTraits<tp::v1::ForwardRequest>::Deserialize(&copy, &message).ok()) {
+      return scope.Finish(absl::InvalidArgumentError(
+          absl::StrCat("the request's ", request->Length(), " bytes are not a tp.v1.ForwardRequest")));
+    }
+    header = &message;
+    converted = FromProto(message, wire::Decode::kBorrow);
+  }
+  scope.set_model(header->model());
   if (!converted.ok()) return scope.Finish(converted.status());
-  const tp::v1::DType dtype = ResultDType(request->output_dtype(), request->x1());
-  if (dtype == tp::v1::DTYPE_FLOAT32) PrepareOutInto(env_, *request, *converted, response);
+
+  // A float32 result is written by the device into a lease that the response is sent from.
+  const tp::v1::DType dtype = ResultDType(header->output_dtype(), header->x1());
+  std::unique_ptr<HostLease> out_lease;
+  absl::StatusOr<std::shared_ptr<Model>> model = env_.core->FindModel(header->model());
+  const int64_t batch = converted->x1.rows();
+  if (dtype == tp::v1::DTYPE_FLOAT32 && model.ok() && batch >= 1 && batch <= env_.core->config().max_batch_size) {
+    const int64_t floats = batch * (*model)->plan().dim_out();
+    out_lease = env_.core->host_pool().Acquire(static_cast<size_t>(floats) * sizeof(float));
+    converted->out_into = static_cast<float*>(out_lease->data());
+    converted->out_into_size = static_cast<size_t>(floats);
+    converted->out_into_pinned = out_lease->pinned();
+  }
   absl::StatusOr<InferenceResult> result = RunForRpc(*env_.core, *std::move(converted), context);
   if (!result.ok()) return scope.Finish(result.status());
   scope.set_device(result->device);
-  ToProto(*result, dtype, response);
+
+  tp::v1::ForwardResponse fields;
+  fields.set_model_version(result->model_version);
+  fields.set_executed_batch(result->executed_batch);
+  fields.set_device(result->device);
+  if (out_lease != nullptr && result->out.values() == out_lease->data()) {
+    for (int64_t extent : result->out.shape) fields.mutable_out()->add_shape(extent);
+    fields.mutable_out()->set_dtype(tp::v1::DTYPE_FLOAT32);
+    const size_t bytes = result->out.size() * sizeof(float);
+    HostLease* lease = out_lease.release();  // gRPC frees the slice, and with it the lease, once sent
+    grpc::Slice parts[2] = {
+        grpc::Slice(wire::EncodeForwardResponseHead(fields, bytes)),
+        grpc::Slice(lease->data(), bytes, [](void* p) { delete static_cast<HostLease*>(p); }, lease)};
+    *response = grpc::ByteBuffer(parts, 2);
+  } else {
+    ToProto(*result, dtype, &fields);
+    bool own_buffer = false;
+    grpc::Status serialized =
+        grpc::SerializationTraits<tp::v1::ForwardResponse>::Serialize(fields, response, &own_buffer);
+    if (!serialized.ok()) return scope.Finish(serialized);
+  }
   return scope.Finish(grpc::Status::OK);
 }
 

@@ -14,24 +14,30 @@ namespace tpserve::server {
 // earlier Stream was one) answers its synchronous unary calls 0.1-0.15 ms slower: on the H100
 // host a unary Echo of the seed's sizes took p50 0.57-0.63 ms instead of 0.42-0.49 ms
 // (grpc-echo-probe, docs/BENCHMARKS.md). The price: a Stream holds two threads while open.
-class ComputeServiceImpl final : public tp::v1::TensorProductService::Service {
+//
+// The methods are registered by hand (as the generated TensorProductService::Service would, with
+// the same names and wire messages) because Forward is served from the message's bytes: x1 and x2
+// are read from gRPC's receive buffer straight into page-locked memory that the device copies
+// from, and `out` is sent from the page-locked buffer the device copied it into (forward_wire.h).
+// Through the generated handler the same call made four more copies of its tensors (into the
+// request message, into the worker's staging, out of it, into the response message).
+class ComputeServiceImpl final : public grpc::Service {
  public:
-  explicit ComputeServiceImpl(const ServiceEnv& env) : env_(env) {}
+  explicit ComputeServiceImpl(const ServiceEnv& env);
 
-  grpc::Status Forward(grpc::ServerContext* context, const tp::v1::ForwardRequest* request,
-                       tp::v1::ForwardResponse* response) override;
+  grpc::Status Forward(grpc::ServerContext* context, const grpc::ByteBuffer* request, grpc::ByteBuffer* response);
   grpc::Status Backward(grpc::ServerContext* context, const tp::v1::BackwardRequest* request,
-                        tp::v1::BackwardResponse* response) override;
+                        tp::v1::BackwardResponse* response);
   grpc::Status BackwardChunked(grpc::ServerContext* context, const tp::v1::BackwardRequest* request,
-                               grpc::ServerWriter<tp::v1::BackwardResponse>* writer) override;
+                               grpc::ServerWriter<tp::v1::BackwardResponse>* writer);
   // Requests are admitted as they arrive (so several can be batched or in flight at once) and
   // answered strictly in arrival order; at most stream_max_in_flight are outstanding. At most
   // max_streams are open at once: one more answers RESOURCE_EXHAUSTED before it reads anything,
   // so that streams cannot take every thread from unary callers.
   grpc::Status Stream(grpc::ServerContext* context,
-                      grpc::ServerReaderWriter<tp::v1::StreamResponse, tp::v1::StreamRequest>* stream) override;
+                      grpc::ServerReaderWriter<tp::v1::StreamResponse, tp::v1::StreamRequest>* stream);
   grpc::Status Echo(grpc::ServerContext* context, const tp::v1::EchoRequest* request,
-                    tp::v1::EchoResponse* response) override;
+                    tp::v1::EchoResponse* response);
 
  private:
   const ServiceEnv& env_;

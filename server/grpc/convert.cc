@@ -107,6 +107,19 @@ absl::StatusOr<InferenceRequest> FromProto(const tp::v1::ForwardRequest& request
   return FromProtoCommon(request, Op::kForward, mode);
 }
 
+absl::StatusOr<InferenceRequest> FromProto(const tp::v1::ForwardRequest& header, HostTensor x1, HostTensor x2) {
+  InferenceRequest r;
+  r.model = header.model();
+  r.op = Op::kForward;
+  if (auto s = CheckOutputDType(header.output_dtype()); !s.ok()) return s;
+  absl::StatusOr<Precision> precision = FromProto(header.precision());
+  if (!precision.ok()) return precision.status();
+  r.x1 = std::move(x1);
+  r.x2 = std::move(x2);
+  r.precision = *precision;
+  return r;
+}
+
 absl::StatusOr<InferenceRequest> FromProto(const tp::v1::BackwardRequest& request, wire::Decode mode) {
   absl::StatusOr<InferenceRequest> common = FromProtoCommon(request, Op::kBackward, mode);
   if (!common.ok()) return common.status();

@@ -28,6 +28,9 @@ absl::StatusOr<InferenceRequest> FromProto(const tp::v1::ForwardRequest& request
                                            wire::Decode mode = wire::Decode::kCopy);
 absl::StatusOr<InferenceRequest> FromProto(const tp::v1::BackwardRequest& request,
                                            wire::Decode mode = wire::Decode::kCopy);
+// A Forward request from its fields other than the tensors' bytes (`header`: x1.data and x2.data
+// empty), with x1 and x2 decoded by the caller (see forward_wire.h).
+absl::StatusOr<InferenceRequest> FromProto(const tp::v1::ForwardRequest& header, HostTensor x1, HostTensor x2);
 
 // The dtype results are sent in: output_dtype, or that of x1.
 tp::v1::DType ResultDType(tp::v1::DType output_dtype, const tp::v1::Tensor& x1);

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
 #include "server/grpc/tensor_codec.h"
 #include "tests/server/server_test_util.h"
@@ -54,6 +55,34 @@ BackwardRequest BackwardFor(const std::string& model, const ReferenceCase& c) {
   *request.mutable_x2() = F32({c.batch, Dim(c.x2, c.batch)}, c.x2);
   *request.mutable_grad_out() = F32({c.batch, Dim(c.out, c.batch)}, c.grad_out);
   return request;
+}
+
+// A unary Forward sent as raw bytes (a client with another protobuf library, or a broken one).
+grpc::Status ForwardBytes(const std::string& target, const std::string& bytes, std::string* response_bytes) {
+  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::CompletionQueue cq;
+  grpc::Slice slice(bytes);
+  grpc::ByteBuffer request(&slice, 1);
+  auto call = stub.PrepareUnaryCall(&context, "/tp.v1.TensorProductService/Forward", request, &cq);
+  call->StartCall();
+  grpc::ByteBuffer response;
+  grpc::Status status;
+  call->Finish(&response, &status, reinterpret_cast<void*>(1));
+  void* tag;
+  bool ok;
+  cq.Next(&tag, &ok);
+  response_bytes->clear();
+  std::vector<grpc::Slice> slices;
+  if (status.ok() && response.Dump(&slices).ok()) {
+    for (const auto& s : slices) response_bytes->append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return status;
 }
 
 std::string ReadFile(const std::string& path) {
@@ -258,6 +287,59 @@ TEST_F(ServerTest, Forward_AnswersInTheInputDtypeOrTheRequestedOne) {
   auto f16 = client_->Forward(request);
   ASSERT_TRUE(f16.ok());
   EXPECT_LT(RelativeError(ToDoubles(f16->out()), c.out), 2e-3);
+}
+
+// Forward reads plain float32 messages from their bytes into page-locked leases and sends `out`
+// from one (forward_wire.h); anything else goes through protobuf. Both must give the same answer.
+TEST_F(ServerTest, Forward_FromBytesAndThroughProtobuf_GiveTheSameAnswer) {
+  ReferenceCase c = LoadCase();
+  CreateFromCase(*client_, "m", c);
+  const ForwardRequest request = ForwardFor("m", c);
+  std::string fast_bytes;
+  ASSERT_TRUE(ForwardBytes(server_->target(), request.SerializeAsString(), &fast_bytes).ok());
+  EXPECT_GT(server_->core().host_pool().pinned_bytes(), 0u) << "the request did not take the leased path";
+  tp::v1::ForwardResponse fast;
+  ASSERT_TRUE(fast.ParseFromString(fast_bytes));
+  EXPECT_LT(RelativeError(ToDoubles(fast.out()), c.out), 1e-5);
+  EXPECT_EQ(fast.out().shape(0), c.batch);
+  EXPECT_EQ(fast.device(), "cpu");
+
+  // The same request with an unknown field appended, and split so that x1 comes in two parts
+  // (shape first, then dtype and data: protobuf merges them): both are protobuf's to read.
+  const std::string unknown_field = request.SerializeAsString() + std::string("\xa0\x06\x01", 3);
+  ForwardRequest first, second = request;
+  first.set_model("m");
+  *first.mutable_x1()->mutable_shape() = request.x1().shape();
+  second.mutable_x1()->clear_shape();
+  second.clear_model();
+  const std::string merged = first.SerializeAsString() + second.SerializeAsString();
+  for (const std::string& bytes : {unknown_field, merged}) {
+    std::string slow_bytes;
+    grpc::Status status = ForwardBytes(server_->target(), bytes, &slow_bytes);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    tp::v1::ForwardResponse slow;
+    ASSERT_TRUE(slow.ParseFromString(slow_bytes));
+    // (The CPU backend's threads may sum in another order from call to call: not bit-identical.)
+    EXPECT_LT(RelativeError(ToDoubles(slow.out()), ToDoubles(fast.out())), 1e-6);
+    EXPECT_LT(RelativeError(ToDoubles(slow.out()), c.out), 1e-5);
+    EXPECT_EQ(slow.out().shape(0), c.batch);
+  }
+}
+
+TEST_F(ServerTest, Forward_GarbageBytes_InvalidArgumentAndTheServerServesOn) {
+  ReferenceCase c = LoadCase();
+  CreateFromCase(*client_, "m", c);
+  std::string unused;
+  for (const std::string& garbage : {std::string("\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", 11),
+                                     std::string("\x12\x7f\x08\x01", 4),
+                                     std::string("\x0a\x05ab", 4)}) {
+    grpc::Status status = ForwardBytes(server_->target(), garbage, &unused);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_TRUE(absl::StrContains(status.error_message(), "not a tp.v1.ForwardRequest")) << status.error_message();
+  }
+  auto response = client_->Forward(ForwardFor("m", c));
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_LT(RelativeError(ToDoubles(response->out()), c.out), 1e-5);
 }
 
 TEST_F(ServerTest, Backward_WithGradOutMatchesE3nnReference) {
