@@ -532,13 +532,22 @@ TEST(ServerBatching, ConcurrentRequestsMergeIntoOneLaunch) {
   constexpr int kClients = 8;  // 8 x batch 4 = 32 samples
   std::vector<std::thread> threads;
   std::atomic<int64_t> max_executed{0};
-  std::atomic<int> ok{0};
+  std::atomic<int> ok{0}, right{0};
   for (int i = 0; i < kClients; ++i) {
-    threads.emplace_back([&] {
-      auto response = client->Forward(ForwardFor("m", c));
+    threads.emplace_back([&, i] {
+      // Each client's x1 scaled by its own factor (the product is linear in x1), so that an answer
+      // with another request's rows in it is wrong.
+      const double factor = 1.0 + 0.5 * i;
+      std::vector<double> x1 = c.x1, out = c.out;
+      for (double& v : x1) v *= factor;
+      for (double& v : out) v *= factor;
+      ForwardRequest request = ForwardFor("m", c);
+      *request.mutable_x1() = F32({c.batch, Dim(c.x1, c.batch)}, x1);
+      auto response = client->Forward(request);
       if (!response.ok()) return;
       ++ok;
-      if (RelativeError(ToDoubles(response->out()), c.out) < 1e-5) {
+      if (RelativeError(ToDoubles(response->out()), out) < 1e-5) {
+        ++right;
         int64_t seen = max_executed.load();
         while (response->executed_batch() > seen && !max_executed.compare_exchange_weak(seen, response->executed_batch())) {
         }
@@ -547,6 +556,7 @@ TEST(ServerBatching, ConcurrentRequestsMergeIntoOneLaunch) {
   }
   for (auto& t : threads) t.join();
   EXPECT_EQ(ok.load(), kClients);
+  EXPECT_EQ(right.load(), kClients) << "a merged launch answered a request with wrong rows";
   EXPECT_GT(max_executed.load(), c.batch) << "no request was merged with another";
   std::string text = server->metrics().Serialize();
   double launches = MetricValue(text, "tp_batch_size_count", {"model=\"m\""});
