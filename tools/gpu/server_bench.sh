@@ -44,18 +44,20 @@ load() {
 }
 scrape() { curl -s 127.0.0.1:9090/metrics > "$OUT/metrics-$1.txt"; }
 
+pass=0
 for v in $VERSIONS; do
   [ -d "/tmp/tp-${v%-gemm}" ] || continue
-  echo "== server $v, client $v"
+  pass=$((pass + 1)); t="$v-$pass"   # file names carry the pass: a version served twice keeps both
+  echo "== pass $pass: server $v, client $v"
   serve "$v" --workers_per_gpu 2 || exit 1
   for p in fp32 tf32; do
-    load "$v" "latency-$v-$p" --precision "$p" --latency_iters "$ITERS" --streams 0
-    scrape "$v-latency-$p"
+    load "$v" "latency-$t-$p" --precision "$p" --latency_iters "$ITERS" --streams 0
+    scrape "$t-latency-$p"
   done
   if [ "$THROUGHPUT" = 1 ]; then
-    [[ $v == new* ]] && [ -d /tmp/tp-base ] && [[ " $VERSIONS " == *" base "* ]] && { echo "== server new, client base"; load base "latency-new-server-base-client-fp32" --precision fp32 --latency_iters "$ITERS" --streams 0; }
-    for p in fp32 tf32; do load new "throughput-$v-$p" --precision "$p" --latency_iters 100 --streams 32 --window 4 --duration_s 5; done
-    scrape "$v-all"
+    [[ $v == new* ]] && [ -d /tmp/tp-base ] && [[ " $VERSIONS " == *" base "* ]] && { echo "== pass $pass: server new, client base"; load base "latency-$t-server-base-client-fp32" --precision fp32 --latency_iters "$ITERS" --streams 0; }
+    for p in fp32 tf32; do load new "throughput-$t-$p" --precision "$p" --latency_iters 100 --streams 32 --window 4 --duration_s 5; done
+    scrape "$t-all"
   fi
   stop
 done
