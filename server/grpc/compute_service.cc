@@ -243,6 +243,8 @@ grpc::Status ComputeServiceImpl::Stream(
     tp::v1::DType dtype = tp::v1::DTYPE_FLOAT32;
     std::optional<absl::StatusOr<InferenceResult>> result;
     std::optional<tp::v1::EchoResponse> echo;
+    // The request as read: its float32 tensors are borrowed by the core until `result` is set.
+    std::unique_ptr<tp::v1::StreamRequest> message;
     // Each request on a stream is also counted on its own ("Stream/Forward", ...).
     const char* method = "Stream/Echo";
     std::string model;
@@ -320,8 +322,10 @@ grpc::Status ComputeServiceImpl::Stream(
                                      absl::StrCat("cannot start this stream's writer thread: ", e.what())));
   }
 
-  tp::v1::StreamRequest request;
-  while (stream->Read(&request)) {
+  for (;;) {
+    auto message = std::make_unique<tp::v1::StreamRequest>();
+    if (!stream->Read(message.get())) break;
+    const tp::v1::StreamRequest& request = *message;
     auto entry = std::make_shared<Entry>();
     entry->request_id = request.request_id();
     absl::StatusOr<InferenceRequest> converted = absl::InvalidArgumentError("stream request has no op");
@@ -338,13 +342,13 @@ grpc::Status ComputeServiceImpl::Stream(
       if (request.echo().response_bytes() > 0 && request.echo().response_bytes() <= (int64_t{1} << 30)) {
         entry->echo->mutable_payload()->assign(static_cast<size_t>(request.echo().response_bytes()), '\0');
       } else {
-        *entry->echo->mutable_payload() = std::move(*request.mutable_echo()->mutable_payload());
+        *entry->echo->mutable_payload() = std::move(*message->mutable_echo()->mutable_payload());
       }
       converted = InferenceRequest{};  // placeholder: answered without the core
     } else if (request.has_forward()) {
       entry->forward = true;
       entry->dtype = ResultDType(request.forward().output_dtype(), request.forward().x1());
-      converted = FromProto(request.forward());
+      converted = FromProto(request.forward(), wire::Decode::kBorrow);
     } else if (request.has_backward()) {
       entry->forward = false;
       entry->dtype = ResultDType(request.backward().output_dtype(), request.backward().x1());
@@ -352,7 +356,7 @@ grpc::Status ComputeServiceImpl::Stream(
         converted = absl::InvalidArgumentError(
             "WEIGHT_GRAD_RETURN is not available on streams; use WEIGHT_GRAD_ACCUMULATE or BackwardChunked");
       } else {
-        converted = FromProto(request.backward());
+        converted = FromProto(request.backward(), wire::Decode::kBorrow);
       }
     }
     {
@@ -375,6 +379,7 @@ grpc::Status ComputeServiceImpl::Stream(
       continue;
     }
     converted->cancelled = cancelled;
+    entry->message = std::move(message);  // kept with the entry: the core borrows its tensors
     env_.core->Submit(*std::move(converted), [state, entry](absl::StatusOr<InferenceResult> result) {
       std::lock_guard<std::mutex> lock(state->mu);
       entry->result = std::move(result);

@@ -22,6 +22,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -62,6 +63,8 @@ struct Config {
   bool cuda = true, cpu = false;
   int64_t verify_max_batch = 1024;
   int64_t cpu_max_batch = 1024;
+  // Also time a server launch's round trip (--roundtrip): see RoundTrip().
+  bool roundtrip = false;
 };
 
 struct Record {
@@ -335,6 +338,59 @@ int Main(const Config& config) {
         if (!fwd_ok) fr.verified_against += " FAILED";
         PrintRecord(fr);
         records.push_back(fr);
+        if (config.roundtrip) {
+          // What a server launch pays around the kernel, on the host's clock as the server sees
+          // it: inputs from page-locked memory in one copy, the forward, the result back into
+          // page-locked memory, and the wait. Back to back, and with the GPU idle 0.5 ms before
+          // each (a lone client's gap between calls); then the copies alone and the forward alone.
+          const int64_t x2_at = (batch * d1 + 63) / 64 * 64, in_n = x2_at + batch * d2;
+          float *pin_in = nullptr, *pin_out = nullptr;
+          CHECK_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&pin_in), in_n * 4, cudaHostAllocPortable));
+          CHECK_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&pin_out), batch * dout * 4, cudaHostAllocPortable));
+          std::copy(x1s[0].begin(), x1s[0].end(), pin_in);
+          std::copy(x2s[0].begin(), x2s[0].end(), pin_in + x2_at);
+          DeviceBuf in_dev(in_n);
+          auto h2d = [&] {
+            CHECK_CUDA(cudaMemcpyAsync(in_dev.ptr, pin_in, in_n * 4, cudaMemcpyHostToDevice, stream));
+          };
+          auto d2h = [&] {
+            CHECK_CUDA(cudaMemcpyAsync(pin_out, out_dev.ptr, batch * dout * 4, cudaMemcpyDeviceToHost, stream));
+          };
+          auto fwd = [&] {
+            CHECK_OK(cuda->Forward(*cuda_plan, view(w_dev, {wn}), ConstTensorView{in_dev.ptr, DType::kFloat32, {batch, d1}},
+                                   ConstTensorView{in_dev.ptr + x2_at, DType::kFloat32, {batch, d2}},
+                                   {out_dev.ptr, DType::kFloat32, {batch, dout}}, ctx));
+          };
+          auto sync = [&] { CHECK_CUDA(cudaStreamSynchronize(stream)); };
+          auto time_host = [&](const std::function<void()>& fn, double idle_ms) {
+            for (int i = 0; i < config.warmup; ++i) fn();
+            std::vector<double> ms(config.runs);
+            for (int i = 0; i < config.runs; ++i) {
+              if (idle_ms > 0) std::this_thread::sleep_for(std::chrono::microseconds(static_cast<int>(idle_ms * 1e3)));
+              auto t0 = std::chrono::steady_clock::now();
+              fn();
+              ms[i] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+            }
+            std::sort(ms.begin(), ms.end());
+            return std::make_pair(ms[ms.size() / 2], ms[0]);
+          };
+          auto trip = [&] { h2d(); fwd(); d2h(); sync(); };
+          std::fill(pin_out, pin_out + batch * dout, NAN);
+          trip();
+          const double trip_err = RelError(std::vector<float>(pin_out, pin_out + batch * dout), ref_out, ref_out.size());
+          auto [t_med, t_min] = time_host(trip, 0);
+          auto [ti_med, ti_min] = time_host(trip, 0.5);
+          auto [c_med, c_min] = time_host([&] { h2d(); d2h(); sync(); }, 0.5);
+          auto [h_med, h_min] = time_host([&] { h2d(); sync(); }, 0.5);
+          auto [f2_med, f2_min] = time_host([&] { fwd(); sync(); }, 0.5);
+          std::printf("roundtrip %s b=%lld (err %.2e): copies+forward+sync %.4f (min %.4f) ms back to back, "
+                      "%.4f (min %.4f) after 0.5 ms idle; copies+sync %.4f, H2D+sync %.4f, forward+sync %.4f "
+                      "(idle before each; kernel by events %.4f)\n",
+                      PrecisionName(precision), static_cast<long long>(batch), trip_err, t_med, t_min, ti_med, ti_min,
+                      c_med, h_med, f2_med, f_med);
+          cudaFreeHost(pin_in);
+          cudaFreeHost(pin_out);
+        }
         auto [s_med, s_min] = TimeCuda(seed, config.warmup, config.runs, stream);
         const double s_flops = 2 * fwd_flops, s_bytes = 8.0 * wn + 4.0 * batch * (d1 + d2);
         Record sr{"dw_sum_tanh", "cuda", PrecisionName(precision), batch, s_med, s_min, s_flops, s_bytes,
@@ -405,7 +461,9 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (arg == "--json") {
+    if (arg == "--roundtrip") {
+      config.roundtrip = true;
+    } else if (arg == "--json") {
       config.json_path = value();
     } else if (arg == "--runs") {
       config.runs = std::atoi(value().c_str());
@@ -445,7 +503,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: tp-bench [--json PATH] [--runs N] [--warmup N] [--batches 64,1024,16384] "
                    "[--precisions fp32,tf32,bf16] [--irreps IRREPS] [--backend cuda|cpu|both] "
-                   "[--verify_max_batch N] [--cpu_max_batch N]\n");
+                   "[--verify_max_batch N] [--cpu_max_batch N] [--roundtrip]\n");
       return arg == "--help" ? 0 : 2;
     }
   }
