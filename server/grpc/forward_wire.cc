@@ -153,6 +153,10 @@ bool ParseForwardRequest(absl::Span<const absl::string_view> pieces, ForwardRequ
     if (field == 1 && wire_type == kLengthDelimited) {
       uint64_t bytes;
       if (!ReadLength(in, &bytes) || !in.ReadString(bytes, view->header.mutable_model())) return false;
+      // Protobuf checks every occurrence of a proto3 string for UTF-8 (not only the last, which
+      // is the one kept): ASCII passes, anything else is left to it.
+      const std::string& model = view->header.model();
+      if (!std::all_of(model.begin(), model.end(), [](char c) { return (c & 0x80) == 0; })) return false;
     } else if ((field == 2 || field == 3) && wire_type == kLengthDelimited) {
       bool& seen = field == 2 ? seen_x1 : seen_x2;
       if (seen) return false;  // protobuf would merge the two: leave that to it
@@ -171,9 +175,7 @@ bool ParseForwardRequest(absl::Span<const absl::string_view> pieces, ForwardRequ
       return false;  // unknown field, wrong wire type, group, or field number 0
     }
   }
-  // Protobuf rejects a string field that is not UTF-8 in proto3; so do we (then it decides).
-  const std::string& model = view->header.model();
-  return model.size() < 256 && std::all_of(model.begin(), model.end(), [](char c) { return (c & 0x80) == 0; });
+  return true;
 }
 
 void CopyWireBytes(absl::Span<const absl::string_view> pieces, WireBytes bytes, void* dst) {
