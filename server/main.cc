@@ -30,6 +30,8 @@ ABSL_FLAG(int64_t, max_queued_requests, 1024, "admitted requests waiting; beyond
 ABSL_FLAG(int64_t, max_queued_bytes, int64_t{4} << 30, "input bytes of the waiting requests; beyond: RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::string, non_finite, "reject", "NaN/Inf in inputs: reject (INVALID_ARGUMENT) | pass");
 ABSL_FLAG(int64_t, max_inline_grad_bytes, 4 << 20, "largest weight gradient a unary Backward returns");
+ABSL_FLAG(int64_t, max_pinned_host_bytes, int64_t{256} << 20,
+          "page-locked host memory for unary Forward tensors (reused); past it, ordinary memory");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain (with --tls_key: TLS on)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key");
 ABSL_FLAG(std::string, auth_token, "", "bearer token every tp.v1 call must carry (\"\": no auth)");
@@ -83,6 +85,7 @@ absl::StatusOr<ServerConfig> LoadConfig() {
     c.core.reject_non_finite = policy == "reject";
   }
   take("max_inline_grad_bytes", c.core.max_inline_grad_bytes, absl::GetFlag(FLAGS_max_inline_grad_bytes));
+  take("max_pinned_host_bytes", c.core.max_pinned_host_bytes, absl::GetFlag(FLAGS_max_pinned_host_bytes));
   take("tls_cert", c.transport.tls_cert_file, absl::GetFlag(FLAGS_tls_cert));
   take("tls_key", c.transport.tls_key_file, absl::GetFlag(FLAGS_tls_key));
   take("auth_token", c.transport.auth_token, absl::GetFlag(FLAGS_auth_token));

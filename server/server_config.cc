@@ -45,6 +45,7 @@ absl::Status ApplyConfigFile(const std::string& path, ServerConfig* config) {
         }
         config->core.reject_non_finite = policy == "reject";
       } else if (key == "max_inline_grad_bytes") config->core.max_inline_grad_bytes = value.get<int64_t>();
+      else if (key == "max_pinned_host_bytes") config->core.max_pinned_host_bytes = value.get<int64_t>();
       else if (key == "tls_cert") config->transport.tls_cert_file = value.get<std::string>();
       else if (key == "tls_key") config->transport.tls_key_file = value.get<std::string>();
       else if (key == "auth_token") config->transport.auth_token = value.get<std::string>();

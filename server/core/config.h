@@ -24,6 +24,9 @@ struct CoreConfig {
   bool reject_non_finite = true;
   // Largest weight gradient returned inline by a unary Backward (bigger: use BackwardChunked).
   int64_t max_inline_grad_bytes = 4 << 20;
+  // Page-locked host memory for unary Forward's tensors (HostPool leases, reused); past it, leases
+  // are ordinary memory (the worker then gathers them into its own page-locked staging).
+  int64_t max_pinned_host_bytes = int64_t{256} << 20;
 
   std::string DebugString() const;
 };

@@ -140,10 +140,10 @@ absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(CoreConfig 
         std::make_unique<Worker>(index, std::move(backend), core->batcher_.get(), core->observer_));
   }
   // Leases are page-locked through the first worker's backend (CUDA allocates them portable, so
-  // every device's copies use them at full speed); 256 MiB of them at most, ~280 seed-sized calls.
+  // every device's copies use them at full speed). The default 256 MiB holds ~280 seed-sized calls.
   Backend* first = &core->workers_.front()->backend();
   core->host_pool_ = HostPool::Create([first](size_t bytes) { return first->AllocateHost(bytes); },
-                                      size_t{256} << 20);
+                                      static_cast<size_t>(std::max<int64_t>(core->config_.max_pinned_host_bytes, 0)));
   for (auto& worker : core->workers_) {
     InferenceCore* self = core.get();
     worker->SetDeviceLostHandler(
@@ -430,9 +430,9 @@ absl::StatusOr<InferenceResult> InferenceCore::Run(InferenceRequest request, Dis
 std::string CoreConfig::DebugString() const {
   return absl::StrFormat(
       "model_dir=%s max_batch_size=%d max_queue_delay_us=%d max_queued_requests=%d max_queued_bytes=%d non_finite=%s "
-      "max_inline_grad_bytes=%d",
+      "max_inline_grad_bytes=%d max_pinned_host_bytes=%d",
       model_dir.empty() ? "(memory)" : model_dir, max_batch_size, max_queue_delay_us, max_queued_requests, max_queued_bytes,
-      reject_non_finite ? "reject" : "pass", max_inline_grad_bytes);
+      reject_non_finite ? "reject" : "pass", max_inline_grad_bytes, max_pinned_host_bytes);
 }
 
 }  // namespace tpserve::server

@@ -78,7 +78,7 @@ struct Fixture {
   testing::ReferenceCase c;
 };
 
-std::vector<double> D(const HostTensor& t) { return {t.data.begin(), t.data.end()}; }
+std::vector<double> D(const HostTensor& t) { return {t.values(), t.values() + t.size()}; }
 
 TEST(InferenceCoreTest, ConcurrentRequestsForOneModel_MergeIntoOneLaunch) {
   CoreConfig config;
@@ -164,6 +164,101 @@ TEST(InferenceCoreTest, MergedRequests_OwnedOrBorrowed_AreGatheredAndSplitCorrec
       }
     }
   }
+}
+
+// Requests whose tensors lie in page-locked leases (as unary Forward's do) are copied to the device
+// request by request and their results copied straight into their out_into leases; a batch with
+// one ordinary request among them is gathered as before. Both must split the results right.
+TEST(InferenceCoreTest, MergedRequests_InLeases_AreCopiedDirectlyAndSplitCorrectly) {
+  const ModelSpec spec{"32x0e + 32x1o", "32x0e + 32x1o", "16x0e + 16x1o"};
+  for (bool all_leased : {true, false}) {
+    SCOPED_TRACE(all_leased ? "all leased" : "one ordinary request");
+    CoreConfig config;
+    config.max_queue_delay_us = 10000000;  // launches when the 16 + 24 + 8 + 16 samples are all there
+    config.max_batch_size = 64;
+    Fixture f(config);
+    ASSERT_TRUE(f.core->CreateModel("big", spec, std::nullopt, 1).ok());
+    std::mt19937_64 rng = testing::FreshRng();
+    const std::vector<int64_t> batches = {16, 24, 8, 16};
+    std::vector<std::unique_ptr<HostLease>> leases;
+    std::vector<std::vector<float>> owned_x1, owned_x2;
+    std::vector<InferenceRequest> requests(batches.size());
+    for (size_t i = 0; i < batches.size(); ++i) {
+      InferenceRequest& r = requests[i];
+      const int64_t n = batches[i];
+      r.model = "big";
+      std::vector<double> x1 = testing::RandomNormal(n * 128, rng), x2 = testing::RandomNormal(n * 128, rng);
+      if (!all_leased && i == 2) {
+        r.x1 = HostTensor({n, 128}, std::vector<float>(x1.begin(), x1.end()));
+        r.x2 = HostTensor({n, 128}, std::vector<float>(x2.begin(), x2.end()));
+      } else {
+        leases.push_back(f.core->host_pool().Acquire(n * 256 * sizeof(float)));
+        ASSERT_TRUE(leases.back()->pinned());
+        float* in = static_cast<float*>(leases.back()->data());
+        std::copy(x1.begin(), x1.end(), in);
+        std::copy(x2.begin(), x2.end(), in + n * 128);
+        r.x1 = HostTensor::Borrow({n, 128}, in, n * 128);
+        r.x2 = HostTensor::Borrow({n, 128}, in + n * 128, n * 128);
+        r.x1.pinned = r.x2.pinned = true;
+      }
+      leases.push_back(f.core->host_pool().Acquire(n * 64 * sizeof(float)));
+      r.out_into = static_cast<float*>(leases.back()->data());
+      std::fill(r.out_into, r.out_into + n * 64, NAN);  // poisoned: every value must be written
+      r.out_into_size = static_cast<size_t>(n * 64);
+      r.out_into_pinned = true;
+    }
+    std::vector<std::future<absl::StatusOr<InferenceResult>>> merged;
+    for (const auto& r : requests) merged.push_back(std::async(std::launch::async, [&f, r] { return f.core->Run(r); }));
+    std::vector<InferenceResult> results;
+    for (auto& m : merged) {
+      auto r = m.get();
+      ASSERT_TRUE(r.ok()) << r.status();
+      results.push_back(*r);
+    }
+    EXPECT_EQ(f.observer.max_requests.load(), 4) << "the requests were not merged";
+    Fixture g(CoreConfig{});
+    ASSERT_TRUE(g.core->CreateModel("big", spec, std::nullopt, 1).ok());
+    for (size_t i = 0; i < requests.size(); ++i) {
+      InferenceRequest plain = requests[i];
+      plain.out_into = nullptr;
+      auto alone = g.core->Run(plain);
+      ASSERT_TRUE(alone.ok()) << alone.status();
+      EXPECT_EQ(results[i].out.values(), requests[i].out_into) << "the result must be in its lease";
+      EXPECT_EQ(results[i].out.shape, (std::vector<int64_t>{batches[i], 64}));
+      EXPECT_LT(RelativeError(D(results[i].out), D(alone->out)), 1e-6) << i;
+    }
+  }
+}
+
+TEST(HostPoolTest, LeasesAreReusedAndPageLockedOnlyUpToTheLimit) {
+  int allocations = 0;
+  std::shared_ptr<HostPool> pool = HostPool::Create(
+      [&](size_t bytes) -> absl::StatusOr<std::unique_ptr<BackendBuffer>> {
+        ++allocations;
+        return CpuBackend().AllocateHost(bytes);
+      },
+      size_t{1} << 20);
+  void* first_data = nullptr;
+  {
+    std::unique_ptr<HostLease> a = pool->Acquire(100000);  // class 128 KiB
+    EXPECT_TRUE(a->pinned());
+    EXPECT_GE(a->bytes(), 100000u);
+    first_data = a->data();
+  }
+  std::unique_ptr<HostLease> b = pool->Acquire(120000);  // same class: the buffer comes back
+  EXPECT_EQ(b->data(), first_data);
+  EXPECT_EQ(allocations, 1);
+  std::unique_ptr<HostLease> c = pool->Acquire(700000);  // 1 MiB class: past the 1 MiB limit
+  EXPECT_FALSE(c->pinned());
+  EXPECT_GE(c->bytes(), 700000u);
+  static_cast<char*>(c->data())[699999] = 1;  // ordinary memory, but memory all the same
+  EXPECT_EQ(pool->pinned_bytes(), size_t{128} << 10);
+  std::shared_ptr<HostPool> failing = HostPool::Create(
+      [](size_t) -> absl::StatusOr<std::unique_ptr<BackendBuffer>> { return absl::ResourceExhaustedError("no"); },
+      size_t{1} << 30);
+  std::unique_ptr<HostLease> d = failing->Acquire(1000);
+  EXPECT_FALSE(d->pinned());
+  EXPECT_EQ(failing->pinned_bytes(), 0u);
 }
 
 // A caller that offers its thread (a unary RPC) runs the launch itself when the core batches
