@@ -186,6 +186,10 @@ class CudaBackendTest : public ::testing::Test {
         const double y = std::tanh(ref_out[i]);
         g[i] = loss == Loss::kSumTanh ? 1 - y * y : 1.0;
       }
+      // The forward's rounding reaches the gradients a second time through g(out) (1 - tanh^2 has
+      // slope up to 0.77): tf32 and bf16 get 2.5x their tolerance here (a tf32 case with a single
+      // output channel, batch 109, gave 2.9e-3 on the H100).
+      const double loss_tol = precision == Precision::kFp32 ? tol : 2.5 * tol;
       std::vector<double> want_dw(w.size()), want_dx1(x1.size()), want_dx2(x2.size());
       ASSERT_TRUE(cpu.Backward(**cpu_plan, HostCView(w, w_shape), HostCView(x1, x1_shape), HostCView(x2, x2_shape),
                                HostCView(g, out_shape),
@@ -200,23 +204,23 @@ class CudaBackendTest : public ::testing::Test {
                                       GradientOutputs{d_dw.view(), d_dx1.view(), d_dx2.view()}, ctx)
                       .ok());
       EXPECT_LE(RelativeError(d_out.Download(), ref_out), tol) << "loss out";
-      EXPECT_LE(RelativeError(d_dw.Download(), want_dw), tol) << "loss grad_weight";
-      EXPECT_LE(RelativeError(d_dx1.Download(), want_dx1), tol) << "loss grad_x1";
-      EXPECT_LE(RelativeError(d_dx2.Download(), want_dx2), tol) << "loss grad_x2";
+      EXPECT_LE(RelativeError(d_dw.Download(), want_dw), loss_tol) << "loss grad_weight";
+      EXPECT_LE(RelativeError(d_dx1.Download(), want_dx1), loss_tol) << "loss grad_x1";
+      EXPECT_LE(RelativeError(d_dx2.Download(), want_dx2), loss_tol) << "loss grad_x2";
       // Only grad_weight, no out: the seed task's call.
       d_dw.Poison();
       ASSERT_TRUE(cuda_->LossGradient(**prepared, loss, d_w.cview(), d_x1.cview(), d_x2.cview(), {},
                                       GradientOutputs{d_dw.view(), {}, {}}, ctx)
                       .ok());
-      EXPECT_LE(RelativeError(d_dw.Download(), want_dw), tol) << "loss grad_weight only";
+      EXPECT_LE(RelativeError(d_dw.Download(), want_dw), loss_tol) << "loss grad_weight only";
       // Only the input gradients.
       d_dx1.Poison();
       d_dx2.Poison();
       ASSERT_TRUE(cuda_->LossGradient(**prepared, loss, d_w.cview(), d_x1.cview(), d_x2.cview(), {},
                                       GradientOutputs{{}, d_dx1.view(), d_dx2.view()}, ctx)
                       .ok());
-      EXPECT_LE(RelativeError(d_dx1.Download(), want_dx1), tol) << "loss grad_x1 only";
-      EXPECT_LE(RelativeError(d_dx2.Download(), want_dx2), tol) << "loss grad_x2 only";
+      EXPECT_LE(RelativeError(d_dx1.Download(), want_dx1), loss_tol) << "loss grad_x1 only";
+      EXPECT_LE(RelativeError(d_dx2.Download(), want_dx2), loss_tol) << "loss grad_x2 only";
     }
   }
 
@@ -347,8 +351,12 @@ TEST_F(CudaBackendTest, FactoredForward_MatchesGemmForward_AcrossBatchesAndConcu
   setenv("TPSERVE_FORWARD_KERNEL", "factored-3xtf32", 1);
   auto three_tf32 = cuda_->Prepare(*plan);
   unsetenv("TPSERVE_FORWARD_KERNEL");
+  setenv("TPSERVE_FACTORED_WARP_COLS", "16", 1);  // the 16-column warp layout
+  auto narrow = cuda_->Prepare(*plan);
+  unsetenv("TPSERVE_FACTORED_WARP_COLS");
   ASSERT_TRUE(gemm.ok()) << gemm.status();
   ASSERT_TRUE(three_tf32.ok()) << three_tf32.status();
+  ASSERT_TRUE(narrow.ok()) << narrow.status();
 
   constexpr int64_t kMaxBatch = 4096;
   uint64_t seed = 0;
@@ -385,6 +393,10 @@ TEST_F(CudaBackendTest, FactoredForward_MatchesGemmForward_AcrossBatchesAndConcu
       out_g.Poison();
       ASSERT_TRUE(run(**factored, batch, precision, nullptr, out_f).ok());
       ASSERT_TRUE(run(**gemm, batch, Precision::kFp32, nullptr, out_g).ok());
+      EXPECT_LE(RelativeError(prefix(out_f.Download(), batch), prefix(out_g.Download(), batch)),
+                precision == Precision::kFp32 ? 2e-5 : 2e-3);
+      out_f.Poison();  // the 16-column warp layout
+      ASSERT_TRUE(run(**narrow, batch, precision, nullptr, out_f).ok());
       EXPECT_LE(RelativeError(prefix(out_f.Download(), batch), prefix(out_g.Download(), batch)),
                 precision == Precision::kFp32 ? 2e-5 : 2e-3);
       if (precision == Precision::kFp32) {  // the three-TF32 variant of the factored kernel too

@@ -176,6 +176,7 @@ class CudaPreparedPlan final : public PreparedPlan {
   bool any_factored = false;
   bool factored_three_tf32 = false;  // fp32 as three TF32 MMAs (TPSERVE_FORWARD_KERNEL=factored-3xtf32)
   int factored_blocks_per_sm = 0;    // factored forward work split; 0: chosen per batch (BuildFactoredWork)
+  int factored_warp_cols = 32;       // output columns per warp (TPSERVE_FACTORED_WARP_COLS=16 for comparisons)
 
   // Work lists per (kind, batch); kind 0..2 = roles (all paths), 3 = weight gradient, 4 = factored
   // forward, 5 = the forward role without the factored paths. Shared, because the cache may drop a
@@ -436,7 +437,7 @@ absl::Status LaunchGemmRole(const CudaPreparedPlan& prepared, int role_index, co
     args.work = fwork->items.get<TpGemmWork>();
     args.num_work = fwork->count;
     CUDA_RETURN_IF_ERROR(cuda::LaunchFactoredForward(ToMmaPrecision(precision), prepared.factored_three_tf32,
-                                                     fwork->max_t_ldq, args, stream));
+                                                     prepared.factored_warp_cols, fwork->max_t_ldq, args, stream));
   }
   return absl::OkStatus();
 }
@@ -561,6 +562,9 @@ absl::StatusOr<std::unique_ptr<PreparedPlan>> CudaBackend::Prepare(const TensorP
   const std::string_view forward_kernel = forward_kernel_env == nullptr ? "" : forward_kernel_env;
   const bool allow_factored = forward_kernel != "gemm";
   prepared->factored_three_tf32 = forward_kernel == "factored-3xtf32";
+  if (const char* cols = std::getenv("TPSERVE_FACTORED_WARP_COLS"); cols != nullptr && std::atoi(cols) == 16) {
+    prepared->factored_warp_cols = 16;
+  }
   if (const char* blocks = std::getenv("TPSERVE_FACTORED_BLOCKS_PER_SM"); blocks != nullptr) {
     prepared->factored_blocks_per_sm = std::clamp(std::atoi(blocks), 1, 64);
   }

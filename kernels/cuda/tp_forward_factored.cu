@@ -10,13 +10,14 @@
 // and split once per block and stays in shared memory, so the main loop is ldmatrix + MMA plus the
 // W fragments, and the 3j work is 2*T*R flops per Y element after its K = Q sum.
 //
-// Block (512 threads, 16 warps, one block per SM): one path, kSamples samples, kCols output columns,
-// a range of p (TpGemmWork.k_begin/k_end index p here). Warps are 2 (samples, 16 each) x 8 (columns,
-// 16 each); a warp holds Y for its 16 samples x all T x 16 columns (rows of A ordered t-major, so one
-// thread holds every t of its samples and the 3j step needs no shuffles) and accumulates out over p
-// in registers; partial sums over p meet in `out` by atomicAdd (zeroed by the host). 16 warps (128
-// registers each) rather than 8 with more registers: each warp's own instruction stream set the pace
-// (ncu: 2 warps per scheduler, stalls on fixed-latency and shared-memory dependencies).
+// Block (one per SM): one path, kSamples samples, kCols output columns, a range of p
+// (TpGemmWork.k_begin/k_end index p here). Warps are 2 (samples, 16 each) x 4 (columns, 32 each);
+// a warp holds Y for its 16 samples x all T x 32 columns (rows of A ordered t-major, so one thread
+// holds every t of its samples and the 3j step needs no shuffles) and accumulates out over p in
+// registers; partial sums over p meet in `out` by atomicAdd (zeroed by the host). 32 columns per
+// warp: each A fragment loaded from shared memory feeds 4 n8 tiles (shared memory was 74 % busy
+// with 16-column warps); 8 warps of up to 255 registers. 16-column warps (16 warps of 128
+// registers) remain for comparisons: TPSERVE_FACTORED_WARP_COLS=16 (measured in NOTES.md).
 // W streams through a 3-stage cp.async ring of 32 x kCols tiles ((p, q-chunk) order).
 // Limits (host checks, else tp_gemm.cu): T in {1, 3, 5}, R <= 5, S <= 5, Q % 32 == 0, W contiguous in n.
 #include "kernels/cuda/mma.cuh"
@@ -33,7 +34,12 @@ constexpr int kMaxR = 5;
 constexpr int kMaxS = 5;
 constexpr int kPzPerSample = kMaxR * kMaxR;  // Pz[t][r], t < T <= 5, r < 5
 constexpr int kCBlock = kMaxR * kMaxS * kMaxR;  // one path's 3j block, dense [r][s][t]
-constexpr int kThreads = 512;
+// Warps are 2 (samples) x kCols / (8 kNt) (columns); kNt n8 tiles per warp: 4 (8 warps, the
+// default) or 2 (16 warps; LaunchFactoredForward's warp_cols).
+template <int kNt>
+constexpr int ThreadsFor() {
+  return 2 * (kCols / (8 * kNt)) * 32;
+}
 
 // How the products are formed (fp32-accurate modes keep a second A plane in shared memory):
 //   kTf32:     one TF32 MMA per k8 step (A rounded, W truncated by the tensor cores).
@@ -57,11 +63,13 @@ constexpr size_t SmemBytes(int t_times_ldq) {
                           2 * kSamples * kPzPerSample + kCBlock);
 }
 
-template <Mode kMode, int kT, int kR>
+template <Mode kMode, int kT, int kR, int kNt>
 __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGemmPath& path, const TpGemmWork& item,
                                               char* smem) {
   constexpr int kPlanes = Planes<kMode>();
   constexpr int kRows = kT * kSamples;  // A rows: t * kSamples + sample
+  constexpr int kThreads = ThreadsFor<kNt>();
+  constexpr int kWarpsN = kCols / (8 * kNt);
   const int Q = path.Q, ldq = Q + 4;  // ldmatrix rows 16 bytes apart in banks
   constexpr int R = kR;
   uint32_t* const sA = reinterpret_cast<uint32_t*>(smem);                    // [plane][kRows][ldq]
@@ -71,7 +79,7 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t4 = lane & 3;
-  const int warp_z0 = (warp >> 3) * 16, warp_n0 = (warp & 7) * 16;
+  const int warp_z0 = (warp / kWarpsN) * 16, warp_n0 = (warp % kWarpsN) * (8 * kNt);
   const int z0 = item.z0, n0 = item.n0;
   const int samples = min(kSamples, args.batch - z0);
   const int p_begin = item.k_begin, p_end = item.k_end;
@@ -81,8 +89,8 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
   // W tile `tile` = (p, q-chunk) in order; the issuing position advances by one per call. Each
   // thread copies the same two 16-byte pieces of every tile (rows k and k + 16, columns n..n+3), so
   // only a running source pointer and the stage change.
-  constexpr int kCopies = kTileK * kCols / 4 / kThreads;  // 2
-  constexpr int kRowsPerCopy = kThreads / (kCols / 4);    // 16
+  constexpr int kCopies = kTileK * kCols / 4 / kThreads;  // 2 or 4
+  constexpr int kRowsPerCopy = kThreads / (kCols / 4);    // 16 or 8
   const int copy_k = tid / (kCols / 4), copy_n = 4 * (tid % (kCols / 4));
   const bool copy_valid = n0 + copy_n < path.N;
   const long long row_step = path.w_stride_q;
@@ -191,12 +199,12 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
   TP_COMPUTE_PZ(0);
   TP_LOAD_A(p_begin + 1);
 
-  float y[kT][2][4];
-  float o[2][2][2][kR];  // [row half][n8 tile][column parity][r]
+  float y[kT][kNt][4];
+  float o[2][kNt][2][kR];  // [row half][n8 tile][column parity][r]
 #pragma unroll
   for (int half = 0; half < 2; ++half)
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt)
+    for (int nt = 0; nt < kNt; ++nt)
 #pragma unroll
       for (int c = 0; c < 2; ++c)
 #pragma unroll
@@ -212,15 +220,15 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
   // for the fp32 modes) and the MMAs of both n8 tiles. A is loaded per t so that few registers hold
   // it (16 warps per SM leave 128 per thread).
   auto run_step = [&](uint32_t a_k, const float* w_k) {
-    float b[2][2];
+    float b[kNt][2];
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
+    for (int nt = 0; nt < kNt; ++nt) {
       b[nt][0] = w_k[nt * 8];
       b[nt][1] = w_k[nt * 8 + 4 * kLdw];
     }
-    uint32_t w_big[2][2], w_fix[2][2];
+    uint32_t w_big[kNt][2], w_fix[kNt][2];
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
+    for (int nt = 0; nt < kNt; ++nt) {
       if constexpr (kMode == Mode::kTf32Bf16) {
         // W = w_big (TF32, rounded) + w_small; B of the bf16 MMA: slots (2j, 2j + 1) = w at rows j and
         // j + 4 (against a_small), slots (2j + 8, 2j + 9) = w_small (against a).
@@ -243,7 +251,7 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
 #pragma unroll
       for (int pl = 0; pl < kPlanes; ++pl) LdMatrixX4(a[pl], a_k + pl * plane_bytes + t * t_stride);
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
+      for (int nt = 0; nt < kNt; ++nt) {
         if constexpr (kMode == Mode::kTf32Bf16) {
           MmaBf16(y[t][nt], a[1], w_fix[nt]);
           MmaTf32(y[t][nt], a[0], w_big[nt]);
@@ -267,7 +275,7 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
 #pragma unroll
       for (int t = 0; t < kT; ++t)
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
+        for (int nt = 0; nt < kNt; ++nt)
 #pragma unroll
           for (int i = 0; i < 4; ++i) y[t][nt][i] = 0.f;
       // Pz of the next p into the other buffer: its last reader (p - 1) passed the barrier above.
@@ -296,7 +304,7 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
 #pragma unroll
         for (int t = 0; t < kT; ++t)
 #pragma unroll
-          for (int nt = 0; nt < 2; ++nt)
+          for (int nt = 0; nt < kNt; ++nt)
 #pragma unroll
             for (int c = 0; c < 2; ++c)
 #pragma unroll
@@ -316,7 +324,7 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
     if (zl >= samples) continue;
     float* row = args.out + static_cast<long long>(z0 + zl) * args.out_row_stride + path.out_offset;
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
+    for (int nt = 0; nt < kNt; ++nt) {
       const int n = n0 + warp_n0 + nt * 8 + 2 * t4;
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
@@ -334,22 +342,22 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
 #undef TP_LOAD_A
 #undef TP_COMPUTE_PZ
 
-template <Mode kMode>
-__global__ void __launch_bounds__(kThreads, 1) TpForwardFactoredKernel(const TpGemmArgs args) {
+template <Mode kMode, int kNt>
+__global__ void __launch_bounds__(ThreadsFor<kNt>(), 1) TpForwardFactoredKernel(const TpGemmArgs args) {
   extern __shared__ float4 smem_raw[];
   const TpGemmWork item = args.work[blockIdx.x];
   const TpGemmPath path = args.paths[item.path];
   char* smem = reinterpret_cast<char*>(smem_raw);
   switch (path.T * 8 + path.R) {
-    case 1 * 8 + 1: FactoredBlock<kMode, 1, 1>(args, path, item, smem); break;
-    case 1 * 8 + 3: FactoredBlock<kMode, 1, 3>(args, path, item, smem); break;
-    case 1 * 8 + 5: FactoredBlock<kMode, 1, 5>(args, path, item, smem); break;
-    case 3 * 8 + 1: FactoredBlock<kMode, 3, 1>(args, path, item, smem); break;
-    case 3 * 8 + 3: FactoredBlock<kMode, 3, 3>(args, path, item, smem); break;
-    case 3 * 8 + 5: FactoredBlock<kMode, 3, 5>(args, path, item, smem); break;
-    case 5 * 8 + 1: FactoredBlock<kMode, 5, 1>(args, path, item, smem); break;
-    case 5 * 8 + 3: FactoredBlock<kMode, 5, 3>(args, path, item, smem); break;
-    default: FactoredBlock<kMode, 5, 5>(args, path, item, smem); break;
+    case 1 * 8 + 1: FactoredBlock<kMode, 1, 1, kNt>(args, path, item, smem); break;
+    case 1 * 8 + 3: FactoredBlock<kMode, 1, 3, kNt>(args, path, item, smem); break;
+    case 1 * 8 + 5: FactoredBlock<kMode, 1, 5, kNt>(args, path, item, smem); break;
+    case 3 * 8 + 1: FactoredBlock<kMode, 3, 1, kNt>(args, path, item, smem); break;
+    case 3 * 8 + 3: FactoredBlock<kMode, 3, 3, kNt>(args, path, item, smem); break;
+    case 3 * 8 + 5: FactoredBlock<kMode, 3, 5, kNt>(args, path, item, smem); break;
+    case 5 * 8 + 1: FactoredBlock<kMode, 5, 1, kNt>(args, path, item, smem); break;
+    case 5 * 8 + 3: FactoredBlock<kMode, 5, 3, kNt>(args, path, item, smem); break;
+    default: FactoredBlock<kMode, 5, 5, kNt>(args, path, item, smem); break;
   }
 }
 
@@ -367,35 +375,45 @@ bool FactoredForwardSupports(const TpGemmPath& path) {
 int FactoredForwardSamples() { return kSamples; }
 int FactoredForwardCols() { return kCols; }
 
+namespace {
+
+template <Mode kMode, int kNt>
+cudaError_t Configure() {
+  return cudaFuncSetAttribute(TpForwardFactoredKernel<kMode, kNt>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(kMaxSmem));
+}
+
+template <Mode kMode, int kNt>
+cudaError_t Launch(int max_t_ldq, const TpGemmArgs& args, cudaStream_t stream) {
+  TpForwardFactoredKernel<kMode, kNt><<<args.num_work, ThreadsFor<kNt>(), SmemBytes<kMode>(max_t_ldq), stream>>>(args);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
 cudaError_t ConfigureFactoredForwardKernels() {
-  for (cudaError_t e : {cudaFuncSetAttribute(TpForwardFactoredKernel<Mode::kTf32Bf16>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kMaxSmem)),
-                        cudaFuncSetAttribute(TpForwardFactoredKernel<Mode::k3xTf32>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kMaxSmem)),
-                        cudaFuncSetAttribute(TpForwardFactoredKernel<Mode::kTf32>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kMaxSmem))}) {
+  for (cudaError_t e : {Configure<Mode::kTf32Bf16, 2>(), Configure<Mode::k3xTf32, 2>(), Configure<Mode::kTf32, 2>(),
+                        Configure<Mode::kTf32Bf16, 4>(), Configure<Mode::k3xTf32, 4>(), Configure<Mode::kTf32, 4>()}) {
     if (e != cudaSuccess) return e;
   }
   return cudaSuccess;
 }
 
-cudaError_t LaunchFactoredForward(MmaPrecision precision, bool three_tf32, int max_t_ldq, const TpGemmArgs& args,
-                                  cudaStream_t stream) {
+cudaError_t LaunchFactoredForward(MmaPrecision precision, bool three_tf32, int warp_cols, int max_t_ldq,
+                                  const TpGemmArgs& args, cudaStream_t stream) {
   if (args.num_work == 0) return cudaSuccess;
   if ((reinterpret_cast<unsigned long long>(args.w) & 15) != 0) return cudaErrorMisalignedAddress;
+  if (warp_cols != 16 && warp_cols != 32) return cudaErrorInvalidValue;
+  const bool wide = warp_cols == 32;
   switch (precision) {
     case MmaPrecision::k3xTf32:
       if (three_tf32) {
-        TpForwardFactoredKernel<Mode::k3xTf32>
-            <<<args.num_work, kThreads, SmemBytes<Mode::k3xTf32>(max_t_ldq), stream>>>(args);
-      } else {
-        TpForwardFactoredKernel<Mode::kTf32Bf16>
-            <<<args.num_work, kThreads, SmemBytes<Mode::kTf32Bf16>(max_t_ldq), stream>>>(args);
+        return wide ? Launch<Mode::k3xTf32, 4>(max_t_ldq, args, stream) : Launch<Mode::k3xTf32, 2>(max_t_ldq, args, stream);
       }
-      return cudaGetLastError();
+      return wide ? Launch<Mode::kTf32Bf16, 4>(max_t_ldq, args, stream)
+                  : Launch<Mode::kTf32Bf16, 2>(max_t_ldq, args, stream);
     case MmaPrecision::kTf32:
-      TpForwardFactoredKernel<Mode::kTf32><<<args.num_work, kThreads, SmemBytes<Mode::kTf32>(max_t_ldq), stream>>>(args);
-      return cudaGetLastError();
+      return wide ? Launch<Mode::kTf32, 4>(max_t_ldq, args, stream) : Launch<Mode::kTf32, 2>(max_t_ldq, args, stream);
     default: return cudaErrorInvalidValue;
   }
 }

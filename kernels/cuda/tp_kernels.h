@@ -117,8 +117,9 @@ int FactoredForwardCols();
 cudaError_t ConfigureFactoredForwardKernels();
 // k3xTf32 (fp32 accuracy) runs one TF32 MMA plus one bf16 MMA carrying both correction terms per
 // product, unless three_tf32 (the classic three TF32 MMAs: slower, ~2x smaller error; comparisons).
-cudaError_t LaunchFactoredForward(MmaPrecision precision, bool three_tf32, int max_t_ldq, const TpGemmArgs& args,
-                                  cudaStream_t stream);
+// warp_cols: output columns per warp, 32 (8 warps per block; faster) or 16 (16 warps; comparisons).
+cudaError_t LaunchFactoredForward(MmaPrecision precision, bool three_tf32, int warp_cols, int max_t_ldq,
+                                  const TpGemmArgs& args, cudaStream_t stream);
 cudaError_t LaunchWeightGrad(MmaPrecision precision, TileShape shape, const WeightGradArgs& args,
                              cudaStream_t stream);
 // Output gradient from the forward result (losses) or a given grad_out, written in e3nn's layout
