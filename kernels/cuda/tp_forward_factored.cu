@@ -121,21 +121,23 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
   for (int s = 0; s < kStages - 1; ++s) issue_next();
 
   // A = b[z, q, t] as rows (t, sample), columns q, in the MMA's operand format; zero past the batch.
-  // A warp per sample, four loads in flight per lane before their stores.
+  // A warp per sample, kLoads loads in flight per lane before their stores: 20 with 8 warps (a
+  // whole sample of T = 5, Q = 128 in one round: each warp stages 4 samples, latency-bound).
   {
+    constexpr int kLoads = kThreads == 256 ? 20 : 4;
     const int per_sample = Q * kT;
     for (int zl = warp; zl < kSamples; zl += kThreads / 32) {
       const bool live = zl < samples;
       const float* row = args.b + static_cast<long long>(z0 + (live ? zl : 0)) * args.b_row_stride + path.b_offset;
-      for (int idx0 = lane; idx0 < per_sample; idx0 += 4 * 32) {
-        float v[4];
+      for (int idx0 = lane; idx0 < per_sample; idx0 += kLoads * 32) {
+        float v[kLoads];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+        for (int i = 0; i < kLoads; ++i) {
           const int idx = idx0 + 32 * i;
           v[i] = live && idx < per_sample ? __ldg(row + idx) : 0.f;
         }
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+        for (int i = 0; i < kLoads; ++i) {
           const int idx = idx0 + 32 * i;
           if (idx >= per_sample) break;
           const int q = idx / kT, t = idx - q * kT;

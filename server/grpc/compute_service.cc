@@ -153,7 +153,9 @@ grpc::Status ComputeServiceImpl::Forward(grpc::ServerContext* context, const grp
     converted->out_into_size = static_cast<size_t>(floats);
     converted->out_into_pinned = out_lease->pinned();
   }
+  scope.MarkStage("read");
   absl::StatusOr<InferenceResult> result = RunForRpc(*env_.core, *std::move(converted), context);
+  scope.MarkStage("core");
   if (!result.ok()) return scope.Finish(result.status());
   scope.set_device(result->device);
 
@@ -177,6 +179,7 @@ grpc::Status ComputeServiceImpl::Forward(grpc::ServerContext* context, const grp
         grpc::SerializationTraits<tp::v1::ForwardResponse>::Serialize(fields, response, &own_buffer);
     if (!serialized.ok()) return scope.Finish(serialized);
   }
+  scope.MarkStage("write");
   return scope.Finish(grpc::Status::OK);
 }
 

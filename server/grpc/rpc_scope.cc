@@ -16,8 +16,14 @@ bool ConstantTimeEquals(const std::string& a, const std::string& b) {
 }  // namespace
 
 RpcScope::RpcScope(const ServiceEnv& env, const char* method, grpc::ServerContextBase* context)
-    : env_(env), method_(method), context_(context), start_(std::chrono::steady_clock::now()) {
+    : env_(env), method_(method), context_(context), start_(std::chrono::steady_clock::now()), mark_(start_) {
   if (env_.metrics != nullptr) env_.metrics->RequestStarted(method_);
+}
+
+void RpcScope::MarkStage(const char* stage) {
+  const auto now = std::chrono::steady_clock::now();
+  if (env_.metrics != nullptr) env_.metrics->RpcStage(method_, stage, std::chrono::duration<double>(now - mark_).count());
+  mark_ = now;
 }
 
 RpcScope::~RpcScope() {

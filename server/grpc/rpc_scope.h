@@ -32,6 +32,8 @@ class RpcScope {
 
   void set_model(const std::string& model) { model_ = model; }
   void set_device(const std::string& device) { device_ = device; }
+  // Records the time since the previous mark (or the start) as `stage` (tp_rpc_stage_seconds).
+  void MarkStage(const char* stage);
   // Records the call and returns `status`.
   grpc::Status Finish(grpc::Status status);
   grpc::Status Finish(const absl::Status& status);
@@ -41,7 +43,7 @@ class RpcScope {
   const char* method_;
   grpc::ServerContextBase* context_;
   std::string model_, device_ = "none";
-  std::chrono::steady_clock::time_point start_;
+  std::chrono::steady_clock::time_point start_, mark_;
   bool finished_ = false;
 };
 

@@ -48,6 +48,11 @@ Metrics::Metrics()
                              .Help("Parts of one launch by device and stage: gather (inputs into staging), "
                                    "device (copies and compute), scatter (results out of staging)")
                              .Register(*registry_)),
+      rpc_stage_time_(prometheus::BuildHistogram()
+                          .Name("tp_rpc_stage_seconds")
+                          .Help("Parts of a unary call's handling by method and stage: read (request bytes to "
+                                "the core's request), core (admission to result), write (result to response)")
+                          .Register(*registry_)),
       batch_size_(prometheus::BuildHistogram()
                       .Name("tp_batch_size")
                       .Help("Samples per launch after dynamic batching")
@@ -95,6 +100,10 @@ void Metrics::RequestFinished(const std::string& method, const std::string& mode
   in_flight_.Add({{"method", method}}).Decrement();
   requests_.Add({{"method", method}, {"code", code}}).Increment();
   request_latency_.Add({{"method", method}, {"model", model}, {"device", device}}, time_buckets_).Observe(seconds);
+}
+
+void Metrics::RpcStage(const std::string& method, const std::string& stage, double seconds) {
+  rpc_stage_time_.Add({{"method", method}, {"stage", stage}}, time_buckets_).Observe(seconds);
 }
 
 void Metrics::OnBatch(const std::string& model, const std::string& device, int64_t batch, int requests,

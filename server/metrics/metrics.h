@@ -6,6 +6,8 @@
 //   tp_in_flight_requests{method}                     gauge      RPCs being handled now
 //   tp_queue_time_seconds{model,device}               histogram  admission -> launch
 //   tp_compute_time_seconds{device}                   histogram  one launch (copies included)
+//   tp_launch_stage_seconds{device,stage}             histogram  gather / device / scatter of a launch
+//   tp_rpc_stage_seconds{method,stage}                histogram  read / core / write of a unary call
 //   tp_batch_size{model,device}                       histogram  samples per launch
 //   tp_batch_requests{model,device}                   histogram  requests merged per launch
 //   tp_queue_depth                                    gauge      requests admitted, not launched
@@ -53,6 +55,9 @@ class Metrics final : public CoreObserver {
   // `device`: where it ran ("none" when it never reached a worker); `code`: gRPC status code name.
   void RequestFinished(const std::string& method, const std::string& model, const std::string& device,
                        const std::string& code, double seconds);
+  // One part of a unary call's handling: read (request bytes to the core's request), core (admission
+  // to result), write (result to response bytes).
+  void RpcStage(const std::string& method, const std::string& stage, double seconds);
 
   // ---- core (CoreObserver) ----
   void OnBatch(const std::string& model, const std::string& device, int64_t batch, int requests,
@@ -74,6 +79,7 @@ class Metrics final : public CoreObserver {
   prometheus::Family<prometheus::Histogram>& queue_time_;
   prometheus::Family<prometheus::Histogram>& compute_time_;
   prometheus::Family<prometheus::Histogram>& launch_stage_time_;
+  prometheus::Family<prometheus::Histogram>& rpc_stage_time_;
   prometheus::Family<prometheus::Histogram>& batch_size_;
   prometheus::Family<prometheus::Histogram>& batch_requests_;
   prometheus::Gauge& queue_depth_;

@@ -298,6 +298,12 @@ TEST_F(ServerTest, Forward_FromBytesAndThroughProtobuf_GiveTheSameAnswer) {
   std::string fast_bytes;
   ASSERT_TRUE(ForwardBytes(server_->target(), request.SerializeAsString(), &fast_bytes).ok());
   EXPECT_GT(server_->core().host_pool().pinned_bytes(), 0u) << "the request did not take the leased path";
+  const std::string text = server_->metrics().Serialize();
+  for (const char* stage : {"read", "core", "write"}) {
+    EXPECT_EQ(MetricValue(text, "tp_rpc_stage_seconds_count", {"method=\"Forward\"", std::string("stage=\"") + stage + "\""}),
+              1)
+        << stage;
+  }
   tp::v1::ForwardResponse fast;
   ASSERT_TRUE(fast.ParseFromString(fast_bytes));
   EXPECT_LT(RelativeError(ToDoubles(fast.out()), c.out), 1e-5);
