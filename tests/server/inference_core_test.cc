@@ -80,6 +80,44 @@ struct Fixture {
 
 std::vector<double> D(const HostTensor& t) { return {t.values(), t.values() + t.size()}; }
 
+// One launch for the 16 + 24 + 8 + 16 samples of the merging tests below, once all are there.
+CoreConfig MergingConfig() {
+  CoreConfig config;
+  config.max_queue_delay_us = 10000000;
+  config.max_batch_size = 64;
+  return config;
+}
+
+struct MergedAndAlone {
+  std::vector<InferenceResult> merged, alone;
+};
+
+// Submits every request at once, each from a thread of its own, to `f` (they must merge into one
+// launch), then each alone (out_into cleared) to a fresh greedy core holding the same seeded model
+// "big" of `spec`; the results in request order (empty when a call failed, with the failure added).
+MergedAndAlone RunMergedAndAlone(Fixture& f, const ModelSpec& spec, const std::vector<InferenceRequest>& requests) {
+  MergedAndAlone out;
+  std::vector<std::future<absl::StatusOr<InferenceResult>>> pending;
+  for (const auto& r : requests) {
+    pending.push_back(std::async(std::launch::async, [&f, r] { return f.core->Run(r); }));
+  }
+  for (auto& p : pending) {
+    absl::StatusOr<InferenceResult> r = p.get();
+    if (!r.ok()) ADD_FAILURE() << r.status();
+    out.merged.push_back(r.ok() ? *std::move(r) : InferenceResult{});
+  }
+  EXPECT_EQ(f.observer.max_requests.load(), static_cast<int>(requests.size())) << "the requests were not merged";
+  Fixture g(CoreConfig{});
+  EXPECT_TRUE(g.core->CreateModel("big", spec, std::nullopt, 1).ok());
+  for (InferenceRequest plain : requests) {
+    plain.out_into = nullptr;
+    absl::StatusOr<InferenceResult> r = g.core->Run(plain);
+    if (!r.ok()) ADD_FAILURE() << r.status();
+    out.alone.push_back(r.ok() ? *std::move(r) : InferenceResult{});
+  }
+  return out;
+}
+
 TEST(InferenceCoreTest, ConcurrentRequestsForOneModel_MergeIntoOneLaunch) {
   CoreConfig config;
   config.max_queue_delay_us = 10000000;  // launches when the batch is full: 6 x 4 samples
@@ -105,10 +143,7 @@ TEST(InferenceCoreTest, MergedRequests_OwnedOrBorrowed_AreGatheredAndSplitCorrec
   const ModelSpec spec{"32x0e + 32x1o", "32x0e + 32x1o", "16x0e + 16x1o"};
   for (Op op : {Op::kForward, Op::kBackward}) {
     SCOPED_TRACE(op == Op::kForward ? "forward" : "backward");
-    CoreConfig config;
-    config.max_queue_delay_us = 10000000;  // launches when the 16 + 24 + 8 + 16 samples are all there
-    config.max_batch_size = 64;
-    Fixture f(config);
+    Fixture f(MergingConfig());
     ASSERT_TRUE(f.core->CreateModel("big", spec, std::nullopt, 1).ok());
     std::mt19937_64 rng = testing::FreshRng();
     const std::vector<int64_t> batches = {16, 24, 8, 16};
@@ -137,21 +172,10 @@ TEST(InferenceCoreTest, MergedRequests_OwnedOrBorrowed_AreGatheredAndSplitCorrec
       }
       r.want_grad_x1 = r.want_grad_x2 = op == Op::kBackward;
     }
-    std::vector<std::future<absl::StatusOr<InferenceResult>>> merged;
-    for (const auto& r : requests) merged.push_back(std::async(std::launch::async, [&f, r] { return f.core->Run(r); }));
-    std::vector<InferenceResult> results;
-    for (auto& m : merged) {
-      auto r = m.get();
-      ASSERT_TRUE(r.ok()) << r.status();
-      results.push_back(*r);
-    }
-    EXPECT_EQ(f.observer.max_requests.load(), 4) << "the requests were not merged";
-    // Each request alone, on a greedy core holding the same (seeded) model.
-    Fixture g(CoreConfig{});
-    ASSERT_TRUE(g.core->CreateModel("big", spec, std::nullopt, 1).ok());
+    const MergedAndAlone run = RunMergedAndAlone(f, spec, requests);
+    const std::vector<InferenceResult>& results = run.merged;
     for (size_t i = 0; i < requests.size(); ++i) {
-      auto alone = g.core->Run(requests[i]);
-      ASSERT_TRUE(alone.ok()) << alone.status();
+      const InferenceResult* alone = &run.alone[i];
       EXPECT_EQ(alone->executed_batch, batches[i]);
       EXPECT_EQ(results[i].executed_batch, 64);
       if (op == Op::kForward) {
@@ -173,15 +197,11 @@ TEST(InferenceCoreTest, MergedRequests_InLeases_AreCopiedDirectlyAndSplitCorrect
   const ModelSpec spec{"32x0e + 32x1o", "32x0e + 32x1o", "16x0e + 16x1o"};
   for (bool all_leased : {true, false}) {
     SCOPED_TRACE(all_leased ? "all leased" : "one ordinary request");
-    CoreConfig config;
-    config.max_queue_delay_us = 10000000;  // launches when the 16 + 24 + 8 + 16 samples are all there
-    config.max_batch_size = 64;
-    Fixture f(config);
+    Fixture f(MergingConfig());
     ASSERT_TRUE(f.core->CreateModel("big", spec, std::nullopt, 1).ok());
     std::mt19937_64 rng = testing::FreshRng();
     const std::vector<int64_t> batches = {16, 24, 8, 16};
     std::vector<std::unique_ptr<HostLease>> leases;
-    std::vector<std::vector<float>> owned_x1, owned_x2;
     std::vector<InferenceRequest> requests(batches.size());
     for (size_t i = 0; i < batches.size(); ++i) {
       InferenceRequest& r = requests[i];
@@ -207,22 +227,10 @@ TEST(InferenceCoreTest, MergedRequests_InLeases_AreCopiedDirectlyAndSplitCorrect
       r.out_into_size = static_cast<size_t>(n * 64);
       r.out_into_pinned = true;
     }
-    std::vector<std::future<absl::StatusOr<InferenceResult>>> merged;
-    for (const auto& r : requests) merged.push_back(std::async(std::launch::async, [&f, r] { return f.core->Run(r); }));
-    std::vector<InferenceResult> results;
-    for (auto& m : merged) {
-      auto r = m.get();
-      ASSERT_TRUE(r.ok()) << r.status();
-      results.push_back(*r);
-    }
-    EXPECT_EQ(f.observer.max_requests.load(), 4) << "the requests were not merged";
-    Fixture g(CoreConfig{});
-    ASSERT_TRUE(g.core->CreateModel("big", spec, std::nullopt, 1).ok());
+    const MergedAndAlone run = RunMergedAndAlone(f, spec, requests);
+    const std::vector<InferenceResult>& results = run.merged;
     for (size_t i = 0; i < requests.size(); ++i) {
-      InferenceRequest plain = requests[i];
-      plain.out_into = nullptr;
-      auto alone = g.core->Run(plain);
-      ASSERT_TRUE(alone.ok()) << alone.status();
+      const InferenceResult* alone = &run.alone[i];
       EXPECT_EQ(results[i].out.values(), requests[i].out_into) << "the result must be in its lease";
       EXPECT_EQ(results[i].out.shape, (std::vector<int64_t>{batches[i], 64}));
       EXPECT_LT(RelativeError(D(results[i].out), D(alone->out)), 1e-6) << i;
