@@ -58,11 +58,13 @@ BackwardRequest BackwardFor(const std::string& model, const ReferenceCase& c) {
 }
 
 // A unary Forward sent as raw bytes (a client with another protobuf library, or a broken one).
-grpc::Status ForwardBytes(const std::string& target, const std::string& bytes, std::string* response_bytes) {
+grpc::Status ForwardBytes(const std::string& target, const std::string& bytes, std::string* response_bytes,
+                          grpc_compression_algorithm compression = GRPC_COMPRESS_NONE) {
   auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
   grpc::GenericStub stub(channel);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  context.set_compression_algorithm(compression);
   grpc::CompletionQueue cq;
   grpc::Slice slice(bytes);
   grpc::ByteBuffer request(&slice, 1);
@@ -309,6 +311,13 @@ TEST_F(ServerTest, Forward_FromBytesAndThroughProtobuf_GiveTheSameAnswer) {
   EXPECT_LT(RelativeError(ToDoubles(fast.out()), c.out), 1e-5);
   EXPECT_EQ(fast.out().shape(0), c.batch);
   EXPECT_EQ(fast.device(), "cpu");
+
+  // Compressed on the wire: the handler reads the decompressed bytes (and takes the leased path).
+  std::string gzip_bytes;
+  ASSERT_TRUE(ForwardBytes(server_->target(), request.SerializeAsString(), &gzip_bytes, GRPC_COMPRESS_GZIP).ok());
+  tp::v1::ForwardResponse gzip;
+  ASSERT_TRUE(gzip.ParseFromString(gzip_bytes));
+  EXPECT_LT(RelativeError(ToDoubles(gzip.out()), c.out), 1e-5);
 
   // The same request with an unknown field appended, and split so that x1 comes in two parts
   // (shape first, then dtype and data: protobuf merges them): both are protobuf's to read.
