@@ -37,14 +37,8 @@ absl::Status CheckInlineGradient(const ServiceEnv& env, const tp::v1::BackwardRe
 // (the caller then lets protobuf and DecodeTensor produce the answer, errors included).
 int64_t Float32Elements(const tp::v1::Tensor& header, size_t data_bytes) {
   if (header.dtype() != tp::v1::DTYPE_FLOAT32 || header.shape().empty()) return -1;
-  int64_t numel = 1;
-  for (int64_t extent : header.shape()) {
-    if (extent < 0 || extent > (int64_t{1} << 40) || numel > (int64_t{1} << 40) / std::max<int64_t>(extent, 1)) {
-      return -1;
-    }
-    numel *= extent;
-  }
-  return data_bytes == static_cast<size_t>(numel) * sizeof(float) ? numel : -1;
+  const int64_t numel = wire::ShapeElements(header);
+  return numel >= 0 && data_bytes == static_cast<size_t>(numel) * sizeof(float) ? numel : -1;
 }
 
 }  // namespace

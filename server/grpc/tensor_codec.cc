@@ -1,5 +1,6 @@
 #include "server/grpc/tensor_codec.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -164,16 +165,23 @@ void FloatsToBytes(const float* data, size_t n, tp::v1::DType dtype, std::string
   }
 }
 
-absl::StatusOr<server::HostTensor> DecodeTensor(const tp::v1::Tensor& tensor, const char* what, Decode mode) {
-  server::HostTensor host;
+int64_t ShapeElements(const tp::v1::Tensor& tensor) {
   int64_t numel = 1;
   for (int64_t extent : tensor.shape()) {
     if (extent < 0 || extent > (int64_t{1} << 40) || numel > (int64_t{1} << 40) / std::max<int64_t>(extent, 1)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, ": shape ", ShapeString({tensor.shape().begin(), tensor.shape().end()}),
-                       " has a negative or absurd extent"));
+      return -1;
     }
     numel *= extent;
+  }
+  return numel;
+}
+
+absl::StatusOr<server::HostTensor> DecodeTensor(const tp::v1::Tensor& tensor, const char* what, Decode mode) {
+  server::HostTensor host;
+  const int64_t numel = ShapeElements(tensor);
+  if (numel < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": shape ", ShapeString({tensor.shape().begin(), tensor.shape().end()}), " has a negative or absurd extent"));
   }
   if (tensor.shape().empty()) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": missing (no shape); expected [batch, dim]"));

@@ -25,6 +25,9 @@ absl::StatusOr<std::vector<float>> BytesToFloats(tp::v1::DType dtype, const std:
 // Appends n elements converted to `dtype` (float16/bfloat16 round to nearest even).
 void FloatsToBytes(const float* data, size_t n, tp::v1::DType dtype, std::string* out);
 
+// Product of the tensor's extents, or -1 when one is negative or the product is absurd (past 2^40).
+int64_t ShapeElements(const tp::v1::Tensor& tensor);
+
 // A tensor whose byte length matches shape x dtype exactly; every extent >= 0.
 enum class Decode { kCopy, kBorrow };
 // kBorrow: float32 bytes are not copied; the HostTensor points into `tensor`, which must outlive
