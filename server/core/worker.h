@@ -27,10 +27,10 @@ class Worker {
  public:
   // `index` names this worker to the observer (workers may share a device).
   Worker(int index, std::unique_ptr<Backend> backend, Batcher* batcher, CoreObserver* observer);
-  Backend& backend() const { return *backend_; }
   ~Worker();
 
   const std::string& device() const { return device_; }
+  Backend& backend() const { return *backend_; }
   // Called once (on the launching thread) when this worker finds its device lost after a failed
   // launch (Backend::CheckDevice). Set before Start(); the core tells the observer.
   void SetDeviceLostHandler(std::function<void(const std::string& device, const std::string& why)> handler) {
