@@ -350,12 +350,16 @@ TEST_F(CudaBackendTest, FactoredForward_MatchesGemmForward_AcrossBatchesAndConcu
   auto gemm = cuda_->Prepare(*plan);
   setenv("TPSERVE_FORWARD_KERNEL", "factored-3xtf32", 1);
   auto three_tf32 = cuda_->Prepare(*plan);
-  unsetenv("TPSERVE_FORWARD_KERNEL");
+  // The mma.sync kernel (the default is the wgmma kernel on an sm_90 device), both warp layouts.
+  setenv("TPSERVE_FORWARD_KERNEL", "factored-mma", 1);
+  auto mma = cuda_->Prepare(*plan);
   setenv("TPSERVE_FACTORED_WARP_COLS", "16", 1);  // the 16-column warp layout
   auto narrow = cuda_->Prepare(*plan);
   unsetenv("TPSERVE_FACTORED_WARP_COLS");
+  unsetenv("TPSERVE_FORWARD_KERNEL");
   ASSERT_TRUE(gemm.ok()) << gemm.status();
   ASSERT_TRUE(three_tf32.ok()) << three_tf32.status();
+  ASSERT_TRUE(mma.ok()) << mma.status();
   ASSERT_TRUE(narrow.ok()) << narrow.status();
 
   constexpr int64_t kMaxBatch = 4096;
@@ -395,10 +399,13 @@ TEST_F(CudaBackendTest, FactoredForward_MatchesGemmForward_AcrossBatchesAndConcu
       ASSERT_TRUE(run(**gemm, batch, Precision::kFp32, nullptr, out_g).ok());
       EXPECT_LE(RelativeError(prefix(out_f.Download(), batch), prefix(out_g.Download(), batch)),
                 precision == Precision::kFp32 ? 2e-5 : 2e-3);
-      out_f.Poison();  // the 16-column warp layout
-      ASSERT_TRUE(run(**narrow, batch, precision, nullptr, out_f).ok());
-      EXPECT_LE(RelativeError(prefix(out_f.Download(), batch), prefix(out_g.Download(), batch)),
-                precision == Precision::kFp32 ? 2e-5 : 2e-3);
+      for (const auto* other : {&mma, &narrow}) {  // the mma.sync kernel, 32- and 16-column warps
+        out_f.Poison();
+        ASSERT_TRUE(run(***other, batch, precision, nullptr, out_f).ok());
+        EXPECT_LE(RelativeError(prefix(out_f.Download(), batch), prefix(out_g.Download(), batch)),
+                  precision == Precision::kFp32 ? 2e-5 : 2e-3)
+            << (other == &mma ? "mma.sync, 32-column warps" : "mma.sync, 16-column warps");
+      }
       if (precision == Precision::kFp32) {  // the three-TF32 variant of the factored kernel too
         out_f.Poison();
         ASSERT_TRUE(run(**three_tf32, batch, precision, nullptr, out_f).ok());

@@ -177,6 +177,9 @@ class CudaPreparedPlan final : public PreparedPlan {
   bool factored_three_tf32 = false;  // fp32 as three TF32 MMAs (TPSERVE_FORWARD_KERNEL=factored-3xtf32)
   int factored_blocks_per_sm = 0;    // factored forward work split; 0: chosen per batch (BuildFactoredWork)
   int factored_warp_cols = 32;       // output columns per warp (TPSERVE_FACTORED_WARP_COLS=16 for comparisons)
+  // The factored paths on wgmma (tp_forward_wgmma.cu) where the device is an sm_90 and the plan fits;
+  // TPSERVE_FORWARD_KERNEL=factored-mma (or factored-3xtf32) keeps the mma.sync kernel.
+  bool factored_wgmma = false;
 
   // Work lists per (kind, batch); kind 0..2 = roles (all paths), 3 = weight gradient, 4 = factored
   // forward, 5 = the forward role without the factored paths. Shared, because the cache may drop a
@@ -436,8 +439,13 @@ absl::Status LaunchGemmRole(const CudaPreparedPlan& prepared, int role_index, co
     ASSIGN_OR_RETURN(std::shared_ptr<const WorkList> fwork, prepared.GetWork(4, batch));
     args.work = fwork->items.get<TpGemmWork>();
     args.num_work = fwork->count;
-    CUDA_RETURN_IF_ERROR(cuda::LaunchFactoredForward(ToMmaPrecision(precision), prepared.factored_three_tf32,
-                                                     prepared.factored_warp_cols, fwork->max_t_ldq, args, stream));
+    if (prepared.factored_wgmma) {
+      CUDA_RETURN_IF_ERROR(
+          cuda::LaunchFactoredForwardWgmma(ToMmaPrecision(precision), fwork->max_t_ldq, args, stream));
+    } else {
+      CUDA_RETURN_IF_ERROR(cuda::LaunchFactoredForward(ToMmaPrecision(precision), prepared.factored_three_tf32,
+                                                       prepared.factored_warp_cols, fwork->max_t_ldq, args, stream));
+    }
   }
   return absl::OkStatus();
 }
@@ -524,6 +532,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CudaBackend::Create(int device) {
   DeviceScope scope(device);
   CUDA_RETURN_IF_ERROR(cuda::ConfigureTpGemmKernels());
   CUDA_RETURN_IF_ERROR(cuda::ConfigureFactoredForwardKernels());
+  CUDA_RETURN_IF_ERROR(cuda::ConfigureFactoredWgmmaKernels());
   CUDA_RETURN_IF_ERROR(cuda::ConfigureWeightGradKernels());
   // Keep the stream-ordered pool's memory between calls (LossGradient's workspaces).
   cudaMemPool_t pool;
@@ -531,7 +540,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CudaBackend::Create(int device) {
     uint64_t threshold = UINT64_MAX;
     cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold);
   }
-  return std::unique_ptr<Backend>(new CudaBackend(device, prop.multiProcessorCount));
+  return std::unique_ptr<Backend>(new CudaBackend(device, prop.multiProcessorCount, cuda::FactoredWgmmaUsable(device)));
 }
 
 CudaBackend::~CudaBackend() = default;
@@ -568,10 +577,14 @@ absl::StatusOr<std::unique_ptr<PreparedPlan>> CudaBackend::Prepare(const TensorP
   if (const char* blocks = std::getenv("TPSERVE_FACTORED_BLOCKS_PER_SM"); blocks != nullptr) {
     prepared->factored_blocks_per_sm = std::clamp(std::atoi(blocks), 1, 64);
   }
+  bool wgmma_fits = true;
   for (const TpGemmPath& d : prepared->roles[0].paths) {
     prepared->factored.push_back(allow_factored && cuda::FactoredForwardSupports(d));
     prepared->any_factored = prepared->any_factored || prepared->factored.back();
+    if (prepared->factored.back()) wgmma_fits = wgmma_fits && cuda::FactoredWgmmaFits(d);
   }
+  prepared->factored_wgmma = prepared->any_factored && wgmma_fits && forward_kernel != "factored-mma" &&
+                             !prepared->factored_three_tf32 && wgmma_usable_;
   int max_n = 0;
   for (size_t i = 0; i < plan.paths().size(); ++i) {
     const PathPlan& pp = plan.paths()[i];

@@ -56,10 +56,12 @@ class CudaBackend final : public Backend {
   int device() const { return device_; }
 
  private:
-  CudaBackend(int device, int num_sms) : device_(device), num_sms_(num_sms) {}
+  CudaBackend(int device, int num_sms, bool wgmma_usable)
+      : device_(device), num_sms_(num_sms), wgmma_usable_(wgmma_usable) {}
 
   int device_;
   int num_sms_;
+  bool wgmma_usable_;  // the factored forward may run on wgmma (sm_90 device, sm_90a image)
 };
 
 }  // namespace tpserve

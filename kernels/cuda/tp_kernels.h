@@ -120,6 +120,14 @@ cudaError_t ConfigureFactoredForwardKernels();
 // warp_cols: output columns per warp, 32 (8 warps per block; faster) or 16 (16 warps; comparisons).
 cudaError_t LaunchFactoredForward(MmaPrecision precision, bool three_tf32, int warp_cols, int max_t_ldq,
                                   const TpGemmArgs& args, cudaStream_t stream);
+// The same work list on Hopper's wgmma (tp_forward_wgmma.cu; k3xTf32 = TF32 + bf16 correction, or
+// kTf32): usable where FactoredWgmmaUsable(device) (an sm_90 device running the sm_90a image) and
+// every factored path FactoredWgmmaFits().
+bool FactoredWgmmaUsable(int device);
+bool FactoredWgmmaFits(const TpGemmPath& path);
+cudaError_t ConfigureFactoredWgmmaKernels();
+cudaError_t LaunchFactoredForwardWgmma(MmaPrecision precision, int max_t_ldq, const TpGemmArgs& args,
+                                       cudaStream_t stream);
 cudaError_t LaunchWeightGrad(MmaPrecision precision, TileShape shape, const WeightGradArgs& args,
                              cudaStream_t stream);
 // Output gradient from the forward result (losses) or a given grad_out, written in e3nn's layout

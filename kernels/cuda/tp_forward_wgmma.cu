@@ -1,0 +1,371 @@
+// The factored forward of tp_forward_factored.cu on Hopper's warpgroup MMA (wgmma, sm_90a).
+//
+// Same work list, same math (Y_p = x2 contracted with W_p first, then the 3j step on the CUDA
+// cores), but the GEMM is transposed so that the tensor cores read x2 from shared memory by
+// descriptor and only W passes through registers:
+//   Y_p^T[n, (t, z)] = sum_q W[p, q, n] * x2[z, q, t]     M = 64 columns n per warpgroup, N = T x 32
+//                                                          samples (32 / 96 / 160), K = Q
+// One wgmma m64nNk8 per warpgroup and k8 step replaces the 2 x T x 4 mma.sync of each warp (and
+// their ldmatrix), and each W element is loaded and split once per block instead of once per warp
+// pair. The accumulator layout puts every t of a sample in one thread (columns are t-major), so the
+// 3j step needs no shuffles, as before.
+//
+// fp32: TF32 wgmma of (W rounded) x (x2 rounded), plus ONE bf16 wgmma of k16 carrying both
+// corrections: k slots 2j, 2j+1 hold W against x2_small, slots 8+2j, 9+2j hold W_small against x2
+// (the TF32 + bf16 scheme of tp_forward_factored.cu, with A and B exchanged).
+//
+// Block: 2 warpgroups (128 output columns), 32 samples, one path, a range of p, as TpGemmWork says.
+// Shared memory: x2 of the block's samples in the canonical K-major core-matrix layout (8 columns x
+// 16 bytes per core matrix, no swizzle): a TF32 plane [Q/4][N/8][8][4] and, for fp32, a bf16 plane
+// [2Q/8][N/8][8][8]; W in a 3-stage cp.async ring as in tp_forward_factored.cu.
+#include "kernels/cuda/mma.cuh"
+#include "kernels/cuda/tp_kernels.h"
+#include "kernels/cuda/wgmma.cuh"
+
+namespace tpserve::cuda {
+namespace {
+
+constexpr int kSamples = 32;
+constexpr int kCols = 128;
+constexpr int kThreads = 256;
+constexpr int kStages = 3;
+constexpr int kLdw = kCols + 8;  // W fragment reads: bank = 8 t4 + g
+constexpr int kMaxR = 5;
+constexpr int kMaxS = 5;
+constexpr int kPzStride = 28;  // one sample's Pz[t][r] (T x R <= 25), padded for 16-byte loads
+constexpr int kCBlock = kMaxR * kMaxS * kMaxR;
+
+size_t SmemBytes(bool fp32, int t_times_q) {
+  return sizeof(float) * (size_t{fp32 ? 2u : 1u} * kSamples * t_times_q + kStages * kTileK * kLdw +
+                          2 * kSamples * kPzStride + kCBlock);
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+// Shared-memory matrix descriptor, no swizzle: start, leading (K) and stride (M/N) byte offsets.
+__device__ __forceinline__ uint64_t SmemDesc(uint32_t addr, uint32_t k_step_bytes, uint32_t n_step_bytes) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(k_step_bytes >> 4) << 16) |
+         (static_cast<uint64_t>(n_step_bytes >> 4) << 32);
+}
+__device__ __forceinline__ void WgmmaFence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void WgmmaCommit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void WgmmaWaitAll() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Keeps the compiler from moving reads of the accumulators above the wait.
+template <int kN>
+__device__ __forceinline__ void PinRegisters(float (&r)[kN]) {
+#pragma unroll
+  for (int i = 0; i < kN; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+
+__device__ __forceinline__ uint16_t Bf16Bits(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
+
+template <bool kFp32, int kT, int kR>
+__device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmPath& path, const TpGemmWork& item,
+                                           char* smem) {
+  constexpr int kN = kT * kSamples;  // B columns c = t * kSamples + sample
+  constexpr int kAcc = kN / 2;       // accumulators per thread
+  constexpr int kGroups = kN / 8;    // core matrices along N
+  const int Q = path.Q;
+  uint32_t* const sX = reinterpret_cast<uint32_t*>(smem);                          // TF32 plane
+  uint16_t* const sXc = reinterpret_cast<uint16_t*>(sX + kN * Q);                  // bf16 plane (fp32)
+  float* const sW = reinterpret_cast<float*>(sX + (kFp32 ? 2 : 1) * kN * Q);       // [kStages][32][kLdw]
+  float* const sPz = sW + kStages * kTileK * kLdw;                                 // [2][kSamples][kPzStride]
+  float* const sC = sPz + 2 * kSamples * kPzStride;                                // [r][s][t]
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int row0 = (warp >> 2) * 64 + (warp & 3) * 16 + g;  // this thread's columns n: row0, row0 + 8
+  const int z0 = item.z0, n0 = item.n0;
+  const int samples = min(kSamples, args.batch - z0);
+  const int p_begin = item.k_begin, p_end = item.k_end;
+  const int kchunks = Q / kTileK;
+  const int num_tiles = (p_end - p_begin) * kchunks;
+
+  // W ring, as in tp_forward_factored.cu.
+  constexpr int kCopies = kTileK * kCols / 4 / kThreads;
+  constexpr int kRowsPerCopy = kThreads / (kCols / 4);
+  const int copy_k = tid / (kCols / 4), copy_n = 4 * (tid % (kCols / 4));
+  const bool copy_valid = n0 + copy_n < path.N;
+  const long long row_step = path.w_stride_q;
+  const float* w_src = args.w + path.w_offset + static_cast<long long>(p_begin) * path.w_stride_p +
+                       copy_k * row_step + n0 + copy_n;
+  const long long chunk_step = kTileK * row_step;
+  const long long p_step = path.w_stride_p - (kchunks - 1) * chunk_step;
+  float* const w_dst0 = sW + copy_k * kLdw + copy_n;
+  int issue_kc = 0, issued = 0, issue_stage = 0;
+  auto issue_next = [&]() {
+    if (issued < num_tiles) {
+      float* dst = w_dst0 + issue_stage * (kTileK * kLdw);
+#pragma unroll
+      for (int i = 0; i < kCopies; ++i)
+        CpAsync16(dst + i * kRowsPerCopy * kLdw, copy_valid ? w_src + i * kRowsPerCopy * row_step : args.w,
+                  copy_valid);
+      if (++issue_kc == kchunks) {
+        issue_kc = 0;
+        w_src += p_step;
+      } else {
+        w_src += chunk_step;
+      }
+      issue_stage = issue_stage == kStages - 1 ? 0 : issue_stage + 1;
+    }
+    ++issued;
+    CpAsyncCommit();
+  };
+  for (int s = 0; s < kStages - 1; ++s) issue_next();
+
+  // x2 of the block's samples into the core-matrix planes (zero past the batch). Element (c, q):
+  // TF32 word ((q/4) * kGroups + c/8) * 32 + (c%8) * 4 + q%4; bf16 slot s of the fp32 plane (s in
+  // [0, 2Q): within each 16 slots of q-chunk q/8, 2j + h = x2_small at q = 8(q/8) + 4h + j and
+  // 8 + 2j + h = x2 there) at ((s/8) * kGroups + c/8) * 64 + (c%8) * 8 + s%8.
+  {
+    constexpr int kLoads = 20;
+    const int per_sample = Q * kT;
+    for (int zl = warp; zl < kSamples; zl += kThreads / 32) {
+      const bool live = zl < samples;
+      const float* row = args.b + static_cast<long long>(z0 + (live ? zl : 0)) * args.b_row_stride + path.b_offset;
+      for (int idx0 = lane; idx0 < per_sample; idx0 += kLoads * 32) {
+        float v[kLoads];
+#pragma unroll
+        for (int i = 0; i < kLoads; ++i) {
+          const int idx = idx0 + 32 * i;
+          v[i] = live && idx < per_sample ? __ldg(row + idx) : 0.f;
+        }
+#pragma unroll
+        for (int i = 0; i < kLoads; ++i) {
+          const int idx = idx0 + 32 * i;
+          if (idx >= per_sample) break;
+          const int q = idx / kT, t = idx - q * kT;
+          const int c = t * kSamples + zl;
+          const int cm = (c >> 3), cr = c & 7;
+          const uint32_t big = ToTf32(v[i]);
+          sX[((q >> 2) * kGroups + cm) * 32 + cr * 4 + (q & 3)] = big;
+          if constexpr (kFp32) {
+            const int s_small = 16 * (q >> 3) + 2 * (q & 3) + ((q >> 2) & 1), s_full = s_small + 8;
+            sXc[((s_small >> 3) * kGroups + cm) * 64 + cr * 8 + (s_small & 7)] = Bf16Bits(v[i] - __uint_as_float(big));
+            sXc[((s_full >> 3) * kGroups + cm) * 64 + cr * 8 + (s_full & 7)] = Bf16Bits(v[i]);
+          }
+        }
+      }
+    }
+  }
+  for (int i = tid; i < kCBlock; i += kThreads) sC[i] = 0.f;
+  for (int i = tid; i < 2 * kSamples * kPzStride; i += kThreads) sPz[i] = 0.f;
+  __syncthreads();
+  {
+    const int* roff = args.roff + path.roff_begin;
+    for (int r = 0; r < kR; ++r) {
+      const int e_begin = __ldg(roff + r), e_end = __ldg(roff + r + 1);
+      for (int e = e_begin + tid; e < e_end; e += kThreads) {
+        const NzEntry nz = args.nz[e];
+        sC[(r * kMaxS + nz.s) * kMaxR + nz.t] = nz.c;
+      }
+    }
+  }
+
+  // Pz[z, p, t, r] = sum_s C[s, t, r] a[z, p, s]: thread (sample, r), x1 loaded one p ahead.
+  const bool pz_thread = tid < kSamples * kR;
+  const int pz_zl = pz_thread ? tid / kR : 0, pz_r = pz_thread ? tid - pz_zl * kR : 0;
+  const bool pz_live = pz_thread && pz_zl < samples;
+  const float* pz_a = args.a + static_cast<long long>(z0 + pz_zl) * args.a_row_stride + path.a_offset;
+  const int S = path.S;
+  float a_next[kMaxS];
+#define TP_LOAD_A(pp)                                                                             \
+  _Pragma("unroll") for (int s = 0; s < kMaxS; ++s) a_next[s] =                                   \
+      pz_live && (pp) < p_end && s < S ? __ldg(pz_a + (pp) * S + s) : 0.f;
+#define TP_COMPUTE_PZ(buf)                                                                        \
+  if (pz_thread) {                                                                                \
+    const float* c = sC + pz_r * (kMaxS * kMaxR);                                                 \
+    float* P = sPz + (buf) * (kSamples * kPzStride) + pz_zl * kPzStride + pz_r;                   \
+    _Pragma("unroll") for (int t = 0; t < kT; ++t) {                                              \
+      float acc = 0.f;                                                                            \
+      _Pragma("unroll") for (int s = 0; s < kMaxS; ++s) acc += c[s * kMaxR + t] * a_next[s];      \
+      P[t * kR] = acc;                                                                            \
+    }                                                                                             \
+  }
+  TP_LOAD_A(p_begin);
+  __syncthreads();  // sC complete
+  TP_COMPUTE_PZ(0);
+  TP_LOAD_A(p_begin + 1);
+
+  float y[kAcc];
+  float o[2][8][kR];  // [column half][sample slot][r]
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int zi = 0; zi < 8; ++zi)
+#pragma unroll
+      for (int r = 0; r < kR; ++r) o[h][zi][r] = 0.f;
+#pragma unroll
+  for (int i = 0; i < kAcc; ++i) y[i] = 0.f;
+
+  // Descriptors: one k8 (TF32) or k16 (bf16) step spans 2 core matrices along K.
+  const uint32_t k_bytes = kGroups * 128, n_bytes = 128;
+  const uint32_t lbo = k_bytes, sbo = n_bytes;  // (measured: exchanged, every test fails)
+  const uint32_t x_addr = static_cast<uint32_t>(__cvta_generic_to_shared(sX));
+  const uint32_t xc_addr = static_cast<uint32_t>(__cvta_generic_to_shared(sXc));
+  const float* const w_lane = sW + t4 * kLdw + row0;
+
+  int p = p_begin, kc = 0, stage = 0;
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    CpAsyncWait<kStages - 2>();
+    __syncthreads();  // W tile `tile` landed; every warp has read the stage refilled below
+    issue_next();
+    if (kc == 0 && p + 1 < p_end) {
+      TP_COMPUTE_PZ((p + 1 - p_begin) & 1);
+      TP_LOAD_A(p + 2);
+    }
+    // A fragments of the 4 k8 steps: rows row0, row0 + 8 (columns n), k = t4, t4 + 4.
+    uint32_t a_tf32[4][4], a_fix[4][4];
+    const float* w_k = w_lane + stage * (kTileK * kLdw);
+#pragma unroll
+    for (int step = 0; step < kTileK / 8; ++step) {
+      const float* w8 = w_k + step * 8 * kLdw;
+      const float w[4] = {w8[0], w8[8], w8[4 * kLdw], w8[4 * kLdw + 8]};
+      if constexpr (kFp32) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) a_tf32[step][i] = ToTf32(w[i]);
+        a_fix[step][0] = PackBf16(w[0], w[2]);
+        a_fix[step][1] = PackBf16(w[1], w[3]);
+        a_fix[step][2] = PackBf16(w[0] - __uint_as_float(a_tf32[step][0]), w[2] - __uint_as_float(a_tf32[step][2]));
+        a_fix[step][3] = PackBf16(w[1] - __uint_as_float(a_tf32[step][1]), w[3] - __uint_as_float(a_tf32[step][3]));
+      } else {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) a_tf32[step][i] = __float_as_uint(w[i]);
+      }
+    }
+    WgmmaFence();
+#pragma unroll
+    for (int step = 0; step < kTileK / 8; ++step) {
+      const uint32_t ks = kc * (kTileK / 8) + step;
+      wgmma::WgmmaTf32<kN>(y, a_tf32[step], SmemDesc(x_addr + ks * 2 * k_bytes, lbo, sbo), kc + step > 0);
+      if constexpr (kFp32) wgmma::WgmmaBf16<kN>(y, a_fix[step], SmemDesc(xc_addr + ks * 2 * k_bytes, lbo, sbo), 1);
+    }
+    WgmmaCommit();
+    WgmmaWaitAll();
+    PinRegisters(y);
+    stage = stage == kStages - 1 ? 0 : stage + 1;
+    if (++kc == kchunks) {
+      // Y_p complete. Accumulator 4j + e: column n = row0 + 8 (e / 2), B column 8j + 2 t4 + e % 2,
+      // i.e. t = j / 4 and sample 8 (j % 4) + 2 t4 + e % 2 (slot zi = 2 (j % 4) + e % 2).
+      const float* P = sPz + ((p - p_begin) & 1) * (kSamples * kPzStride);
+#pragma unroll
+      for (int zi = 0; zi < 8; ++zi) {
+        const int zl = 8 * (zi >> 1) + 2 * t4 + (zi & 1);
+        float pz[kPzStride];
+        const float4* P4 = reinterpret_cast<const float4*>(P + zl * kPzStride);
+#pragma unroll
+        for (int i = 0; i < (kT * kR + 3) / 4; ++i) {
+          const float4 v = P4[i];
+          pz[4 * i] = v.x;
+          pz[4 * i + 1] = v.y;
+          pz[4 * i + 2] = v.z;
+          pz[4 * i + 3] = v.w;
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int t = 0; t < kT; ++t) {
+            const float yv = y[(t * 4 + (zi >> 1)) * 4 + 2 * h + (zi & 1)];
+#pragma unroll
+            for (int r = 0; r < kR; ++r) o[h][zi][r] += yv * pz[t * kR + r];
+          }
+      }
+      kc = 0;
+      ++p;
+    }
+  }
+  CpAsyncWait<0>();
+
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int n = n0 + row0 + 8 * h;
+    if (n >= path.N) continue;
+#pragma unroll
+    for (int zi = 0; zi < 8; ++zi) {
+      const int zl = 8 * (zi >> 1) + 2 * t4 + (zi & 1);
+      if (zl >= samples) continue;
+      float* row = args.out + static_cast<long long>(z0 + zl) * args.out_row_stride + path.out_offset;
+#pragma unroll
+      for (int r = 0; r < kR; ++r) {
+        float* dst = args.out_ir_mul ? row + r * path.N + n : row + n * kR + r;
+        atomicAdd(dst, path.scale * o[h][zi][r]);
+      }
+    }
+  }
+}
+
+#undef TP_LOAD_A
+#undef TP_COMPUTE_PZ
+
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+template <bool kFp32>
+__global__ void __launch_bounds__(kThreads, 1) TpForwardWgmmaKernel(const TpGemmArgs args) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ float4 smem_raw[];
+  const TpGemmWork item = args.work[blockIdx.x];
+  const TpGemmPath path = args.paths[item.path];
+  char* smem = reinterpret_cast<char*>(smem_raw);
+  switch (path.T * 8 + path.R) {
+    case 1 * 8 + 1: WgmmaBlock<kFp32, 1, 1>(args, path, item, smem); break;
+    case 1 * 8 + 3: WgmmaBlock<kFp32, 1, 3>(args, path, item, smem); break;
+    case 1 * 8 + 5: WgmmaBlock<kFp32, 1, 5>(args, path, item, smem); break;
+    case 3 * 8 + 1: WgmmaBlock<kFp32, 3, 1>(args, path, item, smem); break;
+    case 3 * 8 + 3: WgmmaBlock<kFp32, 3, 3>(args, path, item, smem); break;
+    case 3 * 8 + 5: WgmmaBlock<kFp32, 3, 5>(args, path, item, smem); break;
+    case 5 * 8 + 1: WgmmaBlock<kFp32, 5, 1>(args, path, item, smem); break;
+    case 5 * 8 + 3: WgmmaBlock<kFp32, 5, 3>(args, path, item, smem); break;
+    default: WgmmaBlock<kFp32, 5, 5>(args, path, item, smem); break;
+  }
+#else
+  __trap();  // built for another architecture: the host only launches this on sm_90 (FactoredWgmmaUsable)
+#endif
+}
+
+constexpr size_t kMaxSmem = 227 * 1024;
+
+}  // namespace
+
+bool FactoredWgmmaUsable(int device) {
+  int major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) return false;
+  if (major != 9 || minor != 0) return false;
+  // The kernel image for this device must hold the sm_90a code (not a stub from another target).
+  cudaFuncAttributes attributes{};
+  if (cudaFuncGetAttributes(&attributes, TpForwardWgmmaKernel<true>) != cudaSuccess) return false;
+  return attributes.binaryVersion == 90;
+}
+
+bool FactoredWgmmaFits(const TpGemmPath& path) { return SmemBytes(true, path.T * (path.Q + 4)) <= kMaxSmem; }
+
+cudaError_t ConfigureFactoredWgmmaKernels() {
+  for (cudaError_t e :
+       {cudaFuncSetAttribute(TpForwardWgmmaKernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(kMaxSmem)),
+        cudaFuncSetAttribute(TpForwardWgmmaKernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(kMaxSmem))}) {
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+cudaError_t LaunchFactoredForwardWgmma(MmaPrecision precision, int max_t_ldq, const TpGemmArgs& args,
+                                       cudaStream_t stream) {
+  if (args.num_work == 0) return cudaSuccess;
+  if ((reinterpret_cast<unsigned long long>(args.w) & 15) != 0) return cudaErrorMisalignedAddress;
+  // max_t_ldq = max T * (Q + 4) >= T * Q: enough for the planes.
+  switch (precision) {
+    case MmaPrecision::k3xTf32:
+      TpForwardWgmmaKernel<true><<<args.num_work, kThreads, SmemBytes(true, max_t_ldq), stream>>>(args);
+      break;
+    case MmaPrecision::kTf32:
+      TpForwardWgmmaKernel<false>
+          <<<args.num_work, kThreads, SmemBytes(false, max_t_ldq), stream>>>(args);
+      break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace tpserve::cuda
