@@ -151,6 +151,7 @@ struct WorkList {
   int count = 0;
   bool split_k = false;
   int max_t_ldq = 0;  // factored forward: the largest T * (Q + 4) (sizes its shared memory)
+  int max_t_q = 0;    // the same for the wgmma kernel: the largest T * Q
 };
 
 // One forward-shaped role (forward, grad_x1 or grad_x2) of a plan, on the device.
@@ -258,6 +259,7 @@ class CudaPreparedPlan final : public PreparedPlan {
       units += int64_t{p.T} * CeilDiv(batch, zt) * CeilDiv(p.N, cols) * p.P;
       order.push_back(i);
       list->max_t_ldq = std::max(list->max_t_ldq, p.T * (p.Q + 4));
+      list->max_t_q = std::max(list->max_t_q, p.T * p.Q);
     }
     std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return paths[a].T > paths[b].T; });
     auto cut = [&](int blocks_per_sm) {
@@ -441,7 +443,7 @@ absl::Status LaunchGemmRole(const CudaPreparedPlan& prepared, int role_index, co
     args.num_work = fwork->count;
     if (prepared.factored_wgmma) {
       CUDA_RETURN_IF_ERROR(
-          cuda::LaunchFactoredForwardWgmma(ToMmaPrecision(precision), fwork->max_t_ldq, args, stream));
+          cuda::LaunchFactoredForwardWgmma(ToMmaPrecision(precision), fwork->max_t_q, args, stream));
     } else {
       CUDA_RETURN_IF_ERROR(cuda::LaunchFactoredForward(ToMmaPrecision(precision), prepared.factored_three_tf32,
                                                        prepared.factored_warp_cols, fwork->max_t_ldq, args, stream));

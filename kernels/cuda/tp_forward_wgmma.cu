@@ -10,7 +10,7 @@
 // pair. The accumulator layout puts every t of a sample in one thread (columns are t-major), so the
 // 3j step needs no shuffles, as before.
 //
-// fp32: TF32 wgmma of (W rounded) x (x2 rounded), plus ONE bf16 wgmma of k16 carrying both
+// fp32: TF32 wgmma of W (truncated by the tensor cores) x x2 (rounded), plus ONE bf16 wgmma of k16 carrying both
 // corrections: k slots 2j, 2j+1 hold W against x2_small, slots 8+2j, 9+2j hold W_small against x2
 // (the TF32 + bf16 scheme of tp_forward_factored.cu, with A and B exchanged).
 //
@@ -32,12 +32,14 @@ constexpr int kStages = 3;
 constexpr int kLdw = kCols + 8;  // W fragment reads: bank = 8 t4 + g
 constexpr int kMaxR = 5;
 constexpr int kMaxS = 5;
+[[maybe_unused]] constexpr int kWgCols = 64;  // output columns per warpgroup (wgmma M)
 constexpr int kPzStride = 28;  // one sample's Pz[t][r] (T x R <= 25), padded for 16-byte loads
 constexpr int kCBlock = kMaxR * kMaxS * kMaxR;
 
+// x2 planes (T x 32 samples x Q words each), the W ring, Pz [warpgroup][2][kSamples][kPzStride], C.
 size_t SmemBytes(bool fp32, int t_times_q) {
   return sizeof(float) * (size_t{fp32 ? 2u : 1u} * kSamples * t_times_q + kStages * kTileK * kLdw +
-                          2 * kSamples * kPzStride + kCBlock);
+                          2 * 2 * kSamples * kPzStride + kCBlock);
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -49,7 +51,13 @@ __device__ __forceinline__ uint64_t SmemDesc(uint32_t addr, uint32_t k_step_byte
 }
 __device__ __forceinline__ void WgmmaFence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void WgmmaCommit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void WgmmaWaitAll() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void WgmmaWait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
+// The warpgroup's own barrier (ids 1 and 2; 0 is __syncthreads): the two warpgroups share nothing
+// in the main loop, so each runs at its own pace and one's 3j step overlaps the other's MMAs.
+__device__ __forceinline__ void WarpgroupBarrier(int wg) { asm volatile("bar.sync %0, 128;\n" ::"r"(wg + 1) : "memory"); }
 // Keeps the compiler from moving reads of the accumulators above the wait.
 template <int kN>
 __device__ __forceinline__ void PinRegisters(float (&r)[kN]) {
@@ -69,22 +77,25 @@ __device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmP
   uint32_t* const sX = reinterpret_cast<uint32_t*>(smem);                          // TF32 plane
   uint16_t* const sXc = reinterpret_cast<uint16_t*>(sX + kN * Q);                  // bf16 plane (fp32)
   float* const sW = reinterpret_cast<float*>(sX + (kFp32 ? 2 : 1) * kN * Q);       // [kStages][32][kLdw]
-  float* const sPz = sW + kStages * kTileK * kLdw;                                 // [2][kSamples][kPzStride]
-  float* const sC = sPz + 2 * kSamples * kPzStride;                                // [r][s][t]
+  float* const sPz = sW + kStages * kTileK * kLdw;                                 // [wg][2][kSamples][kPzStride]
+  float* const sC = sPz + 2 * 2 * kSamples * kPzStride;                            // [r][s][t]
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t4 = lane & 3;
-  const int row0 = (warp >> 2) * 64 + (warp & 3) * 16 + g;  // this thread's columns n: row0, row0 + 8
+  const int wg = warp >> 2, wtid = tid & 127;
+  // A rows g and g + 8 of the warp's 16 are output columns n0 + col0 and col0 + 8. (Columns col0 and
+  // col0 + 1, one 8-byte load per k row, measured 10 % slower at batch 64: 2026-11-27, NOTES.md.)
+  const int col0 = wg * kWgCols + (warp & 3) * 16 + g;
   const int z0 = item.z0, n0 = item.n0;
   const int samples = min(kSamples, args.batch - z0);
   const int p_begin = item.k_begin, p_end = item.k_end;
   const int kchunks = Q / kTileK;
   const int num_tiles = (p_end - p_begin) * kchunks;
 
-  // W ring, as in tp_forward_factored.cu.
-  constexpr int kCopies = kTileK * kCols / 4 / kThreads;
-  constexpr int kRowsPerCopy = kThreads / (kCols / 4);
-  const int copy_k = tid / (kCols / 4), copy_n = 4 * (tid % (kCols / 4));
+  // W ring as in tp_forward_factored.cu, each warpgroup copying (and waiting for) its own 64 columns.
+  constexpr int kCopies = kTileK * kWgCols / 4 / 128;
+  constexpr int kRowsPerCopy = 128 / (kWgCols / 4);
+  const int copy_k = wtid / (kWgCols / 4), copy_n = wg * kWgCols + 4 * (wtid % (kWgCols / 4));
   const bool copy_valid = n0 + copy_n < path.N;
   const long long row_step = path.w_stride_q;
   const float* w_src = args.w + path.w_offset + static_cast<long long>(p_begin) * path.w_stride_p +
@@ -149,7 +160,7 @@ __device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmP
     }
   }
   for (int i = tid; i < kCBlock; i += kThreads) sC[i] = 0.f;
-  for (int i = tid; i < 2 * kSamples * kPzStride; i += kThreads) sPz[i] = 0.f;
+  for (int i = tid; i < 2 * 2 * kSamples * kPzStride; i += kThreads) sPz[i] = 0.f;
   __syncthreads();
   {
     const int* roff = args.roff + path.roff_begin;
@@ -162,10 +173,10 @@ __device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmP
     }
   }
 
-  // Pz[z, p, t, r] = sum_s C[s, t, r] a[z, p, s]: thread (sample, r), x1 loaded one p ahead.
-  const bool pz_thread = tid < kSamples * kR;
-  const int pz_zl = pz_thread ? tid / kR : 0, pz_r = pz_thread ? tid - pz_zl * kR : 0;
-  const bool pz_live = pz_thread && pz_zl < samples;
+  // Pz[z, p, t, r] = sum_s C[s, t, r] a[z, p, s], each warpgroup its own copy: thread (sample,
+  // r = part, part + 4), x1 loaded one p ahead.
+  const int pz_zl = wtid >> 2, pz_part = wtid & 3;
+  const bool pz_live = pz_zl < samples;
   const float* pz_a = args.a + static_cast<long long>(z0 + pz_zl) * args.a_row_stride + path.a_offset;
   const int S = path.S;
   float a_next[kMaxS];
@@ -173,17 +184,20 @@ __device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmP
   _Pragma("unroll") for (int s = 0; s < kMaxS; ++s) a_next[s] =                                   \
       pz_live && (pp) < p_end && s < S ? __ldg(pz_a + (pp) * S + s) : 0.f;
 #define TP_COMPUTE_PZ(buf)                                                                        \
-  if (pz_thread) {                                                                                \
-    const float* c = sC + pz_r * (kMaxS * kMaxR);                                                 \
-    float* P = sPz + (buf) * (kSamples * kPzStride) + pz_zl * kPzStride + pz_r;                   \
-    _Pragma("unroll") for (int t = 0; t < kT; ++t) {                                              \
-      float acc = 0.f;                                                                            \
-      _Pragma("unroll") for (int s = 0; s < kMaxS; ++s) acc += c[s * kMaxR + t] * a_next[s];      \
-      P[t * kR] = acc;                                                                            \
+  _Pragma("unroll") for (int rr = 0; rr < kR; rr += 4) {                                          \
+    const int r = rr + pz_part;                                                                   \
+    if (r < kR) {                                                                                 \
+      const float* c = sC + r * (kMaxS * kMaxR);                                                  \
+      float* P = sPz + ((wg * 2 + (buf)) * kSamples + pz_zl) * kPzStride + r;                     \
+      _Pragma("unroll") for (int t = 0; t < kT; ++t) {                                            \
+        float acc = 0.f;                                                                          \
+        _Pragma("unroll") for (int s = 0; s < kMaxS; ++s) acc += c[s * kMaxR + t] * a_next[s];    \
+        P[t * kR] = acc;                                                                          \
+      }                                                                                           \
     }                                                                                             \
   }
   TP_LOAD_A(p_begin);
-  __syncthreads();  // sC complete
+  __syncthreads();  // sC and the x2 planes complete
   TP_COMPUTE_PZ(0);
   TP_LOAD_A(p_begin + 1);
 
@@ -198,56 +212,70 @@ __device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmP
 #pragma unroll
   for (int i = 0; i < kAcc; ++i) y[i] = 0.f;
 
-  // Descriptors: one k8 (TF32) or k16 (bf16) step spans 2 core matrices along K.
-  const uint32_t k_bytes = kGroups * 128, n_bytes = 128;
-  const uint32_t lbo = k_bytes, sbo = n_bytes;  // (measured: exchanged, every test fails)
-  const uint32_t x_addr = static_cast<uint32_t>(__cvta_generic_to_shared(sX));
-  const uint32_t xc_addr = static_cast<uint32_t>(__cvta_generic_to_shared(sXc));
-  const float* const w_lane = sW + t4 * kLdw + row0;
+  // Descriptors: one k8 (TF32) or k16 (bf16) step spans 2 core matrices along K (leading byte
+  // offset: the next core matrix in K; stride byte offset: the next 8 columns; measured: exchanged,
+  // every test fails). A step further is + 2 k_bytes on the start address field (bits 0-13, in 16
+  // bytes; the planes lie below 256 KB, so the add never carries out of it).
+  constexpr uint32_t k_bytes = kGroups * 128, n_bytes = 128;
+  constexpr uint64_t kStepDesc = (2 * k_bytes) >> 4;
+  const uint64_t x_desc = SmemDesc(static_cast<uint32_t>(__cvta_generic_to_shared(sX)), k_bytes, n_bytes);
+  const uint64_t xc_desc = SmemDesc(static_cast<uint32_t>(__cvta_generic_to_shared(sXc)), k_bytes, n_bytes);
+  const float* const w_lane = sW + t4 * kLdw + col0;
 
+  // Half a W tile (2 k8 steps) per wgmma group, its A fragments in their own registers, so the next
+  // half's loads and split run while the previous group is on the tensor cores.
+  uint32_t a_tf32[2][2][4], a_fix[2][2][4];  // [half][step][register]
   int p = p_begin, kc = 0, stage = 0;
   for (int tile = 0; tile < num_tiles; ++tile) {
     CpAsyncWait<kStages - 2>();
-    __syncthreads();  // W tile `tile` landed; every warp has read the stage refilled below
+    WarpgroupBarrier(wg);  // W tile `tile` landed; this warpgroup has read the stage refilled below
     issue_next();
     if (kc == 0 && p + 1 < p_end) {
       TP_COMPUTE_PZ((p + 1 - p_begin) & 1);
       TP_LOAD_A(p + 2);
     }
-    // A fragments of the 4 k8 steps: rows row0, row0 + 8 (columns n), k = t4, t4 + 4.
-    uint32_t a_tf32[4][4], a_fix[4][4];
     const float* w_k = w_lane + stage * (kTileK * kLdw);
+    const uint64_t tile_steps = kc * (kTileK / 8) * kStepDesc;
 #pragma unroll
-    for (int step = 0; step < kTileK / 8; ++step) {
-      const float* w8 = w_k + step * 8 * kLdw;
-      const float w[4] = {w8[0], w8[8], w8[4 * kLdw], w8[4 * kLdw + 8]};
-      if constexpr (kFp32) {
+    for (int half = 0; half < 2; ++half) {
+      // A fragments of 2 k8 steps: rows g, g + 8 = columns col0, col0 + 8; k = t4, t4 + 4. fp32: W
+      // rounded to TF32 and W - that (exact; truncation instead measured no faster, 1.3x the error).
+      // tf32: W as stored (the tensor cores truncate it).
 #pragma unroll
-        for (int i = 0; i < 4; ++i) a_tf32[step][i] = ToTf32(w[i]);
-        a_fix[step][0] = PackBf16(w[0], w[2]);
-        a_fix[step][1] = PackBf16(w[1], w[3]);
-        a_fix[step][2] = PackBf16(w[0] - __uint_as_float(a_tf32[step][0]), w[2] - __uint_as_float(a_tf32[step][2]));
-        a_fix[step][3] = PackBf16(w[1] - __uint_as_float(a_tf32[step][1]), w[3] - __uint_as_float(a_tf32[step][3]));
-      } else {
+      for (int st = 0; st < 2; ++st) {
+        const float* w8 = w_k + (2 * half + st) * 8 * kLdw;
+        // (k t4: rows g, g + 8), (k t4 + 4: rows g, g + 8)
+        const float w[4] = {w8[0], w8[8], w8[4 * kLdw], w8[4 * kLdw + 8]};
+        uint32_t(&at)[4] = a_tf32[half][st];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) a_tf32[step][i] = __float_as_uint(w[i]);
+        for (int i = 0; i < 4; ++i) at[i] = kFp32 ? ToTf32(w[i]) : __float_as_uint(w[i]);
+        if constexpr (kFp32) {
+          float small[4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) small[i] = w[i] - __uint_as_float(at[i]);
+          a_fix[half][st][0] = PackBf16(w[0], w[2]);
+          a_fix[half][st][1] = PackBf16(w[1], w[3]);
+          a_fix[half][st][2] = PackBf16(small[0], small[2]);
+          a_fix[half][st][3] = PackBf16(small[1], small[3]);
+        }
       }
-    }
-    WgmmaFence();
+      WgmmaFence();
 #pragma unroll
-    for (int step = 0; step < kTileK / 8; ++step) {
-      const uint32_t ks = kc * (kTileK / 8) + step;
-      wgmma::WgmmaTf32<kN>(y, a_tf32[step], SmemDesc(x_addr + ks * 2 * k_bytes, lbo, sbo), kc + step > 0);
-      if constexpr (kFp32) wgmma::WgmmaBf16<kN>(y, a_fix[step], SmemDesc(xc_addr + ks * 2 * k_bytes, lbo, sbo), 1);
+      for (int st = 0; st < 2; ++st) {
+        const uint64_t step = tile_steps + (2 * half + st) * kStepDesc;
+        wgmma::WgmmaTf32<kN>(y, a_tf32[half][st], x_desc + step, kc + half + st > 0);
+        if constexpr (kFp32) wgmma::WgmmaBf16<kN>(y, a_fix[half][st], xc_desc + step, 1);
+      }
+      WgmmaCommit();
+      WgmmaWait<1>();  // the other half's group is done: its registers may be written next
     }
-    WgmmaCommit();
-    WgmmaWaitAll();
-    PinRegisters(y);
     stage = stage == kStages - 1 ? 0 : stage + 1;
     if (++kc == kchunks) {
-      // Y_p complete. Accumulator 4j + e: column n = row0 + 8 (e / 2), B column 8j + 2 t4 + e % 2,
+      WgmmaWait<0>();
+      PinRegisters(y);
+      // Y_p complete. Accumulator 4j + e: column n = col0 + 8 (e / 2), B column 8j + 2 t4 + e % 2,
       // i.e. t = j / 4 and sample 8 (j % 4) + 2 t4 + e % 2 (slot zi = 2 (j % 4) + e % 2).
-      const float* P = sPz + ((p - p_begin) & 1) * (kSamples * kPzStride);
+      const float* P = sPz + (wg * 2 + ((p - p_begin) & 1)) * (kSamples * kPzStride);
 #pragma unroll
       for (int zi = 0; zi < 8; ++zi) {
         const int zl = 8 * (zi >> 1) + 2 * t4 + (zi & 1);
@@ -275,10 +303,11 @@ __device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmP
     }
   }
   CpAsyncWait<0>();
+  WgmmaWait<0>();
 
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const int n = n0 + row0 + 8 * h;
+    const int n = n0 + col0 + 8 * h;
     if (n >= path.N) continue;
 #pragma unroll
     for (int zi = 0; zi < 8; ++zi) {
@@ -337,35 +366,37 @@ bool FactoredWgmmaUsable(int device) {
   return attributes.binaryVersion == 90;
 }
 
-bool FactoredWgmmaFits(const TpGemmPath& path) { return SmemBytes(true, path.T * (path.Q + 4)) <= kMaxSmem; }
+bool FactoredWgmmaFits(const TpGemmPath& path) { return SmemBytes(true, path.T * path.Q) <= kMaxSmem; }
+
+namespace {
+template <bool kFp32>
+cudaError_t Configure() {
+  return cudaFuncSetAttribute(TpForwardWgmmaKernel<kFp32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(kMaxSmem));
+}
+template <bool kFp32>
+cudaError_t Launch(int max_t_q, const TpGemmArgs& args, cudaStream_t stream) {
+  TpForwardWgmmaKernel<kFp32><<<args.num_work, kThreads, SmemBytes(kFp32, max_t_q), stream>>>(args);
+  return cudaGetLastError();
+}
+}  // namespace
 
 cudaError_t ConfigureFactoredWgmmaKernels() {
-  for (cudaError_t e :
-       {cudaFuncSetAttribute(TpForwardWgmmaKernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(kMaxSmem)),
-        cudaFuncSetAttribute(TpForwardWgmmaKernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(kMaxSmem))}) {
+  for (cudaError_t e : {Configure<true>(), Configure<false>()}) {
     if (e != cudaSuccess) return e;
   }
   return cudaSuccess;
 }
 
-cudaError_t LaunchFactoredForwardWgmma(MmaPrecision precision, int max_t_ldq, const TpGemmArgs& args,
+cudaError_t LaunchFactoredForwardWgmma(MmaPrecision precision, int max_t_q, const TpGemmArgs& args,
                                        cudaStream_t stream) {
   if (args.num_work == 0) return cudaSuccess;
   if ((reinterpret_cast<unsigned long long>(args.w) & 15) != 0) return cudaErrorMisalignedAddress;
-  // max_t_ldq = max T * (Q + 4) >= T * Q: enough for the planes.
   switch (precision) {
-    case MmaPrecision::k3xTf32:
-      TpForwardWgmmaKernel<true><<<args.num_work, kThreads, SmemBytes(true, max_t_ldq), stream>>>(args);
-      break;
-    case MmaPrecision::kTf32:
-      TpForwardWgmmaKernel<false>
-          <<<args.num_work, kThreads, SmemBytes(false, max_t_ldq), stream>>>(args);
-      break;
+    case MmaPrecision::k3xTf32: return Launch<true>(max_t_q, args, stream);
+    case MmaPrecision::kTf32: return Launch<false>(max_t_q, args, stream);
     default: return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
 }
 
 }  // namespace tpserve::cuda

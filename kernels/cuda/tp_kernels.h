@@ -122,11 +122,11 @@ cudaError_t LaunchFactoredForward(MmaPrecision precision, bool three_tf32, int w
                                   const TpGemmArgs& args, cudaStream_t stream);
 // The same work list on Hopper's wgmma (tp_forward_wgmma.cu; k3xTf32 = TF32 + bf16 correction, or
 // kTf32): usable where FactoredWgmmaUsable(device) (an sm_90 device running the sm_90a image) and
-// every factored path FactoredWgmmaFits().
+// every factored path FactoredWgmmaFits(); max_t_q = the largest T * Q among the launch's paths.
 bool FactoredWgmmaUsable(int device);
 bool FactoredWgmmaFits(const TpGemmPath& path);
 cudaError_t ConfigureFactoredWgmmaKernels();
-cudaError_t LaunchFactoredForwardWgmma(MmaPrecision precision, int max_t_ldq, const TpGemmArgs& args,
+cudaError_t LaunchFactoredForwardWgmma(MmaPrecision precision, int max_t_q, const TpGemmArgs& args,
                                        cudaStream_t stream);
 cudaError_t LaunchWeightGrad(MmaPrecision precision, TileShape shape, const WeightGradArgs& args,
                              cudaStream_t stream);

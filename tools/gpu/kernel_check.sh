@@ -14,7 +14,7 @@ if [ -n "${SWAP:-}" ]; then
   TPSERVE_WGMMA_SWAP_OFFSETS=1 timeout 200 $B/cuda_backend_test --gtest_filter='*Factored*' > $OUT/test_swap.txt 2>&1
   echo "swapped offsets: rc=$?" | tee -a $OUT/summary.txt
 fi
-for round in 1 2; do
+for round in ${ROUNDS:-1 2}; do
   for k in wgmma mma; do
     if [ $k = mma ]; then export TPSERVE_FORWARD_KERNEL=factored-mma; else unset TPSERVE_FORWARD_KERNEL; fi
     timeout 200 $B/tp-bench --batches ${BATCHES:-64,256,1024} --precisions fp32,tf32 --runs 50 \
@@ -30,4 +30,11 @@ if [ -n "${NCU:-}" ]; then
       --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
       $B/tp-bench --batches 64 --precisions fp32 --runs 5 --warmup 2 > $OUT/ncu_$k.txt 2>&1
   done
+fi
+if [ -n "${SWEEP:-}" ]; then  # the work split of the wgmma kernel: blocks per SM
+  for n in $SWEEP; do
+    TPSERVE_FACTORED_BLOCKS_PER_SM=$n timeout 100 $B/tp-bench --batches ${BATCHES:-64,256,1024} --precisions fp32,tf32 \
+      --runs 50 > $OUT/sweep_$n.txt 2>&1
+  done
+  grep -H "^forward" $OUT/sweep_*.txt > $OUT/sweep.txt
 fi
