@@ -5,6 +5,8 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "client/lib/borrowed_wire.h"
+#include "grpcpp/impl/codegen/client_unary_call.h"
 #include "server/grpc/channel_tuning.h"
 #include "server/grpc/tensor_codec.h"
 
@@ -41,7 +43,26 @@ absl::StatusOr<std::unique_ptr<TpClient>> TpClient::Connect(const ClientOptions&
   client->models_ = tp::v1::ModelService::NewStub(client->channel_);
   client->compute_ = tp::v1::TensorProductService::NewStub(client->channel_);
   client->health_ = grpc::health::v1::Health::NewStub(client->channel_);
+  const std::string service = absl::StrCat("/", tp::v1::TensorProductService::service_full_name(), "/");
+  client->forward_name_ = service + "Forward";
+  client->echo_name_ = service + "Echo";
+  client->forward_method_ = std::make_unique<grpc::internal::RpcMethod>(
+      client->forward_name_.c_str(), grpc::internal::RpcMethod::NORMAL_RPC, client->channel_);
+  client->echo_method_ = std::make_unique<grpc::internal::RpcMethod>(
+      client->echo_name_.c_str(), grpc::internal::RpcMethod::NORMAL_RPC, client->channel_);
   return client;
+}
+
+template <class Response>
+absl::StatusOr<Response> TpClient::CallEncoded(const grpc::internal::RpcMethod& method,
+                                               const grpc::ByteBuffer& request) {
+  auto context = NewContext();
+  Response response;
+  absl::Status status = FromGrpc(
+      grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, Response>(channel_.get(), method, context.get(), request,
+                                                                    &response));
+  if (!status.ok()) return status;
+  return response;
 }
 
 std::unique_ptr<grpc::ClientContext> TpClient::NewContext() const {
@@ -168,11 +189,8 @@ absl::StatusOr<std::vector<float>> TpClient::DownloadWeights(const std::string& 
 }
 
 absl::StatusOr<tp::v1::ForwardResponse> TpClient::Forward(const tp::v1::ForwardRequest& request) {
-  auto context = NewContext();
-  tp::v1::ForwardResponse response;
-  absl::Status status = FromGrpc(compute_->Forward(context.get(), request, &response));
-  if (!status.ok()) return status;
-  return response;
+  SliceLoans loans;  // waits, when it goes, for gRPC to release every slice of `request`
+  return CallEncoded<tp::v1::ForwardResponse>(*forward_method_, EncodeForwardRequest(request, loans));
 }
 
 absl::StatusOr<tp::v1::BackwardResponse> TpClient::Backward(const tp::v1::BackwardRequest& request) {
@@ -218,11 +236,8 @@ absl::StatusOr<tp::v1::BackwardResponse> TpClient::BackwardChunked(const tp::v1:
 }
 
 absl::StatusOr<tp::v1::EchoResponse> TpClient::Echo(const tp::v1::EchoRequest& request) {
-  auto context = NewContext();
-  tp::v1::EchoResponse response;
-  absl::Status status = FromGrpc(compute_->Echo(context.get(), request, &response));
-  if (!status.ok()) return status;
-  return response;
+  SliceLoans loans;
+  return CallEncoded<tp::v1::EchoResponse>(*echo_method_, EncodeEchoRequest(request, loans));
 }
 
 TpClient::Stream TpClient::OpenStream() {

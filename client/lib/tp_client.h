@@ -52,6 +52,8 @@ class TpClient {
   absl::StatusOr<std::vector<float>> DownloadWeights(const std::string& name, uint64_t* version = nullptr);
 
   // ---- compute ----
+  // Forward and Echo send their large bytes fields from `request` itself (borrowed_wire.h): no copy
+  // by the serializer. `request` must not change until the call returns.
   absl::StatusOr<tp::v1::ForwardResponse> Forward(const tp::v1::ForwardRequest& request);
   absl::StatusOr<tp::v1::BackwardResponse> Backward(const tp::v1::BackwardRequest& request);
   // Reassembles the chunked weight gradient into response.grad_weight (float32, [weight_numel]).
@@ -81,6 +83,9 @@ class TpClient {
 
  private:
   explicit TpClient(ClientOptions options) : options_(std::move(options)) {}
+  // A unary call of `method` with request bytes already encoded (borrowed_wire.h).
+  template <class Response>
+  absl::StatusOr<Response> CallEncoded(const grpc::internal::RpcMethod& method, const grpc::ByteBuffer& request);
   absl::StatusOr<std::vector<float>> ReadChunks(grpc::ClientReader<tp::v1::WeightsChunk>& reader,
                                                 grpc::ClientContext& context, const char* what);
 
@@ -89,6 +94,8 @@ class TpClient {
   std::unique_ptr<tp::v1::ModelService::Stub> models_;
   std::unique_ptr<tp::v1::TensorProductService::Stub> compute_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+  std::string forward_name_, echo_name_;  // "/tp.v1.TensorProductService/Forward", ".../Echo"
+  std::unique_ptr<grpc::internal::RpcMethod> forward_method_, echo_method_;
 };
 
 }  // namespace tpserve::client
