@@ -10,9 +10,9 @@
 // pair. The accumulator layout puts every t of a sample in one thread (columns are t-major), so the
 // 3j step needs no shuffles, as before.
 //
-// fp32: TF32 wgmma of W (truncated by the tensor cores) x x2 (rounded), plus ONE bf16 wgmma of k16 carrying both
+// fp32: TF32 wgmma of W and x2 (both rounded to TF32), plus ONE bf16 wgmma of k16 carrying both
 // corrections: k slots 2j, 2j+1 hold W against x2_small, slots 8+2j, 9+2j hold W_small against x2
-// (the TF32 + bf16 scheme of tp_forward_factored.cu, with A and B exchanged).
+// (the TF32 + bf16 scheme of tp_forward_factored.cu, with A and B exchanged). tf32: W as stored.
 //
 // Block: 2 warpgroups (128 output columns), 32 samples, one path, a range of p, as TpGemmWork says.
 // Shared memory: x2 of the block's samples in the canonical K-major core-matrix layout (8 columns x
