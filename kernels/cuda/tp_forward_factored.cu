@@ -20,6 +20,7 @@
 // registers) remain for comparisons: TPSERVE_FACTORED_WARP_COLS=16 (measured in NOTES.md).
 // W streams through a 3-stage cp.async ring of 32 x kCols tiles ((p, q-chunk) order).
 // Limits (host checks, else tp_gemm.cu): T in {1, 3, 5}, R <= 5, S <= 5, Q % 32 == 0, W contiguous in n.
+#include "kernels/cuda/factored_common.cuh"
 #include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/tp_kernels.h"
 
@@ -86,39 +87,8 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
   const int kchunks = Q / kTileK;
   const int num_tiles = (p_end - p_begin) * kchunks;
 
-  // W tile `tile` = (p, q-chunk) in order; the issuing position advances by one per call. Each
-  // thread copies the same two 16-byte pieces of every tile (rows k and k + 16, columns n..n+3), so
-  // only a running source pointer and the stage change.
-  constexpr int kCopies = kTileK * kCols / 4 / kThreads;  // 2 or 4
-  constexpr int kRowsPerCopy = kThreads / (kCols / 4);    // 16 or 8
-  const int copy_k = tid / (kCols / 4), copy_n = 4 * (tid % (kCols / 4));
-  const bool copy_valid = n0 + copy_n < path.N;
-  const long long row_step = path.w_stride_q;
-  const float* w_src = args.w + path.w_offset + static_cast<long long>(p_begin) * path.w_stride_p +
-                       copy_k * row_step + n0 + copy_n;
-  const long long chunk_step = kTileK * row_step;
-  const long long p_step = path.w_stride_p - (kchunks - 1) * chunk_step;  // last chunk of p -> first of p + 1
-  float* const w_dst0 = sW + copy_k * kLdw + copy_n;
-  int issue_kc = 0, issued = 0, issue_stage = 0;
-  auto issue_next = [&]() {
-    if (issued < num_tiles) {
-      float* dst = w_dst0 + issue_stage * (kTileK * kLdw);
-#pragma unroll
-      for (int i = 0; i < kCopies; ++i)
-        CpAsync16(dst + i * kRowsPerCopy * kLdw, copy_valid ? w_src + i * kRowsPerCopy * row_step : args.w,
-                  copy_valid);
-      if (++issue_kc == kchunks) {
-        issue_kc = 0;
-        w_src += p_step;
-      } else {
-        w_src += chunk_step;
-      }
-      issue_stage = issue_stage == kStages - 1 ? 0 : issue_stage + 1;
-    }
-    ++issued;
-    CpAsyncCommit();
-  };
-  for (int s = 0; s < kStages - 1; ++s) issue_next();
+  factored::WTileRing<kThreads, kCols, kLdw, kStages> ring(args, path, item, num_tiles, kchunks, tid, 0, sW);
+  for (int s = 0; s < kStages - 1; ++s) ring.IssueNext();
 
   // A = b[z, q, t] as rows (t, sample), columns q, in the MMA's operand format; zero past the batch.
   // A warp per sample, kLoads loads in flight per lane before their stores: 20 with 8 warps (a
@@ -163,16 +133,7 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
   for (int i = tid; i < kCBlock; i += kThreads) sC[i] = 0.f;
   for (int i = tid; i < 2 * kSamples * kPzPerSample; i += kThreads) sPz[i] = 0.f;
   __syncthreads();
-  {
-    const int* roff = args.roff + path.roff_begin;
-    for (int r = 0; r < R; ++r) {
-      const int e_begin = __ldg(roff + r), e_end = __ldg(roff + r + 1);
-      for (int e = e_begin + tid; e < e_end; e += kThreads) {
-        const NzEntry nz = args.nz[e];
-        sC[(r * kMaxS + nz.s) * kMaxR + nz.t] = nz.c;  // (s, t) unique per r
-      }
-    }
-  }
+  factored::FillCBlock<kMaxR, kMaxS>(args, path, R, tid, kThreads, sC);
 
   // Pz[z, p, t, r] = sum_s C[s, t, r] a[z, p, s]: thread (sample, r) for tid < kSamples * R. Its x1
   // values are loaded one p ahead into registers, so building Pz never waits on memory.
@@ -272,7 +233,7 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
   for (int tile = 0; tile < num_tiles; ++tile) {
     CpAsyncWait<kStages - 2>();
     __syncthreads();  // W tile `tile` landed for everyone; the stage refilled below is free
-    issue_next();
+    ring.IssueNext();
     if (kc == 0) {
 #pragma unroll
       for (int t = 0; t < kT; ++t)

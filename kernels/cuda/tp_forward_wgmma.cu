@@ -18,6 +18,7 @@
 // Shared memory: x2 of the block's samples in the canonical K-major core-matrix layout (8 columns x
 // 16 bytes per core matrix, no swizzle): a TF32 plane [Q/4][N/8][8][4] and, for fp32, a bf16 plane
 // [2Q/8][N/8][8][8]; W in a 3-stage cp.async ring as in tp_forward_factored.cu.
+#include "kernels/cuda/factored_common.cuh"
 #include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/tp_kernels.h"
 #include "kernels/cuda/wgmma.cuh"
@@ -92,37 +93,9 @@ __device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmP
   const int kchunks = Q / kTileK;
   const int num_tiles = (p_end - p_begin) * kchunks;
 
-  // W ring as in tp_forward_factored.cu, each warpgroup copying (and waiting for) its own 64 columns.
-  constexpr int kCopies = kTileK * kWgCols / 4 / 128;
-  constexpr int kRowsPerCopy = 128 / (kWgCols / 4);
-  const int copy_k = wtid / (kWgCols / 4), copy_n = wg * kWgCols + 4 * (wtid % (kWgCols / 4));
-  const bool copy_valid = n0 + copy_n < path.N;
-  const long long row_step = path.w_stride_q;
-  const float* w_src = args.w + path.w_offset + static_cast<long long>(p_begin) * path.w_stride_p +
-                       copy_k * row_step + n0 + copy_n;
-  const long long chunk_step = kTileK * row_step;
-  const long long p_step = path.w_stride_p - (kchunks - 1) * chunk_step;
-  float* const w_dst0 = sW + copy_k * kLdw + copy_n;
-  int issue_kc = 0, issued = 0, issue_stage = 0;
-  auto issue_next = [&]() {
-    if (issued < num_tiles) {
-      float* dst = w_dst0 + issue_stage * (kTileK * kLdw);
-#pragma unroll
-      for (int i = 0; i < kCopies; ++i)
-        CpAsync16(dst + i * kRowsPerCopy * kLdw, copy_valid ? w_src + i * kRowsPerCopy * row_step : args.w,
-                  copy_valid);
-      if (++issue_kc == kchunks) {
-        issue_kc = 0;
-        w_src += p_step;
-      } else {
-        w_src += chunk_step;
-      }
-      issue_stage = issue_stage == kStages - 1 ? 0 : issue_stage + 1;
-    }
-    ++issued;
-    CpAsyncCommit();
-  };
-  for (int s = 0; s < kStages - 1; ++s) issue_next();
+  // Each warpgroup copies (and waits for) its own 64 columns of every W tile.
+  factored::WTileRing<128, kWgCols, kLdw, kStages> ring(args, path, item, num_tiles, kchunks, wtid, wg * kWgCols, sW);
+  for (int s = 0; s < kStages - 1; ++s) ring.IssueNext();
 
   // x2 of the block's samples into the core-matrix planes (zero past the batch). Element (c, q):
   // TF32 word ((q/4) * kGroups + c/8) * 32 + (c%8) * 4 + q%4; bf16 slot s of the fp32 plane (s in
@@ -162,16 +135,7 @@ __device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmP
   for (int i = tid; i < kCBlock; i += kThreads) sC[i] = 0.f;
   for (int i = tid; i < 2 * 2 * kSamples * kPzStride; i += kThreads) sPz[i] = 0.f;
   __syncthreads();
-  {
-    const int* roff = args.roff + path.roff_begin;
-    for (int r = 0; r < kR; ++r) {
-      const int e_begin = __ldg(roff + r), e_end = __ldg(roff + r + 1);
-      for (int e = e_begin + tid; e < e_end; e += kThreads) {
-        const NzEntry nz = args.nz[e];
-        sC[(r * kMaxS + nz.s) * kMaxR + nz.t] = nz.c;
-      }
-    }
-  }
+  factored::FillCBlock<kMaxR, kMaxS>(args, path, kR, tid, kThreads, sC);
 
   // Pz[z, p, t, r] = sum_s C[s, t, r] a[z, p, s], each warpgroup its own copy: thread (sample,
   // r = part, part + 4), x1 loaded one p ahead.
@@ -229,7 +193,7 @@ __device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmP
   for (int tile = 0; tile < num_tiles; ++tile) {
     CpAsyncWait<kStages - 2>();
     WarpgroupBarrier(wg);  // W tile `tile` landed; this warpgroup has read the stage refilled below
-    issue_next();
+    ring.IssueNext();
     if (kc == 0 && p + 1 < p_end) {
       TP_COMPUTE_PZ((p + 1 - p_begin) & 1);
       TP_LOAD_A(p + 2);
