@@ -63,6 +63,34 @@ class WTileRing {
   int chunk_ = 0, issued_ = 0, stage_ = 0;
 };
 
+// The block's samples of x2 (b), a warp per sample with kLoads loads in flight per lane before
+// their stores: store(q, t, zl, value) for every element of samples zl < kSamples (zeros past the
+// batch: `samples` are live). Latency-bound, hence the loads first.
+template <int kT, int kSamples, int kThreads, int kLoads, class Store>
+__device__ __forceinline__ void StageX2(const TpGemmArgs& args, const TpGemmPath& path, int z0, int samples,
+                                        int warp, int lane, Store&& store) {
+  const int per_sample = path.Q * kT;
+  for (int zl = warp; zl < kSamples; zl += kThreads / 32) {
+    const bool live = zl < samples;
+    const float* row = args.b + static_cast<long long>(z0 + (live ? zl : 0)) * args.b_row_stride + path.b_offset;
+    for (int idx0 = lane; idx0 < per_sample; idx0 += kLoads * 32) {
+      float v[kLoads];
+#pragma unroll
+      for (int i = 0; i < kLoads; ++i) {
+        const int idx = idx0 + 32 * i;
+        v[i] = live && idx < per_sample ? __ldg(row + idx) : 0.f;
+      }
+#pragma unroll
+      for (int i = 0; i < kLoads; ++i) {
+        const int idx = idx0 + 32 * i;
+        if (idx >= per_sample) break;
+        const int q = idx / kT;
+        store(q, idx - q * kT, zl, v[i]);
+      }
+    }
+  }
+}
+
 // The path's 3j coefficients into sC[(r * kMaxS + s) * kMaxR + t] (the caller zeroed the block:
 // entries where C has none stay zero, so the Pz loops run fixed sizes).
 template <int kMaxR, int kMaxS>

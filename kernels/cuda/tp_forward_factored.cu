@@ -91,43 +91,24 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
   for (int s = 0; s < kStages - 1; ++s) ring.IssueNext();
 
   // A = b[z, q, t] as rows (t, sample), columns q, in the MMA's operand format; zero past the batch.
-  // A warp per sample, kLoads loads in flight per lane before their stores: 20 with 8 warps (a
-  // whole sample of T = 5, Q = 128 in one round: each warp stages 4 samples, latency-bound).
-  {
-    constexpr int kLoads = kThreads == 256 ? 20 : 4;
-    const int per_sample = Q * kT;
-    for (int zl = warp; zl < kSamples; zl += kThreads / 32) {
-      const bool live = zl < samples;
-      const float* row = args.b + static_cast<long long>(z0 + (live ? zl : 0)) * args.b_row_stride + path.b_offset;
-      for (int idx0 = lane; idx0 < per_sample; idx0 += kLoads * 32) {
-        float v[kLoads];
-#pragma unroll
-        for (int i = 0; i < kLoads; ++i) {
-          const int idx = idx0 + 32 * i;
-          v[i] = live && idx < per_sample ? __ldg(row + idx) : 0.f;
-        }
-#pragma unroll
-        for (int i = 0; i < kLoads; ++i) {
-          const int idx = idx0 + 32 * i;
-          if (idx >= per_sample) break;
-          const int q = idx / kT, t = idx - q * kT;
-          const int at = (t * kSamples + zl) * ldq + q;
-          const uint32_t big = ToTf32(v[i]);
-          sA[at] = big;
-          if constexpr (kMode == Mode::k3xTf32) sA[kRows * ldq + at] = ToTf32(v[i] - __uint_as_float(big));
-          if constexpr (kMode == Mode::kTf32Bf16) {
-            // Plane 2 holds the bf16 m16n8k16 A fragment words: within each group of 8 columns, word
-            // j < 4 = (a_small[j], a_small[j + 4]) and word 4 + j = (a[j], a[j + 4]) (low half first),
-            // so ldmatrix with the TF32 addressing yields k slots (2j, 2j + 1) and (2j + 8, 2j + 9).
-            __nv_bfloat16* plane = reinterpret_cast<__nv_bfloat16*>(sA + kRows * ldq + at - q);
-            const int group = q & ~7, j = q & 3, half = (q >> 2) & 1;
-            plane[2 * (group + j) + half] = __float2bfloat16_rn(v[i] - __uint_as_float(big));
-            plane[2 * (group + 4 + j) + half] = __float2bfloat16_rn(v[i]);
-          }
-        }
-      }
+  // 20 loads in flight per lane with 8 warps (a whole sample of T = 5, Q = 128 in one round: each
+  // warp stages 4 samples).
+  constexpr int kLoads = kThreads == 256 ? 20 : 4;
+  factored::StageX2<kT, kSamples, kThreads, kLoads>(args, path, z0, samples, warp, lane, [&](int q, int t, int zl, float v) {
+    const int at = (t * kSamples + zl) * ldq + q;
+    const uint32_t big = ToTf32(v);
+    sA[at] = big;
+    if constexpr (kMode == Mode::k3xTf32) sA[kRows * ldq + at] = ToTf32(v - __uint_as_float(big));
+    if constexpr (kMode == Mode::kTf32Bf16) {
+      // Plane 2 holds the bf16 m16n8k16 A fragment words: within each group of 8 columns, word
+      // j < 4 = (a_small[j], a_small[j + 4]) and word 4 + j = (a[j], a[j + 4]) (low half first),
+      // so ldmatrix with the TF32 addressing yields k slots (2j, 2j + 1) and (2j + 8, 2j + 9).
+      __nv_bfloat16* plane = reinterpret_cast<__nv_bfloat16*>(sA + kRows * ldq + at - q);
+      const int group = q & ~7, j = q & 3, half = (q >> 2) & 1;
+      plane[2 * (group + j) + half] = __float2bfloat16_rn(v - __uint_as_float(big));
+      plane[2 * (group + 4 + j) + half] = __float2bfloat16_rn(v);
     }
-  }
+  });
   // The path's 3j block as dense sC[r][s][t] (zeros where C has none), and Pz entries past R (and T)
   // zero, so that Pz and the 3j step below run fixed 5 x 5 loops.
   for (int i = tid; i < kCBlock; i += kThreads) sC[i] = 0.f;

@@ -101,37 +101,17 @@ __device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmP
   // TF32 word ((q/4) * kGroups + c/8) * 32 + (c%8) * 4 + q%4; bf16 slot s of the fp32 plane (s in
   // [0, 2Q): within each 16 slots of q-chunk q/8, 2j + h = x2_small at q = 8(q/8) + 4h + j and
   // 8 + 2j + h = x2 there) at ((s/8) * kGroups + c/8) * 64 + (c%8) * 8 + s%8.
-  {
-    constexpr int kLoads = 20;
-    const int per_sample = Q * kT;
-    for (int zl = warp; zl < kSamples; zl += kThreads / 32) {
-      const bool live = zl < samples;
-      const float* row = args.b + static_cast<long long>(z0 + (live ? zl : 0)) * args.b_row_stride + path.b_offset;
-      for (int idx0 = lane; idx0 < per_sample; idx0 += kLoads * 32) {
-        float v[kLoads];
-#pragma unroll
-        for (int i = 0; i < kLoads; ++i) {
-          const int idx = idx0 + 32 * i;
-          v[i] = live && idx < per_sample ? __ldg(row + idx) : 0.f;
-        }
-#pragma unroll
-        for (int i = 0; i < kLoads; ++i) {
-          const int idx = idx0 + 32 * i;
-          if (idx >= per_sample) break;
-          const int q = idx / kT, t = idx - q * kT;
-          const int c = t * kSamples + zl;
-          const int cm = (c >> 3), cr = c & 7;
-          const uint32_t big = ToTf32(v[i]);
-          sX[((q >> 2) * kGroups + cm) * 32 + cr * 4 + (q & 3)] = big;
-          if constexpr (kFp32) {
-            const int s_small = 16 * (q >> 3) + 2 * (q & 3) + ((q >> 2) & 1), s_full = s_small + 8;
-            sXc[((s_small >> 3) * kGroups + cm) * 64 + cr * 8 + (s_small & 7)] = Bf16Bits(v[i] - __uint_as_float(big));
-            sXc[((s_full >> 3) * kGroups + cm) * 64 + cr * 8 + (s_full & 7)] = Bf16Bits(v[i]);
-          }
-        }
-      }
+  factored::StageX2<kT, kSamples, kThreads, 20>(args, path, z0, samples, warp, lane, [&](int q, int t, int zl, float v) {
+    const int c = t * kSamples + zl;
+    const int cm = (c >> 3), cr = c & 7;
+    const uint32_t big = ToTf32(v);
+    sX[((q >> 2) * kGroups + cm) * 32 + cr * 4 + (q & 3)] = big;
+    if constexpr (kFp32) {
+      const int s_small = 16 * (q >> 3) + 2 * (q & 3) + ((q >> 2) & 1), s_full = s_small + 8;
+      sXc[((s_small >> 3) * kGroups + cm) * 64 + cr * 8 + (s_small & 7)] = Bf16Bits(v - __uint_as_float(big));
+      sXc[((s_full >> 3) * kGroups + cm) * 64 + cr * 8 + (s_full & 7)] = Bf16Bits(v);
     }
-  }
+  });
   for (int i = tid; i < kCBlock; i += kThreads) sC[i] = 0.f;
   for (int i = tid; i < 2 * 2 * kSamples * kPzStride; i += kThreads) sPz[i] = 0.f;
   __syncthreads();
