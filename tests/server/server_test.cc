@@ -347,7 +347,7 @@ TEST_F(ServerTest, Forward_GarbageBytes_InvalidArgumentAndTheServerServesOn) {
   std::string unused;
   for (const std::string& garbage : {std::string("\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", 11),
                                      std::string("\x12\x7f\x08\x01", 4),
-                                     std::string("\x0a\x05ab", 4)}) {
+                                     std::string("\x0a\x05" "ab", 4)}) {  // model: 5 bytes announced, 2 sent
     grpc::Status status = ForwardBytes(server_->target(), garbage, &unused);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
     EXPECT_TRUE(absl::StrContains(status.error_message(), "not a tp.v1.ForwardRequest")) << status.error_message();
