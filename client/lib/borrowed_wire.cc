@@ -1,25 +1,11 @@
 #include "client/lib/borrowed_wire.h"
 
-#include <cstdint>
 #include <vector>
+
+#include "server/grpc/tensor_codec.h"
 
 namespace tpserve::client {
 namespace {
-
-constexpr uint32_t kLengthDelimited = 2;
-
-void PutVarint(std::string& out, uint64_t value) {
-  while (value >= 0x80) {
-    out.push_back(static_cast<char>(value | 0x80));
-    value >>= 7;
-  }
-  out.push_back(static_cast<char>(value));
-}
-
-void PutLengthTag(std::string& out, int field, uint64_t length) {
-  PutVarint(out, (static_cast<uint64_t>(field) << 3) | kLengthDelimited);
-  PutVarint(out, length);
-}
 
 // Appends `bytes` (the value of length-delimited field `field`, already tagged in `head`) to the
 // pieces: lent when large, else copied into `head`.
@@ -39,7 +25,7 @@ grpc::ByteBuffer Finish(std::string& head, std::vector<grpc::Slice>& pieces) {
 }
 
 // Field numbers (tensor_product.proto); borrowed_wire_test checks them and that no field is missed.
-constexpr int kForwardX1 = 2, kForwardX2 = 3, kTensorData = 3, kEchoPayload = 1;
+constexpr int kForwardX1 = 2, kForwardX2 = 3, kEchoPayload = 1;
 
 }  // namespace
 
@@ -81,14 +67,8 @@ grpc::ByteBuffer EncodeForwardRequest(const tp::v1::ForwardRequest& request, Sli
     tp::v1::Tensor meta;  // shape and dtype; data follows
     *meta.mutable_shape() = tensor->shape();
     meta.set_dtype(tensor->dtype());
-    const std::string meta_bytes = meta.SerializeAsString();
-    const std::string& data = tensor->data();
-    std::string data_tag;
-    if (!data.empty()) PutLengthTag(data_tag, kTensorData, data.size());
-    PutLengthTag(head, field, meta_bytes.size() + data_tag.size() + data.size());
-    head += meta_bytes;
-    head += data_tag;
-    AppendBytes(head, data, pieces, loans);
+    wire::AppendTensorHead(field, meta, tensor->data().size(), &head);
+    AppendBytes(head, tensor->data(), pieces, loans);
   }
   return Finish(head, pieces);
 }
@@ -99,7 +79,7 @@ grpc::ByteBuffer EncodeEchoRequest(const tp::v1::EchoRequest& request, SliceLoan
   std::string head = scalars.SerializeAsString();
   std::vector<grpc::Slice> pieces;
   if (!request.payload().empty()) {
-    PutLengthTag(head, kEchoPayload, request.payload().size());
+    wire::AppendLengthDelimitedTag(kEchoPayload, request.payload().size(), &head);
     AppendBytes(head, request.payload(), pieces, loans);
   }
   return Finish(head, pieces);

@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "server/grpc/tensor_codec.h"
+
 namespace tpserve::wire {
 namespace {
 
@@ -120,23 +122,6 @@ bool ParseTensor(Cursor& in, uint64_t length, tp::v1::Tensor* header, WireBytes*
   return true;
 }
 
-void AppendVarint(uint64_t value, std::string* out) {
-  while (value >= 0x80) {
-    out->push_back(static_cast<char>((value & 0x7f) | 0x80));
-    value >>= 7;
-  }
-  out->push_back(static_cast<char>(value));
-}
-
-size_t VarintSize(uint64_t value) {
-  size_t n = 1;
-  while (value >= 0x80) {
-    value >>= 7;
-    ++n;
-  }
-  return n;
-}
-
 }  // namespace
 
 bool ParseForwardRequest(absl::Span<const absl::string_view> pieces, ForwardRequestView* view) {
@@ -199,13 +184,7 @@ std::string EncodeForwardResponseHead(const tp::v1::ForwardResponse& fields, siz
   tp::v1::ForwardResponse rest = fields;
   rest.clear_out();
   std::string head = rest.SerializeAsString();
-  const std::string tensor = fields.out().SerializeAsString();  // shape and dtype; data empty
-  const uint64_t data_field = 1 + VarintSize(data_bytes) + data_bytes;
-  head.push_back(static_cast<char>((1 << 3) | kLengthDelimited));  // ForwardResponse.out
-  AppendVarint(tensor.size() + data_field, &head);
-  head += tensor;
-  head.push_back(static_cast<char>((3 << 3) | kLengthDelimited));  // Tensor.data
-  AppendVarint(data_bytes, &head);
+  AppendTensorHead(1, fields.out(), data_bytes, &head);  // ForwardResponse.out; its data follows
   return head;
 }
 

@@ -72,7 +72,41 @@ uint16_t FloatToBf16(float f) {
   return static_cast<uint16_t>((x + 0x7fff + ((x >> 16) & 1)) >> 16);
 }
 
+void AppendVarint(uint64_t value, std::string* out) {
+  while (value >= 0x80) {
+    out->push_back(static_cast<char>((value & 0x7f) | 0x80));
+    value >>= 7;
+  }
+  out->push_back(static_cast<char>(value));
+}
+
+size_t VarintSize(uint64_t value) {
+  size_t n = 1;
+  while (value >= 0x80) {
+    value >>= 7;
+    ++n;
+  }
+  return n;
+}
+
+constexpr int kLengthDelimited = 2;
+constexpr int kTensorData = 3;  // tp.v1.Tensor.data
+
 }  // namespace
+
+void AppendLengthDelimitedTag(int field, uint64_t length, std::string* out) {
+  AppendVarint((static_cast<uint64_t>(field) << 3) | kLengthDelimited, out);
+  AppendVarint(length, out);
+}
+
+void AppendTensorHead(int field, const tp::v1::Tensor& meta, size_t data_bytes, std::string* out) {
+  const std::string meta_bytes = meta.SerializeAsString();
+  const uint64_t data_field = data_bytes == 0 ? 0 : VarintSize((kTensorData << 3) | kLengthDelimited) +
+                                                        VarintSize(data_bytes) + data_bytes;
+  AppendLengthDelimitedTag(field, meta_bytes.size() + data_field, out);
+  *out += meta_bytes;
+  if (data_bytes > 0) AppendLengthDelimitedTag(kTensorData, data_bytes, out);
+}
 
 size_t DTypeSize(tp::v1::DType dtype) {
   switch (dtype) {

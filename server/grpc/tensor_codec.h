@@ -37,6 +37,15 @@ absl::StatusOr<server::HostTensor> DecodeTensor(const tp::v1::Tensor& tensor, co
 // Leaves the bytes alone when `tensor` already borrows them as float32 (see Forward's out_into).
 void EncodeTensor(const server::HostTensor& tensor, tp::v1::DType dtype, tp::v1::Tensor* out);
 
+// Protobuf wire pieces for messages sent partly from the sender's own memory (unary Forward's
+// response from a page-locked lease, tp_client's requests from the caller's message): the tag and
+// length of length-delimited field `field`, whose `length` bytes follow ...
+void AppendLengthDelimitedTag(int field, uint64_t length, std::string* out);
+// ... and the head of Tensor field `field` whose `data_bytes` bytes of data the caller sends right
+// after it: the field's tag and length, `meta` (shape and dtype; its data empty) and the data
+// field's tag and length (none for empty data, as protobuf writes it).
+void AppendTensorHead(int field, const tp::v1::Tensor& meta, size_t data_bytes, std::string* out);
+
 // Splits a flat vector into chunks of at most chunk_elements (float32) and calls emit for each;
 // stops early (returning false) when emit does.
 template <typename Emit>
