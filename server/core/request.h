@@ -16,6 +16,15 @@
 
 namespace tpserve::server {
 
+// Each tensor's region in a worker's staging buffers starts on a 256-byte boundary, as a fresh
+// allocation would (the kernels load rows with vector loads). A lone request whose x2 lies
+// AlignStagingRegion(x1's elements) floats after its x1 in one page-locked buffer goes to the
+// device in one copy (the transport lays unary Forward's tensors out so).
+inline constexpr int64_t kStagingAlignFloats = 64;
+inline int64_t AlignStagingRegion(int64_t floats) {
+  return (floats + kStagingAlignFloats - 1) / kStagingAlignFloats * kStagingAlignFloats;
+}
+
 enum class Op : uint8_t { kForward, kBackward };
 
 enum class WeightGradMode : uint8_t { kNone, kReturn, kAccumulate };

@@ -14,12 +14,6 @@
 namespace tpserve::server {
 namespace {
 
-// Each tensor's region in a staging buffer starts on a 256-byte boundary, as a fresh allocation
-// would: the kernels load rows with vector loads.
-constexpr int64_t kRegionAlignFloats = 64;
-
-int64_t AlignRegion(int64_t floats) { return (floats + kRegionAlignFloats - 1) / kRegionAlignFloats * kRegionAlignFloats; }
-
 double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -265,10 +259,11 @@ absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batc
   const bool want_grad_x2 = head.op == Op::kBackward && head.want_grad_x2;
 
   // Where each tensor lives in the staging buffers (offsets in floats; host and device alike).
-  const int64_t x1_at = 0, x2_at = AlignRegion(samples * dim_in1), grad_out_at = x2_at + AlignRegion(samples * dim_in2);
+  const int64_t x1_at = 0, x2_at = AlignStagingRegion(samples * dim_in1);
+  const int64_t grad_out_at = x2_at + AlignStagingRegion(samples * dim_in2);
   const int64_t in_floats = grad_out_at + (explicit_grad_out ? samples * dim_out : 0);
-  const int64_t out_at = 0, grad_x1_at = AlignRegion(want_out ? samples * dim_out : 0);
-  const int64_t grad_x2_at = grad_x1_at + AlignRegion(want_grad_x1 ? samples * dim_in1 : 0);
+  const int64_t out_at = 0, grad_x1_at = AlignStagingRegion(want_out ? samples * dim_out : 0);
+  const int64_t grad_x2_at = grad_x1_at + AlignStagingRegion(want_grad_x1 ? samples * dim_in1 : 0);
   const int64_t out_floats = grad_x2_at + (want_grad_x2 ? samples * dim_in2 : 0);
   // Inputs that already lie in page-locked memory (HostPool leases) go to the device from there,
   // request by request; any other batch is gathered into this worker's pinned staging first.

@@ -111,8 +111,8 @@ grpc::Status ComputeServiceImpl::Forward(grpc::ServerContext* context, const grp
     x2_elements = Float32Elements(view.header.x2(), view.x2_data.size);
   }
   if (x1_elements >= 0 && x2_elements >= 0) {
-    // x2 256-byte aligned, as in the worker's staging buffer: then one copy moves both to the device.
-    const size_t x2_at = (view.x1_data.size + 255) / 256 * 256;
+    // x2 where the worker's staging layout puts it: then one copy moves both to the device.
+    const size_t x2_at = static_cast<size_t>(AlignStagingRegion(x1_elements)) * sizeof(float);
     in_lease = env_.core->host_pool().Acquire(x2_at + view.x2_data.size);
     char* base = static_cast<char*>(in_lease->data());
     wire::CopyWireBytes(pieces, view.x1_data, base);
