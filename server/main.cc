@@ -14,7 +14,7 @@
 #include "kernels/backend_factory.h"
 #include "server/core/inference_core.h"
 #include "server/grpc/grpc_server.h"
-#include "server/malloc_tuning.h"
+#include "wire/malloc_tuning.h"
 #include "server/metrics/metrics.h"
 #include "server/server_config.h"
 

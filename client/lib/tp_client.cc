@@ -7,8 +7,8 @@
 #include "absl/strings/str_cat.h"
 #include "client/lib/borrowed_wire.h"
 #include "grpcpp/impl/codegen/client_unary_call.h"
-#include "server/grpc/channel_tuning.h"
-#include "server/grpc/tensor_codec.h"
+#include "wire/channel_tuning.h"
+#include "wire/tensor_bytes.h"
 
 namespace tpserve::client {
 

@@ -26,8 +26,8 @@
 #include "client/lib/tp_client.h"
 #include "kernels/backend_factory.h"
 #include "nlohmann/json.hpp"
-#include "server/grpc/tensor_codec.h"
-#include "server/malloc_tuning.h"
+#include "wire/tensor_bytes.h"
+#include "wire/malloc_tuning.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "tpserve address");
 ABSL_FLAG(std::string, token, "", "bearer token");
