@@ -1,7 +1,8 @@
 // What a channel did per server, from gRPC's channelz: calls started, succeeded and failed on each
 // subchannel (one per server address). A subchannel counts attempts, so a retried call counts on
 // every server it tried: attempts minus the channel's calls are the retries and transparent
-// re-sends. Counts are cumulative for the process (subchannels are shared between channels with
+// re-sends, plus the health-check Watch that each new connection opens (so compare two reads
+// taken after the channel has connected). Counts are cumulative for the process (subchannels are shared between channels with
 // the same arguments); take differences between two reads.
 #pragma once
 
