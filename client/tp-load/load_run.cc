@@ -83,11 +83,11 @@ void PrintProgress(const Progress& p, bool terminal) {
             << std::flush;
 }
 
-void PrintLevel(const LevelResult& l, int index, int count, bool terminal) {
+void PrintLevel(const LevelResult& l, int index, int count, bool terminal, bool stability_wanted) {
   std::cerr << absl::StrFormat("%s[%d/%d] %g: %.1f req/s, p50 %.3f ms, p99 %.3f ms, %d errors, %d windows%s\n",
                                terminal ? "\r" : "", index + 1, count, l.level, l.stats.requests_per_s,
                                l.stats.latency.p50_ms, l.stats.latency.p99_ms, l.reported.errors(), l.windows.size(),
-                               l.stable ? "" : " (not stable)");
+                               l.stable || !stability_wanted ? "" : " (not stable)");
 }
 
 }  // namespace
@@ -124,7 +124,8 @@ absl::StatusOr<RunReport> RunLoad(const LoadOptions& o, bool verify_only) {
   });
   for (size_t i = 0; i < o.levels.size(); ++i) {
     report.levels.push_back(runner.Run(o.mode, o.levels[i], static_cast<int>(i), static_cast<int>(o.levels.size())));
-    PrintLevel(report.levels.back(), static_cast<int>(i), static_cast<int>(o.levels.size()), o.progress);
+    PrintLevel(report.levels.back(), static_cast<int>(i), static_cast<int>(o.levels.size()), o.progress,
+               o.stability > 0);
     report.issued += report.levels.back().issued;
     if (o.stop_at_saturation && Saturated(report.levels)) {
       report.saturated = true;

@@ -135,8 +135,12 @@ ServerInterval Interval(const std::string& address, const Scrape& before, const 
     }
     if (delta > 0) s.requests_by_method_code[method + " " + code] += delta;
   }
-  s.forward_ok = s.requests_by_method_code["Forward OK"];
-  s.backward_ok = s.requests_by_method_code["Backward OK"];
+  auto count = [&](const char* key) {
+    auto it = s.requests_by_method_code.find(key);
+    return it == s.requests_by_method_code.end() ? 0.0 : it->second;
+  };
+  s.forward_ok = count("Forward OK");
+  s.backward_ok = count("Backward OK");
   s.launches = Delta(before, after, "tp_compute_time_seconds_count");
   s.queued = Delta(before, after, "tp_queue_time_seconds_count");
   s.queue_ms_mean = MeanOf(before, after, "tp_queue_time_seconds", 1e3);

@@ -94,6 +94,28 @@ nlohmann::json OptionsJson(const LoadOptions& o) {
           {"max_attempts", o.max_attempts}, {"seed", o.seed},       {"verify_fraction", o.verify_fraction}};
 }
 
+// Several servers: each one's share from its /metrics, and the channel's attempts per address.
+std::string PerServerLines(const LevelResult& l) {
+  std::string out;
+  for (const ServerInterval& s : l.servers) {
+    if (!s.measured) {
+      absl::StrAppendFormat(&out, "    %-21s /metrics unreachable at a window boundary\n", s.address);
+      continue;
+    }
+    absl::StrAppendFormat(&out, "    %-21s %8.0f Forward OK %8.0f Backward OK  queue %.3f ms  compute %.3f ms  batch %.1f\n",
+                          s.address, s.forward_ok, s.backward_ok, s.queue_ms_mean, s.compute_ms_mean,
+                          s.batch_samples_mean);
+  }
+  if (l.have_channel) {
+    for (const auto& [address, n] : l.channel.by_address) {
+      absl::StrAppendFormat(&out, "    %-26s %8d attempts %6d failed\n", address, n.started, n.failed);
+    }
+    absl::StrAppendFormat(&out, "    channel: %d calls, %d retried attempts\n", l.channel.calls.started,
+                          std::max<int64_t>(0, l.channel.attempts() - l.channel.calls.started));
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string Table(const RunReport& r) {
@@ -111,6 +133,7 @@ std::string Table(const RunReport& r) {
                           server ? absl::StrFormat("%.3f", total.compute_ms_mean) : "-",
                           server ? absl::StrFormat("%.1f", total.batch_samples_mean) : "-", Errors(l.reported),
                           l.stable || r.options.stability <= 0 ? "" : "  (not stable)");
+    if (l.servers.size() > 1 || l.channel.by_address.size() > 1) out += PerServerLines(l);
   }
   return out;
 }
