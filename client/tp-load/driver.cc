@@ -48,6 +48,7 @@ bool LoadDriver::IsBackward(uint64_t sequence) const {
   switch (context_.options->operation) {
     case Operation::kForward: return false;
     case Operation::kBackward: return true;
+    case Operation::kEcho: return false;
     case Operation::kMixed: break;
   }
   // An even spread of the fraction over sequence numbers (multiplicative hash, as the checker's).
@@ -63,6 +64,11 @@ LoadDriver::Outcome LoadDriver::CallUnary(uint64_t sequence) {
   const int index = InputIndex(sequence);
   const bool check = context_.checker->Wants(sequence);
   Outcome outcome;
+  if (context_.options->operation == Operation::kEcho) {
+    outcome.code = static_cast<int>(context_.client->Echo(w.echo).status().code());
+    outcome.bytes = w.forward_bytes;
+    return outcome;
+  }
   if (IsBackward(sequence)) {
     absl::StatusOr<tp::v1::BackwardResponse> r = context_.client->Backward(w.backwards[index]);
     outcome.code = static_cast<int>(r.status().code());

@@ -32,7 +32,9 @@ ABSL_FLAG(std::string, model, "seed", "model to load (created, seeded 0, when mi
 ABSL_FLAG(std::string, irreps, "128x0e + 128x1e + 128x2e", "irreps_in1 = irreps_in2 = irreps_out of a created model");
 ABSL_FLAG(int64_t, batch, 64, "samples per request");
 ABSL_FLAG(std::string, precision, "fp32", "fp32 | tf32 | bf16");
-ABSL_FLAG(std::string, op, "forward", "forward | backward | mixed");
+ABSL_FLAG(std::string, op, "forward",
+          "forward | backward | mixed | echo (Echo calls with a Forward's bytes and no compute: the transport's "
+          "ceiling to compare Forward against)");
 ABSL_FLAG(std::string, loss, "sum_tanh", "backward's cotangent: sum | sum_tanh | grad_out (a random tensor)");
 ABSL_FLAG(double, backward_fraction, 0.5, "--op mixed: share of Backward requests");
 ABSL_FLAG(std::string, transport, "unary", "unary | stream (bidirectional Streams share the requests in flight)");

@@ -60,7 +60,8 @@ absl::StatusOr<Operation> ParseOperation(const std::string& text) {
   if (text == "forward") return Operation::kForward;
   if (text == "backward") return Operation::kBackward;
   if (text == "mixed") return Operation::kMixed;
-  return absl::InvalidArgumentError(absl::StrCat("--op '", text, "': expected forward, backward or mixed"));
+  if (text == "echo") return Operation::kEcho;
+  return absl::InvalidArgumentError(absl::StrCat("--op '", text, "': expected forward, backward, mixed or echo"));
 }
 
 absl::StatusOr<Arrivals> ParseArrivals(const std::string& text) {
@@ -83,6 +84,7 @@ std::string Name(Operation operation) {
     case Operation::kForward: return "forward";
     case Operation::kBackward: return "backward";
     case Operation::kMixed: return "mixed";
+    case Operation::kEcho: return "echo";
   }
   return "?";
 }

@@ -12,7 +12,9 @@ namespace tpserve::load {
 enum class LoopMode { kClosed, kOpen };        // fixed concurrency, or requests at scheduled times
 enum class Arrivals { kPoisson, kConstant };   // open loop: gaps between scheduled sends
 enum class Transport { kUnary, kStream };
-enum class Operation { kForward, kBackward, kMixed };
+// kEcho: Echo calls with a Forward's request and response bytes and no compute (the transport's
+// own ceiling, to compare Forward against).
+enum class Operation { kForward, kBackward, kMixed, kEcho };
 
 struct LoadOptions {
   // Servers and the channel.

@@ -43,6 +43,8 @@ void LoadDriver::WriteStream(client::TpClient::Stream& stream, StreamState& stat
   // Own copies: request_id is set on the message before each Write (which serializes it at once).
   std::vector<tp::v1::StreamRequest> forwards = context_.workload->stream_forwards;
   std::vector<tp::v1::StreamRequest> backwards = context_.workload->stream_backwards;
+  tp::v1::StreamRequest echo = context_.workload->stream_echo;
+  const bool echoes = context_.options->operation == Operation::kEcho;
   while (!stop_.load()) {
     Clock::time_point scheduled = Clock::now();
     if (schedule != nullptr) {
@@ -63,7 +65,8 @@ void LoadDriver::WriteStream(client::TpClient::Stream& stream, StreamState& stat
       p.backward = IsBackward(p.sequence);
       state.pending.push_back(p);
     }
-    tp::v1::StreamRequest& message = (p.backward ? backwards : forwards)[static_cast<size_t>(p.index)];
+    tp::v1::StreamRequest& message =
+        echoes ? echo : (p.backward ? backwards : forwards)[static_cast<size_t>(p.index)];
     message.set_request_id(p.sequence);
     if (!stream.rpc->Write(message)) return;
   }
@@ -98,11 +101,12 @@ void LoadDriver::RecordStreamResponse(const tp::v1::StreamResponse& response, co
   const Workload& w = *context_.workload;
   int code = response.code();
   if (response.request_id() != p.sequence) code = static_cast<int>(grpc::StatusCode::DATA_LOSS);
-  if (code == 0 && context_.checker->Wants(p.sequence)) {
+  const bool echo = context_.options->operation == Operation::kEcho;
+  if (code == 0 && !echo && context_.checker->Wants(p.sequence)) {
     if (p.backward) context_.checker->CheckBackward(p.index, response.backward());
     else context_.checker->CheckForward(p.index, response.forward());
   }
-  const int64_t samples = w.forwards[static_cast<size_t>(p.index)].x1().shape(0);
+  const int64_t samples = echo ? 0 : w.forwards[static_cast<size_t>(p.index)].x1().shape(0);
   context_.recorder->Record(MillisecondsSince(p.scheduled), code, samples,
                             p.backward ? w.backward_bytes : w.forward_bytes, p.late);
 }

@@ -155,6 +155,10 @@ absl::StatusOr<Workload> BuildWorkload(const tp::v1::ModelInfo& model, const std
     *workload.stream_backwards.emplace_back().mutable_backward() = workload.backwards.back();
   }
   SetBytes(workload);
+  const int64_t response_bytes = workload.forward_bytes - static_cast<int64_t>(workload.forwards[0].ByteSizeLong());
+  workload.echo.set_payload(std::string(workload.forwards[0].ByteSizeLong(), 'x'));
+  workload.echo.set_response_bytes(response_bytes);
+  *workload.stream_echo.mutable_echo() = workload.echo;
   if (!weights.empty()) {
     if (absl::Status s = AddReferences(workload, weights); !s.ok()) return s;
   }

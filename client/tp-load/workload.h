@@ -30,6 +30,8 @@ struct Workload {
   std::vector<tp::v1::ForwardRequest> forwards;
   std::vector<tp::v1::BackwardRequest> backwards;
   std::vector<tp::v1::StreamRequest> stream_forwards, stream_backwards;  // the same, wrapped
+  tp::v1::EchoRequest echo;            // a Forward's request and response bytes, no compute
+  tp::v1::StreamRequest stream_echo;
   std::vector<Reference> references;  // per input; empty when verification is off
   int64_t forward_bytes = 0;           // request + response bytes of one Forward
   int64_t backward_bytes = 0;          // of one Backward

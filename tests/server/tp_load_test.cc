@@ -113,6 +113,29 @@ TEST(TpLoadTest, OpenLoopOnStreams_MixedOperations) {
   EXPECT_GT(MetricValue(metrics, "tp_batch_size_count", {}), 0);
 }
 
+// --op echo: the same bytes as a Forward, no compute; its throughput is the transport's ceiling.
+TEST(TpLoadTest, EchoOp_SendsTheForwardsBytesWithoutCompute) {
+  auto server = TestServer::Start();
+  ASSERT_NE(server, nullptr);
+  TempDir dir;
+  const std::string json_path = dir.path() + "/echo.json";
+  std::string output;
+  for (const char* transport : {"unary", "stream"}) {
+    const std::string flags = "--server " + server->target() + " --model small --irreps '4x0e + 4x1e' --batch 8 --op echo"
+                              " --concurrency 2 --warmup_s 0.1 --duration_s 0.3 --stability 0 --transport " +
+                              transport + " --json " + json_path;
+    ASSERT_EQ(RunTpLoad(flags, dir, &output), 0) << output;
+    nlohmann::json json = ReadJson(json_path);
+    ASSERT_FALSE(json.is_discarded());
+    const nlohmann::json& level = json["levels"][0];
+    EXPECT_GT(level["requests_per_s"].get<double>(), 0) << transport;
+    EXPECT_EQ(level["errors"].get<int>(), 0) << transport;
+    EXPECT_EQ(level["samples_per_s"].get<double>(), 0) << transport;
+    EXPECT_NEAR(level["megabytes_per_s"].get<double>() * 1e6 / level["requests_per_s"].get<double>(),
+                json["forward_bytes"].get<double>(), 1) << transport;
+  }
+}
+
 TEST(TpLoadTest, Help_ListsEveryFlagWithItsDefault) {
   TempDir dir;
   std::string output;
