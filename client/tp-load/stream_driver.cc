@@ -32,6 +32,16 @@ void LoadDriver::StreamWorker(int window, ArrivalSchedule* schedule) {
     std::thread reader([&] { ReadStream(stream, state); });
     WriteStream(stream, state, window, schedule);
     stream.rpc->WritesDone();
+    {
+      // The answers still due get one request deadline; a server that hangs is cut off.
+      std::unique_lock<std::mutex> lock(state.mu);
+      const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                               std::chrono::duration<double>(context_.options->deadline_s));
+      while (!state.broken && !state.pending.empty() && Clock::now() < deadline) {
+        state.window_open.wait_for(lock, std::chrono::milliseconds(50));
+      }
+      if (!state.broken && !state.pending.empty()) stream.context->TryCancel();
+    }
     reader.join();
     FailPending(state, stream.rpc->Finish());
     if (!stop_.load()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
