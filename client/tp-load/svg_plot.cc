@@ -100,6 +100,12 @@ std::string Svg(const RunReport& r) {
   out += DrawAxes(axes);
   int index = 0;
   for (const Series& s : kSeries) out += DrawSeries(axes, r.levels, s, index++);
+  // Each level named above its highest point, so that the path through the sweep can be read.
+  for (const LevelResult& l : r.levels) {
+    absl::StrAppendFormat(&out, "<text x='%.1f' y='%.1f' text-anchor='middle' font-size='10' fill='#555'>%s%g</text>\n",
+                          axes.X(l.stats.requests_per_s), axes.Y(l.stats.latency.p999_ms) - 7,
+                          l.mode == LoopMode::kClosed ? "c=" : "", l.level);
+  }
   out += "</svg>\n";
   return out;
 }
