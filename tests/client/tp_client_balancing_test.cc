@@ -157,6 +157,20 @@ TEST(TpClientBalancingTest, RoundRobin_SpreadsCallsOverEveryServer) {
   EXPECT_EQ(calls->by_address.size(), 3u);
 }
 
+// A resolver URI: dns:///localhost:PORT resolves (127.0.0.1, and ::1 where it exists, on which
+// nothing listens: round_robin keeps to the address that is READY).
+TEST(TpClientBalancingTest, DnsTarget_Works) {
+  auto servers = StartServers(1);
+  auto client = Balanced("dns:///localhost:" + std::to_string(servers[0]->port()));
+  ASSERT_NE(client, nullptr);
+  for (int i = 0; i < 5; ++i) {
+    auto r = client->Forward(Request());
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+  EXPECT_EQ(ForwardCount(*servers[0], "OK"), 5);
+  EXPECT_EQ(client->channel_target(), "dns:///localhost:" + std::to_string(servers[0]->port()));
+}
+
 TEST(TpClientBalancingTest, NotServingServer_GetsNoCalls) {
   auto servers = StartServers(2);
   auto device = std::make_shared<FakeDevice>();
