@@ -2,6 +2,7 @@
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include "absl/strings/str_cat.h"
 
@@ -29,6 +30,11 @@ absl::StatusOr<SslContext> MakeServerSslContext(const std::string& cert_file, co
         absl::StrCat("TLS certificate ", cert_file, ": expected a PEM certificate chain (", TakeSslErrors(), ")"));
   }
   if (SSL_CTX_use_PrivateKey_file(ctx.get(), key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
+    if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH) {
+      ERR_clear_error();
+      return absl::InvalidArgumentError(
+          absl::StrCat("TLS key ", key_file, " does not belong to the certificate in ", cert_file));
+    }
     return absl::InvalidArgumentError(
         absl::StrCat("TLS key ", key_file, ": expected a PEM private key (", TakeSslErrors(), ")"));
   }
