@@ -530,6 +530,32 @@ TEST_F(ServerTest, Echo_ReturnsThePayload) {
   EXPECT_EQ(client_->Echo(request)->payload().size(), 10u);
 }
 
+TEST_F(ServerTest, Echo_NegativeResponseBytesIsInvalidArgument_UnaryAndInAStream) {
+  tp::v1::EchoRequest request;
+  request.set_payload("abc");
+  request.set_response_bytes(-1);
+  auto unary = client_->Echo(request);
+  EXPECT_EQ(unary.status().code(), absl::StatusCode::kInvalidArgument) << unary.status();
+  EXPECT_NE(unary.status().message().find("response_bytes"), std::string::npos) << unary.status();
+  client::TpClient::Stream stream = client_->OpenStream();
+  tp::v1::StreamRequest message;
+  message.set_request_id(7);
+  *message.mutable_echo() = request;
+  ASSERT_TRUE(stream.rpc->Write(message));
+  message.set_request_id(8);
+  message.mutable_echo()->set_response_bytes(0);
+  ASSERT_TRUE(stream.rpc->Write(message));
+  stream.rpc->WritesDone();
+  tp::v1::StreamResponse response;
+  ASSERT_TRUE(stream.rpc->Read(&response));
+  EXPECT_EQ(response.request_id(), 7u);
+  EXPECT_EQ(response.code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT)) << response.message();
+  ASSERT_TRUE(stream.rpc->Read(&response));
+  EXPECT_EQ(response.code(), 0);
+  EXPECT_EQ(response.echo().payload(), "abc");
+  EXPECT_TRUE(stream.rpc->Finish().ok());
+}
+
 TEST_F(ServerTest, Health_ReportsServing) {
   auto health = client_->Health();
   ASSERT_TRUE(health.ok()) << health.status();
