@@ -336,5 +336,56 @@ TEST(StartupTest, TokenFromAFileOrTheEnvironment_WarnsWithoutTls) {
   }
 }
 
+bool MakeSelfSigned(const std::string& cert, const std::string& key) {
+  const std::string command = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+                              "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " + key + " -out " + cert +
+                              " >/dev/null 2>&1";
+  return std::system(command.c_str()) == 0;
+}
+
+TEST(StartupTest, Sighup_ReloadsTheCertificate_AndKeepsTheOldOneWhenTheNewIsBroken) {
+  TempDir dir;
+  const std::string cert = dir.path() + "/tls.pem", key = dir.path() + "/tls.key";
+  const std::string cert2 = dir.path() + "/two.pem", key2 = dir.path() + "/two.key";
+  ASSERT_TRUE(MakeSelfSigned(cert, key) && MakeSelfSigned(cert2, key2));
+  const std::string cert1 = dir.path() + "/one.pem";
+  fs::copy_file(cert, cert1);
+  Tpserve server(dir.path(), {"--listen=127.0.0.1:0", "--metrics_address=", "--backend=cpu", "--tls_cert=" + cert,
+                              "--tls_key=" + key});
+  const int port = server.ServingPort();
+  ASSERT_NE(port, 0) << server.err();
+  auto trusts = [&](const std::string& ca) {
+    client::ClientOptions options;
+    options.target = absl::StrCat("localhost:", port);
+    options.tls = true;
+    options.tls_ca_file = ca;
+    options.timeout_seconds = 5;
+    return (*client::TpClient::Connect(options))->ListModels().ok();
+  };
+  EXPECT_TRUE(trusts(cert1));
+  fs::copy_file(cert2, cert, fs::copy_options::overwrite_existing);  // the key is still the old one
+  server.Signal(SIGHUP);
+  bool refused = false;
+  for (int i = 0; i < 100 && !refused; ++i) {
+    refused = absl::StrContains(server.err(), "certificates not reloaded");
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(refused) << server.err();
+  EXPECT_TRUE(absl::StrContains(server.err(), "does not belong")) << server.err();
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  EXPECT_TRUE(trusts(cert1)) << "the served certificate changed after a refused reload";
+  fs::copy_file(key2, key, fs::copy_options::overwrite_existing);
+  server.Signal(SIGHUP);
+  bool switched = false;
+  for (int i = 0; i < 50 && !switched; ++i) {
+    switched = trusts(cert2);
+    if (!switched) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(switched) << server.err();
+  EXPECT_TRUE(absl::StrContains(server.out(), "certificates reloaded")) << server.out();
+  server.Signal(SIGTERM);
+  EXPECT_EQ(server.Wait(), 0) << server.err();
+}
+
 }  // namespace
 }  // namespace tpserve::testing
