@@ -24,7 +24,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_format.h"
 #include "client/lib/tp_client.h"
-#include "kernels/core/backend_factory.h"
+#include "kernels/backend_factory.h"
 #include "nlohmann/json.hpp"
 #include "server/grpc/tensor_codec.h"
 #include "server/malloc_tuning.h"

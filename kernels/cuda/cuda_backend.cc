@@ -175,11 +175,11 @@ class CudaPreparedPlan final : public PreparedPlan {
   // the others, and all of them in bf16, run in tp_gemm.cu.
   std::vector<bool> factored;
   bool any_factored = false;
-  bool factored_three_tf32 = false;  // fp32 as three TF32 MMAs (TPSERVE_FORWARD_KERNEL=factored-3xtf32)
+  bool factored_three_tf32 = false;  // fp32 as three TF32 MMAs (forward_kernel factored-3xtf32)
   int factored_blocks_per_sm = 0;    // factored forward work split; 0: chosen per batch (BuildFactoredWork)
-  int factored_warp_cols = 32;       // output columns per warp (TPSERVE_FACTORED_WARP_COLS=16 for comparisons)
+  int factored_warp_cols = 32;       // output columns per warp (options: 16 for comparisons)
   // The factored paths on wgmma (tp_forward_wgmma.cu) where the device is an sm_90 and the plan fits;
-  // TPSERVE_FORWARD_KERNEL=factored-mma (or factored-3xtf32) keeps the mma.sync kernel.
+  // the option forward_kernel=factored-mma (or factored-3xtf32) keeps the mma.sync kernel.
   bool factored_wgmma = false;
 
   // Work lists per (kind, batch); kind 0..2 = roles (all paths), 3 = weight gradient, 4 = factored
@@ -246,8 +246,8 @@ class CudaPreparedPlan final : public PreparedPlan {
   // costs T * (its p count + kPrologueP)). Measured on the H100, fp32 forward in ms for B = 2, 3, 4,
   // 6: batch 64: 0.343 0.312 0.326 0.342; 256: 0.966 1.044 1.029 0.937; 512: 1.672 1.694 1.726 1.809;
   // 2048: 5.90 5.86 5.82 5.95. The model picks 3, 2, 2, 3 for 64, 256, 512, 1024; over wider
-  // candidate sets it picked 4 at 512 (slower), so the set stays small. TPSERVE_FACTORED_BLOCKS_PER_SM
-  // fixes B (read at Prepare; for experiments).
+  // candidate sets it picked 4 at 512 (slower), so the set stays small. CudaBackendOptions::factored_blocks_per_sm
+  // fixes B (copied into the plan at Prepare; for experiments).
   absl::Status BuildFactoredWork(int64_t batch, WorkList* list) const {
     const int zt = cuda::FactoredForwardSamples(), cols = cuda::FactoredForwardCols();
     const std::vector<TpGemmPath>& paths = roles[0].paths;
@@ -519,7 +519,8 @@ int CudaBackend::DeviceCount() {
   return count;
 }
 
-absl::StatusOr<std::unique_ptr<Backend>> CudaBackend::Create(int device) {
+absl::StatusOr<std::unique_ptr<Backend>> CudaBackend::Create(int device, const CudaBackendOptions& options) {
+  RETURN_IF_ERROR(ValidateCudaBackendOptions(options));
   const int count = DeviceCount();
   if (device < 0 || device >= count) {
     return absl::UnavailableError(
@@ -542,7 +543,20 @@ absl::StatusOr<std::unique_ptr<Backend>> CudaBackend::Create(int device) {
     uint64_t threshold = UINT64_MAX;
     cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold);
   }
-  return std::unique_ptr<Backend>(new CudaBackend(device, prop.multiProcessorCount, cuda::FactoredWgmmaUsable(device)));
+  return std::unique_ptr<Backend>(new CudaBackend(device, prop.multiProcessorCount, cuda::FactoredWgmmaUsable(device), options));
+}
+
+absl::StatusOr<void*> CudaBackend::CreateStream() {
+  DeviceScope scope(device_);
+  cudaStream_t stream = nullptr;
+  CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  return static_cast<void*>(stream);
+}
+
+void CudaBackend::DestroyStream(void* stream) {
+  if (stream == nullptr) return;
+  DeviceScope scope(device_);
+  cudaStreamDestroy(static_cast<cudaStream_t>(stream));
 }
 
 CudaBackend::~CudaBackend() = default;
@@ -567,26 +581,19 @@ absl::StatusOr<std::unique_ptr<PreparedPlan>> CudaBackend::Prepare(const TensorP
   auto prepared = std::make_unique<CudaPreparedPlan>(plan);
   prepared->num_sms = num_sms_;
   for (int which = 0; which < 3; ++which) RETURN_IF_ERROR(UploadRole(plan.paths(), which, &prepared->roles[which]));
-  // For comparisons: TPSERVE_FORWARD_KERNEL=gemm keeps every forward path in tp_gemm.cu;
-  // =factored-3xtf32 runs fp32 in the factored kernel with three TF32 MMAs (not TF32 + bf16).
-  const char* forward_kernel_env = std::getenv("TPSERVE_FORWARD_KERNEL");
-  const std::string_view forward_kernel = forward_kernel_env == nullptr ? "" : forward_kernel_env;
-  const bool allow_factored = forward_kernel != "gemm";
-  prepared->factored_three_tf32 = forward_kernel == "factored-3xtf32";
-  if (const char* cols = std::getenv("TPSERVE_FACTORED_WARP_COLS"); cols != nullptr && std::atoi(cols) == 16) {
-    prepared->factored_warp_cols = 16;
-  }
-  if (const char* blocks = std::getenv("TPSERVE_FACTORED_BLOCKS_PER_SM"); blocks != nullptr) {
-    prepared->factored_blocks_per_sm = std::clamp(std::atoi(blocks), 1, 64);
-  }
+  using ForwardKernel = CudaBackendOptions::ForwardKernel;
+  const bool allow_factored = options_.forward_kernel != ForwardKernel::kGemm;
+  prepared->factored_three_tf32 = options_.forward_kernel == ForwardKernel::kFactored3xTf32;
+  prepared->factored_warp_cols = options_.factored_warp_cols;
+  prepared->factored_blocks_per_sm = options_.factored_blocks_per_sm;
   bool wgmma_fits = true;
   for (const TpGemmPath& d : prepared->roles[0].paths) {
     prepared->factored.push_back(allow_factored && cuda::FactoredForwardSupports(d));
     prepared->any_factored = prepared->any_factored || prepared->factored.back();
     if (prepared->factored.back()) wgmma_fits = wgmma_fits && cuda::FactoredWgmmaFits(d);
   }
-  prepared->factored_wgmma = prepared->any_factored && wgmma_fits && forward_kernel != "factored-mma" &&
-                             !prepared->factored_three_tf32 && wgmma_usable_;
+  prepared->factored_wgmma = prepared->any_factored && wgmma_fits &&
+                             options_.forward_kernel == ForwardKernel::kAuto && wgmma_usable_;
   int max_n = 0;
   for (size_t i = 0; i < plan.paths().size(); ++i) {
     const PathPlan& pp = plan.paths()[i];

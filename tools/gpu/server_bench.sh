@@ -8,7 +8,7 @@ CARRY=${CARRY:-build-h100-carry}
 OUT=${OUT:-/tmp/server-bench}
 ITERS=${ITERS:-1000}
 VERSIONS=${VERSIONS:-base new}   # which carried builds to serve, in order; NAME-gemm = NAME's build
-                                 # with TPSERVE_FORWARD_KERNEL=gemm (every forward path in tp_gemm.cu)
+                                 # with --forward_kernel gemm (every forward path in tp_gemm.cu)
 THROUGHPUT=${THROUGHPUT:-1}   # 0: latency only
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt" 2>&1
@@ -27,9 +27,9 @@ fi
 # serve VERSION FLAGS...: starts tpserve from /tmp/tp-VERSION and waits until it serves.
 serve() {
   local v=$1 d=${1%-gemm}; shift
-  local kernel=default; [[ $v == *-gemm ]] && kernel=gemm
+  local kernel=auto; [[ $v == *-gemm ]] && kernel=gemm
   local seen; seen=$(cat "$OUT/server-$v.log" 2>/dev/null | wc -l)  # a server log per version, appended per pass
-  TPSERVE_FORWARD_KERNEL=$kernel LD_LIBRARY_PATH=/tmp/tp-$d/libs:/usr/local/cuda/lib64 /tmp/tp-$d/bin/tpserve --backend cuda \
+  LD_LIBRARY_PATH=/tmp/tp-$d/libs:/usr/local/cuda/lib64 /tmp/tp-$d/bin/tpserve --backend cuda --forward_kernel $kernel \
     --listen 127.0.0.1:50051 --metrics_address 127.0.0.1:9090 --demo_model seed "$@" >> "$OUT/server-$v.log" 2>&1 &
   SERVER=$!
   for _ in $(seq 300); do tail -n +$((seen + 1)) "$OUT/server-$v.log" | grep -q "serving on port" && return 0; sleep 0.1; done
