@@ -101,12 +101,15 @@ absl::Status ResolveAuthToken(ServerConfig* config, const char* env_token) {
       return absl::InvalidArgumentError("auth_token and auth_token_file: expected at most one of them");
     }
     std::ifstream in(config->auth_token_file);
-    if (!in) return absl::InvalidArgumentError(absl::StrCat("auth_token_file ", config->auth_token_file, ": cannot read"));
+    if (!in) {
+      return absl::InvalidArgumentError(absl::StrCat("auth_token_file ", config->auth_token_file, ": cannot read"));
+    }
     std::stringstream text;
     text << in.rdbuf();
     token = std::string(absl::StripTrailingAsciiWhitespace(text.str()));
     if (token.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("auth_token_file ", config->auth_token_file, ": the file is empty"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("auth_token_file ", config->auth_token_file, ": the file is empty"));
     }
     config->auth_token_file.clear();
   } else if (token.empty() && env_token != nullptr) {

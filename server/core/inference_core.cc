@@ -453,10 +453,11 @@ absl::StatusOr<InferenceResult> InferenceCore::Run(InferenceRequest request, Dis
 
 std::string CoreConfig::DebugString() const {
   return absl::StrFormat(
-      "model_dir=%s skip_damaged_models=%s max_batch_size=%d max_queue_delay_us=%d max_queued_requests=%d max_queued_bytes=%d non_finite=%s "
-      "max_inline_grad_bytes=%d max_pinned_host_bytes=%d",
-      model_dir.empty() ? "(memory)" : model_dir, skip_damaged_models ? "on" : "off", max_batch_size, max_queue_delay_us, max_queued_requests, max_queued_bytes,
-      reject_non_finite ? "reject" : "pass", max_inline_grad_bytes, max_pinned_host_bytes);
+      "model_dir=%s skip_damaged_models=%s max_batch_size=%d max_queue_delay_us=%d max_queued_requests=%d "
+      "max_queued_bytes=%d non_finite=%s max_inline_grad_bytes=%d max_pinned_host_bytes=%d",
+      model_dir.empty() ? "(memory)" : model_dir, skip_damaged_models ? "on" : "off", max_batch_size,
+      max_queue_delay_us, max_queued_requests, max_queued_bytes, reject_non_finite ? "reject" : "pass",
+      max_inline_grad_bytes, max_pinned_host_bytes);
 }
 
 }  // namespace tpserve::server
