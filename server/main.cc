@@ -1,14 +1,20 @@
 // tpserve: the tensor-product gRPC server. Reads flags (and an optional JSON config file whose
 // keys are the flag names), prints its configuration, serves until SIGINT/SIGTERM, then stops
-// accepting calls and finishes the ones in flight.
+// accepting calls and finishes the ones in flight. SIGHUP re-reads the TLS certificates.
+// Exit codes: 0 after a signal, 2 for a configuration or model repository it cannot start with
+// (one line on stderr naming what is wrong), 1 for anything else.
 #include <signal.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
+#include <set>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "kernels/backend_factory.h"
@@ -38,7 +44,9 @@ ABSL_FLAG(int64_t, max_pinned_host_bytes, int64_t{256} << 20,
           "page-locked host memory for unary Forward tensors (reused); past it, ordinary memory");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain (with --tls_key: TLS on)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key");
-ABSL_FLAG(std::string, auth_token, "", "bearer token every tp.v1 call must carry (\"\": no auth)");
+ABSL_FLAG(std::string, auth_token, "",
+          "bearer token every tp.v1 call must carry (\"\": no auth; visible in ps: prefer --auth_token_file or "
+          "the TPSERVE_AUTH_TOKEN environment variable)");
 ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "max gRPC message size, both directions");
 ABSL_FLAG(bool, reflection, true, "serve grpc.reflection");
 ABSL_FLAG(int64_t, chunk_elements, 262144, "default float32 elements per streamed weights chunk");
@@ -51,15 +59,47 @@ ABSL_FLAG(std::string, demo_irreps_in2, "128x0e + 128x1e + 128x2e", "demo model 
 ABSL_FLAG(std::string, demo_irreps_out, "128x0e + 128x1e + 128x2e", "demo model irreps_out");
 ABSL_FLAG(uint64_t, demo_seed, 0, "seed of the demo model's weights");
 ABSL_FLAG(double, shutdown_grace_seconds, 30, "time calls in flight get to finish at shutdown");
+// ---- startup and security (issue 16: items 1, 10, 15) ----
+ABSL_FLAG(bool, skip_damaged_models, false,
+          "a model of --model_dir that fails its checks: false refuses to start (exit 2); true logs it, moves its "
+          "directory aside (.damaged-<name>-*) and serves the rest");
+ABSL_FLAG(std::string, auth_token_file, "", "file holding the bearer token (instead of --auth_token)");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM roots: clients must present a certificate they sign (mutual TLS; needs --tls_cert/--tls_key)");
+ABSL_FLAG(int, tls_reload_seconds, 1, "how soon a certificate re-read on SIGHUP is served (seconds)");
+ABSL_FLAG(bool, metrics_auth, false, "/metrics requires 'Authorization: Bearer <token>' (the gRPC token)");
+ABSL_FLAG(bool, metrics_tls, false, "/metrics over HTTPS with --tls_cert/--tls_key");
 
 namespace tpserve::server {
 namespace {
 
+// Flags named on the command line (FlagsOnCommandLine, read before Abseil parses): these win over
+// the config file even when they repeat the default.
+std::set<std::string>& CommandLineFlags() {
+  static std::set<std::string> names;
+  return names;
+}
+
 bool Given(const char* name) {
+  if (CommandLineFlags().count(name) > 0) return true;
+  // A flag that --flagfile set is not in argv; it still counts when it differs from its default.
   absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
-  // This Abseil keeps IsSpecifiedOnCommandLine private: a flag counts as given when it differs
-  // from its default.
   return flag != nullptr && flag->CurrentValue() != flag->DefaultValue();
+}
+
+// `tpserve --help` lists the flags of this file (Abseil's default shows only a file named after
+// the binary, tpserve.cc, and found none), each with its default.
+void ConfigureHelp() {
+  absl::FlagsUsageConfig usage;
+  auto ours = [](absl::string_view file) { return absl::EndsWith(file, "server/main.cc"); };
+  usage.contains_help_flags = ours;
+  usage.contains_helpshort_flags = ours;
+  absl::SetFlagsUsageConfig(usage);
+  absl::SetProgramUsageMessage(
+      "the tensor-product gRPC server (docs/SERVER.md).\n"
+      "usage: tpserve [--config FILE.json] [--flag=value ...]   (command-line flags win over the file)\n"
+      "secure setup: --tls_cert C --tls_key K [--tls_client_ca CA] --auth_token_file F "
+      "--metrics_address 127.0.0.1:9090");
 }
 
 absl::StatusOr<ServerConfig> LoadConfig() {
@@ -76,7 +116,6 @@ absl::StatusOr<ServerConfig> LoadConfig() {
   take("model_dir", c.core.model_dir, absl::GetFlag(FLAGS_model_dir));
   take("backend", c.backend, absl::GetFlag(FLAGS_backend));
   take("workers_per_gpu", c.workers_per_gpu, absl::GetFlag(FLAGS_workers_per_gpu));
-  if (c.workers_per_gpu < 1) return absl::InvalidArgumentError("--workers_per_gpu: expected >= 1");
   if (Given("forward_kernel")) {
     absl::StatusOr<CudaBackendOptions::ForwardKernel> kernel = ParseForwardKernel(absl::GetFlag(FLAGS_forward_kernel));
     if (!kernel.ok()) return absl::InvalidArgumentError(absl::StrCat("--", kernel.status().message()));
@@ -84,17 +123,12 @@ absl::StatusOr<ServerConfig> LoadConfig() {
   }
   take("factored_warp_cols", c.cuda.factored_warp_cols, absl::GetFlag(FLAGS_factored_warp_cols));
   take("factored_blocks_per_sm", c.cuda.factored_blocks_per_sm, absl::GetFlag(FLAGS_factored_blocks_per_sm));
-  if (auto s = ValidateCudaBackendOptions(c.cuda); !s.ok()) return s;
   take("max_batch_size", c.core.max_batch_size, absl::GetFlag(FLAGS_max_batch_size));
   take("max_queue_delay_us", c.core.max_queue_delay_us, absl::GetFlag(FLAGS_max_queue_delay_us));
   take("max_queued_requests", c.core.max_queued_requests, absl::GetFlag(FLAGS_max_queued_requests));
   take("max_queued_bytes", c.core.max_queued_bytes, absl::GetFlag(FLAGS_max_queued_bytes));
   if (Given("non_finite")) {
-    std::string policy = absl::GetFlag(FLAGS_non_finite);
-    if (policy != "reject" && policy != "pass") {
-      return absl::InvalidArgumentError("--non_finite: expected reject or pass");
-    }
-    c.core.reject_non_finite = policy == "reject";
+    if (auto s = SetNonFinitePolicy(absl::GetFlag(FLAGS_non_finite), &c); !s.ok()) return s;
   }
   take("max_inline_grad_bytes", c.core.max_inline_grad_bytes, absl::GetFlag(FLAGS_max_inline_grad_bytes));
   take("max_pinned_host_bytes", c.core.max_pinned_host_bytes, absl::GetFlag(FLAGS_max_pinned_host_bytes));
@@ -113,6 +147,19 @@ absl::StatusOr<ServerConfig> LoadConfig() {
   take("demo_irreps_out", c.demo_spec.irreps_out, absl::GetFlag(FLAGS_demo_irreps_out));
   take("demo_seed", c.demo_seed, absl::GetFlag(FLAGS_demo_seed));
   take("shutdown_grace_seconds", c.shutdown_grace_seconds, absl::GetFlag(FLAGS_shutdown_grace_seconds));
+  // ---- startup and security (issue 16: items 1, 10, 15) ----
+  take("skip_damaged_models", c.core.skip_damaged_models, absl::GetFlag(FLAGS_skip_damaged_models));
+  take("auth_token_file", c.auth_token_file, absl::GetFlag(FLAGS_auth_token_file));
+  take("tls_client_ca", c.transport.tls_client_ca_file, absl::GetFlag(FLAGS_tls_client_ca));
+  take("tls_reload_seconds", c.transport.tls_reload_seconds, absl::GetFlag(FLAGS_tls_reload_seconds));
+  take("metrics_auth", c.metrics_auth, absl::GetFlag(FLAGS_metrics_auth));
+  take("metrics_tls", c.metrics_tls, absl::GetFlag(FLAGS_metrics_tls));
+  if (Given("auth_token") && Given("auth_token_file")) {
+    return absl::InvalidArgumentError("--auth_token and --auth_token_file: expected at most one of them");
+  }
+  if (Given("auth_token_file")) c.transport.auth_token.clear();  // the file's token replaces one from the config
+  if (auto s = ResolveAuthToken(&c, std::getenv("TPSERVE_AUTH_TOKEN")); !s.ok()) return s;
+  if (auto s = ValidateConfig(c); !s.ok()) return s;
   return c;
 }
 
@@ -142,23 +189,32 @@ int Main() {
   KeepLargeBuffersInTheHeap();
   absl::StatusOr<ServerConfig> config = LoadConfig();
   if (!config.ok()) {
-    std::cerr << "tpserve: " << config.status() << "\n";
+    std::cerr << "tpserve: " << config.status().message() << "\n";
     return 2;
   }
   std::cout << config->DebugString() << std::endl;
+  for (const std::string& warning : ConfigWarnings(*config)) std::cerr << "tpserve: warning: " << warning << "\n";
 
   // Signals are taken synchronously by this thread; every thread started later inherits the mask.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   Metrics metrics;
   if (!config->metrics_address.empty()) {
-    if (auto s = metrics.StartHttp(config->metrics_address); !s.ok()) {
-      std::cerr << "tpserve: " << s << "\n";
-      return 1;
+    HttpExposerOptions http;
+    http.address = config->metrics_address;
+    if (config->metrics_auth) http.bearer_token = config->transport.auth_token;
+    if (config->metrics_tls) {
+      http.tls_cert_file = config->transport.tls_cert_file;
+      http.tls_key_file = config->transport.tls_key_file;
+    }
+    if (auto s = metrics.StartHttp(http); !s.ok()) {
+      std::cerr << "tpserve: " << s.message() << "\n";
+      return s.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
     }
   }
   auto backends = MakeBackends(config->backend, config->workers_per_gpu, config->cuda);
@@ -168,8 +224,13 @@ int Main() {
   }
   auto core = InferenceCore::Create(config->core, *std::move(backends), &metrics);
   if (!core.ok()) {
-    std::cerr << "tpserve: " << core.status() << "\n";
-    return 1;
+    // A damaged repository: one line naming the file and what is wrong.
+    std::cerr << "tpserve: " << core.status().message()
+              << (core.status().code() == absl::StatusCode::kDataLoss
+                      ? " (--skip_damaged_models moves damaged models aside and serves the rest)"
+                      : "")
+              << "\n";
+    return 2;
   }
   if (!config->demo_model.empty() && !(*core)->FindModel(config->demo_model).ok()) {
     auto info = (*core)->CreateModel(config->demo_model, config->demo_spec, std::nullopt, config->demo_seed);
@@ -180,8 +241,8 @@ int Main() {
   }
   auto server = GrpcServer::Start(config->transport, core->get(), &metrics);
   if (!server.ok()) {
-    std::cerr << "tpserve: " << server.status() << "\n";
-    return 1;
+    std::cerr << "tpserve: " << server.status().message() << "\n";
+    return server.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
   }
   std::string devices;
   for (const std::string& d : (*core)->devices()) devices += (devices.empty() ? "" : ",") + d;
@@ -189,7 +250,20 @@ int Main() {
             << ", devices " << devices << ", " << (*core)->ListModels().size() << " models)" << std::endl;
 
   int signal = 0;
-  sigwait(&signals, &signal);
+  while (sigwait(&signals, &signal) == 0 && signal == SIGHUP) {
+    if (!config->transport.tls()) {
+      std::cout << "tpserve: SIGHUP: no TLS certificate to reload" << std::endl;
+      continue;
+    }
+    absl::Status grpc_tls = (*server)->ReloadCertificates();
+    absl::Status http_tls = metrics.ReloadHttpTls();
+    if (grpc_tls.ok() && http_tls.ok()) {
+      std::cout << "tpserve: SIGHUP: certificates reloaded from " << config->transport.tls_cert_file << std::endl;
+    } else {
+      std::cerr << "tpserve: SIGHUP: certificates not reloaded, the previous ones stay in use: "
+                << (grpc_tls.ok() ? http_tls : grpc_tls).message() << std::endl;
+    }
+  }
   std::cout << "tpserve: signal " << signal << ", finishing calls in flight" << std::endl;
   (*server)->Shutdown(absl::Seconds(config->shutdown_grace_seconds));
   (*server)->Wait();
@@ -202,6 +276,12 @@ int Main() {
 }  // namespace tpserve::server
 
 int main(int argc, char** argv) {
+  tpserve::server::ConfigureHelp();
+  tpserve::server::CommandLineFlags() =
+      tpserve::server::FlagsOnCommandLine(std::vector<std::string>(argv + 1, argv + argc), [](const std::string& name) {
+        absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+        return flag != nullptr && flag->IsOfType<bool>();
+      });
   absl::ParseCommandLine(argc, argv);
   return tpserve::server::Main();
 }

@@ -32,6 +32,18 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(const Clie
     text << in.rdbuf();
     ssl.pem_root_certs = text.str();
   }
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("a client certificate needs both its certificate and its key file");
+  }
+  for (auto [path, field] : {std::pair{&options.tls_cert_file, &ssl.pem_cert_chain},
+                             std::pair{&options.tls_key_file, &ssl.pem_private_key}}) {
+    if (path->empty()) continue;
+    std::ifstream in(*path);
+    if (!in) return absl::NotFoundError(absl::StrCat("TLS client certificate file ", *path, ": cannot read"));
+    std::stringstream text;
+    text << in.rdbuf();
+    *field = text.str();
+  }
   if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
   return grpc::SslCredentials(ssl);
 }

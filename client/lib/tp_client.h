@@ -32,6 +32,8 @@ struct ClientOptions {
   bool tls = false;                 // TLS channel (server certificate checked against tls_ca_file)
   std::string tls_ca_file;          // PEM roots; empty: the system's roots
   std::string tls_server_name;      // override of the name checked in the certificate
+  std::string tls_cert_file;        // PEM client certificate chain, for servers that require one (mTLS)
+  std::string tls_key_file;         // its PEM private key
   int64_t max_message_bytes = 64 << 20;
   double timeout_seconds = 60;      // deadline of every unary and server-streaming call; 0: none
   double stream_timeout_seconds = 0;  // deadline of a bidirectional Stream (long-lived); 0: none

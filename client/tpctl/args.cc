@@ -1,5 +1,7 @@
 #include "client/tpctl/args.h"
 
+#include <filesystem>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -54,6 +56,16 @@ absl::StatusOr<std::string> CommandArgs::Require(const std::string& name) const 
   auto value = Get(name);
   if (!value) return absl::InvalidArgumentError(absl::StrCat("missing required flag --", name));
   return *value;
+}
+
+absl::Status CreateOutputDirectory(const std::string& dir) {
+  std::error_code error;
+  std::filesystem::create_directories(dir, error);
+  if (error || !std::filesystem::is_directory(dir, error)) {
+    return absl::InvalidArgumentError(absl::StrCat("--out ", dir, ": expected a directory (",
+                                                   error ? error.message() : "a file of that name exists", ")"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace tpserve

@@ -27,4 +27,8 @@ class CommandArgs {
   std::vector<std::string> positional_;
 };
 
+// Creates `dir` (and its parents) when missing, for a command's --out DIR; INVALID_ARGUMENT naming
+// it when it cannot be made or is not a directory.
+absl::Status CreateOutputDirectory(const std::string& dir);
+
 }  // namespace tpserve

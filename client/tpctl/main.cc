@@ -27,14 +27,29 @@
 namespace tpserve {
 namespace {
 
-constexpr char kUsage[] = R"(usage: tpctl COMMAND [flags]
+constexpr char kUsage[] = R"(usage: tpctl COMMAND [flags]        (tpctl help, tpctl COMMAND --help: this text)
 
+local commands (defaults in parentheses):
   eval   --irreps-in1 S --irreps-in2 S --irreps-out S --weights W.npy --x1 X1.npy --x2 X2.npy
-         [--grad-out G.npy | --loss sum_tanh] [--backend cpu|cuda] [--precision fp32|tf32|bf16]
-         [--server HOST:PORT] --out DIR
-  bench  [--backend cpu|cuda] [--irreps S] [--batch N] [--iters N] [--precision P]
+         [--grad-out G.npy | --loss sum_tanh|sum] [--backend cpu|cuda (cpu)] [--precision fp32|tf32|bf16 (fp32)]
+         [--server HOST:PORT] --out DIR            (DIR is created when missing)
+  bench  [--backend cpu|cuda (cpu)] [--irreps S (128x0e + 128x1e + 128x2e)] [--batch N (64)] [--iters N (10)]
+         [--precision P (fp32)]
   plan   --irreps-in1 S --irreps-in2 S --irreps-out S
-  create|list|get|delete|forward|backward|get-weights|put-weights|get-grad|zero-grad|sgd-step --server HOST:PORT ...
+
+remote commands (--server HOST:PORT required):
+  create   --model M --irreps-in1 S --irreps-in2 S --irreps-out S [--weights W.npy | --seed K (0)]
+  list;  get|delete|zero-grad --model M
+  forward  --model M --x1 X1.npy --x2 X2.npy --out DIR
+  backward --model M --x1 X1.npy --x2 X2.npy (--grad-out G.npy | --loss sum|sum_tanh)
+           [--weight-grad return|accumulate|none (return)] --out DIR
+  get-weights|get-grad --model M --out F.npy;  put-weights --model M --weights W.npy [--expected-version V (0: any)]
+  sgd-step --model M --lr LR [--zero-grad]
+  connection flags: --token T ($TPSERVE_TOKEN) --tls (off) --tls-ca PEM (system roots) --tls-server-name N
+                    --tls-cert PEM --tls-key PEM (client certificate, for servers with --tls_client_ca)
+                    --timeout S (0: none) --precision fp32|tf32|bf16 (fp32)
+
+exit codes: 0 success, 2 bad input (one line on stderr), 1 anything else
 )";
 
 int Fail(const absl::Status& status) {
@@ -75,6 +90,7 @@ absl::Status RunEval(const std::vector<std::string>& argv) {
   ASSIGN_OR_RETURN(in.precision, ParsePrecision(args.Get("precision").value_or("fp32")));
   ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, MakeBackend(args.Get("backend").value_or("cpu")));
   ASSIGN_OR_RETURN(EvalOutputs outputs, EvalOnBackend(*backend, in));
+  RETURN_IF_ERROR(CreateOutputDirectory(out_dir));
   RETURN_IF_ERROR(WriteNpy(out_dir + "/out.npy", outputs.out));
   if (outputs.grad_weight) RETURN_IF_ERROR(WriteNpy(out_dir + "/grad_weight.npy", *outputs.grad_weight));
   if (outputs.grad_x1) RETURN_IF_ERROR(WriteNpy(out_dir + "/grad_x1.npy", *outputs.grad_x1));
@@ -161,6 +177,10 @@ int main(int argc, char** argv) {
   }
   const std::string command = argv[1];
   const std::vector<std::string> rest(argv + 2, argv + argc);
+  if (std::any_of(rest.begin(), rest.end(), [](const std::string& a) { return a == "--help" || a == "-h"; })) {
+    std::cout << kUsage;
+    return 0;
+  }
   const bool remote = std::any_of(rest.begin(), rest.end(), [](const std::string& a) {
     return a == "--server" || a.rfind("--server=", 0) == 0;
   });

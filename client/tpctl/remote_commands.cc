@@ -20,8 +20,8 @@
 namespace tpserve {
 namespace {
 
-const std::set<std::string> kConnectionFlags = {"server", "token", "tls-ca", "tls-server-name", "timeout",
-                                                "precision"};
+const std::set<std::string> kConnectionFlags = {"server",   "token",   "tls-ca",  "tls-server-name",
+                                                "tls-cert", "tls-key", "timeout", "precision"};
 
 std::set<std::string> With(std::set<std::string> flags) {
   flags.insert(kConnectionFlags.begin(), kConnectionFlags.end());
@@ -39,6 +39,8 @@ absl::StatusOr<std::unique_ptr<client::TpClient>> Connect(const CommandArgs& arg
   options.tls = args.Has("tls");
   options.tls_ca_file = args.Get("tls-ca").value_or("");
   options.tls_server_name = args.Get("tls-server-name").value_or("");
+  options.tls_cert_file = args.Get("tls-cert").value_or("");
+  options.tls_key_file = args.Get("tls-key").value_or("");
   if (auto timeout = args.Get("timeout")) {
     if (!absl::SimpleAtod(*timeout, &options.timeout_seconds) || options.timeout_seconds < 0) {
       return absl::InvalidArgumentError("--timeout: expected seconds >= 0");
@@ -108,6 +110,7 @@ absl::StatusOr<tp::v1::WeightGradMode> WeightGradFlag(const CommandArgs& args) {
 absl::Status RunCompute(client::TpClient& client, const std::string& model, const CommandArgs& args,
                         bool forward_only, bool always_forward) {
   ASSIGN_OR_RETURN(std::string out_dir, args.Require("out"));
+  RETURN_IF_ERROR(CreateOutputDirectory(out_dir));
   ASSIGN_OR_RETURN(std::string x1_path, args.Require("x1"));
   ASSIGN_OR_RETURN(std::string x2_path, args.Require("x2"));
   ASSIGN_OR_RETURN(NpyArray x1, ReadNpy(x1_path));

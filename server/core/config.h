@@ -10,6 +10,9 @@ namespace tpserve::server {
 struct CoreConfig {
   // Directory of the model repository ("" keeps models in memory only).
   std::string model_dir;
+  // A model of the repository that fails its checks at start: false (default) refuses to start
+  // (DATA_LOSS naming the file); true logs it, moves its directory aside (.damaged-*) and serves the rest.
+  bool skip_damaged_models = false;
   // Most samples in one launch, and in one request (a larger request is INVALID_ARGUMENT).
   int64_t max_batch_size = 4096;
   // How long the first request of a batch may wait for others to merge with it. 0 (greedy): a

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <future>
+#include <iostream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -123,16 +124,34 @@ absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(CoreConfig 
   }
   std::unique_ptr<InferenceCore> core(new InferenceCore(std::move(config), observer));
   RETURN_IF_ERROR(core->repository_.Init());
-  ASSIGN_OR_RETURN(std::vector<StoredModel> stored, core->repository_.LoadAll());
-  for (StoredModel& m : stored) {
+  ASSIGN_OR_RETURN(RepositoryContents stored, core->repository_.Scan());
+  std::vector<DamagedModel> damaged = std::move(stored.damaged);
+  for (StoredModel& m : stored.models) {
     absl::StatusOr<TensorProductPlan> plan = PlanForSpec(m.spec);
-    if (!plan.ok()) return absl::DataLossError(absl::StrCat("model '", m.name, "': ", plan.status().message()));
-    if (plan->weight_numel() != static_cast<int64_t>(m.weights.size())) {
-      return absl::DataLossError(absl::StrCat("model '", m.name, "': ", m.weights.size(),
-                                              " weights on disk, its plan needs ", plan->weight_numel()));
+    const std::string config_path = core->config_.model_dir + "/" + m.name + "/config.json";
+    absl::Status why;
+    if (!plan.ok()) {
+      why = absl::DataLossError(absl::StrCat("model '", m.name, "': ", config_path, ": ", plan.status().message()));
+    } else if (plan->weight_numel() != static_cast<int64_t>(m.weights.size())) {
+      why = absl::DataLossError(absl::StrCat("model '", m.name, "': ", config_path, ": ", m.weights.size(),
+                                             " weights on disk, its irreps need ", plan->weight_numel()));
+    }
+    if (!why.ok()) {
+      damaged.push_back(DamagedModel{m.name, core->config_.model_dir + "/" + m.name, why});
+      continue;
     }
     core->models_[m.name] =
         std::make_shared<Model>(m.name, *std::move(plan), MakeSnapshot(m.version, std::move(m.weights)));
+  }
+  std::sort(damaged.begin(), damaged.end(),
+            [](const DamagedModel& a, const DamagedModel& b) { return a.name < b.name; });
+  for (const DamagedModel& d : damaged) {
+    // Refusing to start is the default: serving without a model that clients expect (or with
+    // wrong weights) is worse than not serving. On request the model is kept aside for a person.
+    if (!core->config_.skip_damaged_models) return d.why;
+    ASSIGN_OR_RETURN(std::string aside, core->repository_.MoveAside(d.name));
+    std::cerr << "tpserve: skipping damaged model '" << d.name << "' (" << d.why.message() << "); moved to "
+              << aside << "\n";
   }
   core->batcher_ = std::make_unique<Batcher>(BatcherConfig{core->config_.max_batch_size,
                                                            core->config_.max_queue_delay_us,
@@ -208,7 +227,8 @@ InferenceCore::~InferenceCore() { Shutdown(); }
 
 void InferenceCore::Shutdown() {
   if (shut_down_.exchange(true)) return;
-  batcher_->Shutdown();
+  // Create may fail (a damaged repository) before the batcher and the workers exist.
+  if (batcher_ != nullptr) batcher_->Shutdown();
   for (auto& worker : workers_) worker->Join();
 }
 
@@ -433,10 +453,11 @@ absl::StatusOr<InferenceResult> InferenceCore::Run(InferenceRequest request, Dis
 
 std::string CoreConfig::DebugString() const {
   return absl::StrFormat(
-      "model_dir=%s max_batch_size=%d max_queue_delay_us=%d max_queued_requests=%d max_queued_bytes=%d non_finite=%s "
-      "max_inline_grad_bytes=%d max_pinned_host_bytes=%d",
-      model_dir.empty() ? "(memory)" : model_dir, max_batch_size, max_queue_delay_us, max_queued_requests, max_queued_bytes,
-      reject_non_finite ? "reject" : "pass", max_inline_grad_bytes, max_pinned_host_bytes);
+      "model_dir=%s skip_damaged_models=%s max_batch_size=%d max_queue_delay_us=%d max_queued_requests=%d "
+      "max_queued_bytes=%d non_finite=%s max_inline_grad_bytes=%d max_pinned_host_bytes=%d",
+      model_dir.empty() ? "(memory)" : model_dir, skip_damaged_models ? "on" : "off", max_batch_size,
+      max_queue_delay_us, max_queued_requests, max_queued_bytes, reject_non_finite ? "reject" : "pass",
+      max_inline_grad_bytes, max_pinned_host_bytes);
 }
 
 }  // namespace tpserve::server

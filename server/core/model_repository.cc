@@ -93,14 +93,29 @@ std::string Nonce() {
   return absl::StrCat(::getpid(), "-", counter.fetch_add(1));
 }
 
+// The only weights file names the repository writes: a config.json naming anything else (such
+// as "../x") is damaged, and nothing outside the model's directory is ever read.
+bool IsWeightsFileName(const std::string& file) {
+  if (!absl::StartsWith(file, "weights-v") || !absl::EndsWith(file, ".bin")) return false;
+  const std::string digits = file.substr(9, file.size() - 9 - 4);
+  return !digits.empty() && digits.size() <= 20 &&
+         std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+absl::Status Damaged(const std::string& name, const std::string& what) {
+  return absl::DataLossError(absl::StrCat("model '", name, "': ", what));
+}
+
 absl::StatusOr<StoredModel> LoadOne(const std::string& dir, const std::string& name) {
-  std::ifstream in(dir + "/config.json");
-  if (!in) return absl::DataLossError(absl::StrCat("model '", name, "': no config.json in ", dir));
+  const std::string config_path = dir + "/config.json";
+  std::ifstream in(config_path);
+  if (!in) return Damaged(name, absl::StrCat(config_path, " is missing or unreadable"));
   std::stringstream text;
   text << in.rdbuf();
   nlohmann::json config = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
   if (config.is_discarded() || !config.is_object()) {
-    return absl::DataLossError(absl::StrCat("model '", name, "': config.json is not valid JSON"));
+    return Damaged(name, absl::StrCat(config_path, " is not a JSON object",
+                                      text.str().empty() ? " (the file is empty)" : ""));
   }
   StoredModel model;
   std::string weights_file;
@@ -114,29 +129,47 @@ absl::StatusOr<StoredModel> LoadOne(const std::string& dir, const std::string& n
     weights_file = config.at("weights_file").get<std::string>();
     model.weights_fnv1a64 = config.at("weights_fnv1a64").get<uint64_t>();
   } catch (const std::exception& e) {
-    return absl::DataLossError(absl::StrCat("model '", name, "': config.json: ", e.what()));
+    return Damaged(name, absl::StrCat(config_path, ": ", e.what()));
   }
   if (model.name != name) {
-    return absl::DataLossError(absl::StrCat("model directory '", name, "' holds model '", model.name, "'"));
+    return Damaged(name, absl::StrCat(config_path, " names model '", model.name, "'"));
   }
-  std::string weights_path = dir + "/" + weights_file;
+  if (!IsWeightsFileName(weights_file)) {
+    return Damaged(name, absl::StrCat(config_path, ": weights_file '", weights_file,
+                                      "' is not a file name of the form weights-v<N>.bin"));
+  }
+  if (weight_numel < 1 || weight_numel > kMaxServedWeightNumel) {
+    return Damaged(name, absl::StrCat(config_path, ": weight_numel ", weight_numel, " is outside [1, ",
+                                      kMaxServedWeightNumel, "]"));
+  }
+  // The size is checked before anything is allocated: a damaged config cannot make us read or
+  // allocate more than the file holds.
+  const std::string weights_path = dir + "/" + weights_file;
+  struct stat weights_stat {};
+  if (::stat(weights_path.c_str(), &weights_stat) != 0 || !S_ISREG(weights_stat.st_mode)) {
+    return Damaged(name, absl::StrCat(weights_path, " is missing (config.json names it)"));
+  }
+  if (weights_stat.st_size != weight_numel * 4) {
+    return Damaged(name, absl::StrCat(weights_path, " holds ", weights_stat.st_size, " bytes, expected ",
+                                      weight_numel * 4, " (", weight_numel, " float32)"));
+  }
   std::ifstream weights_in(weights_path, std::ios::binary);
-  if (!weights_in) return absl::DataLossError(absl::StrCat("model '", name, "': missing ", weights_path));
+  if (!weights_in) return Damaged(name, absl::StrCat(weights_path, " cannot be read"));
   model.weights.resize(static_cast<size_t>(weight_numel));
   weights_in.read(reinterpret_cast<char*>(model.weights.data()), weight_numel * 4);
   if (weights_in.gcount() != weight_numel * 4 || weights_in.peek() != EOF) {
-    return absl::DataLossError(
-        absl::StrCat("model '", name, "': ", weights_path, " does not hold ", weight_numel, " float32"));
+    return Damaged(name, absl::StrCat(weights_path, " does not hold ", weight_numel, " float32"));
   }
   if (Fnv1a64(model.weights.data(), model.weights.size() * 4) != model.weights_fnv1a64) {
-    return absl::DataLossError(absl::StrCat("model '", name, "': checksum mismatch in ", weights_path));
+    return Damaged(name, absl::StrCat(weights_path, " fails its checksum (weights_fnv1a64 in config.json)"));
   }
-  // Orphans of an interrupted weight commit.
-  for (const auto& entry : fs::directory_iterator(dir)) {
-    std::string file = entry.path().filename().string();
-    if (file != "config.json" && file != weights_file) {
+  // Orphans of an interrupted weight commit: other versions and temp files, nothing else.
+  std::error_code error;
+  for (fs::directory_iterator it(dir, error), end; !error && it != end; it.increment(error)) {
+    std::string file = it->path().filename().string();
+    if (file != weights_file && (absl::StartsWith(file, "weights-v") || absl::EndsWith(file, ".tmp"))) {
       std::error_code ignored;
-      fs::remove(entry.path(), ignored);
+      fs::remove(it->path(), ignored);
     }
   }
   return model;
@@ -149,29 +182,58 @@ ModelRepository::ModelRepository(std::string root) : root_(std::move(root)) {}
 absl::Status ModelRepository::Init() {
   if (!persistent()) return absl::OkStatus();
   std::error_code error;
+  if (fs::exists(root_, error) && !fs::is_directory(root_, error)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model repository ", root_, ": not a directory (--model_dir must name a directory)"));
+  }
   fs::create_directories(root_, error);
   if (error) return absl::InternalError(absl::StrCat("model repository ", root_, ": ", error.message()));
-  for (const auto& entry : fs::directory_iterator(root_)) {
-    std::string file = entry.path().filename().string();
+  for (fs::directory_iterator it(root_, error), end; !error && it != end; it.increment(error)) {
+    std::string file = it->path().filename().string();
     if (absl::StartsWith(file, ".tmp-") || absl::StartsWith(file, ".deleted-")) {
-      fs::remove_all(entry.path(), error);
+      std::error_code ignored;
+      fs::remove_all(it->path(), ignored);
     }
   }
+  if (error) return absl::InternalError(absl::StrCat("model repository ", root_, ": ", error.message()));
   return FsyncPath(root_, true);
 }
 
-absl::StatusOr<std::vector<StoredModel>> ModelRepository::LoadAll() {
-  std::vector<StoredModel> models;
-  if (!persistent()) return models;
-  for (const auto& entry : fs::directory_iterator(root_)) {
-    std::string name = entry.path().filename().string();
-    if (!entry.is_directory() || name.empty() || name[0] == '.') continue;
-    ASSIGN_OR_RETURN(StoredModel model, LoadOne(entry.path().string(), name));
-    models.push_back(std::move(model));
+absl::StatusOr<RepositoryContents> ModelRepository::Scan() {
+  RepositoryContents contents;
+  if (!persistent()) return contents;
+  std::error_code error;
+  std::vector<std::string> names;
+  for (fs::directory_iterator it(root_, error), end; !error && it != end; it.increment(error)) {
+    std::string name = it->path().filename().string();
+    std::error_code ignored;
+    if (name.empty() || name[0] == '.' || !it->is_directory(ignored)) continue;
+    names.push_back(name);
   }
-  std::sort(models.begin(), models.end(),
-            [](const StoredModel& a, const StoredModel& b) { return a.name < b.name; });
-  return models;
+  if (error) return absl::InternalError(absl::StrCat("model repository ", root_, ": ", error.message()));
+  std::sort(names.begin(), names.end());
+  for (const std::string& name : names) {
+    const std::string dir = root_ + "/" + name;
+    absl::StatusOr<StoredModel> model = LoadOne(dir, name);
+    if (model.ok()) contents.models.push_back(*std::move(model));
+    else contents.damaged.push_back(DamagedModel{name, dir, model.status()});
+  }
+  return contents;
+}
+
+absl::StatusOr<std::vector<StoredModel>> ModelRepository::LoadAll() {
+  ASSIGN_OR_RETURN(RepositoryContents contents, Scan());
+  if (!contents.damaged.empty()) return contents.damaged.front().why;
+  return std::move(contents.models);
+}
+
+absl::StatusOr<std::string> ModelRepository::MoveAside(const std::string& name) {
+  if (!persistent()) return absl::FailedPreconditionError("the repository keeps nothing on disk");
+  const std::string dir = root_ + "/" + name;
+  const std::string aside = absl::StrCat(root_, "/.damaged-", name, "-", ::time(nullptr), "-", Nonce());
+  if (::rename(dir.c_str(), aside.c_str()) != 0) return ErrnoError("rename", dir);
+  RETURN_IF_ERROR(FsyncPath(root_, true));
+  return aside;
 }
 
 absl::Status ModelRepository::Create(const StoredModel& model) {

@@ -13,6 +13,10 @@
 //            at it (same), then unlink the previous weights file. A crash between the two leaves
 //            config.json naming the old, intact file; the orphan is removed at the next load.
 //   delete:  rename <name> to .deleted-<name>-<nonce>, fsync root, then remove it.
+// A model whose files fail their checks (unreadable or invalid config.json, a weights file that is
+// missing, of the wrong size, outside the model's directory or failing its FNV-1a checksum) is
+// reported as damaged, naming the file and what is wrong; MoveAside renames its directory to
+// .damaged-<name>-<nonce> (kept, never deleted, and ignored by later loads).
 // The root may be empty: the repository then keeps nothing (an in-memory server).
 #pragma once
 
@@ -33,6 +37,18 @@ struct StoredModel {
   uint64_t weights_fnv1a64 = 0;
 };
 
+// A model directory that cannot be loaded: `why` (DATA_LOSS) names the file and what is wrong.
+struct DamagedModel {
+  std::string name;
+  std::string path;  // the model's directory
+  absl::Status why;
+};
+
+struct RepositoryContents {
+  std::vector<StoredModel> models;    // sorted by name
+  std::vector<DamagedModel> damaged;  // sorted by name
+};
+
 class ModelRepository {
  public:
   explicit ModelRepository(std::string root);
@@ -41,10 +57,16 @@ class ModelRepository {
   const std::string& root() const { return root_; }
 
   // Creates root if needed and removes leftovers of interrupted writes (.tmp-*, .deleted-*).
+  // FAILED_PRECONDITION when root exists but is not a directory.
   absl::Status Init();
   // Every committed model, sorted by name. A model whose files fail their checks is an error
   // naming it (the server refuses to start rather than serve wrong weights).
   absl::StatusOr<std::vector<StoredModel>> LoadAll();
+  // Every model directory, loaded or reported damaged; an error only when root cannot be read.
+  absl::StatusOr<RepositoryContents> Scan();
+  // Renames a (damaged) model's directory to .damaged-<name>-<nonce> under root and returns the
+  // new path. Nothing is deleted; the name becomes free.
+  absl::StatusOr<std::string> MoveAside(const std::string& name);
 
   // ALREADY_EXISTS if a model of that name is on disk.
   absl::Status Create(const StoredModel& model);

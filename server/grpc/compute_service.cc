@@ -17,6 +17,9 @@
 namespace tpserve::server {
 namespace {
 
+// Echo's response_bytes: a negative count used to be taken as 0 (echo the payload) without a word.
+constexpr char kNegativeResponseBytes[] = "response_bytes: expected >= 0 (0: echo the payload)";
+
 // RESOURCE_EXHAUSTED when a unary Backward would return a weight gradient above the inline limit.
 absl::Status CheckInlineGradient(const ServiceEnv& env, const tp::v1::BackwardRequest& request,
                                  tp::v1::DType dtype) {
@@ -334,7 +337,9 @@ grpc::Status ComputeServiceImpl::Stream(
       entry->model = request.backward().model();
     }
     if (env_.metrics != nullptr) env_.metrics->RequestStarted(entry->method);
-    if (request.has_echo()) {
+    if (request.has_echo() && request.echo().response_bytes() < 0) {
+      converted = absl::InvalidArgumentError(kNegativeResponseBytes);  // answered with this code, no echo
+    } else if (request.has_echo()) {
       entry->echo.emplace();
       if (request.echo().response_bytes() > 0 && request.echo().response_bytes() <= (int64_t{1} << 30)) {
         entry->echo->mutable_payload()->assign(static_cast<size_t>(request.echo().response_bytes()), '\0');
@@ -397,6 +402,7 @@ grpc::Status ComputeServiceImpl::Echo(grpc::ServerContext* context, const tp::v1
                                       tp::v1::EchoResponse* response) {
   RpcScope scope(env_, "Echo", context);
   if (auto s = scope.Authorize(); !s.ok()) return scope.Finish(s);
+  if (request->response_bytes() < 0) return scope.Finish(absl::InvalidArgumentError(kNegativeResponseBytes));
   if (request->response_bytes() > 0) {
     if (request->response_bytes() > (int64_t{1} << 30)) {
       return scope.Finish(absl::InvalidArgumentError("response_bytes: expected at most 1 GiB"));

@@ -1,6 +1,11 @@
 #include "server/grpc/grpc_server.h"
 
+#include <stdlib.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -9,10 +14,15 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/resource_quota.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/security/tls_certificate_provider.h"
+#include "grpcpp/security/tls_credentials_options.h"
 #include "wire/channel_tuning.h"
 #include "server/grpc/compute_service.h"
 #include "server/grpc/health_service.h"
 #include "server/grpc/model_service.h"
+#include "server/tls/server_tls.h"
+#include "kernels/core/status_macros.h"
 
 namespace tpserve::server {
 namespace {
@@ -25,13 +35,54 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) 
   return text.str();
 }
 
+// Writes `contents` to dir/name through a temp file and a rename, so a reader sees old or new.
+absl::Status WriteAtomically(const std::string& dir, const std::string& name, const std::string& contents) {
+  const std::string path = dir + "/" + name, tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << contents;
+    if (!out.flush()) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) return absl::InternalError(absl::StrCat("cannot rename ", tmp));
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+absl::Status GrpcServer::StageCertificates() {
+  RETURN_IF_ERROR(CheckCertificateAndKey(config_.tls_cert_file, config_.tls_key_file));
+  absl::StatusOr<std::string> cert = ReadFile(config_.tls_cert_file, "TLS certificate");
+  if (!cert.ok()) return cert.status();
+  absl::StatusOr<std::string> key = ReadFile(config_.tls_key_file, "TLS key");
+  if (!key.ok()) return key.status();
+  std::string client_ca;
+  if (!config_.tls_client_ca_file.empty()) {
+    absl::StatusOr<std::string> ca = ReadFile(config_.tls_client_ca_file, "TLS client CA");
+    if (!ca.ok()) return ca.status();
+    if (ca->find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("TLS client CA ", config_.tls_client_ca_file, ": expected PEM certificates"));
+    }
+    client_ca = *std::move(ca);
+    RETURN_IF_ERROR(WriteAtomically(tls_staging_dir_, "client_ca.pem", client_ca));
+  }
+  // The watcher reads both files at each refresh; the key goes last so that a refresh between the
+  // two renames sees the new certificate with the old key for at most one interval.
+  RETURN_IF_ERROR(WriteAtomically(tls_staging_dir_, "cert.pem", *cert));
+  return WriteAtomically(tls_staging_dir_, "key.pem", *key);
+}
+
+absl::Status GrpcServer::ReloadCertificates() {
+  if (!config_.tls()) return absl::OkStatus();
+  return StageCertificates();
+}
 
 std::string TransportConfig::DebugString() const {
   return absl::StrFormat(
-      "listen=%s tls=%s auth=%s max_message_bytes=%d reflection=%s chunk_elements=%d stream_max_in_flight=%d "
+      "listen=%s tls=%s client_certificates=%s auth=%s max_message_bytes=%d reflection=%s chunk_elements=%d stream_max_in_flight=%d "
       "max_streams=%d max_threads=%d",
       listen_address, tls() ? absl::StrCat("on (cert ", tls_cert_file, ")") : "off",
+      tls_client_ca_file.empty() ? "not required" : absl::StrCat("required (CA ", tls_client_ca_file, ")"),
       auth_token.empty() ? "off" : "bearer token", max_message_bytes, reflection ? "on" : "off", chunk_elements,
       stream_max_in_flight, max_streams, max_threads);
 }
@@ -57,17 +108,26 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportCon
       tp::v1::ModelService::service_full_name(), tp::v1::TensorProductService::service_full_name()});
 
   std::shared_ptr<grpc::ServerCredentials> credentials;
+  server->config_ = config;
   if (config.tls()) {
     if (config.tls_cert_file.empty() || config.tls_key_file.empty()) {
       return absl::InvalidArgumentError("TLS needs both --tls_cert and --tls_key");
     }
-    absl::StatusOr<std::string> cert = ReadFile(config.tls_cert_file, "TLS certificate");
-    if (!cert.ok()) return cert.status();
-    absl::StatusOr<std::string> key = ReadFile(config.tls_key_file, "TLS key");
-    if (!key.ok()) return key.status();
-    grpc::SslServerCredentialsOptions options;
-    options.pem_key_cert_pairs.push_back({*key, *cert});
-    credentials = grpc::SslServerCredentials(options);
+    std::string staging = (std::filesystem::temp_directory_path() / "tpserve-tls-XXXXXX").string();
+    if (::mkdtemp(staging.data()) == nullptr) return absl::InternalError(absl::StrCat("mkdtemp ", staging));
+    server->tls_staging_dir_ = staging;
+    RETURN_IF_ERROR(server->StageCertificates());
+    // gRPC's file watcher serves the staged files and picks up what ReloadCertificates stages.
+    auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+        staging + "/key.pem", staging + "/cert.pem", config.tls_client_ca_file.empty() ? "" : staging + "/client_ca.pem",
+        static_cast<unsigned>(std::max(config.tls_reload_seconds, 1)));
+    grpc::experimental::TlsServerCredentialsOptions options(provider);
+    options.watch_identity_key_cert_pairs();
+    if (!config.tls_client_ca_file.empty()) {
+      options.watch_root_certs();
+      options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    }
+    credentials = grpc::experimental::TlsServerCredentials(options);
   } else {
     credentials = grpc::InsecureServerCredentials();
   }
@@ -79,6 +139,9 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportCon
   builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
   builder.SetMaxSendMessageSize(static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
   for (const auto& [name, value] : transport::kTensorChannelArgs) builder.AddChannelArgument(name, value);
+  // gRPC sets SO_REUSEPORT by default: a second server on the same port would start and take half
+  // of the new connections. Off, its bind fails and it says so.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   // Each running call holds a thread of the synchronous server: the quota bounds them, so that a
   // flood of calls cannot exhaust the process (calls past it answer RESOURCE_EXHAUSTED).
   grpc::ResourceQuota quota("tpserve");
@@ -89,7 +152,8 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportCon
   builder.RegisterService(server->health_service_.get());
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || server->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen_address));
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen_address,
+                                               " (is another process, maybe another tpserve, using the port?)"));
   }
   server->health_service_->SetServing(true);
   // A lost device cannot come back in this process. While other devices serve, the server keeps
@@ -109,6 +173,11 @@ GrpcServer::~GrpcServer() {
   if (server_) {
     server_->Shutdown(std::chrono::system_clock::now());
     server_->Wait();
+    server_.reset();  // its certificate watcher reads the staged files until it goes
+  }
+  if (!tls_staging_dir_.empty()) {
+    std::error_code ignored;
+    std::filesystem::remove_all(tls_staging_dir_, ignored);
   }
 }
 

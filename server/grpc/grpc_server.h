@@ -22,6 +22,10 @@ struct TransportConfig {
   std::string listen_address = "0.0.0.0:50051";  // port 0 picks a free one (see GrpcServer::port)
   std::string tls_cert_file;  // PEM; with tls_key_file turns TLS on
   std::string tls_key_file;   // PEM
+  // PEM roots: clients must present a certificate they sign (mTLS). Needs TLS.
+  std::string tls_client_ca_file;
+  // How often gRPC looks at the certificates staged by ReloadCertificates (seconds).
+  int tls_reload_seconds = 1;
   std::string auth_token;     // non-empty: every tp.v1 call needs "authorization: Bearer <token>"
   int64_t max_message_bytes = 64 << 20;  // receive and send limit per message
   bool reflection = true;
@@ -47,10 +51,21 @@ class GrpcServer {
   int port() const { return port_; }
   // Health turns NOT_SERVING, new calls are refused, calls in flight get `grace` to finish.
   void Shutdown(absl::Duration grace);
+  // Re-reads tls_cert/tls_key (and tls_client_ca) after checking them (tpserve does it on SIGHUP):
+  // new connections get the new certificate within tls_reload_seconds, open ones keep theirs. A
+  // pair that is broken or mismatched is refused with a message and the current one stays. OK and
+  // nothing done without TLS.
+  absl::Status ReloadCertificates();
   void Wait();
 
  private:
   GrpcServer() = default;
+  absl::Status StageCertificates();
+
+  TransportConfig config_;
+  // TLS: the certificate, key and client CA are copied here after each check; gRPC's file watcher
+  // serves what this directory holds, so a half-edited file in the user's place is never served.
+  std::string tls_staging_dir_;
   ServiceEnv env_;
   std::unique_ptr<ModelServiceImpl> model_service_;
   std::unique_ptr<ComputeServiceImpl> compute_service_;

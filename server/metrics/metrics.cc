@@ -80,8 +80,16 @@ Metrics::Metrics()
 Metrics::~Metrics() = default;
 
 absl::Status Metrics::StartHttp(const std::string& address) {
+  HttpExposerOptions options;
+  options.address = address;
+  return StartHttp(options);
+}
+
+absl::Status Metrics::ReloadHttpTls() { return exposer_ != nullptr ? exposer_->ReloadTls() : absl::OkStatus(); }
+
+absl::Status Metrics::StartHttp(const HttpExposerOptions& options) {
   auto exposer = std::make_unique<HttpExposer>();
-  absl::Status status = exposer->Start(address, [this] { return Serialize(); });
+  absl::Status status = exposer->Start(options, [this] { return Serialize(); });
   if (!status.ok()) return status;
   port_ = exposer->port();
   exposer_ = std::move(exposer);

@@ -45,6 +45,10 @@ class Metrics final : public CoreObserver {
 
   // Serves /metrics on `address` ("0.0.0.0:9090"; port 0 picks one, see port()).
   absl::Status StartHttp(const std::string& address);
+  // Same, with the endpoint's token, TLS and limits (http_exposer.h).
+  absl::Status StartHttp(const HttpExposerOptions& options);
+  // Re-reads the endpoint's TLS certificate (no-op without HTTPS).
+  absl::Status ReloadHttpTls();
   int port() const { return port_; }
   // The exposition text, as /metrics serves it.
   std::string Serialize() const;

@@ -160,5 +160,36 @@ TEST_F(TpctlErrorTest, MalformedIrrepsSayWhereAndWhy) {
   EXPECT_NE(run.stderr_text.find("expected parity"), std::string::npos) << run.stderr_text;
 }
 
+TEST_F(TpctlErrorTest, OutDirectory_IsCreatedWhenMissing) {
+  absl::StatusOr<ReferenceCase> c = LoadReferenceCase("ref_mixed_parity.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::string args = WriteInputs(*c, DType::kFloat64);
+  const fs::path nested = dir_ / "new" / "nested";
+  args.replace(args.find((dir_ / "out").string()), (dir_ / "out").string().size(), nested.string());
+  ASSERT_FALSE(fs::exists(nested));
+  ToolRun run = RunTpctl(args, dir_);
+  EXPECT_EQ(run.exit_code, 0) << run.stderr_text;
+  EXPECT_TRUE(fs::exists(nested / "out.npy"));
+  // A regular file where the directory should be: one line, exit code 2.
+  std::ofstream(dir_ / "a-file") << "x";
+  args.replace(args.find(nested.string()), nested.string().size(), (dir_ / "a-file").string());
+  run = RunTpctl(args, dir_);
+  EXPECT_EQ(run.exit_code, 2) << run.stderr_text;
+  EXPECT_NE(run.stderr_text.find("--out"), std::string::npos) << run.stderr_text;
+}
+
+TEST_F(TpctlErrorTest, HelpOfAnyCommand_PrintsUsageWithDefaults) {
+  for (const char* command : {"--help", "help", "eval --help", "create --help", "bench -h"}) {
+    const fs::path out = dir_ / "usage.txt";
+    const int status = std::system(absl::StrCat(TPCTL_PATH, " ", command, " >", out.string(), " 2>&1").c_str());
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << command;
+    std::ifstream in(out);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_NE(text.find("usage: tpctl"), std::string::npos) << command << ": " << text;
+    EXPECT_NE(text.find("--precision fp32|tf32|bf16 (fp32)"), std::string::npos) << text;
+    EXPECT_NE(text.find("--tls-cert"), std::string::npos) << text;
+  }
+}
+
 }  // namespace
 }  // namespace tpserve

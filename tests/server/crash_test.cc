@@ -1,5 +1,6 @@
-// kill -9 of the real tpserve binary (fork/exec) in the middle of weight uploads: after a restart
-// every acknowledged write is there and no model is torn or half-written.
+// kill -9 of the real tpserve binary (fork/exec) in the middle of weight uploads, and at exact
+// points of the commit protocol (tests/support/crash_points.cc, preloaded): after a restart every
+// acknowledged write is there and no model is torn or half-written.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -9,16 +10,21 @@
 #include <atomic>
 #include <chrono>
 #include <fstream>
+#include <map>
 #include <random>
 #include <regex>
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/server/server_test_util.h"
 
 #ifndef TPSERVE_PATH
 #error "TPSERVE_PATH must name the tpserve binary"
+#endif
+#ifndef TPSERVE_CRASH_POINTS_LIB
+#error "TPSERVE_CRASH_POINTS_LIB must name the crash-points preload library"
 #endif
 
 namespace tpserve::testing {
@@ -28,7 +34,9 @@ class ServerProcess {
  public:
   // Starts tpserve on a free loopback port with `model_dir`; waits for its "serving on port" line.
   // Each start logs to a file of its own, so an earlier run's port line is never mistaken for this one's.
-  explicit ServerProcess(const std::string& model_dir, const std::string& log_prefix) {
+  // `env`: NAME=VALUE pairs set in the child only (the crash points).
+  explicit ServerProcess(const std::string& model_dir, const std::string& log_prefix,
+                         const std::vector<std::string>& env = {}) {
     static int starts = 0;
     const std::string log_path = log_prefix + "." + std::to_string(starts++);
     pid_ = fork();
@@ -38,6 +46,7 @@ class ServerProcess {
       int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       dup2(fd, 1);
       dup2(fd, 2);
+      for (const std::string& assignment : env) putenv(const_cast<char*>(assignment.c_str()));
       execl(TPSERVE_PATH, TPSERVE_PATH, "--listen=127.0.0.1:0", "--metrics_address=",
             ("--model_dir=" + model_dir).c_str(), "--backend=cpu", static_cast<char*>(nullptr));
       _exit(127);
@@ -45,6 +54,7 @@ class ServerProcess {
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     std::regex serving("serving on port ([0-9]+)");
     while (std::chrono::steady_clock::now() < deadline && port_ == 0) {
+      if (Exited(/*wait=*/false)) return;  // died before serving (a crash point at start-up)
       std::ifstream in(log_path);
       std::stringstream text;
       text << in.rdbuf();
@@ -63,6 +73,25 @@ class ServerProcess {
     waitpid(pid_, nullptr, 0);
     pid_ = -1;
   }
+  // True once the process has ended by itself (reaped; killed_by_itself() tells how).
+  bool Exited(bool wait) {
+    if (pid_ <= 0) return true;
+    int status = 0;
+    if (waitpid(pid_, &status, wait ? 0 : WNOHANG) != pid_) return false;
+    died_of_sigkill_ = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+    pid_ = -1;
+    return true;
+  }
+  // Waits up to `timeout` for the process to end by itself.
+  bool ExitsWithin(std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (Exited(false)) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return false;
+  }
+  bool died_of_sigkill() const { return died_of_sigkill_; }
   std::unique_ptr<client::TpClient> Connect() const {
     client::ClientOptions options;
     options.target = "127.0.0.1:" + std::to_string(port_);
@@ -74,6 +103,7 @@ class ServerProcess {
  private:
   pid_t pid_ = -1;
   int port_ = 0;
+  bool died_of_sigkill_ = false;
 };
 
 // 4 paths of 32^3 weights: 131072 floats, 32 upload chunks of 4096.
@@ -189,6 +219,100 @@ TEST(CrashTest, KillRightAfterCreateKeepsTheModel) {
   auto info = server.Connect()->GetModel("seeded");
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_EQ(info->weight_numel(), 64);
+}
+
+// The commit protocol killed at exact points, many times: each round preloads a crash point
+// (the n-th fsync, rename or unlink of the process, before or after the call runs: a temp file
+// written, renamed, the directory synced, the old version removed), drives creates and uploads
+// until the server dies there (or kills it after a while), and checks the previous round's state
+// at the next start. Bounded by rounds and by time.
+TEST(CrashTest, KillInsideTheCommitAtRandomPointsLosesNothingAcknowledged) {
+  TempDir dir;
+  std::string models = dir.path() + "/models", log = dir.path() + "/tpserve.log";
+  const unsigned seed = std::random_device{}();
+  std::mt19937 rng(seed);
+  RecordProperty("seed", static_cast<int>(seed));
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  {
+    ServerProcess server(models, log);
+    ASSERT_NE(server.port(), 0);
+    std::vector<float> weights(131072, 1.0f);
+    ASSERT_TRUE(server.Connect()->CreateModel("m", kSpec, &weights).ok());
+  }
+  const tp::v1::ModelSpec small = Spec("4x0e", "4x0e", "4x0e");  // 64 weights
+  uint64_t acked = 1;
+  std::map<std::string, float> created;          // acknowledged creates: name -> value of every weight
+  std::map<std::string, float> maybe_created;    // creates the kill may have cut (absent or whole)
+  int rounds = 0, died_at_point = 0;
+  const auto stop_at = std::chrono::steady_clock::now() + std::chrono::seconds(40);
+  const char* calls[] = {"fsync", "rename", "unlink"};
+  for (; rounds < 60 && std::chrono::steady_clock::now() < stop_at; ++rounds) {
+    const std::string point = absl::StrCat(calls[rng() % 3], ":", 1 + rng() % 14, ":", rng() % 2 ? "after" : "before");
+    SCOPED_TRACE(::testing::Message() << "round " << rounds << ", crash point " << point);
+    ServerProcess server(models, log, {std::string("LD_PRELOAD=") + TPSERVE_CRASH_POINTS_LIB, "TPSERVE_CRASH_AT=" + point});
+    if (server.port() == 0) {
+      // The point fell in start-up (its own fsync and orphan removal): killed before serving.
+      ASSERT_TRUE(server.Exited(true));
+      ASSERT_TRUE(server.died_of_sigkill()) << "tpserve failed to start for another reason; see " << log;
+      ++died_at_point;
+      continue;
+    }
+    auto client = server.Connect();
+    // The state every earlier round acknowledged, as this start loaded it.
+    ExpectIntact(*client, acked);
+    for (const auto& [name, value] : created) {
+      auto weights = client->DownloadWeights(name);
+      ASSERT_TRUE(weights.ok()) << name << ": " << weights.status();
+      ASSERT_EQ(*weights, std::vector<float>(64, value)) << name;
+    }
+    if (HasFailure()) return;
+    auto current = client->GetModel("m");
+    ASSERT_TRUE(current.ok()) << current.status();
+    std::atomic<uint64_t> last_acked{current->version()};
+    std::thread driver([&, version = current->version(), round = rounds] {
+      // A create, then uploads, until a call fails (the server is gone).
+      const std::string name = absl::StrCat("c", round);
+      std::vector<float> small_weights(64, static_cast<float>(round + 1));
+      maybe_created[name] = round + 1;
+      if (!client->CreateModel(name, small, &small_weights).ok()) return;
+      created[name] = round + 1;
+      maybe_created.erase(name);
+      std::vector<float> w(131072);
+      for (uint64_t next = version + 1;; ++next) {
+        std::fill(w.begin(), w.end(), static_cast<float>(next));
+        auto uploaded = client->UploadWeights("m", w, next - 1);
+        if (!uploaded.ok()) return;
+        last_acked = uploaded->version();
+      }
+    });
+    if (server.ExitsWithin(std::chrono::milliseconds(1500))) {
+      EXPECT_TRUE(server.died_of_sigkill()) << "tpserve ended, but not at the crash point";
+      ++died_at_point;
+    } else {
+      server.Kill9();  // the point lies past this round's calls: an ordinary kill -9
+    }
+    driver.join();
+    acked = last_acked;
+  }
+  ServerProcess server(models, log);
+  ASSERT_NE(server.port(), 0) << "the repository did not load after the last kill; see " << log;
+  auto client = server.Connect();
+  ExpectIntact(*client, acked);
+  for (const auto& [name, value] : created) {
+    auto weights = client->DownloadWeights(name);
+    ASSERT_TRUE(weights.ok()) << "acknowledged create of " << name << " lost: " << weights.status();
+    EXPECT_EQ(*weights, std::vector<float>(64, value)) << name;
+  }
+  for (const auto& [name, value] : maybe_created) {
+    auto weights = client->DownloadWeights(name);
+    if (weights.ok()) EXPECT_EQ(*weights, std::vector<float>(64, value)) << "half-created " << name;
+    else EXPECT_EQ(weights.status().code(), absl::StatusCode::kNotFound) << name << ": " << weights.status();
+  }
+  RecordProperty("rounds", rounds);
+  RecordProperty("died_at_crash_point", died_at_point);
+  EXPECT_GE(rounds, 20) << "too few rounds to mean much";
+  EXPECT_GE(died_at_point, rounds / 2) << "most rounds should die at their crash point, not by the fallback kill";
+  EXPECT_GT(acked, 3u) << "the uploads never got going; the test proved nothing";
 }
 
 }  // namespace

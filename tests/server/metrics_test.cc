@@ -1,16 +1,27 @@
 // The metrics module: every family is exported, buckets span 50 us to 10 s, and /metrics serves
-// text that parses.
+// text that parses; the endpoint against hostile clients (real sockets): a trickling client is cut
+// at the deadline while others scrape, connections are served at once up to a bound, accept()
+// errors do not spin, and the token and TLS options hold.
 #include "server/metrics/metrics.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <fstream>
 #include <map>
 #include <regex>
 #include <sstream>
+#include <thread>
 
 #include "gtest/gtest.h"
 #include "tests/server/server_test_util.h"
@@ -20,7 +31,8 @@ namespace {
 
 using ::tpserve::testing::MetricValue;
 
-std::string HttpGet(int port, const std::string& path) {
+// A connected loopback socket (-1 on failure).
+int Connect(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in address{};
   address.sin_family = AF_INET;
@@ -28,9 +40,15 @@ std::string HttpGet(int port, const std::string& path) {
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
     close(fd);
-    return "";
+    return -1;
   }
-  std::string request = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+  return fd;
+}
+
+std::string HttpGet(int port, const std::string& path, const std::string& headers = "") {
+  int fd = Connect(port);
+  if (fd < 0) return "";
+  std::string request = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n" + headers + "Connection: close\r\n\r\n";
   (void)!write(fd, request.data(), request.size());
   std::string response;
   char buffer[4096];
@@ -111,6 +129,178 @@ TEST(MetricsTest, HttpEndpoint_ServesParsableText) {
   std::string body = response.substr(response.find("\r\n\r\n") + 4);
   ExpectParses(body);
   EXPECT_EQ(MetricValue(body, "tp_batch_size_sum", {"model=\"m\""}), 7);
+}
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Reads until the peer closes (or 20 s pass); the seconds that took.
+double SecondsUntilClosed(int fd) {
+  timeval timeout{20, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  const auto start = std::chrono::steady_clock::now();
+  char buffer[256];
+  while (read(fd, buffer, sizeof(buffer)) > 0) {
+  }
+  return SecondsSince(start);
+}
+
+TEST(MetricsHttpTest, TricklingClient_IsCutAtTheDeadlineAndNeverBlocksScrapes) {
+  Metrics metrics;
+  HttpExposerOptions options;
+  options.address = "127.0.0.1:0";
+  options.deadline = absl::Seconds(2);
+  ASSERT_TRUE(metrics.StartHttp(options).ok());
+  // One byte of a request every 1.5 s: each read succeeds, the request never ends.
+  const int trickler = Connect(metrics.port());
+  ASSERT_GE(trickler, 0);
+  const auto connected = std::chrono::steady_clock::now();
+  std::atomic<bool> cut{false};
+  std::atomic<double> cut_after{-1};
+  std::thread trickle([&] {
+    const std::string request = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    for (char c : request) {
+      if (send(trickler, &c, 1, MSG_NOSIGNAL) != 1) break;
+      pollfd p{trickler, POLLIN, 0};
+      if (poll(&p, 1, 1500) > 0) break;  // the server closed it (readable: EOF)
+    }
+    cut_after = SecondsSince(connected);
+    char byte;
+    cut = read(trickler, &byte, 1) <= 0;
+  });
+  for (int i = 0; i < 3; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    const std::string response = HttpGet(metrics.port(), "/metrics");
+    EXPECT_NE(response.find("200 OK"), std::string::npos);
+    EXPECT_LT(SecondsSince(start), 1.0) << "a scrape waited on the trickling client";
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+  trickle.join();
+  close(trickler);
+  EXPECT_TRUE(cut) << "the trickling client was never disconnected";
+  EXPECT_LT(cut_after, 4.0) << "cut after " << cut_after << " s with a 2 s deadline";
+}
+
+TEST(MetricsHttpTest, SeveralConnectionsAtOnce_UpToABound) {
+  Metrics metrics;
+  HttpExposerOptions options;
+  options.address = "127.0.0.1:0";
+  options.max_connections = 4;
+  options.deadline = absl::Seconds(3);
+  ASSERT_TRUE(metrics.StartHttp(options).ok());
+  std::vector<int> idle;
+  for (int i = 0; i < 3; ++i) idle.push_back(Connect(metrics.port()));  // connected, silent
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_NE(HttpGet(metrics.port(), "/metrics").find("200 OK"), std::string::npos) << "3 idle of 4: one left";
+  EXPECT_LT(SecondsSince(start), 1.0);
+  idle.push_back(Connect(metrics.port()));  // the fourth: the bound is reached
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  start = std::chrono::steady_clock::now();
+  const std::string refused = HttpGet(metrics.port(), "/metrics");
+  EXPECT_NE(refused.find("503"), std::string::npos) << refused.substr(0, 100);
+  EXPECT_LT(SecondsSince(start), 1.0) << "refused at once, not queued";
+  for (int fd : idle) EXPECT_LT(SecondsUntilClosed(fd), 5.0) << "idle connections end at the deadline";
+  for (int fd : idle) close(fd);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_NE(HttpGet(metrics.port(), "/metrics").find("200 OK"), std::string::npos);
+}
+
+TEST(MetricsHttpTest, AcceptErrors_BackOffInsteadOfSpinning) {
+  // In a child process: the exposer runs out of descriptors with a connection pending, so every
+  // accept() fails with EMFILE. Its CPU time over one second shows whether the loop spins.
+  int report[2], ready[2];
+  ASSERT_EQ(pipe(report), 0);
+  ASSERT_EQ(pipe(ready), 0);
+  const pid_t child = fork();
+  if (child == 0) {
+    Metrics child_metrics;
+    if (!child_metrics.StartHttp("127.0.0.1:0").ok()) _exit(3);
+    const int port = child_metrics.port();
+    (void)!write(ready[1], &port, sizeof(port));
+    rlimit limit{};
+    getrlimit(RLIMIT_NOFILE, &limit);
+    limit.rlim_cur = std::min<rlim_t>(limit.rlim_cur, 4096);
+    setrlimit(RLIMIT_NOFILE, &limit);
+    while (dup(0) >= 0) {
+    }
+    char go;
+    (void)!read(ready[0], &go, 1);  // the parent has connected
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    timespec before{}, after{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &before);
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &after);
+    const double cpu_ms = (after.tv_sec - before.tv_sec) * 1e3 + (after.tv_nsec - before.tv_nsec) / 1e6;
+    (void)!write(report[1], &cpu_ms, sizeof(cpu_ms));
+    _exit(0);
+  }
+  int port = 0;
+  ASSERT_EQ(read(ready[0], &port, sizeof(port)), static_cast<ssize_t>(sizeof(port)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the child fills its table
+  const int pending = Connect(port);  // completes in the kernel's backlog; accept() cannot take it
+  ASSERT_GE(pending, 0);
+  const char go = 1;
+  (void)!write(ready[1], &go, 1);
+  double cpu_ms = -1;
+  ASSERT_EQ(read(report[0], &cpu_ms, sizeof(cpu_ms)), static_cast<ssize_t>(sizeof(cpu_ms)));
+  int status = 0;
+  waitpid(child, &status, 0);
+  close(pending);
+  EXPECT_LT(cpu_ms, 200) << "the accept loop spun on EMFILE (" << cpu_ms << " ms of CPU in 1 s)";
+}
+
+TEST(MetricsHttpTest, RequiresTheTokenWhenConfigured) {
+  Metrics metrics;
+  HttpExposerOptions options;
+  options.address = "127.0.0.1:0";
+  options.bearer_token = "scrape-secret";
+  ASSERT_TRUE(metrics.StartHttp(options).ok());
+  EXPECT_NE(HttpGet(metrics.port(), "/metrics").find("401 Unauthorized"), std::string::npos);
+  EXPECT_NE(HttpGet(metrics.port(), "/metrics", "Authorization: Bearer wrong\r\n").find("401"), std::string::npos);
+  const std::string ok = HttpGet(metrics.port(), "/metrics", "authorization: Bearer scrape-secret\r\n");
+  EXPECT_NE(ok.find("200 OK"), std::string::npos) << ok.substr(0, 100);
+  EXPECT_NE(ok.find("tp_queue_depth"), std::string::npos);
+}
+
+TEST(MetricsHttpTest, ServesHttpsWithACertificateMadeAtTestTime) {
+  testing::TempDir dir;
+  const std::string cert = dir.path() + "/cert.pem", key = dir.path() + "/key.pem";
+  const std::string make = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+                           "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " + key + " -out " + cert +
+                           " >/dev/null 2>&1";
+  ASSERT_EQ(std::system(make.c_str()), 0) << make;
+  Metrics metrics;
+  HttpExposerOptions options;
+  options.address = "127.0.0.1:0";
+  options.tls_cert_file = cert;
+  options.tls_key_file = key;
+  options.bearer_token = "t";
+  ASSERT_TRUE(metrics.StartHttp(options).ok());
+  const std::string body = dir.path() + "/body";
+  const std::string curl = "curl -sS --max-time 10 --cacert " + cert + " -H 'Authorization: Bearer t' -o " + body +
+                           " -w '%{http_code}' https://localhost:" + std::to_string(metrics.port()) + "/metrics";
+  FILE* pipe = popen(curl.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  char code[16] = {0};
+  (void)!fread(code, 1, sizeof(code) - 1, pipe);
+  pclose(pipe);
+  EXPECT_STREQ(code, "200") << curl;
+  std::ifstream in(body);
+  std::stringstream text;
+  text << in.rdbuf();
+  ExpectParses(text.str());
+  // Plain HTTP to the HTTPS port gets no metrics.
+  EXPECT_EQ(HttpGet(metrics.port(), "/metrics").find("200 OK"), std::string::npos);
+  // A key that is not the certificate's is refused at start.
+  const std::string other_key = dir.path() + "/other.pem";
+  ASSERT_EQ(std::system(("openssl genrsa -out " + other_key + " 2048 >/dev/null 2>&1").c_str()), 0);
+  Metrics mismatched;
+  options.tls_key_file = other_key;
+  absl::Status status = mismatched.StartHttp(options);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(status.message().find("does not belong"), std::string::npos) << status;
 }
 
 }  // namespace

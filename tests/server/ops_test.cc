@@ -1,6 +1,8 @@
 // Operations: server reflection lists tp.v1's services; health turns NOT_SERVING at shutdown;
 // the config file and its precedence.
 #include <fstream>
+#include <functional>
+#include <set>
 #include <thread>
 
 #include "grpcpp/generic/generic_stub.h"
@@ -306,6 +308,80 @@ TEST(OpsTest, ConfigFile_SetsEveryComponentAndRejectsUnknownKeys) {
   auto status = server::ApplyConfigFile(path, &config);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(status.message().find("max_batch_sise"), std::string::npos);
+}
+
+// ---- configuration checks (issue 16, item 4) ----
+
+TEST(OpsTest, ValidateConfig_RefusesEachInvalidValueNamingTheKey) {
+  EXPECT_TRUE(server::ValidateConfig(server::ServerConfig{}).ok()) << "the defaults are valid";
+  const std::vector<std::pair<std::string, std::function<void(server::ServerConfig&)>>> cases = {
+      {"stream_max_in_flight", [](auto& c) { c.transport.stream_max_in_flight = 0; }},
+      {"stream_max_in_flight", [](auto& c) { c.transport.stream_max_in_flight = -3; }},
+      {"max_message_bytes", [](auto& c) { c.transport.max_message_bytes = -1; }},
+      {"max_message_bytes", [](auto& c) { c.transport.max_message_bytes = int64_t{1} << 32; }},
+      {"chunk_elements", [](auto& c) { c.transport.chunk_elements = -1; }},
+      {"max_streams", [](auto& c) { c.transport.max_streams = 0; }},
+      {"max_threads", [](auto& c) { c.transport.max_threads = 2; }},
+      {"workers_per_gpu", [](auto& c) { c.workers_per_gpu = 0; }},
+      {"max_batch_size", [](auto& c) { c.core.max_batch_size = 0; }},
+      {"max_queue_delay_us", [](auto& c) { c.core.max_queue_delay_us = -1; }},
+      {"max_queued_bytes", [](auto& c) { c.core.max_queued_bytes = 0; }},
+      {"max_pinned_host_bytes", [](auto& c) { c.core.max_pinned_host_bytes = -1; }},
+      {"shutdown_grace_seconds", [](auto& c) { c.shutdown_grace_seconds = -1; }},
+      {"tls_key", [](auto& c) { c.transport.tls_cert_file = "c.pem"; }},
+      {"tls_client_ca", [](auto& c) { c.transport.tls_client_ca_file = "ca.pem"; }},
+      {"metrics_auth", [](auto& c) { c.metrics_auth = true; }},
+      {"metrics_tls", [](auto& c) { c.metrics_tls = true; }},
+      {"listen", [](auto& c) { c.transport.listen_address = ""; }},
+  };
+  for (const auto& [key, change] : cases) {
+    server::ServerConfig config;
+    change(config);
+    absl::Status status = server::ValidateConfig(config);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << key;
+    EXPECT_NE(status.message().find(key), std::string::npos) << status;
+    EXPECT_NE(status.message().find("expected"), std::string::npos) << status;
+  }
+}
+
+TEST(OpsTest, FlagsOnCommandLine_SeesEveryFormAbseilAccepts) {
+  auto is_bool = [](const std::string& name) { return name == "reflection" || name == "metrics_tls"; };
+  auto given = server::FlagsOnCommandLine({"--non_finite", "reject", "--max_batch_size=4096", "-backend=cpu",
+                                           "--noreflection", "--metrics_tls", "--listen", "--auth_token=x", "--",
+                                           "--demo_model=late"},
+                                          is_bool);
+  EXPECT_EQ(given, (std::set<std::string>{"non_finite", "max_batch_size", "backend", "reflection", "metrics_tls",
+                                          "listen"}));
+  // "--listen --auth_token=x": the second is --listen's value, as Abseil reads it; after "--" nothing counts.
+}
+
+TEST(OpsTest, ResolveAuthToken_FromAFileTheFlagOrTheEnvironment) {
+  TempDir dir;
+  const std::string file = dir.path() + "/token";
+  std::ofstream(file) << "file-token \n";
+  server::ServerConfig config;
+  config.auth_token_file = file;
+  ASSERT_TRUE(server::ResolveAuthToken(&config, "env-token").ok());
+  EXPECT_EQ(config.transport.auth_token, "file-token") << "the file wins over the environment";
+  server::ServerConfig from_env;
+  ASSERT_TRUE(server::ResolveAuthToken(&from_env, "env-token").ok());
+  EXPECT_EQ(from_env.transport.auth_token, "env-token");
+  server::ServerConfig from_flag;
+  from_flag.transport.auth_token = "flag-token";
+  ASSERT_TRUE(server::ResolveAuthToken(&from_flag, "env-token").ok());
+  EXPECT_EQ(from_flag.transport.auth_token, "flag-token");
+  server::ServerConfig both;
+  both.transport.auth_token = "flag-token";
+  both.auth_token_file = file;
+  EXPECT_EQ(server::ResolveAuthToken(&both, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  server::ServerConfig empty;
+  std::ofstream(dir.path() + "/empty") << "\n";
+  empty.auth_token_file = dir.path() + "/empty";
+  EXPECT_EQ(server::ResolveAuthToken(&empty, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(server::ConfigWarnings(from_flag).empty()) << "a token without TLS is warned about";
+  from_flag.transport.tls_cert_file = "c.pem";
+  from_flag.transport.tls_key_file = "k.pem";
+  EXPECT_TRUE(server::ConfigWarnings(from_flag).empty());
 }
 
 TEST(OpsTest, ConfigFile_SetsTheCudaKernelOptionsAndPrintsThem) {

@@ -3,10 +3,13 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <map>
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
 #include "server/grpc/tensor_codec.h"
@@ -527,6 +530,32 @@ TEST_F(ServerTest, Echo_ReturnsThePayload) {
   EXPECT_EQ(client_->Echo(request)->payload().size(), 10u);
 }
 
+TEST_F(ServerTest, Echo_NegativeResponseBytesIsInvalidArgument_UnaryAndInAStream) {
+  tp::v1::EchoRequest request;
+  request.set_payload("abc");
+  request.set_response_bytes(-1);
+  auto unary = client_->Echo(request);
+  EXPECT_EQ(unary.status().code(), absl::StatusCode::kInvalidArgument) << unary.status();
+  EXPECT_NE(unary.status().message().find("response_bytes"), std::string::npos) << unary.status();
+  client::TpClient::Stream stream = client_->OpenStream();
+  tp::v1::StreamRequest message;
+  message.set_request_id(7);
+  *message.mutable_echo() = request;
+  ASSERT_TRUE(stream.rpc->Write(message));
+  message.set_request_id(8);
+  message.mutable_echo()->set_response_bytes(0);
+  ASSERT_TRUE(stream.rpc->Write(message));
+  stream.rpc->WritesDone();
+  tp::v1::StreamResponse response;
+  ASSERT_TRUE(stream.rpc->Read(&response));
+  EXPECT_EQ(response.request_id(), 7u);
+  EXPECT_EQ(response.code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT)) << response.message();
+  ASSERT_TRUE(stream.rpc->Read(&response));
+  EXPECT_EQ(response.code(), 0);
+  EXPECT_EQ(response.echo().payload(), "abc");
+  EXPECT_TRUE(stream.rpc->Finish().ok());
+}
+
 TEST_F(ServerTest, Health_ReportsServing) {
   auto health = client_->Health();
   ASSERT_TRUE(health.ok()) << health.status();
@@ -821,26 +850,215 @@ TEST(ServerBadInput, OversizedMessageIsResourceExhaustedAndServerStaysUp) {
 
 // ---- auth and TLS ---------------------------------------------------------------------------
 
-TEST(ServerAuth, BearerTokenIsRequiredWhenConfigured) {
+// Any method called with raw bytes: `messages` are written (then the client half-closes), every
+// response is read, and the status returned. Works for unary and streaming methods alike.
+grpc::Status CallWithBytes(std::shared_ptr<grpc::Channel> channel, const std::string& method, const std::string& token,
+                           const std::vector<std::string>& messages) {
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
+  grpc::CompletionQueue cq;
+  void* tag;
+  bool ok;
+  auto call = stub.PrepareCall(&context, method, &cq);
+  call->StartCall(reinterpret_cast<void*>(1));
+  cq.Next(&tag, &ok);
+  for (const std::string& bytes : messages) {
+    if (!ok) break;
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer buffer(&slice, 1);
+    call->Write(buffer, reinterpret_cast<void*>(2));
+    cq.Next(&tag, &ok);
+  }
+  call->WritesDone(reinterpret_cast<void*>(3));
+  cq.Next(&tag, &ok);
+  for (ok = true; ok;) {
+    grpc::ByteBuffer response;
+    call->Read(&response, reinterpret_cast<void*>(4));
+    cq.Next(&tag, &ok);
+  }
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  cq.Next(&tag, &ok);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return status;
+}
+
+// Every method of both tp.v1 services (read from the descriptors, so a new one is covered too),
+// unary and streaming: without the token, or with a wrong one, UNAUTHENTICATED and nothing
+// changes; with it, the same bytes get past authentication.
+TEST(ServerAuth, EveryRpcOfBothServicesRequiresTheToken) {
   server::TransportConfig transport;
   transport.auth_token = "s3cret";
   auto server = TestServer::Start({}, transport);
   client::ClientOptions options = server->ClientOptions();
+  options.auth_token = "s3cret";
   auto good = *client::TpClient::Connect(options);
-  EXPECT_TRUE(good->ListModels().ok());
+  ASSERT_TRUE(good->CreateModel("keep", Spec("2x0e", "1x0e", "2x0e"), nullptr, 3).ok());
+  auto before = good->GetModel("keep");
+  ASSERT_TRUE(before.ok());
+
+  // A request naming "keep" for each method, so that an unchecked call would act on it.
+  tp::v1::DeleteModelRequest delete_request;
+  delete_request.set_name("keep");
+  tp::v1::SgdStepRequest sgd_request;
+  sgd_request.set_model("keep");
+  sgd_request.set_learning_rate(1.0);
+  tp::v1::ZeroGradientRequest zero_request;
+  zero_request.set_model("keep");
+  tp::v1::StreamRequest stream_request;
+  stream_request.mutable_echo()->set_payload("x");
+  const std::map<std::string, std::vector<std::string>> bodies = {
+      {"DeleteModel", {delete_request.SerializeAsString()}},
+      {"SgdStep", {sgd_request.SerializeAsString()}},
+      {"ZeroGradient", {zero_request.SerializeAsString()}},
+      {"Stream", {stream_request.SerializeAsString(), stream_request.SerializeAsString()}},
+  };
+  auto channel = grpc::CreateChannel(server->target(), grpc::InsecureChannelCredentials());
+  int methods = 0, streaming = 0;
+  const google::protobuf::FileDescriptor* proto = tp::v1::ForwardRequest::descriptor()->file();
+  for (const auto* service : {proto->FindServiceByName("ModelService"), proto->FindServiceByName("TensorProductService")}) {
+    ASSERT_NE(service, nullptr);
+    for (int i = 0; i < service->method_count(); ++i, ++methods) {
+      const auto* method = service->method(i);
+      const std::string path = absl::StrCat("/", service->full_name(), "/", method->name());
+      SCOPED_TRACE(path);
+      streaming += method->client_streaming() || method->server_streaming();
+      auto body = bodies.find(method->name());
+      const std::vector<std::string> messages = body != bodies.end() ? body->second : std::vector<std::string>{""};
+      EXPECT_EQ(CallWithBytes(channel, path, "", messages).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+      EXPECT_EQ(CallWithBytes(channel, path, "s3cret-not", messages).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+      if (method->name() != "DeleteModel") {
+        EXPECT_NE(CallWithBytes(channel, path, "s3cret", messages).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+      }
+    }
+  }
+  EXPECT_EQ(methods, 14);  // 9 + 5 in tensor_product.proto today
+  EXPECT_GE(streaming, 6);
+  auto after = good->GetModel("keep");
+  ASSERT_TRUE(after.ok()) << "an unauthenticated DeleteModel went through: " << after.status();
+  EXPECT_GT(after->version(), before->version()) << "the authorized SgdStep should have stepped";
+  EXPECT_EQ(MetricValue(server->metrics().Serialize(), "tp_requests_total", {"code=\"UNAUTHENTICATED\""}),
+            2 * methods);
+  // The client library's streams too.
   options.auth_token = "";
   auto missing = *client::TpClient::Connect(options);
-  EXPECT_EQ(missing->ListModels().status().code(), absl::StatusCode::kUnauthenticated);
-  options.auth_token = "s3cret-not";
-  auto wrong = *client::TpClient::Connect(options);
-  auto status = wrong->CreateModel("m", Spec("1x0e", "1x0e", "1x0e"), nullptr).status();
-  EXPECT_EQ(status.code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_EQ(good->ListModels()->size(), 0u);
   client::TpClient::Stream stream = missing->OpenStream();
   tp::v1::StreamResponse response;
   EXPECT_FALSE(stream.rpc->Read(&response));
   EXPECT_EQ(stream.rpc->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
-  EXPECT_GE(MetricValue(server->metrics().Serialize(), "tp_requests_total", {"code=\"UNAUTHENTICATED\""}), 2);
+  EXPECT_EQ(missing->DownloadWeights("keep").status().code(), absl::StatusCode::kUnauthenticated);
+  std::vector<float> weights(4, 1.0f);
+  EXPECT_EQ(missing->UploadWeights("keep", weights).status().code(), absl::StatusCode::kUnauthenticated);
+}
+
+// openssl at test time: a CA, and certificates it signs (or self-signed ones) for the server and
+// for clients.
+class Pki {
+ public:
+  explicit Pki(const std::string& dir) : dir_(dir) {}
+  std::string Path(const std::string& name) const { return dir_ + "/" + name; }
+  // name.pem + name.key, self-signed CA.
+  bool MakeCa(const std::string& name) {
+    return Run("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=" + name + " -keyout " +
+               Path(name + ".key") + " -out " + Path(name + ".pem"));
+  }
+  // name.pem + name.key signed by `ca`, valid for localhost and 127.0.0.1.
+  bool MakeSigned(const std::string& name, const std::string& ca) {
+    const std::string ext = Path(name + ".ext");
+    std::ofstream(ext) << "subjectAltName=DNS:localhost,IP:127.0.0.1\n";
+    return Run("openssl req -newkey rsa:2048 -nodes -subj /CN=" + name + " -keyout " + Path(name + ".key") +
+               " -out " + Path(name + ".csr")) &&
+           Run("openssl x509 -req -days 1 -in " + Path(name + ".csr") + " -CA " + Path(ca + ".pem") + " -CAkey " +
+               Path(ca + ".key") + " -CAcreateserial -extfile " + ext + " -out " + Path(name + ".pem"));
+  }
+
+ private:
+  static bool Run(const std::string& command) { return std::system((command + " >/dev/null 2>&1").c_str()) == 0; }
+  std::string dir_;
+};
+
+TEST(ServerTls, ClientCertificateRequired_WithTlsClientCa) {
+  TempDir dir;
+  Pki pki(dir.path());
+  ASSERT_TRUE(pki.MakeCa("server-ca") && pki.MakeSigned("server", "server-ca"));
+  ASSERT_TRUE(pki.MakeCa("client-ca") && pki.MakeSigned("client", "client-ca"));
+  ASSERT_TRUE(pki.MakeCa("other-ca") && pki.MakeSigned("stranger", "other-ca"));
+  server::TransportConfig transport;
+  transport.tls_cert_file = pki.Path("server.pem");
+  transport.tls_key_file = pki.Path("server.key");
+  transport.tls_client_ca_file = pki.Path("client-ca.pem");
+  auto server = TestServer::Start({}, transport);
+  ASSERT_NE(server, nullptr);
+  client::ClientOptions options = server->ClientOptions();
+  options.target = "localhost:" + std::to_string(server->port());
+  options.tls = true;
+  options.tls_ca_file = pki.Path("server-ca.pem");
+  options.timeout_seconds = 5;
+  EXPECT_FALSE((*client::TpClient::Connect(options))->ListModels().ok()) << "no client certificate";
+  options.tls_cert_file = pki.Path("stranger.pem");
+  options.tls_key_file = pki.Path("stranger.key");
+  EXPECT_FALSE((*client::TpClient::Connect(options))->ListModels().ok()) << "a certificate of another CA";
+  options.tls_cert_file = pki.Path("client.pem");
+  options.tls_key_file = pki.Path("client.key");
+  auto listed = (*client::TpClient::Connect(options))->ListModels();
+  EXPECT_TRUE(listed.ok()) << listed.status();
+}
+
+TEST(ServerTls, ReloadCertificates_ServesTheNewOneAndRefusesABrokenOne) {
+  TempDir dir;
+  Pki pki(dir.path());
+  ASSERT_TRUE(pki.MakeCa("ca1") && pki.MakeSigned("one", "ca1"));
+  ASSERT_TRUE(pki.MakeCa("ca2") && pki.MakeSigned("two", "ca2"));
+  const std::string cert = pki.Path("live.pem"), key = pki.Path("live.key");
+  std::filesystem::copy_file(pki.Path("one.pem"), cert);
+  std::filesystem::copy_file(pki.Path("one.key"), key);
+  server::TransportConfig transport;
+  transport.tls_cert_file = cert;
+  transport.tls_key_file = key;
+  transport.tls_reload_seconds = 1;
+  auto server = TestServer::Start({}, transport);
+  ASSERT_NE(server, nullptr);
+  client::ClientOptions options = server->ClientOptions();
+  options.target = "localhost:" + std::to_string(server->port());
+  options.tls = true;
+  options.timeout_seconds = 5;
+  auto trusts = [&](const std::string& ca) {
+    client::ClientOptions o = options;
+    o.tls_ca_file = pki.Path(ca + ".pem");
+    return (*client::TpClient::Connect(o))->ListModels().ok();  // a new channel: a new handshake
+  };
+  EXPECT_TRUE(trusts("ca1"));
+  EXPECT_FALSE(trusts("ca2"));
+  // A key that is not the certificate's: refused, the served pair stays.
+  std::filesystem::copy_file(pki.Path("two.pem"), cert, std::filesystem::copy_options::overwrite_existing);
+  absl::Status broken = server->grpc().ReloadCertificates();
+  EXPECT_EQ(broken.code(), absl::StatusCode::kInvalidArgument) << broken;
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  EXPECT_TRUE(trusts("ca1")) << "a refused reload changed the served certificate";
+  std::filesystem::copy_file(pki.Path("two.key"), key, std::filesystem::copy_options::overwrite_existing);
+  ASSERT_TRUE(server->grpc().ReloadCertificates().ok());
+  bool switched = false;
+  for (int i = 0; i < 50 && !switched; ++i) {
+    switched = trusts("ca2");
+    if (!switched) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(switched) << "the reloaded certificate was not served within 5 s";
+  EXPECT_FALSE(trusts("ca1"));
+}
+
+TEST(ServerListen, SecondServerOnTheSamePortFailsToBind) {
+  auto first = TestServer::Start();
+  ASSERT_NE(first, nullptr);
+  server::TransportConfig transport;
+  transport.listen_address = first->target();
+  auto second = server::GrpcServer::Start(transport, &first->core(), &first->metrics());
+  ASSERT_FALSE(second.ok()) << "two servers share port " << first->port();
+  EXPECT_NE(second.status().message().find("cannot listen on " + first->target()), std::string::npos)
+      << second.status();
 }
 
 TEST(ServerTls, ServesOverTlsWithACertificateMadeAtTestTime) {
