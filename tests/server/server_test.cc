@@ -104,6 +104,18 @@ void WaitForQueueDepth(TestServer& server, double n) {
   ADD_FAILURE() << "the queue never reached " << n << " requests";
 }
 
+// Waits (up to 10 s) until the server's metric reaches `value`: the server finishes a call after
+// its client saw the end (a client's own deadline or cancel), and only its counters tell what it did.
+void WaitForMetric(TestServer& server, const std::string& name, const std::vector<std::string>& labels,
+                   double value) {
+  for (int i = 0; i < 1000; ++i) {
+    if (MetricValue(server.metrics().Serialize(), name, labels) == value) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ADD_FAILURE() << name << " never reached " << value << "; now "
+                << MetricValue(server.metrics().Serialize(), name, labels);
+}
+
 class ServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -420,6 +432,7 @@ TEST_F(ServerTest, GradientBuffer_AccumulatesZeroesAndAppliesSgdStep) {
   ASSERT_TRUE(client_->ZeroGradient("m").ok());
   auto zeroed = client_->GetGradient("m");
   ASSERT_TRUE(zeroed.ok());
+  ASSERT_EQ(zeroed->size(), c.weight.size());
   for (float g : *zeroed) ASSERT_EQ(g, 0.0f);
   EXPECT_EQ(client_->SgdStep("m", std::nan(""), false).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(client_->GetGradient("nope").status().code(), absl::StatusCode::kNotFound);
@@ -611,8 +624,26 @@ TEST(ServerBatching, DeadlinePassedWhileQueuedIsDeadlineExceeded) {
   auto hurried = *client::TpClient::Connect(options);
   auto response = hurried->Forward(ForwardFor("m", c));
   EXPECT_EQ(response.status().code(), absl::StatusCode::kDeadlineExceeded) << response.status();
-  // The server is still fine afterwards.
+  BackwardRequest accumulate = BackwardFor("m", c);
+  accumulate.set_weight_grad(tp::v1::WEIGHT_GRAD_ACCUMULATE);
+  EXPECT_EQ(hurried->Backward(accumulate).status().code(), absl::StatusCode::kDeadlineExceeded);
+  // The client's own deadline says nothing about the server: its counters must show both calls
+  // dropped from the queue without a launch, and the gradient untouched.
+  WaitForMetric(*server, "tp_requests_total", {"code=\"DEADLINE_EXCEEDED\""}, 2);
+  std::string text = server->metrics().Serialize();
+  EXPECT_EQ(MetricValue(text, "tp_requests_total", {"method=\"Forward\"", "code=\"DEADLINE_EXCEEDED\""}), 1);
+  EXPECT_EQ(MetricValue(text, "tp_requests_total", {"method=\"Backward\"", "code=\"DEADLINE_EXCEEDED\""}), 1);
+  EXPECT_LE(MetricValue(text, "tp_batch_size_count", {}), 0) << "a dropped request was launched";
+  EXPECT_EQ(MetricValue(text, "tp_in_flight_requests", {}), 0);
+  auto gradient = client->GetGradient("m");
+  ASSERT_TRUE(gradient.ok()) << gradient.status();
+  ASSERT_EQ(gradient->size(), c.weight.size());
+  for (float g : *gradient) ASSERT_EQ(g, 0.0f);
+  // The server is still fine afterwards, and this launch holds only this call's samples.
   EXPECT_TRUE(client->Forward(ForwardFor("m", c)).ok());
+  text = server->metrics().Serialize();
+  EXPECT_EQ(MetricValue(text, "tp_batch_size_count", {}), 1);
+  EXPECT_EQ(MetricValue(text, "tp_batch_size_sum", {}), c.batch);
 }
 
 // A server whose first request waits 0.3 s for company (so a test can act while it is queued),
@@ -649,9 +680,17 @@ TEST(ServerBatching, CancelledWhileQueuedIsCancelledAndTheServerGoesOn) {
   context.TryCancel();
   call.join();
   EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED) << status.error_message();
+  // CANCELLED above is the client's own doing; the server's side: the handler saw the cancel,
+  // the batcher dropped the request unlaunched, and the call is no longer in flight.
+  WaitForMetric(*server, "tp_requests_total", {"method=\"Forward\"", "code=\"CANCELLED\""}, 1);
+  std::string text = server->metrics().Serialize();
+  EXPECT_EQ(MetricValue(text, "tp_in_flight_requests", {"method=\"Forward\""}), 0);
+  EXPECT_LE(MetricValue(text, "tp_batch_size_count", {}), 0) << "the cancelled request was launched";
+  EXPECT_EQ(MetricValue(text, "tp_queue_depth", {}), 0);
   auto after = client->Forward(ForwardFor("m", c));
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_LT(RelativeError(ToDoubles(after->out()), c.out), 1e-5);
+  EXPECT_EQ(MetricValue(server->metrics().Serialize(), "tp_batch_size_sum", {}), c.batch);
 }
 
 TEST(TensorCodec, BorrowReadsFloat32BytesInPlaceAndConvertsOtherDTypes) {
