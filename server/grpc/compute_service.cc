@@ -219,6 +219,7 @@ grpc::Status ComputeServiceImpl::Stream(grpc::ServerContext* context,
     // Each request on a stream is also counted on its own ("Stream/Forward", ...).
     const char* method = "Stream/Echo";
     std::string model;
+    bool accumulates = false;  // a backward that adds to the gradient buffer
     std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
   };
   struct State {
@@ -277,7 +278,9 @@ grpc::Status ComputeServiceImpl::Stream(grpc::ServerContext* context,
         ToProto(*result, entry->dtype, /*inline_grad_weight=*/false, response.mutable_backward());
       }
       const bool written = stream->Write(response);
-      record(*entry, !written ? grpc::StatusCode::CANCELLED : static_cast<grpc::StatusCode>(response.code()));
+      const bool applied = entry->accumulates && result.ok();  // counted OK even when unsent
+      record(*entry, !written && !applied ? grpc::StatusCode::CANCELLED
+                                          : static_cast<grpc::StatusCode>(response.code()));
       if (!written) {
         std::lock_guard<std::mutex> lock(state->mu);
         state->writer_failed = true;
@@ -329,6 +332,7 @@ grpc::Status ComputeServiceImpl::Stream(grpc::ServerContext* context,
       converted = FromProto(request.forward(), wire::Decode::kBorrow);
     } else if (request.has_backward()) {
       entry->forward = false;
+      entry->accumulates = request.backward().weight_grad() == tp::v1::WEIGHT_GRAD_ACCUMULATE;
       entry->dtype = ResultDType(request.backward().output_dtype(), request.backward().x1());
       if (request.backward().weight_grad() == tp::v1::WEIGHT_GRAD_RETURN) {
         converted = absl::InvalidArgumentError(
@@ -368,9 +372,10 @@ grpc::Status ComputeServiceImpl::Stream(grpc::ServerContext* context,
     state->cv.notify_all();
   }
   writer.join();
-  // Requests admitted but never answered (the client cancelled, or went away): counted as
-  // CANCELLED once the core is done with them (queued ones are dropped as cancelled; one already
-  // launched finishes), so that none stays in tp_in_flight_requests.
+  // Requests admitted but never answered (the client cancelled, or went away): counted once the
+  // core is done with them (queued ones are dropped as cancelled; one already launched finishes),
+  // so that none stays in tp_in_flight_requests: CANCELLED, except an accumulation that was
+  // applied, which is counted OK (what the server did; docs/SERVER.md).
   std::deque<std::shared_ptr<Entry>> unanswered;
   {
     std::unique_lock<std::mutex> lock(state->mu);
@@ -380,7 +385,10 @@ grpc::Status ComputeServiceImpl::Stream(grpc::ServerContext* context,
     });
     unanswered.swap(state->entries);
   }
-  for (const auto& entry : unanswered) record(*entry, grpc::StatusCode::CANCELLED);
+  for (const auto& entry : unanswered) {
+    const bool applied = entry->accumulates && entry->result->ok();
+    record(*entry, applied ? grpc::StatusCode::OK : grpc::StatusCode::CANCELLED);
+  }
   if (state->writer_failed) return scope.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled"));
   if (!malformed.ok()) return scope.Finish(malformed);
   return scope.Finish(grpc::Status::OK);
