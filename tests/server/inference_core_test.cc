@@ -4,6 +4,8 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
 #include <future>
 #include <limits>
 #include <map>
@@ -681,6 +683,69 @@ TEST(InferenceCoreTest, TwoWorkers_GradientIsTheSumOverWorkersAndStepsReachEvery
     }
   }
   EXPECT_EQ(answered_by.size(), 2u);
+}
+
+// SgdStep takes out of the buffer only the gradient it applied: accumulations racing the steps are
+// each counted exactly once, in the weights (a step took them) or in the gradient left over. With
+// an explicit grad_out the weight gradient does not depend on the weights, so each accumulation
+// adds the reference case's grad_weight whatever the steps did meanwhile.
+TEST(InferenceCoreTest, SgdStepsRacingAccumulations_CountEachAccumulationOnce) {
+  // On disk, so that each step's save (fsync) leaves accumulations time to land during the step.
+  std::string dir = (std::filesystem::temp_directory_path() / "tpserve-core-test-XXXXXX").string();
+  ASSERT_NE(mkdtemp(dir.data()), nullptr);
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() {
+      std::error_code ignored;
+      std::filesystem::remove_all(dir, ignored);
+    }
+  } cleanup{dir};
+  CoreConfig config;
+  config.model_dir = dir;
+  Fixture f(config, /*workers=*/2);
+  const std::vector<float> w0 = *f.core->GetWeights("m")->weights;
+  constexpr int kThreads = 4, kPerThread = 12, kSteps = 12;
+  constexpr double kLr = 0.01;
+  std::atomic<bool> ok{true};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < kPerThread; ++i) {
+        InferenceRequest r = f.Forward();
+        r.op = Op::kBackward;
+        r.grad_out = HostTensor({f.c.batch, static_cast<int64_t>(f.c.out.size()) / f.c.batch},
+                                std::vector<float>(f.c.grad_out.begin(), f.c.grad_out.end()));
+        r.weight_grad = WeightGradMode::kAccumulate;
+        if (!f.core->Run(std::move(r)).ok()) ok = false;
+      }
+    });
+  }
+  threads.emplace_back([&] {
+    for (int i = 0; i < kSteps; ++i) {
+      if (!f.core->SgdStep("m", kLr, /*zero_gradient=*/true).ok()) ok = false;
+    }
+  });
+  for (auto& t : threads) t.join();
+  ASSERT_TRUE(ok.load());
+  auto left = f.core->GetGradient("m");
+  ASSERT_TRUE(left.ok());
+  auto weights = f.core->GetWeights("m");
+  ASSERT_TRUE(weights.ok());
+  EXPECT_EQ(weights->version, 1u + kSteps);
+  ASSERT_EQ(left->size(), w0.size());
+  ASSERT_EQ(f.c.grad_weight.size(), w0.size());
+  const double n = kThreads * kPerThread;
+  // The steps took some accumulations into the weights (w_final = w0 - lr * taken) and left the
+  // rest (g_left = n * g - taken): w_final - lr * g_left == w0 - lr * n * g.
+  double worst = 0;
+  for (size_t i = 0; i < w0.size(); ++i) {
+    const double accounted = (*weights->weights)[i] - kLr * (*left)[i];
+    const double expected = w0[i] - kLr * n * f.c.grad_weight[i];
+    worst = std::max(worst, std::abs(accounted - expected));
+  }
+  EXPECT_LT(worst, 1e-4) << "an accumulation was lost or applied twice";
+  // Both happened: some accumulations went into the weights, and the weights moved.
+  EXPECT_NE(*weights->weights, w0);
 }
 
 // A request whose deadline passed (or that was cancelled) before its launch changes nothing, also
