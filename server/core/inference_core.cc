@@ -341,6 +341,8 @@ absl::StatusOr<WeightsSnapshot> InferenceCore::GetWeights(const std::string& nam
 
 absl::StatusOr<std::vector<float>> InferenceCore::GetGradient(const std::string& name) {
   ASSIGN_OR_RETURN(std::shared_ptr<Model> model, FindModel(name));
+  // Never between a step's swap of the weights and its taking the applied gradient out.
+  std::lock_guard<std::mutex> update_lock(model->update_mutex());
   std::vector<float> total(static_cast<size_t>(model->plan().weight_numel()), 0.0f);
   for (auto& worker : workers_) {
     absl::StatusOr<std::vector<float>> part = worker->ReadGradient(*model, /*zero=*/false);
