@@ -315,6 +315,41 @@ TEST(ServerGaveUp, StreamCancelledWithRequestsQueued_CountsEachCancelledAndNoneS
   EXPECT_TRUE(client->Forward(ForwardFor("m", c)).ok());
 }
 
+// A Stream cancelled while an accumulation of it runs: the launch finishes and is applied, and it
+// is counted OK (what the server did), though its answer could not be sent.
+TEST(ServerGaveUp, StreamCancelledDuringAnAccumulation_CountsItOkAndTheGradientHasIt) {
+  auto device = std::make_shared<FakeDevice>();
+  std::vector<std::unique_ptr<Backend>> backends;
+  backends.push_back(std::make_unique<FaultInjectingBackend>(device, "gpu:0"));
+  auto server = TestServer::Start({}, {}, std::move(backends));
+  auto client = server->Connect();
+  ReferenceCase c = LoadCase();
+  CreateFromCase(*client, "m", c);
+  device->launch_delay_ms = 600;
+  client::TpClient::Stream stream = client->OpenStream();
+  tp::v1::StreamRequest request;
+  *request.mutable_backward() = AccumulateFor("m", c);
+  ASSERT_TRUE(stream.rpc->Write(request));
+  // Launched: admitted (in flight) and no longer queued.
+  WaitForMetric(*server, "tp_in_flight_requests", {"method=\"Stream/Backward\""}, 1);
+  WaitForMetric(*server, "tp_queue_depth", {}, 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  stream.context->TryCancel();
+  tp::v1::StreamResponse response;
+  while (stream.rpc->Read(&response)) {
+  }
+  EXPECT_EQ(stream.rpc->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  WaitForMetric(*server, "tp_requests_total", {"method=\"Stream\"", "code=\"CANCELLED\""}, 1);
+  std::string text = server->metrics().Serialize();
+  EXPECT_EQ(MetricValue(text, "tp_requests_total", {"method=\"Stream/Backward\"", "device=\"gpu:0\"", "code=\"OK\""}), 1);
+  EXPECT_EQ(MetricValue(text, "tp_in_flight_requests", {"method=\"Stream/Backward\""}), 0);
+  device->launch_delay_ms = 0;
+  auto gradient = client->GetGradient("m");
+  ASSERT_TRUE(gradient.ok()) << gradient.status();
+  ASSERT_EQ(gradient->size(), c.grad_weight.size());
+  EXPECT_LT(RelativeError(ToDoubles(*gradient), c.grad_weight), 1e-5);
+}
+
 // ---- requests that do not parse ---------------------------------------------------------------
 
 // Bytes no tp.v1 request parses from: a tag whose varint never ends, and field 1 announcing 5
