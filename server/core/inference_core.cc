@@ -391,11 +391,11 @@ absl::StatusOr<ModelInfo> InferenceCore::SgdStep(const std::string& name, double
   RETURN_IF_ERROR(CommitWeights(*model, std::move(weights)));
   for (size_t w = 0; w < parts.size(); ++w) {
     if (absl::Status taken = workers_[w]->SubtractGradient(*model, parts[w]); !taken.ok()) {
-      return WithDevice(absl::Status(taken.code(), absl::StrCat("the step was committed as version ", model->weights().version,
-                                                     ", but the gradient could not be zeroed on ",
-                                                     workers_[w]->device(), ": ", taken.message(),
-                                                     " (zero it before the next step)")),
-                        workers_[w]->device());
+      const std::string why =
+          absl::StrCat("the step was committed as version ", model->weights().version,
+                       ", but the gradient could not be zeroed on ", workers_[w]->device(), ": ", taken.message(),
+                       " (zero it before the next step)");
+      return WithDevice(absl::Status(taken.code(), why), workers_[w]->device());
     }
   }
   return model->Info();

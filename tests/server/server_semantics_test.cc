@@ -341,7 +341,9 @@ TEST(ServerGaveUp, StreamCancelledDuringAnAccumulation_CountsItOkAndTheGradientH
   EXPECT_EQ(stream.rpc->Finish().error_code(), grpc::StatusCode::CANCELLED);
   WaitForMetric(*server, "tp_requests_total", {"method=\"Stream\"", "code=\"CANCELLED\""}, 1);
   std::string text = server->metrics().Serialize();
-  EXPECT_EQ(MetricValue(text, "tp_requests_total", {"method=\"Stream/Backward\"", "device=\"gpu:0\"", "code=\"OK\""}), 1);
+  EXPECT_EQ(MetricValue(text, "tp_requests_total",
+                        {"method=\"Stream/Backward\"", "device=\"gpu:0\"", "code=\"OK\""}),
+            1);
   EXPECT_EQ(MetricValue(text, "tp_in_flight_requests", {"method=\"Stream/Backward\""}), 0);
   device->launch_delay_ms = 0;
   auto gradient = client->GetGradient("m");
