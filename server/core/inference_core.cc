@@ -153,6 +153,7 @@ absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(CoreConfig 
     std::cerr << "tpserve: skipping damaged model '" << d.name << "' (" << d.why.message() << "); moved to "
               << aside << "\n";
   }
+  for (const auto& [name, model] : core->models_) core->observer_->OnModelAdded(name);
   core->batcher_ = std::make_unique<Batcher>(BatcherConfig{core->config_.max_batch_size,
                                                            core->config_.max_queue_delay_us,
                                                            core->config_.max_queued_requests,
@@ -271,12 +272,15 @@ absl::StatusOr<ModelInfo> InferenceCore::CreateModel(const std::string& name, co
     if (!warmed.ok()) {
       for (auto& w : workers_) w->DropModel(*model);
       repository_.Remove(name).IgnoreError();
-      return warmed;
+      return WithDevice(warmed, worker->device());
     }
   }
   ModelInfo info = model->Info();
-  std::lock_guard<std::mutex> lock(mu_);
-  models_[name] = std::move(model);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    models_[name] = std::move(model);
+  }
+  observer_->OnModelAdded(name);
   return info;
 }
 
@@ -302,6 +306,7 @@ absl::Status InferenceCore::DeleteModel(const std::string& name) {
     models_.erase(name);
   }
   model->MarkDeleted();
+  observer_->OnModelRemoved(name);
   // Requests already admitted keep the model alive (shared_ptr) and finish; replicas go now or
   // are rebuilt and dropped with the last reference.
   for (auto& worker : workers_) worker->DropModel(*model);
@@ -315,17 +320,31 @@ absl::Status InferenceCore::CommitWeights(Model& model, std::vector<float> weigh
   return absl::OkStatus();
 }
 
+absl::Status InferenceCore::CheckNotDeleted(const Model& model) {
+  if (!model.deleted()) return absl::OkStatus();
+  return absl::NotFoundError(absl::StrCat("model '", model.name(),
+                                          "' was deleted while this call ran (a model created since under its "
+                                          "name is another model)"));
+}
+
 absl::StatusOr<ModelInfo> InferenceCore::ReplaceWeights(const std::string& name, std::vector<float> weights,
                                                         uint64_t expected_version) {
   ASSIGN_OR_RETURN(std::shared_ptr<Model> model, FindModel(name));
+  return ReplaceWeights(model, std::move(weights), expected_version);
+}
+
+absl::StatusOr<ModelInfo> InferenceCore::ReplaceWeights(const std::shared_ptr<Model>& model,
+                                                        std::vector<float> weights, uint64_t expected_version) {
+  const std::string& name = model->name();
   if (static_cast<int64_t>(weights.size()) != model->plan().weight_numel()) {
     return absl::InvalidArgumentError(absl::StrCat("weights of '", name, "': expected [", model->plan().weight_numel(),
                                                    "], got [", weights.size(), "]"));
   }
   if (config_.reject_non_finite) RETURN_IF_ERROR(CheckFiniteWeights(weights));
   std::lock_guard<std::mutex> update_lock(model->update_mutex());
-  // A delete that won the race leaves this model unreachable: do not resurrect its files.
-  RETURN_IF_ERROR(FindModel(name).status());
+  // By identity, not by name: a delete that won the race may have been followed by a create of
+  // the same name, whose directory this model's spec and weights must not overwrite.
+  RETURN_IF_ERROR(CheckNotDeleted(*model));
   uint64_t current = model->weights().version;
   if (expected_version != 0 && expected_version != current) {
     return absl::FailedPreconditionError(
@@ -342,17 +361,24 @@ absl::StatusOr<WeightsSnapshot> InferenceCore::GetWeights(const std::string& nam
 
 absl::StatusOr<std::vector<float>> InferenceCore::GetGradient(const std::string& name) {
   ASSIGN_OR_RETURN(std::shared_ptr<Model> model, FindModel(name));
+  // Never between a step's swap of the weights and its taking the applied gradient out.
+  std::lock_guard<std::mutex> update_lock(model->update_mutex());
   std::vector<float> total(static_cast<size_t>(model->plan().weight_numel()), 0.0f);
   for (auto& worker : workers_) {
-    ASSIGN_OR_RETURN(std::vector<float> part, worker->ReadGradient(*model, /*zero=*/false));
-    for (size_t i = 0; i < total.size(); ++i) total[i] += part[i];
+    absl::StatusOr<std::vector<float>> part = worker->ReadGradient(*model, /*zero=*/false);
+    if (!part.ok()) return WithDevice(part.status(), worker->device());
+    for (size_t i = 0; i < total.size(); ++i) total[i] += (*part)[i];
   }
   return total;
 }
 
 absl::Status InferenceCore::ZeroGradient(const std::string& name) {
   ASSIGN_OR_RETURN(std::shared_ptr<Model> model, FindModel(name));
-  for (auto& worker : workers_) RETURN_IF_ERROR(worker->ZeroGradient(*model));
+  // Serialized with SgdStep, which reads the gradient before its save and takes it out after.
+  std::lock_guard<std::mutex> update_lock(model->update_mutex());
+  for (auto& worker : workers_) {
+    if (absl::Status zeroed = worker->ZeroGradient(*model); !zeroed.ok()) return WithDevice(zeroed, worker->device());
+  }
   return absl::OkStatus();
 }
 
@@ -362,17 +388,36 @@ absl::StatusOr<ModelInfo> InferenceCore::SgdStep(const std::string& name, double
   }
   ASSIGN_OR_RETURN(std::shared_ptr<Model> model, FindModel(name));
   std::lock_guard<std::mutex> update_lock(model->update_mutex());
-  RETURN_IF_ERROR(FindModel(name).status());
+  RETURN_IF_ERROR(CheckNotDeleted(*model));
   std::vector<float> weights = *model->weights().weights;
-  // A part lost with its device fails the step before any part is read (and zeroed).
-  for (auto& worker : workers_) RETURN_IF_ERROR(worker->GradientReadable(*model));
+  // A part lost with its device fails the step before anything changes.
   for (auto& worker : workers_) {
-    ASSIGN_OR_RETURN(std::vector<float> part, worker->ReadGradient(*model, zero_gradient));
-    for (size_t i = 0; i < weights.size(); ++i) {
-      weights[i] -= static_cast<float>(learning_rate * part[i]);
+    if (absl::Status readable = worker->GradientReadable(*model); !readable.ok()) {
+      return WithDevice(readable, worker->device());
     }
   }
+  // All or nothing: the parts are read (not zeroed), the new weights saved and swapped in, and
+  // only then is each part taken out of its buffer. A failed save changes nothing, and
+  // accumulations that land meanwhile stay in the buffer for the next step.
+  std::vector<std::vector<float>> parts;
+  for (auto& worker : workers_) {
+    absl::StatusOr<std::vector<float>> part = worker->ReadGradient(*model, /*zero=*/false);
+    if (!part.ok()) return WithDevice(part.status(), worker->device());
+    for (size_t i = 0; i < weights.size(); ++i) {
+      weights[i] -= static_cast<float>(learning_rate * (*part)[i]);
+    }
+    if (zero_gradient) parts.push_back(*std::move(part));
+  }
   RETURN_IF_ERROR(CommitWeights(*model, std::move(weights)));
+  for (size_t w = 0; w < parts.size(); ++w) {
+    if (absl::Status taken = workers_[w]->SubtractGradient(*model, parts[w]); !taken.ok()) {
+      const std::string why =
+          absl::StrCat("the step was committed as version ", model->weights().version,
+                       ", but the gradient could not be zeroed on ", workers_[w]->device(), ": ", taken.message(),
+                       " (zero it before the next step)");
+      return WithDevice(absl::Status(taken.code(), why), workers_[w]->device());
+    }
+  }
   return model->Info();
 }
 

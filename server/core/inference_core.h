@@ -66,15 +66,20 @@ class InferenceCore {
   std::vector<ModelInfo> ListModels() const;
   absl::Status DeleteModel(const std::string& name);
   // Commits new weights as the next version (durable before it returns). expected_version 0:
-  // unconditional.
+  // unconditional. The second form commits to `model` (found when the call began, e.g. an upload's
+  // first message): NOT_FOUND once that model is deleted, even if one of its name exists again.
   absl::StatusOr<ModelInfo> ReplaceWeights(const std::string& name, std::vector<float> weights,
+                                           uint64_t expected_version);
+  absl::StatusOr<ModelInfo> ReplaceWeights(const std::shared_ptr<Model>& model, std::vector<float> weights,
                                            uint64_t expected_version);
   absl::StatusOr<WeightsSnapshot> GetWeights(const std::string& name) const;
 
   // ---- gradient buffer -----------------------------------------------------------------
   absl::StatusOr<std::vector<float>> GetGradient(const std::string& name);
   absl::Status ZeroGradient(const std::string& name);
-  // weights -= learning_rate * gradient, committed as the next version.
+  // weights -= learning_rate * gradient, committed as the next version. All or nothing: the new
+  // weights are saved, then swapped in, then (zero_gradient) the gradient that went into them is
+  // taken out of the buffer; a failed save leaves weights, version and gradient as they were.
   absl::StatusOr<ModelInfo> SgdStep(const std::string& name, double learning_rate, bool zero_gradient);
 
   // ---- compute -------------------------------------------------------------------------
@@ -109,6 +114,8 @@ class InferenceCore {
  private:
   InferenceCore(CoreConfig config, CoreObserver* observer);
   absl::Status CommitWeights(Model& model, std::vector<float> weights);
+  // NOT_FOUND when `model` was deleted (call with its update_mutex held: DeleteModel marks it so).
+  static absl::Status CheckNotDeleted(const Model& model);
 
   const CoreConfig config_;
   CoreObserver* observer_;

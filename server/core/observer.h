@@ -25,6 +25,10 @@ class CoreObserver {
   virtual void OnDeviceMemory(const std::string& device, int worker, int64_t bytes) {}
   // Requests waiting for a worker, over all models.
   virtual void OnQueueDepth(int64_t requests) {}
+  // A model now exists (loaded at start or created) / no longer does (deleted): what is recorded
+  // per model is labelled with its name only in between, and removed with it (bounded labels).
+  virtual void OnModelAdded(const std::string& model) {}
+  virtual void OnModelRemoved(const std::string& model) {}
   // `device` faulted (Backend::CheckDevice): its workers answer UNAVAILABLE from now on. Once per device.
   virtual void OnDeviceLost(const std::string& device, const std::string& why) {}
 };

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/cord.h"
 #include "absl/time/time.h"
 #include "kernels/core/backend.h"
 #include "server/core/host_tensor.h"
@@ -64,6 +65,18 @@ struct InferenceResult {
   int64_t executed_batch = 0;  // samples in the launch that computed this request
   double queue_seconds = 0, compute_seconds = 0;
 };
+
+// The device a failed call reached travels with its status (a payload), so that the transport can
+// label the call's metrics with it (errors per device). Absent: the call reached no device.
+inline constexpr char kDevicePayload[] = "type.tpserve/device";
+inline absl::Status WithDevice(absl::Status status, const std::string& device) {
+  if (!status.ok()) status.SetPayload(kDevicePayload, absl::Cord(device));
+  return status;
+}
+inline std::string DeviceOf(const absl::Status& status) {
+  absl::optional<absl::Cord> device = status.GetPayload(kDevicePayload);
+  return device.has_value() ? std::string(*device) : std::string();
+}
 
 // Called exactly once per submitted request, from a worker thread (or inline on admission errors).
 using ResultCallback = std::function<void(absl::StatusOr<InferenceResult>)>;

@@ -156,6 +156,26 @@ absl::Status Worker::ZeroGradient(const Model& model) {
   return backend_->Synchronize(ctx_);
 }
 
+absl::Status Worker::SubtractGradient(const Model& model, const std::vector<float>& part) {
+  std::lock_guard<std::mutex> lock(mu_);
+  RETURN_IF_ERROR(GradientReadableLocked(model));
+  auto it = replicas_.find(model.instance_id());
+  if (it == replicas_.end() || !it->second.grad || lost_.load()) return absl::OkStatus();
+  std::vector<float> grad(part.size(), 0.0f);
+  const size_t bytes = grad.size() * sizeof(float);
+  RETURN_IF_ERROR(backend_->CopyToHost(grad.data(), it->second.grad->data(), bytes, ctx_));
+  RETURN_IF_ERROR(backend_->Synchronize(ctx_));
+  bool all_zero = true;
+  for (size_t i = 0; i < grad.size(); ++i) {
+    grad[i] -= part[i];  // exactly 0 where nothing was accumulated since the read
+    all_zero = all_zero && grad[i] == 0.0f;
+  }
+  RETURN_IF_ERROR(backend_->CopyFromHost(it->second.grad->data(), grad.data(), bytes, ctx_));
+  RETURN_IF_ERROR(backend_->Synchronize(ctx_));
+  it->second.grad_dirty = !all_zero;
+  return absl::OkStatus();
+}
+
 absl::Status Worker::Warm(const Model& model) {
   std::lock_guard<std::mutex> lock(mu_);
   if (lost_.load()) return absl::OkStatus();  // takes no work; launches answer UNAVAILABLE
@@ -171,6 +191,22 @@ void Worker::DropModel(const Model& model) {
 }
 
 void Worker::Execute(std::vector<std::unique_ptr<PendingRequest>> batch) {
+  // Nobody waits for these any more: answered without a launch, so they change nothing (a gradient
+  // accumulation included). The batcher drops such requests while they queue; this catches those
+  // that tripped on their way to a launch, and those run on the caller's thread.
+  const absl::Time now = absl::Now();
+  for (auto it = batch.begin(); it != batch.end();) {
+    const InferenceRequest& r = (*it)->request;
+    const bool cancelled = r.cancelled && r.cancelled->load();
+    if (!cancelled && r.deadline > now) {
+      ++it;
+      continue;
+    }
+    (*it)->done(cancelled ? absl::CancelledError("request cancelled before its launch")
+                          : absl::DeadlineExceededError("deadline passed before the launch"));
+    it = batch.erase(it);
+  }
+  if (batch.empty()) return;
   auto start = std::chrono::steady_clock::now();
   absl::Time launch_time = absl::Now();
   std::vector<InferenceResult> results(batch.size());
@@ -233,7 +269,7 @@ void Worker::Execute(std::vector<std::unique_ptr<PendingRequest>> batch) {
     double queue_seconds = absl::ToDoubleSeconds(launch_time - pending.enqueue_time);
     if (observer_ != nullptr) observer_->OnQueueTime(model_name, device_, queue_seconds);
     if (!status.ok()) {
-      pending.done(status);
+      pending.done(WithDevice(status, device_));
       continue;
     }
     results[i].device = device_;

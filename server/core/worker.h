@@ -56,6 +56,10 @@ class Worker {
   // accumulations (see GradientReadable), else zeros; ZeroGradient there forgets the lost part.
   absl::StatusOr<std::vector<float>> ReadGradient(const Model& model, bool zero);
   absl::Status ZeroGradient(const Model& model);
+  // Takes `part` (what ReadGradient returned earlier) out of this worker's part of the buffer, in
+  // one step under the lock: what was accumulated since the read stays (an SGD step zeroes the
+  // gradient it applied, never a later accumulation).
+  absl::Status SubtractGradient(const Model& model, const std::vector<float>& part);
   // Prepares the plan and uploads the current weights now, so that the first request does not pay.
   absl::Status Warm(const Model& model);
   // Frees the replica of a deleted model.

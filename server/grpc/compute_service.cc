@@ -1,5 +1,6 @@
 #include "server/grpc/compute_service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -12,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/grpc/convert.h"
 #include "server/grpc/forward_wire.h"
+#include "server/grpc/request_parsing.h"
 #include "server/grpc/tensor_codec.h"
 
 namespace tpserve::server {
@@ -49,7 +51,6 @@ int64_t Float32Elements(const tp::v1::Tensor& header, size_t data_bytes) {
 ComputeServiceImpl::ComputeServiceImpl(const ServiceEnv& env) : env_(env) {
   using grpc::internal::RpcMethod;
   using grpc::internal::RpcServiceMethod;
-  using Message = grpc::protobuf::MessageLite;
   using Self = ComputeServiceImpl;
   AddMethod(new RpcServiceMethod(
       "/tp.v1.TensorProductService/Forward", RpcMethod::NORMAL_RPC,
@@ -58,34 +59,10 @@ ComputeServiceImpl::ComputeServiceImpl(const ServiceEnv& env) : env_(env) {
             return self->Forward(context, request, response);
           },
           this)));
-  AddMethod(new RpcServiceMethod(
-      "/tp.v1.TensorProductService/Backward", RpcMethod::NORMAL_RPC,
-      new grpc::internal::RpcMethodHandler<Self, tp::v1::BackwardRequest, tp::v1::BackwardResponse, Message, Message>(
-          [](Self* self, grpc::ServerContext* context, const tp::v1::BackwardRequest* request,
-             tp::v1::BackwardResponse* response) { return self->Backward(context, request, response); },
-          this)));
-  AddMethod(new RpcServiceMethod(
-      "/tp.v1.TensorProductService/BackwardChunked", RpcMethod::SERVER_STREAMING,
-      new grpc::internal::ServerStreamingHandler<Self, tp::v1::BackwardRequest, tp::v1::BackwardResponse>(
-          [](Self* self, grpc::ServerContext* context, const tp::v1::BackwardRequest* request,
-             grpc::ServerWriter<tp::v1::BackwardResponse>* writer) {
-            return self->BackwardChunked(context, request, writer);
-          },
-          this)));
-  AddMethod(new RpcServiceMethod(
-      "/tp.v1.TensorProductService/Stream", RpcMethod::BIDI_STREAMING,
-      new grpc::internal::BidiStreamingHandler<Self, tp::v1::StreamRequest, tp::v1::StreamResponse>(
-          [](Self* self, grpc::ServerContext* context,
-             grpc::ServerReaderWriter<tp::v1::StreamResponse, tp::v1::StreamRequest>* stream) {
-            return self->Stream(context, stream);
-          },
-          this)));
-  AddMethod(new RpcServiceMethod(
-      "/tp.v1.TensorProductService/Echo", RpcMethod::NORMAL_RPC,
-      new grpc::internal::RpcMethodHandler<Self, tp::v1::EchoRequest, tp::v1::EchoResponse, Message, Message>(
-          [](Self* self, grpc::ServerContext* context, const tp::v1::EchoRequest* request,
-             tp::v1::EchoResponse* response) { return self->Echo(context, request, response); },
-          this)));
+  AddMethod(UnaryMethod("/tp.v1.TensorProductService/Backward", this, &env_, &Self::Backward));
+  AddMethod(ServerStreamingMethod("/tp.v1.TensorProductService/BackwardChunked", this, &env_, &Self::BackwardChunked));
+  AddMethod(BidiStreamingMethod("/tp.v1.TensorProductService/Stream", this, &Self::Stream));
+  AddMethod(UnaryMethod("/tp.v1.TensorProductService/Echo", this, &env_, &Self::Echo));
 }
 
 grpc::Status ComputeServiceImpl::Forward(grpc::ServerContext* context, const grpc::ByteBuffer* request,
@@ -128,10 +105,7 @@ grpc::Status ComputeServiceImpl::Forward(grpc::ServerContext* context, const grp
     converted = FromProto(view.header, std::move(x1), std::move(x2));
   } else {
     grpc::ByteBuffer copy(*request);  // Deserialize consumes its buffer; this one shares the bytes
-    if (!grpc::SerializationTraits<tp::v1::ForwardRequest>::Deserialize(&copy, &message).ok()) {
-      return scope.Finish(absl::InvalidArgumentError(
-          absl::StrCat("the request's ", request->Length(), " bytes are not a tp.v1.ForwardRequest")));
-    }
+    if (grpc::Status parsed = ParseRequest(&copy, &message); !parsed.ok()) return scope.Finish(parsed);
     header = &message;
     converted = FromProto(message, wire::Decode::kBorrow);
   }
@@ -222,8 +196,8 @@ grpc::Status ComputeServiceImpl::BackwardChunked(grpc::ServerContext* context, c
   return scope.Finish(grpc::Status::OK);
 }
 
-grpc::Status ComputeServiceImpl::Stream(
-    grpc::ServerContext* context, grpc::ServerReaderWriter<tp::v1::StreamResponse, tp::v1::StreamRequest>* stream) {
+grpc::Status ComputeServiceImpl::Stream(grpc::ServerContext* context,
+                                        grpc::ServerReaderWriter<tp::v1::StreamResponse, grpc::ByteBuffer>* stream) {
   RpcScope scope(env_, "Stream", context);
   if (auto s = scope.Authorize(); !s.ok()) return scope.Finish(s);
   struct StreamSlot {
@@ -248,6 +222,7 @@ grpc::Status ComputeServiceImpl::Stream(
     // Each request on a stream is also counted on its own ("Stream/Forward", ...).
     const char* method = "Stream/Echo";
     std::string model;
+    bool accumulates = false;  // a backward that adds to the gradient buffer
     std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
   };
   struct State {
@@ -259,6 +234,18 @@ grpc::Status ComputeServiceImpl::Stream(
   };
   auto state = std::make_shared<State>();
   auto cancelled = std::make_shared<std::atomic<bool>>(false);
+  // Each request's own count (tp_requests_total, latency), with the device it ran or failed on.
+  auto record = [this](const Entry& entry, grpc::StatusCode code) {
+    if (env_.metrics == nullptr) return;
+    std::string device = "none";
+    if (entry.result.has_value() && !entry.echo.has_value()) {
+      device = entry.result->ok() ? (*entry.result)->device : DeviceOf(entry.result->status());
+      if (device.empty()) device = "none";
+    }
+    env_.metrics->RequestFinished(
+        entry.method, entry.model, device, StatusCodeName(code),
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - entry.start).count());
+  };
 
   auto write_answers = [&, state] {
     for (;;) {
@@ -294,15 +281,9 @@ grpc::Status ComputeServiceImpl::Stream(
         ToProto(*result, entry->dtype, /*inline_grad_weight=*/false, response.mutable_backward());
       }
       const bool written = stream->Write(response);
-      if (env_.metrics != nullptr) {
-        const bool known = !entry->model.empty() && env_.core->FindModel(entry->model).ok();
-        const std::string device = result.ok() && !entry->echo.has_value() ? result->device : "none";
-        const grpc::StatusCode code = !written ? grpc::StatusCode::CANCELLED
-                                               : static_cast<grpc::StatusCode>(response.code());
-        env_.metrics->RequestFinished(
-            entry->method, known ? entry->model : "-", device, StatusCodeName(code),
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - entry->start).count());
-      }
+      const bool applied = entry->accumulates && result.ok();  // counted OK even when unsent
+      record(*entry, !written && !applied ? grpc::StatusCode::CANCELLED
+                                          : static_cast<grpc::StatusCode>(response.code()));
       if (!written) {
         std::lock_guard<std::mutex> lock(state->mu);
         state->writer_failed = true;
@@ -322,9 +303,12 @@ grpc::Status ComputeServiceImpl::Stream(
                                      absl::StrCat("cannot start this stream's writer thread: ", e.what())));
   }
 
+  // A message that does not parse ends the reading: the requests before it are answered, then the
+  // stream ends with INVALID_ARGUMENT (not OK, as if the client had finished).
+  grpc::Status malformed;
   for (;;) {
     auto message = std::make_unique<tp::v1::StreamRequest>();
-    if (!stream->Read(message.get())) break;
+    if (!ReadMessage(stream, message.get(), &malformed)) break;
     const tp::v1::StreamRequest& request = *message;
     auto entry = std::make_shared<Entry>();
     entry->request_id = request.request_id();
@@ -353,6 +337,7 @@ grpc::Status ComputeServiceImpl::Stream(
       converted = FromProto(request.forward(), wire::Decode::kBorrow);
     } else if (request.has_backward()) {
       entry->forward = false;
+      entry->accumulates = request.backward().weight_grad() == tp::v1::WEIGHT_GRAD_ACCUMULATE;
       entry->dtype = ResultDType(request.backward().output_dtype(), request.backward().x1());
       if (request.backward().weight_grad() == tp::v1::WEIGHT_GRAD_RETURN) {
         converted = absl::InvalidArgumentError(
@@ -367,9 +352,7 @@ grpc::Status ComputeServiceImpl::Stream(
         return state->writer_failed || static_cast<int64_t>(state->entries.size()) < env_.stream_max_in_flight;
       });
       if (state->writer_failed) {
-        if (env_.metrics != nullptr) {
-          env_.metrics->RequestFinished(entry->method, "-", "none", "CANCELLED", 0);
-        }
+        record(*entry, grpc::StatusCode::CANCELLED);
         break;
       }
       state->entries.push_back(entry);
@@ -394,7 +377,25 @@ grpc::Status ComputeServiceImpl::Stream(
     state->cv.notify_all();
   }
   writer.join();
+  // Requests admitted but never answered (the client cancelled, or went away): counted once the
+  // core is done with them (queued ones are dropped as cancelled; one already launched finishes),
+  // so that none stays in tp_in_flight_requests: CANCELLED, except an accumulation that was
+  // applied, which is counted OK (what the server did; docs/SERVER.md).
+  std::deque<std::shared_ptr<Entry>> unanswered;
+  {
+    std::unique_lock<std::mutex> lock(state->mu);
+    state->cv.wait(lock, [&] {
+      return std::all_of(state->entries.begin(), state->entries.end(),
+                         [](const std::shared_ptr<Entry>& entry) { return entry->result.has_value(); });
+    });
+    unanswered.swap(state->entries);
+  }
+  for (const auto& entry : unanswered) {
+    const bool applied = entry->accumulates && entry->result->ok();
+    record(*entry, applied ? grpc::StatusCode::OK : grpc::StatusCode::CANCELLED);
+  }
   if (state->writer_failed) return scope.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled"));
+  if (!malformed.ok()) return scope.Finish(malformed);
   return scope.Finish(grpc::Status::OK);
 }
 

@@ -20,7 +20,9 @@ namespace tpserve::server {
 // are read from gRPC's receive buffer straight into page-locked memory that the device copies
 // from, and `out` is sent from the page-locked buffer the device copied it into (forward_wire.h).
 // Through the generated handler the same call made four more copies of its tensors (into the
-// request message, into the worker's staging, out of it, into the response message).
+// request message, into the worker's staging, out of it, into the response message). The other
+// methods parse their requests so that one that does not parse is INVALID_ARGUMENT, as Forward's
+// is (request_parsing.h).
 class ComputeServiceImpl final : public grpc::Service {
  public:
   explicit ComputeServiceImpl(const ServiceEnv& env);
@@ -35,7 +37,7 @@ class ComputeServiceImpl final : public grpc::Service {
   // max_streams are open at once: one more answers RESOURCE_EXHAUSTED before it reads anything,
   // so that streams cannot take every thread from unary callers.
   grpc::Status Stream(grpc::ServerContext* context,
-                      grpc::ServerReaderWriter<tp::v1::StreamResponse, tp::v1::StreamRequest>* stream);
+                      grpc::ServerReaderWriter<tp::v1::StreamResponse, grpc::ByteBuffer>* stream);
   grpc::Status Echo(grpc::ServerContext* context, const tp::v1::EchoRequest* request,
                     tp::v1::EchoResponse* response);
 

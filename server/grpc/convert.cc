@@ -197,6 +197,7 @@ absl::StatusOr<InferenceResult> RunForRpc(InferenceCore& core, InferenceRequest 
   }
   auto cancelled = std::make_shared<std::atomic<bool>>(false);
   request.cancelled = cancelled;
+  const bool changes_state = request.op == Op::kBackward && request.weight_grad == WeightGradMode::kAccumulate;
   // This thread waits for the result anyway: let it run the launch when a worker is idle.
   core.Submit(
       std::move(request),
@@ -220,7 +221,9 @@ absl::StatusOr<InferenceResult> RunForRpc(InferenceCore& core, InferenceRequest 
                               : absl::CancelledError("cancelled by the client");
     }
   }
-  if (gave_up.has_value()) return *gave_up;
+  // A launch that added to the gradient buffer is answered OK (that is what happened), never with
+  // the status of a client that gave up meanwhile (docs/SERVER.md, "Calls that fail on the client").
+  if (gave_up.has_value() && !(changes_state && waiter->result->ok())) return *gave_up;
   return *std::move(waiter->result);
 }
 

@@ -42,7 +42,8 @@ void ToProto(const InferenceResult& result, tp::v1::DType dtype, bool inline_gra
 
 // Runs a request on the core within the RPC's deadline. When the client cancels or the deadline
 // passes, marks the request cancelled (the batcher drops it if still queued) and returns that
-// status once the core is done with the request (which may borrow the RPC's message).
+// status once the core is done with the request (which may borrow the RPC's message); except that
+// a gradient accumulation whose launch ran is answered with its result (it was applied).
 absl::StatusOr<InferenceResult> RunForRpc(InferenceCore& core, InferenceRequest request,
                                           grpc::ServerContext* context);
 

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/grpc/convert.h"
+#include "server/grpc/request_parsing.h"
 #include "server/grpc/tensor_codec.h"
 
 namespace tpserve::server {
@@ -24,13 +25,31 @@ grpc::Status StreamVector(const std::vector<float>& values, int64_t chunk_elemen
 
 }  // namespace
 
-grpc::Status ModelServiceImpl::CreateModel(grpc::ServerContext* context,
-                                           grpc::ServerReader<tp::v1::CreateModelRequest>* reader,
+ModelServiceImpl::ModelServiceImpl(const ServiceEnv& env) : env_(env) {
+  using Self = ModelServiceImpl;
+  AddMethod(ClientStreamingMethod("/tp.v1.ModelService/CreateModel", this, &Self::CreateModel));
+  AddMethod(UnaryMethod("/tp.v1.ModelService/GetModel", this, &env_, &Self::GetModel));
+  AddMethod(UnaryMethod("/tp.v1.ModelService/ListModels", this, &env_, &Self::ListModels));
+  AddMethod(UnaryMethod("/tp.v1.ModelService/DeleteModel", this, &env_, &Self::DeleteModel));
+  AddMethod(ClientStreamingMethod("/tp.v1.ModelService/UploadWeights", this, &Self::UploadWeights));
+  AddMethod(ServerStreamingMethod("/tp.v1.ModelService/DownloadWeights", this, &env_, &Self::DownloadWeights));
+  AddMethod(ServerStreamingMethod("/tp.v1.ModelService/GetGradient", this, &env_, &Self::GetGradient));
+  AddMethod(UnaryMethod("/tp.v1.ModelService/ZeroGradient", this, &env_, &Self::ZeroGradient));
+  AddMethod(UnaryMethod("/tp.v1.ModelService/SgdStep", this, &env_, &Self::SgdStep));
+}
+
+grpc::Status ModelServiceImpl::CreateModel(grpc::ServerContext* context, grpc::ServerReader<grpc::ByteBuffer>* reader,
                                            tp::v1::ModelInfo* response) {
   RpcScope scope(env_, "CreateModel", context);
   if (auto s = scope.Authorize(); !s.ok()) return scope.Finish(s);
   tp::v1::CreateModelRequest message;
-  if (!reader->Read(&message) || !message.has_header()) {
+  grpc::Status malformed;
+  if (!ReadMessage(reader, &message, &malformed)) {
+    return scope.Finish(malformed.ok() ? grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                                      "CreateModel: empty stream; expected the header first")
+                                       : malformed);
+  }
+  if (!message.has_header()) {
     return scope.Finish(absl::InvalidArgumentError("CreateModel: the first message must be the header"));
   }
   const tp::v1::CreateModelHeader header = message.header();
@@ -42,7 +61,7 @@ grpc::Status ModelServiceImpl::CreateModel(grpc::ServerContext* context,
   std::optional<std::vector<float>> weights;
   if (header.init_case() == tp::v1::CreateModelHeader::kUpload && header.upload()) {
     WeightsAssembler assembler(plan->weight_numel());
-    while (reader->Read(&message)) {
+    while (ReadMessage(reader, &message, &malformed)) {
       if (!message.has_chunk()) {
         return scope.Finish(absl::InvalidArgumentError("CreateModel: only weight chunks may follow the header"));
       }
@@ -51,15 +70,18 @@ grpc::Status ModelServiceImpl::CreateModel(grpc::ServerContext* context,
       if (!values.ok()) return scope.Finish(values.status());
       if (auto s = assembler.Append(message.chunk().offset(), *std::move(values)); !s.ok()) return scope.Finish(s);
     }
+    if (!malformed.ok()) return scope.Finish(malformed);
     absl::StatusOr<std::vector<float>> assembled = std::move(assembler).Finish();
     if (!assembled.ok()) return scope.Finish(assembled.status());
     weights = *std::move(assembled);
-  } else if (reader->Read(&message)) {
+  } else if (ReadMessage(reader, &message, &malformed)) {
     return scope.Finish(absl::InvalidArgumentError("CreateModel: chunks sent, but the header did not set upload"));
   }
+  if (!malformed.ok()) return scope.Finish(malformed);
   absl::StatusOr<ModelInfo> info = env_.core->CreateModel(header.name(), spec, std::move(weights), header.seed());
   if (!info.ok()) return scope.Finish(info.status());
   scope.set_model(info->name);
+  scope.set_device("all");  // its replicas went to every device
   ToProto(*info, response);
   return scope.Finish(grpc::Status::OK);
 }
@@ -87,17 +109,21 @@ grpc::Status ModelServiceImpl::DeleteModel(grpc::ServerContext* context, const t
                                            tp::v1::DeleteModelResponse*) {
   RpcScope scope(env_, "DeleteModel", context);
   if (auto s = scope.Authorize(); !s.ok()) return scope.Finish(s);
-  return scope.Finish(env_.core->DeleteModel(request->name()));
+  absl::Status deleted = env_.core->DeleteModel(request->name());
+  if (deleted.ok()) scope.set_device("all");  // its replicas left every device
+  return scope.Finish(deleted);
 }
 
-grpc::Status ModelServiceImpl::UploadWeights(grpc::ServerContext* context,
-                                             grpc::ServerReader<tp::v1::UploadWeightsRequest>* reader,
+grpc::Status ModelServiceImpl::UploadWeights(grpc::ServerContext* context, grpc::ServerReader<grpc::ByteBuffer>* reader,
                                              tp::v1::ModelInfo* response) {
   RpcScope scope(env_, "UploadWeights", context);
   if (auto s = scope.Authorize(); !s.ok()) return scope.Finish(s);
   tp::v1::UploadWeightsRequest message;
-  if (!reader->Read(&message)) {
-    return scope.Finish(absl::InvalidArgumentError("UploadWeights: empty stream; expected the model name and chunks"));
+  grpc::Status malformed;
+  if (!ReadMessage(reader, &message, &malformed)) {
+    return scope.Finish(malformed.ok() ? grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                                      "UploadWeights: empty stream; expected the model name and chunks")
+                                       : malformed);
   }
   const std::string name = message.model();
   const uint64_t expected_version = message.expected_version();
@@ -115,13 +141,16 @@ grpc::Status ModelServiceImpl::UploadWeights(grpc::ServerContext* context,
         wire::BytesToFloats(message.chunk().dtype(), message.chunk().data(), "weights chunk");
     if (!values.ok()) return scope.Finish(values.status());
     if (auto s = assembler.Append(message.chunk().offset(), *std::move(values)); !s.ok()) return scope.Finish(s);
-  } while (reader->Read(&message));
+  } while (ReadMessage(reader, &message, &malformed));
+  if (!malformed.ok()) return scope.Finish(malformed);
   if (context->IsCancelled()) {
     return scope.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "upload cancelled; weights unchanged"));
   }
   absl::StatusOr<std::vector<float>> weights = std::move(assembler).Finish();
   if (!weights.ok()) return scope.Finish(weights.status());
-  absl::StatusOr<ModelInfo> info = env_.core->ReplaceWeights(name, *std::move(weights), expected_version);
+  // To the model the upload began on: NOT_FOUND if it was deleted meanwhile, even when a model of
+  // the same name was created since (the upload was meant for the old one).
+  absl::StatusOr<ModelInfo> info = env_.core->ReplaceWeights(*model, *std::move(weights), expected_version);
   if (!info.ok()) return scope.Finish(info.status());
   ToProto(*info, response);
   return scope.Finish(grpc::Status::OK);
@@ -148,6 +177,7 @@ grpc::Status ModelServiceImpl::GetGradient(grpc::ServerContext* context, const t
   scope.set_model(request->model());
   absl::StatusOr<std::vector<float>> gradient = env_.core->GetGradient(request->model());
   if (!gradient.ok()) return scope.Finish(gradient.status());
+  scope.set_device("all");
   return scope.Finish(StreamVector(*gradient, ChunkElements(env_, request->chunk_elements()), writer));
 }
 
@@ -156,7 +186,9 @@ grpc::Status ModelServiceImpl::ZeroGradient(grpc::ServerContext* context, const 
   RpcScope scope(env_, "ZeroGradient", context);
   if (auto s = scope.Authorize(); !s.ok()) return scope.Finish(s);
   scope.set_model(request->model());
-  return scope.Finish(env_.core->ZeroGradient(request->model()));
+  absl::Status zeroed = env_.core->ZeroGradient(request->model());
+  if (zeroed.ok()) scope.set_device("all");
+  return scope.Finish(zeroed);
 }
 
 grpc::Status ModelServiceImpl::SgdStep(grpc::ServerContext* context, const tp::v1::SgdStepRequest* request,
@@ -167,6 +199,7 @@ grpc::Status ModelServiceImpl::SgdStep(grpc::ServerContext* context, const tp::v
   absl::StatusOr<ModelInfo> info =
       env_.core->SgdStep(request->model(), request->learning_rate(), request->zero_gradient());
   if (!info.ok()) return scope.Finish(info.status());
+  scope.set_device("all");  // the gradient parts of every device
   ToProto(*info, response);
   return scope.Finish(grpc::Status::OK);
 }

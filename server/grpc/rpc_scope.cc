@@ -45,15 +45,18 @@ grpc::Status RpcScope::Finish(grpc::Status status) {
   if (finished_) return status;
   finished_ = true;
   if (env_.metrics != nullptr) {
-    // Only models that exist become label values, so a client cannot grow the label set at will.
-    std::string model = "-";
-    if (!model_.empty() && env_.core != nullptr && env_.core->FindModel(model_).ok()) model = model_;
+    // Only models that exist become label values (Metrics decides), so a client cannot grow the
+    // label set at will.
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-    env_.metrics->RequestFinished(method_, model, device_, StatusCodeName(status.error_code()), seconds);
+    env_.metrics->RequestFinished(method_, model_, device_, StatusCodeName(status.error_code()), seconds);
   }
   return status;
 }
 
-grpc::Status RpcScope::Finish(const absl::Status& status) { return Finish(ToGrpcStatus(status)); }
+grpc::Status RpcScope::Finish(const absl::Status& status) {
+  // A call that failed on a device is counted with it (errors per device).
+  if (std::string device = DeviceOf(status); !device.empty()) device_ = device;
+  return Finish(ToGrpcStatus(status));
+}
 
 }  // namespace tpserve::server

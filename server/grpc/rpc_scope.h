@@ -31,6 +31,9 @@ class RpcScope {
   grpc::Status Authorize() const;
 
   void set_model(const std::string& model) { model_ = model; }
+  // Where the call ran: a device's name, "all" (every device's state: gradients, replicas) or
+  // "none" (the default: it reached no device). A failed call's status may name its device
+  // (DeviceOf, request.h): Finish(absl::Status) then uses that.
   void set_device(const std::string& device) { device_ = device; }
   // Records the time since the previous mark (or the start) as `stage` (tp_rpc_stage_seconds).
   void MarkStage(const char* stage);

@@ -1,5 +1,9 @@
 #include "server/metrics/metrics.h"
 
+#include <algorithm>
+#include <type_traits>
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 #include "prometheus/text_serializer.h"
 
@@ -29,7 +33,7 @@ Metrics::Metrics()
                            .Register(*registry_)),
       requests_(prometheus::BuildCounter()
                     .Name("tp_requests_total")
-                    .Help("Finished RPCs by method and gRPC status code")
+                    .Help("Finished RPCs by method, model, device and gRPC status code")
                     .Register(*registry_)),
       in_flight_(prometheus::BuildGauge()
                      .Name("tp_in_flight_requests")
@@ -103,11 +107,52 @@ std::string Metrics::Serialize() const {
 
 void Metrics::RequestStarted(const std::string& method) { in_flight_.Add({{"method", method}}).Increment(); }
 
+const std::string& Metrics::ModelLabel(const std::string& model) const {
+  static const std::string kNoModel = "-";
+  return models_.count(model) != 0 ? model : kNoModel;
+}
+
+template <typename T, typename... Args>
+T& Metrics::AddModelSeries(prometheus::Family<T>& family, const std::string& model, const prometheus::Labels& labels,
+                           Args&&... args) {
+  T& series = family.Add(labels, std::forward<Args>(args)...);
+  auto it = models_.find(model);
+  if (it == models_.end()) return series;
+  auto& tracked = [&]() -> auto& {
+    if constexpr (std::is_same_v<T, prometheus::Histogram>) {
+      return it->second.histograms;
+    } else {
+      return it->second.counters;
+    }
+  }();
+  const std::pair<prometheus::Family<T>*, T*> entry{&family, &series};
+  if (std::find(tracked.begin(), tracked.end(), entry) == tracked.end()) tracked.push_back(entry);
+  return series;
+}
+
+void Metrics::OnModelAdded(const std::string& model) {
+  std::lock_guard<std::mutex> lock(models_mu_);
+  models_.try_emplace(model);
+}
+
+void Metrics::OnModelRemoved(const std::string& model) {
+  std::lock_guard<std::mutex> lock(models_mu_);
+  auto it = models_.find(model);
+  if (it == models_.end()) return;
+  for (auto& [family, series] : it->second.histograms) family->Remove(series);
+  for (auto& [family, series] : it->second.counters) family->Remove(series);
+  models_.erase(it);
+}
+
 void Metrics::RequestFinished(const std::string& method, const std::string& model, const std::string& device,
                               const std::string& code, double seconds) {
   in_flight_.Add({{"method", method}}).Decrement();
-  requests_.Add({{"method", method}, {"code", code}}).Increment();
-  request_latency_.Add({{"method", method}, {"model", model}, {"device", device}}, time_buckets_).Observe(seconds);
+  std::lock_guard<std::mutex> lock(models_mu_);
+  const std::string& label = ModelLabel(model);
+  AddModelSeries(requests_, model, {{"method", method}, {"model", label}, {"device", device}, {"code", code}})
+      .Increment();
+  AddModelSeries(request_latency_, model, {{"method", method}, {"model", label}, {"device", device}}, time_buckets_)
+      .Observe(seconds);
 }
 
 void Metrics::RpcStage(const std::string& method, const std::string& stage, double seconds) {
@@ -116,8 +161,13 @@ void Metrics::RpcStage(const std::string& method, const std::string& stage, doub
 
 void Metrics::OnBatch(const std::string& model, const std::string& device, int64_t batch, int requests,
                       double compute_seconds) {
-  batch_size_.Add({{"model", model}, {"device", device}}, size_buckets_).Observe(static_cast<double>(batch));
-  batch_requests_.Add({{"model", model}, {"device", device}}, size_buckets_).Observe(requests);
+  {
+    std::lock_guard<std::mutex> lock(models_mu_);
+    const std::string& label = ModelLabel(model);
+    AddModelSeries(batch_size_, model, {{"model", label}, {"device", device}}, size_buckets_)
+        .Observe(static_cast<double>(batch));
+    AddModelSeries(batch_requests_, model, {{"model", label}, {"device", device}}, size_buckets_).Observe(requests);
+  }
   compute_time_.Add({{"device", device}}, time_buckets_).Observe(compute_seconds);
 }
 
@@ -129,7 +179,9 @@ void Metrics::OnLaunchStages(const std::string& device, double gather_seconds, d
 }
 
 void Metrics::OnQueueTime(const std::string& model, const std::string& device, double queue_seconds) {
-  queue_time_.Add({{"model", model}, {"device", device}}, time_buckets_).Observe(queue_seconds);
+  std::lock_guard<std::mutex> lock(models_mu_);
+  AddModelSeries(queue_time_, model, {{"model", ModelLabel(model)}, {"device", device}}, time_buckets_)
+      .Observe(queue_seconds);
 }
 
 void Metrics::OnDeviceMemory(const std::string& device, int worker, int64_t bytes) {

@@ -2,7 +2,7 @@
 // /metrics on its own HTTP port.
 //
 //   tp_request_latency_seconds{method,model,device}   histogram  end-to-end time in the handler
-//   tp_requests_total{method,code}                    counter    finished RPCs by gRPC status code
+//   tp_requests_total{method,model,device,code}       counter    finished RPCs by gRPC status code
 //   tp_in_flight_requests{method}                     gauge      RPCs being handled now
 //   tp_queue_time_seconds{model,device}               histogram  admission -> launch
 //   tp_compute_time_seconds{device}                   histogram  one launch (copies included)
@@ -14,7 +14,9 @@
 //   tp_device_memory_bytes{device}                    gauge      worker memory in use
 //   tp_device_lost{device}                            gauge      1 once the device faulted (restart)
 // Time buckets grow by 1.5x from 50 us to past 10 s. Labels are bounded: method names, model
-// names (bounded by the repository), devices, status codes; never request ids.
+// names (only of models that exist, "-" otherwise; a model's series go when it is deleted), devices
+// (a device's name, "all" for a call on every device's state, "none" for one that reached no
+// device), status codes; never request ids.
 #pragma once
 
 #include <cstdint>
@@ -56,7 +58,8 @@ class Metrics final : public CoreObserver {
 
   // ---- transport ----
   void RequestStarted(const std::string& method);
-  // `device`: where it ran ("none" when it never reached a worker); `code`: gRPC status code name.
+  // `model`: as the call named it (labelled "-" unless the model exists); `device`: where it ran or
+  // failed ("all": every device's state, "none": it reached no device); `code`: gRPC status name.
   void RequestFinished(const std::string& method, const std::string& model, const std::string& device,
                        const std::string& code, double seconds);
   // One part of a unary call's handling: read (request bytes to the core's request), core (admission
@@ -72,8 +75,24 @@ class Metrics final : public CoreObserver {
   void OnDeviceMemory(const std::string& device, int worker, int64_t bytes) override;
   void OnDeviceLost(const std::string& device, const std::string& why) override;
   void OnQueueDepth(int64_t requests) override;
+  void OnModelAdded(const std::string& model) override;
+  void OnModelRemoved(const std::string& model) override;
 
  private:
+  // The label value for `model` ("-" unless it exists); with models_mu_ held.
+  const std::string& ModelLabel(const std::string& model) const;
+  // Adds (or finds) the series of `family` with `labels` and, when they name a live model, notes it
+  // for removal with that model; with models_mu_ held.
+  template <typename T, typename... Args>
+  T& AddModelSeries(prometheus::Family<T>& family, const std::string& model, const prometheus::Labels& labels,
+                    Args&&... args);
+  struct ModelSeries {
+    std::vector<std::pair<prometheus::Family<prometheus::Histogram>*, prometheus::Histogram*>> histograms;
+    std::vector<std::pair<prometheus::Family<prometheus::Counter>*, prometheus::Counter*>> counters;
+  };
+  mutable std::mutex models_mu_;
+  std::map<std::string, ModelSeries> models_;  // live models and the series labelled with each
+
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<HttpExposer> exposer_;
   int port_ = 0;

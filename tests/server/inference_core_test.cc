@@ -4,9 +4,13 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
 #include <future>
 #include <limits>
+#include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -404,6 +408,7 @@ TEST(InferenceCoreTest, DeviceFault_OnOneOfTwoDevices_TheOtherServesAndTheLostGr
   ASSERT_TRUE(f.core->ZeroGradient("m").ok());
   absl::StatusOr<std::vector<float>> zeroed = f.core->GetGradient("m");
   ASSERT_TRUE(zeroed.ok()) << zeroed.status();
+  ASSERT_EQ(zeroed->size(), f.c.weight.size());
   for (float g : *zeroed) ASSERT_EQ(g, 0.0f);
   ASSERT_TRUE(f.core->Run(backward()).ok());
   absl::StatusOr<std::vector<float>> again = f.core->GetGradient("m");
@@ -520,6 +525,7 @@ TEST(InferenceCoreTest, SgdStep_SubtractsTheAccumulatedGradientAndBumpsTheVersio
   }
   auto zeroed = f.core->GetGradient("m");
   ASSERT_TRUE(zeroed.ok());
+  ASSERT_EQ(zeroed->size(), f.c.weight.size());
   for (float g : *zeroed) ASSERT_EQ(g, 0.0f);
   // The forward pass now uses the new weights (the worker's replica was refreshed).
   auto after = f.core->Run(f.Forward());
@@ -540,9 +546,20 @@ TEST(InferenceCoreTest, DeletedModel_IsNotFoundAndCanBeRecreated) {
 }
 
 TEST(InferenceCoreTest, TwoWorkers_GradientIsTheSumOverWorkersAndStepsReachEveryReplica) {
-  Fixture f(CoreConfig{}, /*workers=*/2);  // stands in for two GPUs
-  ASSERT_EQ(f.core->devices().size(), 2u);
-  constexpr int kCalls = 24;
+  // Two devices (stand-ins for two GPUs) with slow launches and one request per launch: while one
+  // worker is busy the other takes the next request, so both hold a part of the gradient.
+  using testing::FakeDevice;
+  using testing::FaultInjectingBackend;
+  auto gpu0 = std::make_shared<FakeDevice>(), gpu1 = std::make_shared<FakeDevice>();
+  gpu0->launch_delay_ms = gpu1->launch_delay_ms = 30;
+  std::vector<std::unique_ptr<Backend>> backends;
+  backends.push_back(std::make_unique<FaultInjectingBackend>(gpu0, "gpu:0"));
+  backends.push_back(std::make_unique<FaultInjectingBackend>(gpu1, "gpu:1"));
+  CoreConfig config;
+  config.max_batch_size = 4;  // the reference case's batch: no two requests merge
+  Fixture f(config, 2, std::move(backends));
+  ASSERT_EQ(f.core->devices(), (std::vector<std::string>{"gpu:0", "gpu:1"}));
+  constexpr int kCalls = 12;
   std::vector<std::future<absl::StatusOr<InferenceResult>>> results;
   for (int i = 0; i < kCalls; ++i) {
     results.push_back(std::async(std::launch::async, [&] {
@@ -553,7 +570,15 @@ TEST(InferenceCoreTest, TwoWorkers_GradientIsTheSumOverWorkersAndStepsReachEvery
       return f.core->Run(std::move(r));
     }));
   }
-  for (auto& result : results) ASSERT_TRUE(result.get().ok());
+  std::map<std::string, int> calls_per_device;
+  for (auto& future : results) {
+    absl::StatusOr<InferenceResult> result = future.get();
+    ASSERT_TRUE(result.ok()) << result.status();
+    ++calls_per_device[result->device];
+  }
+  ASSERT_EQ(calls_per_device.size(), 2u) << "every accumulation ran on one device: the sum is not tested";
+  EXPECT_EQ(calls_per_device["gpu:0"] + calls_per_device["gpu:1"], kCalls);
+  gpu0->launch_delay_ms = gpu1->launch_delay_ms = 0;
   auto gradient = f.core->GetGradient("m");
   ASSERT_TRUE(gradient.ok());
   std::vector<double> expected(f.c.grad_weight_sum_tanh.size());
@@ -563,13 +588,127 @@ TEST(InferenceCoreTest, TwoWorkers_GradientIsTheSumOverWorkersAndStepsReachEvery
   ASSERT_TRUE(f.core->SgdStep("m", 0.01, /*zero_gradient=*/true).ok());
   auto zeroed = f.core->GetGradient("m");
   ASSERT_TRUE(zeroed.ok());
+  ASSERT_EQ(zeroed->size(), expected.size());
   for (float g : *zeroed) ASSERT_EQ(g, 0.0f);
-  // Whichever worker answers, it computes with version 2.
-  for (int i = 0; i < 8; ++i) {
-    auto r = f.core->Run(f.Forward());
-    ASSERT_TRUE(r.ok());
-    EXPECT_EQ(r->model_version, 2u);
+  // Whichever worker answers, it computes with version 2: both replicas were refreshed.
+  std::set<std::string> answered_by;
+  for (int i = 0; i < 16 && answered_by.size() < 2; ++i) {
+    auto a = std::async(std::launch::async, [&] { return f.core->Run(f.Forward()); });
+    auto b = std::async(std::launch::async, [&] { return f.core->Run(f.Forward()); });
+    for (auto* r : {&a, &b}) {
+      absl::StatusOr<InferenceResult> result = r->get();
+      ASSERT_TRUE(result.ok()) << result.status();
+      EXPECT_EQ(result->model_version, 2u);
+      answered_by.insert(result->device);
+    }
   }
+  EXPECT_EQ(answered_by.size(), 2u);
+}
+
+// SgdStep takes out of the buffer only the gradient it applied: accumulations racing the steps are
+// each counted exactly once, in the weights (a step took them) or in the gradient left over. With
+// an explicit grad_out the weight gradient does not depend on the weights, so each accumulation
+// adds the reference case's grad_weight whatever the steps did meanwhile.
+TEST(InferenceCoreTest, SgdStepsRacingAccumulations_CountEachAccumulationOnce) {
+  // On disk, so that each step's save (fsync) leaves accumulations time to land during the step.
+  std::string dir = (std::filesystem::temp_directory_path() / "tpserve-core-test-XXXXXX").string();
+  ASSERT_NE(mkdtemp(dir.data()), nullptr);
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() {
+      std::error_code ignored;
+      std::filesystem::remove_all(dir, ignored);
+    }
+  } cleanup{dir};
+  CoreConfig config;
+  config.model_dir = dir;
+  Fixture f(config, /*workers=*/2);
+  const std::vector<float> w0 = *f.core->GetWeights("m")->weights;
+  constexpr int kThreads = 4, kPerThread = 12, kSteps = 12;
+  constexpr double kLr = 0.01;
+  std::atomic<bool> ok{true};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < kPerThread; ++i) {
+        InferenceRequest r = f.Forward();
+        r.op = Op::kBackward;
+        r.grad_out = HostTensor({f.c.batch, static_cast<int64_t>(f.c.out.size()) / f.c.batch},
+                                std::vector<float>(f.c.grad_out.begin(), f.c.grad_out.end()));
+        r.weight_grad = WeightGradMode::kAccumulate;
+        if (!f.core->Run(std::move(r)).ok()) ok = false;
+      }
+    });
+  }
+  threads.emplace_back([&] {
+    for (int i = 0; i < kSteps; ++i) {
+      if (!f.core->SgdStep("m", kLr, /*zero_gradient=*/true).ok()) ok = false;
+    }
+  });
+  for (auto& t : threads) t.join();
+  ASSERT_TRUE(ok.load());
+  auto left = f.core->GetGradient("m");
+  ASSERT_TRUE(left.ok());
+  auto weights = f.core->GetWeights("m");
+  ASSERT_TRUE(weights.ok());
+  EXPECT_EQ(weights->version, 1u + kSteps);
+  ASSERT_EQ(left->size(), w0.size());
+  ASSERT_EQ(f.c.grad_weight.size(), w0.size());
+  const double n = kThreads * kPerThread;
+  // The steps took some accumulations into the weights (w_final = w0 - lr * taken) and left the
+  // rest (g_left = n * g - taken): w_final - lr * g_left == w0 - lr * n * g.
+  double worst = 0;
+  for (size_t i = 0; i < w0.size(); ++i) {
+    const double accounted = (*weights->weights)[i] - kLr * (*left)[i];
+    const double expected = w0[i] - kLr * n * f.c.grad_weight[i];
+    worst = std::max(worst, std::abs(accounted - expected));
+  }
+  EXPECT_LT(worst, 1e-4) << "an accumulation was lost or applied twice";
+  // Both happened: some accumulations went into the weights, and the weights moved.
+  EXPECT_NE(*weights->weights, w0);
+}
+
+// A request whose deadline passed (or that was cancelled) before its launch changes nothing, also
+// when it would run on the caller's thread (no queue where the batcher would drop it).
+TEST(InferenceCoreTest, AccumulationExpiredBeforeItsLaunch_OnTheCallersThread_AddsNothing) {
+  Fixture f(CoreConfig{});  // greedy: an idle worker runs a kCallerMayRun request inline
+  for (bool cancel : {false, true}) {
+    InferenceRequest r = f.Forward();
+    r.op = Op::kBackward;
+    r.loss = Loss::kSumTanh;
+    r.weight_grad = WeightGradMode::kAccumulate;
+    if (cancel) {
+      r.cancelled = std::make_shared<std::atomic<bool>>(true);
+    } else {
+      r.deadline = absl::Now() - absl::Milliseconds(1);
+    }
+    auto result = f.core->Run(std::move(r), InferenceCore::Dispatch::kCallerMayRun);
+    EXPECT_EQ(result.status().code(), cancel ? absl::StatusCode::kCancelled : absl::StatusCode::kDeadlineExceeded)
+        << result.status();
+  }
+  EXPECT_EQ(f.observer.launches.load(), 0);
+  auto gradient = f.core->GetGradient("m");
+  ASSERT_TRUE(gradient.ok());
+  ASSERT_EQ(gradient->size(), f.c.weight.size());
+  for (float g : *gradient) ASSERT_EQ(g, 0.0f);
+}
+
+// An upload (or step) that began on a model answers NOT_FOUND once that model is deleted, even
+// when a model of the same name exists again: it must not land on the new one.
+TEST(InferenceCoreTest, ReplaceWeights_OnAModelDeletedAndRecreated_IsNotFoundAndTheNewOneKeepsItsWeights) {
+  Fixture f(CoreConfig{});
+  absl::StatusOr<std::shared_ptr<Model>> old = f.core->FindModel("m");
+  ASSERT_TRUE(old.ok());
+  ASSERT_TRUE(f.core->DeleteModel("m").ok());
+  auto created = f.core->CreateModel("m", {f.c.irreps_in1, f.c.irreps_in2, f.c.irreps_out}, std::nullopt, 5);
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::vector<float> upload(f.c.weight.size(), 0.5f);
+  auto replaced = f.core->ReplaceWeights(*old, upload, 0);
+  EXPECT_EQ(replaced.status().code(), absl::StatusCode::kNotFound) << replaced.status();
+  auto now = f.core->GetModel("m");
+  ASSERT_TRUE(now.ok());
+  EXPECT_EQ(now->version, 1u);
+  EXPECT_EQ(now->weights_fnv1a64, created->weights_fnv1a64);
 }
 
 }  // namespace

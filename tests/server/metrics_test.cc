@@ -81,6 +81,7 @@ TEST(MetricsTest, LatencyBuckets_Resolve50MicrosecondsTo10Seconds) {
 
 TEST(MetricsTest, EveryFamily_IsExportedWithItsLabels) {
   Metrics metrics;
+  metrics.OnModelAdded("m");
   metrics.RequestStarted("Forward");
   metrics.RequestFinished("Forward", "m", "cpu", "OK", 0.002);
   metrics.RequestStarted("Forward");
@@ -93,7 +94,9 @@ TEST(MetricsTest, EveryFamily_IsExportedWithItsLabels) {
   std::string text = metrics.Serialize();
   ExpectParses(text);
   EXPECT_EQ(MetricValue(text, "tp_request_latency_seconds_count", {"method=\"Forward\"", "model=\"m\"", "device=\"cpu\""}), 1);
-  EXPECT_EQ(MetricValue(text, "tp_requests_total", {"method=\"Forward\"", "code=\"OK\""}), 1);
+  EXPECT_EQ(MetricValue(text, "tp_requests_total",
+                        {"method=\"Forward\"", "model=\"m\"", "device=\"cpu\"", "code=\"OK\""}),
+            1);
   EXPECT_EQ(MetricValue(text, "tp_in_flight_requests", {"method=\"Forward\""}), 1);
   EXPECT_EQ(MetricValue(text, "tp_batch_size_sum", {"model=\"m\"", "device=\"cpu\""}), 48);
   EXPECT_EQ(MetricValue(text, "tp_batch_requests_sum", {"device=\"cpu\""}), 3);
@@ -121,6 +124,7 @@ TEST(MetricsTest, EveryFamily_IsExportedWithItsLabels) {
 
 TEST(MetricsTest, HttpEndpoint_ServesParsableText) {
   Metrics metrics;
+  metrics.OnModelAdded("m");
   ASSERT_TRUE(metrics.StartHttp("127.0.0.1:0").ok());
   ASSERT_GT(metrics.port(), 0);
   metrics.OnBatch("m", "cpu", 7, 1, 0.01);
@@ -301,6 +305,34 @@ TEST(MetricsHttpTest, ServesHttpsWithACertificateMadeAtTestTime) {
   absl::Status status = mismatched.StartHttp(options);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
   EXPECT_NE(status.message().find("does not belong"), std::string::npos) << status;
+}
+
+// Model names become label values only while the model exists, and its series go with it: a
+// client cannot grow the label set, and deleted models leave nothing behind.
+TEST(MetricsTest, ModelLabels_OnlyForLiveModels_AndRemovedWithTheModel) {
+  Metrics metrics;
+  metrics.OnModelAdded("m");
+  metrics.OnModelAdded("kept");
+  for (const char* model : {"m", "kept", "never-created"}) {
+    metrics.RequestStarted("Forward");
+    metrics.RequestFinished("Forward", model, "cuda:0", "INTERNAL", 0.001);
+    metrics.OnBatch(model, "cuda:0", 4, 1, 0.001);
+    metrics.OnQueueTime(model, "cuda:0", 0.0001);
+  }
+  std::string text = metrics.Serialize();
+  EXPECT_EQ(text.find("never-created"), std::string::npos);
+  EXPECT_EQ(MetricValue(text, "tp_requests_total", {"model=\"-\"", "device=\"cuda:0\"", "code=\"INTERNAL\""}), 1);
+  EXPECT_EQ(MetricValue(text, "tp_requests_total", {"model=\"m\"", "device=\"cuda:0\""}), 1);
+  metrics.OnModelRemoved("m");
+  text = metrics.Serialize();
+  ExpectParses(text);
+  EXPECT_EQ(text.find("model=\"m\""), std::string::npos) << text;
+  for (const char* family : {"tp_requests_total", "tp_request_latency_seconds_count", "tp_batch_size_count",
+                             "tp_batch_requests_count", "tp_queue_time_seconds_count"}) {
+    EXPECT_EQ(MetricValue(text, family, {"model=\"kept\""}), 1) << family;
+  }
+  // Per-device errors are still summed over what remains.
+  EXPECT_EQ(MetricValue(text, "tp_requests_total", {"device=\"cuda:0\"", "code=\"INTERNAL\""}), 2);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // The gRPC service end to end on loopback (CPU backend): every RPC, stream ordering, dynamic
 // batching seen in the metrics, each kind of bad input, auth, TLS, health, restarts.
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -105,6 +106,18 @@ void WaitForQueueDepth(TestServer& server, double n) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   ADD_FAILURE() << "the queue never reached " << n << " requests";
+}
+
+// Waits (up to 10 s) until the server's metric reaches `value`: the server finishes a call after
+// its client saw the end (a client's own deadline or cancel), and only its counters tell what it did.
+void WaitForMetric(TestServer& server, const std::string& name, const std::vector<std::string>& labels,
+                   double value) {
+  for (int i = 0; i < 1000; ++i) {
+    if (MetricValue(server.metrics().Serialize(), name, labels) == value) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ADD_FAILURE() << name << " never reached " << value << "; now "
+                << MetricValue(server.metrics().Serialize(), name, labels);
 }
 
 class ServerTest : public ::testing::Test {
@@ -423,6 +436,7 @@ TEST_F(ServerTest, GradientBuffer_AccumulatesZeroesAndAppliesSgdStep) {
   ASSERT_TRUE(client_->ZeroGradient("m").ok());
   auto zeroed = client_->GetGradient("m");
   ASSERT_TRUE(zeroed.ok());
+  ASSERT_EQ(zeroed->size(), c.weight.size());
   for (float g : *zeroed) ASSERT_EQ(g, 0.0f);
   EXPECT_EQ(client_->SgdStep("m", std::nan(""), false).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(client_->GetGradient("nope").status().code(), absl::StatusCode::kNotFound);
@@ -640,8 +654,37 @@ TEST(ServerBatching, DeadlinePassedWhileQueuedIsDeadlineExceeded) {
   auto hurried = *client::TpClient::Connect(options);
   auto response = hurried->Forward(ForwardFor("m", c));
   EXPECT_EQ(response.status().code(), absl::StatusCode::kDeadlineExceeded) << response.status();
-  // The server is still fine afterwards.
+  BackwardRequest accumulate = BackwardFor("m", c);
+  accumulate.set_weight_grad(tp::v1::WEIGHT_GRAD_ACCUMULATE);
+  EXPECT_EQ(hurried->Backward(accumulate).status().code(), absl::StatusCode::kDeadlineExceeded);
+  // The client's own deadline says nothing about the server: its counters must show both calls
+  // dropped from the queue without a launch, and the gradient untouched. (The server may see the
+  // client's cancel, sent when its deadline fired, before its own copy of the deadline passes.)
+  auto gave_up = [&](const std::string& method) {
+    std::string text = server->metrics().Serialize();
+    double total = 0;
+    for (const char* code : {"code=\"DEADLINE_EXCEEDED\"", "code=\"CANCELLED\""}) {
+      total += std::max(0.0, MetricValue(text, "tp_requests_total", {"method=\"" + method + "\"", code}));
+    }
+    return total;
+  };
+  for (int i = 0; i < 1000 && gave_up("Forward") + gave_up("Backward") < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(gave_up("Forward"), 1);
+  EXPECT_EQ(gave_up("Backward"), 1);
+  std::string text = server->metrics().Serialize();
+  EXPECT_LE(MetricValue(text, "tp_batch_size_count", {}), 0) << "a dropped request was launched";
+  EXPECT_EQ(MetricValue(text, "tp_in_flight_requests", {}), 0);
+  auto gradient = client->GetGradient("m");
+  ASSERT_TRUE(gradient.ok()) << gradient.status();
+  ASSERT_EQ(gradient->size(), c.weight.size());
+  for (float g : *gradient) ASSERT_EQ(g, 0.0f);
+  // The server is still fine afterwards, and this launch holds only this call's samples.
   EXPECT_TRUE(client->Forward(ForwardFor("m", c)).ok());
+  text = server->metrics().Serialize();
+  EXPECT_EQ(MetricValue(text, "tp_batch_size_count", {}), 1);
+  EXPECT_EQ(MetricValue(text, "tp_batch_size_sum", {}), c.batch);
 }
 
 // A server whose first request waits 0.3 s for company (so a test can act while it is queued),
@@ -678,9 +721,17 @@ TEST(ServerBatching, CancelledWhileQueuedIsCancelledAndTheServerGoesOn) {
   context.TryCancel();
   call.join();
   EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED) << status.error_message();
+  // CANCELLED above is the client's own doing; the server's side: the handler saw the cancel,
+  // the batcher dropped the request unlaunched, and the call is no longer in flight.
+  WaitForMetric(*server, "tp_requests_total", {"method=\"Forward\"", "code=\"CANCELLED\""}, 1);
+  std::string text = server->metrics().Serialize();
+  EXPECT_EQ(MetricValue(text, "tp_in_flight_requests", {"method=\"Forward\""}), 0);
+  EXPECT_LE(MetricValue(text, "tp_batch_size_count", {}), 0) << "the cancelled request was launched";
+  EXPECT_EQ(MetricValue(text, "tp_queue_depth", {}), 0);
   auto after = client->Forward(ForwardFor("m", c));
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_LT(RelativeError(ToDoubles(after->out()), c.out), 1e-5);
+  EXPECT_EQ(MetricValue(server->metrics().Serialize(), "tp_batch_size_sum", {}), c.batch);
 }
 
 TEST(TensorCodec, BorrowReadsFloat32BytesInPlaceAndConvertsOtherDTypes) {

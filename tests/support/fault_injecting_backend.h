@@ -4,8 +4,10 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "kernels/core/backend.h"
@@ -20,6 +22,8 @@ enum class InjectedFault : int { kNone = 0, kLaunchError = 1, kDeviceFault = 2 }
 struct FakeDevice {
   std::atomic<InjectedFault> fault{InjectedFault::kNone};
   std::atomic<bool> faulted{false};
+  // Every launch takes at least this long (a slow device: work in flight that a test can act on).
+  std::atomic<int> launch_delay_ms{0};
 };
 
 class FaultInjectingBackend final : public Backend {
@@ -71,6 +75,9 @@ class FaultInjectingBackend final : public Backend {
 
  private:
   absl::Status Injected() {
+    if (int delay = device_->launch_delay_ms.load(); delay > 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(delay));
+    }
     if (device_->faulted.load()) return absl::InternalError("injected device fault (illegal address)");
     switch (device_->fault.load()) {
       case InjectedFault::kNone: return absl::OkStatus();
