@@ -1,5 +1,7 @@
 #include "server/grpc/housekeeper.h"
 
+#include "server/malloc_tuning.h"
+
 namespace tpserve::server {
 
 Housekeeper::Housekeeper(InferenceCore* core, double upload_idle_seconds, double idle_release_seconds)
@@ -42,7 +44,7 @@ void Housekeeper::Run() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
     // A tenth of the shortest duty: an idle upload is dropped at most ~10% late.
-    double tick = 1.0;
+    double tick = 0.5;
     if (upload_idle_seconds_ > 0) tick = std::min(tick, upload_idle_seconds_ / 10);
     if (idle_release_seconds_ > 0) tick = std::min(tick, idle_release_seconds_ / 10);
     wake_.wait_for(lock, std::chrono::duration<double>(std::max(tick, 0.01)));
@@ -58,6 +60,13 @@ void Housekeeper::Run() {
           upload->context_->TryCancel();
         }
       }
+    }
+    // Also while busy: free heap past a bound goes back (a burst of large messages left it).
+    if (now - last_trim_check_ns_ > int64_t{500} * 1000 * 1000) {
+      last_trim_check_ns_ = now;
+      lock.unlock();
+      if (TrimHeapIfBloated()) heap_trims_.fetch_add(1);
+      lock.lock();
     }
     if (idle_release_seconds_ > 0 && calls_in_progress_.load() == 0 && !released_since_activity_.load() &&
         now - last_activity_ns_.load() > static_cast<int64_t>(idle_release_seconds_ * 1e9)) {

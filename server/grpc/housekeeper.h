@@ -1,6 +1,7 @@
 // The transport's housekeeping thread: drops weight uploads that stopped making progress
 // (--upload_idle_seconds), and gives pooled memory back once the server has been idle for a while
-// (--idle_release_seconds), so that a burst of large calls does not stay resident for good.
+// (--idle_release_seconds), so that a burst of large calls does not stay resident for good; and,
+// busy or not, trims malloc's free memory when it grows past a bound (malloc_tuning.h).
 #pragma once
 
 #include <atomic>
@@ -68,7 +69,8 @@ class Housekeeper {
   std::atomic<int64_t> calls_in_progress_{0};
   std::atomic<int64_t> last_activity_ns_{NowNs()};
   std::atomic<bool> released_since_activity_{true};
-  std::atomic<int64_t> uploads_dropped_{0}, idle_releases_{0};
+  std::atomic<int64_t> uploads_dropped_{0}, idle_releases_{0}, heap_trims_{0};
+  int64_t last_trim_check_ns_ = 0;  // under mu_
   std::thread thread_;
 };
 
