@@ -258,9 +258,10 @@ int64_t InferenceCore::ModelMemoryBytes(const TensorProductPlan& plan) const {
   return plan.weight_numel() * static_cast<int64_t>(sizeof(float)) * (1 + 2 * host_workers_);
 }
 
-void InferenceCore::ReleaseIdleMemory() {
-  host_pool_->ReleaseFree();
+size_t InferenceCore::ReleaseIdleMemory() {
+  const size_t freed = host_pool_->ReleaseFree();
   malloc_trim(0);
+  return freed;
 }
 
 absl::StatusOr<ModelInfo> InferenceCore::CreateModel(const std::string& name, const ModelSpec& spec,

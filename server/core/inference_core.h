@@ -106,8 +106,8 @@ class InferenceCore {
   // copies; the transport reserves uploads, downloads and unsent results (memory_budget.h).
   MemoryBudget& memory_budget() const { return *budget_; }
   // Gives memory kept for reuse back to the system (free page-locked leases, malloc's free pages):
-  // for an idle server, so that a past burst does not stay resident.
-  void ReleaseIdleMemory();
+  // for an idle server, so that a past burst does not stay resident. Returns the pool's bytes freed.
+  size_t ReleaseIdleMemory();
 
   // Stops admission, finishes everything admitted, joins the workers. Idempotent.
   void Shutdown();

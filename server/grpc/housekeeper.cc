@@ -2,6 +2,8 @@
 
 #include "server/malloc_tuning.h"
 
+#include <cstdio>
+
 namespace tpserve::server {
 
 Housekeeper::Housekeeper(InferenceCore* core, double upload_idle_seconds, double idle_release_seconds)
@@ -72,8 +74,11 @@ void Housekeeper::Run() {
         now - last_activity_ns_.load() > static_cast<int64_t>(idle_release_seconds_ * 1e9)) {
       released_since_activity_.store(true);
       lock.unlock();  // trimming the heap can take milliseconds; uploads must not wait for it
-      core_->ReleaseIdleMemory();
+      const size_t free_heap = FreeHeapBytes();
+      const size_t pooled = core_->ReleaseIdleMemory();
       idle_releases_.fetch_add(1);
+      std::fprintf(stderr, "tpserve: idle for %.3g s: freed %zu MiB of pooled leases, trimmed %zu MiB of free heap\n",
+                   idle_release_seconds_, pooled >> 20, free_heap >> 20);
       lock.lock();
     }
   }

@@ -38,7 +38,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr int64_t kMiB = int64_t{1} << 20;
-constexpr int64_t kBudgetBytes = 384 * kMiB;
+// Well under what the hostile clients ask for (a 1 GiB Echo alone took 2 GB before the limits).
+constexpr int64_t kBudgetBytes = 512 * kMiB;
 
 // tpserve with the limits under test, on a free loopback port; killed with the test.
 class ServerProcess {
@@ -169,7 +170,7 @@ TEST(SoakTest, MixedValidAndHostileTrafficKeepsServingWithinTheBudget) {
   std::vector<float> acked_weights(131072, 1.0f);
   uint64_t acked_version = 0;
   Tally tally;
-  int64_t max_rss = 0;
+  int64_t max_rss = 0, idle_rss = 0;
   {
     ServerProcess server(models, log + ".0");
     ASSERT_NE(server.port(), 0) << "tpserve did not start; see " << log << ".0";
@@ -334,6 +335,9 @@ TEST(SoakTest, MixedValidAndHostileTrafficKeepsServingWithinTheBudget) {
     ASSERT_TRUE(server.alive()) << "tpserve died; see " << log << ".0";
     max_rss = std::max(max_rss, RssBytes(server.pid()));
 
+    // Idle past --idle_release_seconds (pooled memory goes back): reported, for the record.
+    std::this_thread::sleep_for(std::chrono::seconds(4));
+    idle_rss = RssBytes(server.pid());
     auto client = server.Connect();
     uint64_t version = 0;
     auto downloaded = client->DownloadWeights("acked", &version);
@@ -354,7 +358,8 @@ TEST(SoakTest, MixedValidAndHostileTrafficKeepsServingWithinTheBudget) {
   RecordProperty("valid_calls", static_cast<int>(tally.valid_ok.load()));
   RecordProperty("hostile_calls", static_cast<int>(tally.hostile.load()));
   std::cout << "soak: " << tally.valid_ok.load() << " valid calls OK, " << tally.hostile.load()
-            << " hostile, max RSS " << max_rss / kMiB << " MiB (budget " << kBudgetBytes / kMiB << " MiB), "
+            << " hostile, max RSS " << max_rss / kMiB << " MiB (budget " << kBudgetBytes / kMiB << " MiB), idle RSS "
+            << idle_rss / kMiB << " MiB, "
             << acked_version << " acknowledged versions" << std::endl;
 
   // After kill -9 and a restart: the last acknowledged version, bit for bit.
