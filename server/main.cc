@@ -69,6 +69,22 @@ ABSL_FLAG(std::string, tls_client_ca, "",
 ABSL_FLAG(int, tls_reload_seconds, 1, "how soon a certificate re-read on SIGHUP is served (seconds)");
 ABSL_FLAG(bool, metrics_auth, false, "/metrics requires 'Authorization: Bearer <token>' (the gRPC token)");
 ABSL_FLAG(bool, metrics_tls, false, "/metrics over HTTPS with --tls_cert/--tls_key");
+// ---- limits against clients that exhaust the server (docs/SERVER.md, "Limits") ----
+ABSL_FLAG(int64_t, max_paths, 16384, "paths a created model may have; more: INVALID_ARGUMENT before any work");
+ABSL_FLAG(int64_t, max_memory_bytes, 0,
+          "memory budget for weights, uploads, unread results, downloads, gradients (0: half of RAM); "
+          "past it: RESOURCE_EXHAUSTED");
+ABSL_FLAG(double, upload_idle_seconds, 60, "an upload with no chunk for this long is dropped (0: never)");
+ABSL_FLAG(double, idle_release_seconds, 30, "idle this long: pooled memory goes back to the system (0: never)");
+ABSL_FLAG(int64_t, max_open_watch_streams, 32,
+          "open Health.Watch + reflection streams (no token; each holds a thread; at most max_threads/4)");
+ABSL_FLAG(int64_t, max_concurrent_streams, 128, "calls at once per client connection");
+ABSL_FLAG(double, keepalive_time_seconds, 60, "the server pings an idle connection this often");
+ABSL_FLAG(double, keepalive_timeout_seconds, 20, "an unanswered keepalive ping closes the connection after this");
+ABSL_FLAG(double, min_client_ping_interval_seconds, 10, "clients pinging more often are disconnected (too_many_pings)");
+ABSL_FLAG(double, max_connection_idle_seconds, 1800, "a connection without calls for this long is closed (0: never)");
+ABSL_FLAG(double, max_connection_age_seconds, 0, "connections are closed after this long (0: never)");
+ABSL_FLAG(double, max_connection_age_grace_seconds, 30, "calls of a connection closed for age get this long");
 
 namespace tpserve::server {
 namespace {
@@ -159,6 +175,27 @@ absl::StatusOr<ServerConfig> LoadConfig() {
   }
   if (Given("auth_token_file")) c.transport.auth_token.clear();  // the file's token replaces one from the config
   if (auto s = ResolveAuthToken(&c, std::getenv("TPSERVE_AUTH_TOKEN")); !s.ok()) return s;
+  // ---- limits ----
+  take("max_paths", c.core.max_paths, absl::GetFlag(FLAGS_max_paths));
+  take("max_memory_bytes", c.core.max_memory_bytes, absl::GetFlag(FLAGS_max_memory_bytes));
+  take("upload_idle_seconds", c.transport.upload_idle_seconds, absl::GetFlag(FLAGS_upload_idle_seconds));
+  take("idle_release_seconds", c.transport.idle_release_seconds, absl::GetFlag(FLAGS_idle_release_seconds));
+  take("max_open_watch_streams", c.transport.max_open_watch_streams, absl::GetFlag(FLAGS_max_open_watch_streams));
+  take("max_concurrent_streams", c.transport.max_concurrent_streams, absl::GetFlag(FLAGS_max_concurrent_streams));
+  take("keepalive_time_seconds", c.transport.keepalive_time_seconds, absl::GetFlag(FLAGS_keepalive_time_seconds));
+  take("keepalive_timeout_seconds", c.transport.keepalive_timeout_seconds,
+       absl::GetFlag(FLAGS_keepalive_timeout_seconds));
+  take("min_client_ping_interval_seconds", c.transport.min_client_ping_interval_seconds,
+       absl::GetFlag(FLAGS_min_client_ping_interval_seconds));
+  take("max_connection_idle_seconds", c.transport.max_connection_idle_seconds,
+       absl::GetFlag(FLAGS_max_connection_idle_seconds));
+  take("max_connection_age_seconds", c.transport.max_connection_age_seconds,
+       absl::GetFlag(FLAGS_max_connection_age_seconds));
+  take("max_connection_age_grace_seconds", c.transport.max_connection_age_grace_seconds,
+       absl::GetFlag(FLAGS_max_connection_age_grace_seconds));
+  if (c.core.max_paths < 1 || c.core.max_memory_bytes < 0) {
+    return absl::InvalidArgumentError("--max_paths: expected >= 1; --max_memory_bytes: expected >= 0 (0: half of RAM)");
+  }
   if (auto s = ValidateConfig(c); !s.ok()) return s;
   return c;
 }

@@ -78,6 +78,19 @@ absl::Status ApplyConfigFile(const std::string& path, ServerConfig* config) {
       else if (key == "tls_reload_seconds") config->transport.tls_reload_seconds = value.get<int>();
       else if (key == "metrics_auth") config->metrics_auth = value.get<bool>();
       else if (key == "metrics_tls") config->metrics_tls = value.get<bool>();
+      // ---- limits ----
+      else if (key == "max_paths") config->core.max_paths = value.get<int64_t>();
+      else if (key == "max_memory_bytes") config->core.max_memory_bytes = value.get<int64_t>();
+      else if (key == "upload_idle_seconds") config->transport.upload_idle_seconds = value.get<double>();
+      else if (key == "idle_release_seconds") config->transport.idle_release_seconds = value.get<double>();
+      else if (key == "max_open_watch_streams") config->transport.max_open_watch_streams = value.get<int64_t>();
+      else if (key == "max_concurrent_streams") config->transport.max_concurrent_streams = value.get<int64_t>();
+      else if (key == "keepalive_time_seconds") config->transport.keepalive_time_seconds = value.get<double>();
+      else if (key == "keepalive_timeout_seconds") config->transport.keepalive_timeout_seconds = value.get<double>();
+      else if (key == "min_client_ping_interval_seconds") config->transport.min_client_ping_interval_seconds = value.get<double>();
+      else if (key == "max_connection_idle_seconds") config->transport.max_connection_idle_seconds = value.get<double>();
+      else if (key == "max_connection_age_seconds") config->transport.max_connection_age_seconds = value.get<double>();
+      else if (key == "max_connection_age_grace_seconds") config->transport.max_connection_age_grace_seconds = value.get<double>();
       else return absl::InvalidArgumentError(absl::StrCat("config file ", path, ": unknown key '", key, "'"));
     }
   } catch (const std::exception& e) {

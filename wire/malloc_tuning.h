@@ -10,12 +10,36 @@
 
 #include <malloc.h>
 
+#include <cstddef>
+
 namespace tpserve {
 
 inline void KeepLargeBuffersInTheHeap() {
   mallopt(M_MMAP_THRESHOLD, 64 << 20);
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
   mallopt(M_TOP_PAD, 16 << 20);
+}
+
+// Freed memory malloc keeps for reuse, over all its arenas (each thread may have one).
+inline size_t FreeHeapBytes() {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+  return mallinfo2().fordblks;
+#else
+  return 0;
+#endif
+}
+
+// What KeepLargeBuffersInTheHeap keeps is bounded by this: a burst of large messages (a hostile
+// client's oversize ones, a load test's) must not stay resident in every thread's arena. Seed-sized
+// calls keep a few MB free in all, far below it.
+inline constexpr size_t kMaxKeptFreeHeapBytes = size_t{64} << 20;
+
+// Gives malloc's free pages back to the system when it keeps more than kMaxKeptFreeHeapBytes.
+// Returns true when it trimmed.
+inline bool TrimHeapIfBloated() {
+  if (FreeHeapBytes() <= kMaxKeptFreeHeapBytes) return false;
+  malloc_trim(0);
+  return true;
 }
 
 }  // namespace tpserve

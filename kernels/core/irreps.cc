@@ -17,6 +17,13 @@ namespace {
 constexpr int kMaxL = 64;
 constexpr int64_t kMaxMul = 1 << 24;
 
+// Client text quoted in an error: its first `max_bytes`, marked when cut (a megabyte-long irreps
+// string must not come back as a megabyte-long message).
+std::string Abbreviated(absl::string_view text, size_t max_bytes = 64) {
+  if (text.size() <= max_bytes) return std::string(text);
+  return absl::StrCat(text.substr(0, max_bytes), "... (", text.size(), " bytes)");
+}
+
 bool AllDigits(absl::string_view s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return absl::ascii_isdigit(c); });
 }
@@ -29,13 +36,13 @@ absl::StatusOr<Irrep> Irrep::Parse(absl::string_view text) {
   absl::string_view name = absl::StripAsciiWhitespace(text);
   if (name.size() < 2) {
     return absl::InvalidArgumentError(
-        absl::StrCat("irrep '", name, "': expected <l><parity> such as '0e', '1o' or '2y'"));
+        absl::StrCat("irrep '", Abbreviated(name), "': expected <l><parity> such as '0e', '1o' or '2y'"));
   }
   const char parity_char = name.back();
   absl::string_view l_text = name.substr(0, name.size() - 1);
   int l = 0;
   if (!AllDigits(l_text) || !absl::SimpleAtoi(l_text, &l) || l > kMaxL) {
-    return absl::InvalidArgumentError(absl::StrCat("irrep '", name, "': expected l to be an integer in [0, ",
+    return absl::InvalidArgumentError(absl::StrCat("irrep '", Abbreviated(name), "': expected l to be an integer in [0, ",
                                                    kMaxL, "] before the parity letter"));
   }
   Irrep ir;
@@ -45,7 +52,7 @@ absl::StatusOr<Irrep> Irrep::Parse(absl::string_view text) {
     case 'o': ir.parity = -1; break;
     case 'y': ir.parity = (l % 2 == 0) ? 1 : -1; break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat("irrep '", name, "': expected parity 'e', 'o' or 'y', got '",
+      return absl::InvalidArgumentError(absl::StrCat("irrep '", Abbreviated(name), "': expected parity 'e', 'o' or 'y', got '",
                                                      std::string(1, parity_char), "'"));
   }
   return ir;
@@ -76,8 +83,8 @@ absl::StatusOr<Irreps> Irreps::Parse(absl::string_view text) {
     // Copied before the increment: the lambda runs later, and must name this term (0-based).
     const int this_term = term_index++;
     auto where = [&] {
-      return absl::StrCat("irreps \"", text, "\": term ", this_term, " ('", stripped, "') at character ",
-                          term_position);
+      return absl::StrCat("irreps \"", Abbreviated(text), "\": term ", this_term, " ('", Abbreviated(stripped),
+                          "') at character ", term_position);
     };
     if (stripped.empty()) {
       return absl::InvalidArgumentError(
@@ -92,7 +99,7 @@ absl::StatusOr<Irreps> Irreps::Parse(absl::string_view text) {
       int64_t mul = 0;
       if (!AllDigits(mul_text) || !absl::SimpleAtoi(mul_text, &mul) || mul > kMaxMul) {
         return absl::InvalidArgumentError(absl::StrCat(
-            where(), ": expected a multiplicity in [0, ", kMaxMul, "] before 'x', got '", mul_text, "'"));
+            where(), ": expected a multiplicity in [0, ", kMaxMul, "] before 'x', got '", Abbreviated(mul_text), "'"));
       }
       entry.mul = static_cast<int>(mul);
       ir_text = stripped.substr(x + 1);

@@ -1,6 +1,10 @@
 #include "kernels/core/plan.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <map>
+#include <tuple>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -23,12 +27,25 @@ absl::StatusOr<TensorProductPlan> TensorProductPlan::FullyConnected(const Irreps
                                                                     const Irreps& irreps_in2,
                                                                     const Irreps& irreps_out,
                                                                     const TensorProductOptions& options) {
+  // Outputs by irrep, so that each (i1, i2) visits only the outputs in its product (work in
+  // proportion to the paths, not to every triple of terms).
+  std::map<std::pair<int, int>, std::vector<int>> outputs_by_irrep;  // (l, parity) -> indices, ascending
+  for (int io = 0; io < irreps_out.size(); ++io) outputs_by_irrep[{irreps_out[io].ir.l, irreps_out[io].ir.parity}].push_back(io);
   std::vector<InstructionSpec> instructions;
-  for (int i1 = 0; i1 < irreps_in1.size(); ++i1)
-    for (int i2 = 0; i2 < irreps_in2.size(); ++i2)
-      for (int io = 0; io < irreps_out.size(); ++io)
-        if (IsInProduct(irreps_in1[i1].ir, irreps_in2[i2].ir, irreps_out[io].ir))
-          instructions.push_back({i1, i2, io, ConnectionMode::kUvw});
+  std::vector<int> outputs;
+  for (int i1 = 0; i1 < irreps_in1.size(); ++i1) {
+    for (int i2 = 0; i2 < irreps_in2.size(); ++i2) {
+      const Irrep& a = irreps_in1[i1].ir;
+      const Irrep& b = irreps_in2[i2].ir;
+      outputs.clear();
+      for (int l = std::abs(a.l - b.l); l <= a.l + b.l; ++l) {
+        auto it = outputs_by_irrep.find({l, a.parity * b.parity});
+        if (it != outputs_by_irrep.end()) outputs.insert(outputs.end(), it->second.begin(), it->second.end());
+      }
+      std::sort(outputs.begin(), outputs.end());  // e3nn's order: i_out ascending within (i1, i2)
+      for (int io : outputs) instructions.push_back({i1, i2, io, ConnectionMode::kUvw});
+    }
+  }
   return FromInstructions(irreps_in1, irreps_in2, irreps_out, instructions, options);
 }
 
@@ -50,7 +67,15 @@ absl::StatusOr<TensorProductPlan> TensorProductPlan::FromInstructions(
   plan.irreps_in2_ = irreps_in2;
   plan.irreps_out_ = irreps_out;
   plan.weight_sharing_ = options.weight_sharing;
+  // 3j blocks depend only on (l1, l2, l3): computed once per distinct triple, copied into each path.
+  std::map<std::tuple<int, int, int>, std::pair<std::vector<double>, std::vector<Wigner3jEntry>>> cg_blocks;
+  constexpr size_t kStopPollPaths = 256;
+  plan.paths_.reserve(instructions.size());
   for (const InstructionSpec& spec : instructions) {
+    if (options.should_stop && plan.paths_.size() % kStopPollPaths == 0 && options.should_stop()) {
+      return absl::CancelledError(absl::StrCat("plan building stopped after ", plan.paths_.size(), " of ",
+                                               instructions.size(), " paths"));
+    }
     if (spec.i_in1 < 0 || spec.i_in1 >= irreps_in1.size() || spec.i_in2 < 0 || spec.i_in2 >= irreps_in2.size() ||
         spec.i_out < 0 || spec.i_out >= irreps_out.size()) {
       return absl::InvalidArgumentError(absl::StrCat("instruction (", spec.i_in1, ", ", spec.i_in2, ", ",
@@ -87,12 +112,24 @@ absl::StatusOr<TensorProductPlan> TensorProductPlan::FromInstructions(
     path.weight_offset = plan.weight_numel_;
     path.weight_numel = spec.mode == ConnectionMode::kUvw ? int64_t{a.mul} * b.mul * c.mul : int64_t{a.mul} * b.mul;
     plan.weight_numel_ += path.weight_numel;
-    ASSIGN_OR_RETURN(path.cg, Wigner3j(path.l1, path.l2, path.l3));
-    path.cg_nonzeros = Wigner3jNonzeros(path.cg, path.l1, path.l2, path.l3);
+    auto [block, inserted] = cg_blocks.try_emplace({path.l1, path.l2, path.l3});
+    if (inserted) {
+      ASSIGN_OR_RETURN(block->second.first, Wigner3j(path.l1, path.l2, path.l3));
+      block->second.second = Wigner3jNonzeros(block->second.first, path.l1, path.l2, path.l3);
+    }
+    path.cg = block->second.first;
+    path.cg_nonzeros = block->second.second;
     plan.paths_.push_back(std::move(path));
   }
 
-  // e3nn's normalization: alpha = (2l3+1 | d1*d2 | 1) / fan-in, path_weight = sqrt(alpha).
+  // e3nn's normalization: alpha = (2l3+1 | d1*d2 | 1) / fan-in, path_weight = sqrt(alpha). The
+  // fan-in of an output sums over every path into it: one pass collects those sums per output.
+  std::vector<int64_t> sum_fan_in(static_cast<size_t>(irreps_out.size()), 0);
+  std::vector<int64_t> paths_into_output(static_cast<size_t>(irreps_out.size()), 0);
+  for (const PathPlan& path : plan.paths_) {
+    sum_fan_in[path.i_out] += FanIn(path);
+    ++paths_into_output[path.i_out];
+  }
   for (PathPlan& path : plan.paths_) {
     double alpha = 1.0;
     switch (options.irrep_normalization) {
@@ -102,15 +139,9 @@ absl::StatusOr<TensorProductPlan> TensorProductPlan::FromInstructions(
     }
     double fan_in = 1.0;
     if (options.path_normalization != PathNormalization::kNone) {
-      int64_t sum_fan_in = 0, paths_into_output = 0;
-      for (const PathPlan& other : plan.paths_) {
-        if (other.i_out != path.i_out) continue;
-        sum_fan_in += FanIn(other);
-        ++paths_into_output;
-      }
       fan_in = options.path_normalization == PathNormalization::kElement
-                   ? static_cast<double>(sum_fan_in)
-                   : static_cast<double>(FanIn(path) * paths_into_output);
+                   ? static_cast<double>(sum_fan_in[path.i_out])
+                   : static_cast<double>(FanIn(path) * paths_into_output[path.i_out]);
     }
     if (fan_in > 0) alpha /= fan_in;
     path.path_weight = std::sqrt(alpha);

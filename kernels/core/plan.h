@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -53,6 +54,9 @@ struct TensorProductOptions {
   IrrepNormalization irrep_normalization = IrrepNormalization::kComponent;
   PathNormalization path_normalization = PathNormalization::kElement;
   WeightSharing weight_sharing = WeightSharing::kShared;
+  // Polled while the plan is built (every few hundred paths): returning true stops the build with
+  // CANCELLED. Lets a server drop the work of a client that cancelled or ran out of time.
+  std::function<bool()> should_stop;
 };
 
 // One requested instruction, as in e3nn's TensorProduct(instructions=[(i1, i2, io, mode, True)]).
@@ -74,6 +78,8 @@ class TensorProductPlan {
                                                           absl::string_view irreps_out,
                                                           const TensorProductOptions& options = {});
   // A general tensor product from an explicit instruction list (e.g. 'uvu' convolutions).
+  // Linear in the number of instructions: each distinct (l1, l2, l3) 3j block is computed once and
+  // the normalization's fan-ins are summed per output in one pass.
   static absl::StatusOr<TensorProductPlan> FromInstructions(const Irreps& irreps_in1, const Irreps& irreps_in2,
                                                             const Irreps& irreps_out,
                                                             const std::vector<InstructionSpec>& instructions,

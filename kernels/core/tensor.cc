@@ -7,7 +7,13 @@ namespace tpserve {
 
 const char* DTypeName(DType dtype) { return dtype == DType::kFloat32 ? "float32" : "float64"; }
 
-std::string ShapeString(const std::vector<int64_t>& shape) { return absl::StrCat("[", absl::StrJoin(shape, ", "), "]"); }
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  // A client can send a million extents: the string names the first few and how many there are.
+  constexpr size_t kShownExtents = 8;
+  if (shape.size() <= kShownExtents) return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+  return absl::StrCat("[", absl::StrJoin(shape.begin(), shape.begin() + kShownExtents, ", "), ", ... (",
+                      shape.size(), " extents)]");
+}
 
 template <typename Pointer>
 absl::Status CheckTensor(const BasicTensorView<Pointer>& view, const char* what, DType dtype,

@@ -30,6 +30,10 @@ struct CoreConfig {
   // Page-locked host memory for unary Forward's tensors (HostPool leases, reused); past it, leases
   // are ordinary memory (the worker then gathers them into its own page-locked staging).
   int64_t max_pinned_host_bytes = int64_t{256} << 20;
+  // Paths (instructions) a created model may have; more: INVALID_ARGUMENT before any work.
+  int64_t max_paths = 16384;
+  // The memory budget (memory_budget.h); 0: half of RAM (or of the cgroup's limit).
+  int64_t max_memory_bytes = 0;
 
   std::string DebugString() const;
 };

@@ -64,6 +64,18 @@ void HostPool::Return(std::unique_ptr<BackendBuffer> buffer) {
   free_[SizeClass(buffer->bytes())].push_back(std::move(buffer));
 }
 
+size_t HostPool::ReleaseFree() {
+  std::map<size_t, std::vector<std::unique_ptr<BackendBuffer>>> released;
+  size_t bytes = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    released.swap(free_);
+    for (const auto& [size, buffers] : released) bytes += size * buffers.size();
+    pinned_total_ -= bytes;
+  }
+  return bytes;  // `released` frees them here, outside the lock (unpinning takes milliseconds)
+}
+
 size_t HostPool::pinned_bytes() const {
   std::lock_guard<std::mutex> lock(mu_);
   return pinned_total_;

@@ -55,6 +55,9 @@ class HostPool : public std::enable_shared_from_this<HostPool> {
   std::unique_ptr<HostLease> Acquire(size_t bytes);
 
   size_t pinned_bytes() const;  // allocated, leased or free
+  // Frees the buffers not leased now (an idle server gives its page-locked memory back; the next
+  // burst allocates again). Returns the bytes freed.
+  size_t ReleaseFree();
 
  private:
   HostPool(Allocate allocate, size_t max_pinned_bytes) : allocate_(std::move(allocate)), max_pinned_(max_pinned_bytes) {}

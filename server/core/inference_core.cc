@@ -1,5 +1,9 @@
 #include "server/core/inference_core.h"
 
+#include <malloc.h>
+
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <future>
@@ -112,7 +116,10 @@ absl::StatusOr<std::vector<float>> WeightsAssembler::Finish() && {
 InferenceCore::InferenceCore(CoreConfig config, CoreObserver* observer)
     : config_(std::move(config)),
       observer_(observer != nullptr ? observer : &null_observer_),
-      repository_(config_.model_dir) {}
+      repository_(config_.model_dir),
+      budget_(std::make_unique<MemoryBudget>(config_.max_memory_bytes, [this](int64_t used, int64_t limit) {
+        observer_->OnMemoryBudget(used, limit);
+      })) {}
 
 absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(CoreConfig config,
                                                                      std::vector<std::unique_ptr<Backend>> backends,
@@ -126,8 +133,13 @@ absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(CoreConfig 
   RETURN_IF_ERROR(core->repository_.Init());
   ASSIGN_OR_RETURN(RepositoryContents stored, core->repository_.Scan());
   std::vector<DamagedModel> damaged = std::move(stored.damaged);
+  // How many host-memory workers each model's budget share counts (ModelMemoryBytes).
+  for (const auto& backend : backends) core->host_workers_ += backend->memory_space() == MemorySpace::kHost ? 1 : 0;
   for (StoredModel& m : stored.models) {
-    absl::StatusOr<TensorProductPlan> plan = PlanForSpec(m.spec);
+    // Models already stored load whatever the current --max_paths (they were accepted once).
+    const auto start = std::chrono::steady_clock::now();
+    absl::StatusOr<TensorProductPlan> plan = PlanForSpec(m.spec, PlanLimits{/*max_paths=*/0});
+    core->observer_->OnPlanBuilt(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     const std::string config_path = core->config_.model_dir + "/" + m.name + "/config.json";
     absl::Status why;
     if (!plan.ok()) {
@@ -140,8 +152,11 @@ absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(CoreConfig 
       damaged.push_back(DamagedModel{m.name, core->config_.model_dir + "/" + m.name, why});
       continue;
     }
-    core->models_[m.name] =
-        std::make_shared<Model>(m.name, *std::move(plan), MakeSnapshot(m.version, std::move(m.weights)));
+    // Counted even past the limit: a model on disk is served; new work then finds less room.
+    MemoryBudget::Reservation memory = core->budget_->ForceReserve(core->ModelMemoryBytes(*plan));
+    auto model = std::make_shared<Model>(m.name, *std::move(plan), MakeSnapshot(m.version, std::move(m.weights)));
+    model->HoldMemory(std::move(memory));
+    core->models_[m.name] = std::move(model);
   }
   std::sort(damaged.begin(), damaged.end(),
             [](const DamagedModel& a, const DamagedModel& b) { return a.name < b.name; });
@@ -246,10 +261,42 @@ absl::StatusOr<std::shared_ptr<Model>> InferenceCore::FindModel(const std::strin
   return it->second;
 }
 
+absl::StatusOr<TensorProductPlan> InferenceCore::BuildPlan(const ModelSpec& spec,
+                                                          std::function<bool()> should_stop) const {
+  const auto start = std::chrono::steady_clock::now();
+  PlanLimits limits;
+  limits.max_paths = std::max<int64_t>(config_.max_paths, 1);
+  limits.should_stop = std::move(should_stop);
+  absl::StatusOr<TensorProductPlan> plan = PlanForSpec(spec, limits);
+  // Refusals by the limits cost no build; only builds are counted.
+  if (plan.ok() || absl::IsCancelled(plan.status())) {
+    observer_->OnPlanBuilt(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  return plan;
+}
+
+int64_t InferenceCore::ModelMemoryBytes(const TensorProductPlan& plan) const {
+  return plan.weight_numel() * static_cast<int64_t>(sizeof(float)) * (1 + 2 * host_workers_);
+}
+
+size_t InferenceCore::ReleaseIdleMemory() {
+  const size_t freed = host_pool_->ReleaseFree();
+  malloc_trim(0);
+  return freed;
+}
+
 absl::StatusOr<ModelInfo> InferenceCore::CreateModel(const std::string& name, const ModelSpec& spec,
                                                      std::optional<std::vector<float>> weights, uint64_t seed) {
   RETURN_IF_ERROR(ValidateModelName(name));
-  ASSIGN_OR_RETURN(TensorProductPlan plan, PlanForSpec(spec));
+  ASSIGN_OR_RETURN(TensorProductPlan plan, BuildPlan(spec));
+  return CreateModel(name, std::move(plan), std::move(weights), seed);
+}
+
+absl::StatusOr<ModelInfo> InferenceCore::CreateModel(const std::string& name, TensorProductPlan plan,
+                                                     std::optional<std::vector<float>> weights, uint64_t seed) {
+  RETURN_IF_ERROR(ValidateModelName(name));
+  ASSIGN_OR_RETURN(MemoryBudget::Reservation memory,
+                   budget_->Reserve(ModelMemoryBytes(plan), absl::StrCat("model '", name, "'")));
   if (weights.has_value() && static_cast<int64_t>(weights->size()) != plan.weight_numel()) {
     return absl::InvalidArgumentError(absl::StrCat("weights: expected [", plan.weight_numel(),
                                                    "] (weight_numel of this plan), got [", weights->size(), "]"));
@@ -265,6 +312,7 @@ absl::StatusOr<ModelInfo> InferenceCore::CreateModel(const std::string& name, co
   StoredModel stored{name, NormalizedSpec(plan), snapshot.version, *snapshot.weights, snapshot.fnv1a64};
   RETURN_IF_ERROR(repository_.Create(stored));
   auto model = std::make_shared<Model>(name, std::move(plan), std::move(snapshot));
+  model->HoldMemory(std::move(memory));
   // Replicas on every device before the model is visible. A failure (out of device memory)
   // undoes the create, so disk and memory agree.
   for (auto& worker : workers_) {
@@ -363,6 +411,10 @@ absl::StatusOr<std::vector<float>> InferenceCore::GetGradient(const std::string&
   ASSIGN_OR_RETURN(std::shared_ptr<Model> model, FindModel(name));
   // Never between a step's swap of the weights and its taking the applied gradient out.
   std::lock_guard<std::mutex> update_lock(model->update_mutex());
+  // The sum and one worker's part at a time (the caller holds the sum's share while it sends it).
+  ASSIGN_OR_RETURN(MemoryBudget::Reservation part_memory,
+                   budget_->Reserve(model->plan().weight_numel() * int64_t{sizeof(float)},
+                                    absl::StrCat("the gradient of model '", name, "'")));
   std::vector<float> total(static_cast<size_t>(model->plan().weight_numel()), 0.0f);
   for (auto& worker : workers_) {
     absl::StatusOr<std::vector<float>> part = worker->ReadGradient(*model, /*zero=*/false);
@@ -387,6 +439,10 @@ absl::StatusOr<ModelInfo> InferenceCore::SgdStep(const std::string& name, double
     return absl::InvalidArgumentError(absl::StrCat("learning_rate: expected a finite number, got ", learning_rate));
   }
   ASSIGN_OR_RETURN(std::shared_ptr<Model> model, FindModel(name));
+  // The new weights and one worker's gradient part at a time.
+  ASSIGN_OR_RETURN(MemoryBudget::Reservation memory,
+                   budget_->Reserve(2 * model->plan().weight_numel() * int64_t{sizeof(float)},
+                                    absl::StrCat("an SGD step of model '", name, "'")));
   std::lock_guard<std::mutex> update_lock(model->update_mutex());
   RETURN_IF_ERROR(CheckNotDeleted(*model));
   std::vector<float> weights = *model->weights().weights;
@@ -421,7 +477,7 @@ absl::StatusOr<ModelInfo> InferenceCore::SgdStep(const std::string& name, double
   return model->Info();
 }
 
-absl::Status InferenceCore::Validate(const InferenceRequest& r, const Model& model) const {
+absl::Status InferenceCore::ValidateShapes(const InferenceRequest& r, const Model& model) const {
   const TensorProductPlan& plan = model.plan();
   int64_t batch = r.x1.rows();
   if (r.x1.shape.size() != 2) {
@@ -448,6 +504,11 @@ absl::Status InferenceCore::Validate(const InferenceRequest& r, const Model& mod
           "backward requests nothing: set want_grad_x1, want_grad_x2, want_out or a weight_grad mode");
     }
   }
+  return absl::OkStatus();
+}
+
+absl::Status InferenceCore::Validate(const InferenceRequest& r, const Model& model) const {
+  RETURN_IF_ERROR(ValidateShapes(r, model));
   if (config_.reject_non_finite) {
     RETURN_IF_ERROR(CheckFinite(r.x1, "x1"));
     RETURN_IF_ERROR(CheckFinite(r.x2, "x2"));
@@ -499,10 +560,13 @@ absl::StatusOr<InferenceResult> InferenceCore::Run(InferenceRequest request, Dis
 std::string CoreConfig::DebugString() const {
   return absl::StrFormat(
       "model_dir=%s skip_damaged_models=%s max_batch_size=%d max_queue_delay_us=%d max_queued_requests=%d "
-      "max_queued_bytes=%d non_finite=%s max_inline_grad_bytes=%d max_pinned_host_bytes=%d",
+      "max_queued_bytes=%d non_finite=%s max_inline_grad_bytes=%d max_pinned_host_bytes=%d max_paths=%d "
+      "max_memory_bytes=%s",
       model_dir.empty() ? "(memory)" : model_dir, skip_damaged_models ? "on" : "off", max_batch_size,
       max_queue_delay_us, max_queued_requests, max_queued_bytes, reject_non_finite ? "reject" : "pass",
-      max_inline_grad_bytes, max_pinned_host_bytes);
+      max_inline_grad_bytes, max_pinned_host_bytes, max_paths,
+      max_memory_bytes > 0 ? absl::StrCat(max_memory_bytes)
+                           : absl::StrCat(MemoryBudget::DefaultLimitBytes(), " (half of RAM)"));
 }
 
 }  // namespace tpserve::server

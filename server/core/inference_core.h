@@ -23,6 +23,7 @@
 #include "server/core/batcher.h"
 #include "server/core/config.h"
 #include "server/core/host_pool.h"
+#include "server/core/memory_budget.h"
 #include "server/core/model.h"
 #include "server/core/model_repository.h"
 #include "server/core/observer.h"
@@ -58,8 +59,16 @@ class InferenceCore {
   std::vector<std::string> devices() const;
 
   // ---- models --------------------------------------------------------------------------
-  // `weights` absent: seeded N(0, 1) initialization. Durable before it returns.
+  // The plan of `spec` within the server's limits (config().max_paths, checked before any work);
+  // CANCELLED when `should_stop` (may be null) turns true during the build.
+  absl::StatusOr<TensorProductPlan> BuildPlan(const ModelSpec& spec,
+                                              std::function<bool()> should_stop = nullptr) const;
+  // `weights` absent: seeded N(0, 1) initialization. Durable before it returns. The first form
+  // builds the plan (BuildPlan); the second takes one already built, so that a caller that needed
+  // the plan first (to size an upload) does not build it twice.
   absl::StatusOr<ModelInfo> CreateModel(const std::string& name, const ModelSpec& spec,
+                                        std::optional<std::vector<float>> weights, uint64_t seed);
+  absl::StatusOr<ModelInfo> CreateModel(const std::string& name, TensorProductPlan plan,
                                         std::optional<std::vector<float>> weights, uint64_t seed);
   absl::StatusOr<ModelInfo> GetModel(const std::string& name) const;
   absl::StatusOr<std::shared_ptr<Model>> FindModel(const std::string& name) const;
@@ -85,6 +94,8 @@ class InferenceCore {
   // ---- compute -------------------------------------------------------------------------
   // Checks a request against its model (NOT_FOUND, INVALID_ARGUMENT naming expected shapes).
   absl::Status Validate(const InferenceRequest& request, const Model& model) const;
+  // The shape checks of Validate alone (cheap): for a caller that allocates for the result first.
+  absl::Status ValidateShapes(const InferenceRequest& request, const Model& model) const;
   enum class Dispatch { kQueue, kCallerMayRun };
   // `done` is called exactly once: inline with an admission error, later with the result (or
   // inline with it, when kCallerMayRun ran the launch on the calling thread).
@@ -95,6 +106,13 @@ class InferenceCore {
   // Page-locked host memory for a call's tensors (see host_pool.h): a request whose x1/x2 lie in
   // such leases (HostTensor::pinned), and whose out_into is one, skips the workers' staging copies.
   HostPool& host_pool() const { return *host_pool_; }
+
+  // The server's memory budget: the core reserves models' weights, gradient sums and SGD steps'
+  // copies; the transport reserves uploads, downloads and unsent results (memory_budget.h).
+  MemoryBudget& memory_budget() const { return *budget_; }
+  // Gives memory kept for reuse back to the system (free page-locked leases, malloc's free pages):
+  // for an idle server, so that a past burst does not stay resident. Returns the pool's bytes freed.
+  size_t ReleaseIdleMemory();
 
   // Stops admission, finishes everything admitted, joins the workers. Idempotent.
   void Shutdown();
@@ -116,6 +134,9 @@ class InferenceCore {
   absl::Status CommitWeights(Model& model, std::vector<float> weights);
   // NOT_FOUND when `model` was deleted (call with its update_mutex held: DeleteModel marks it so).
   static absl::Status CheckNotDeleted(const Model& model);
+  // Budget bytes a model holds while it exists: its weights, plus weights and gradient buffer of
+  // each worker that keeps them in host memory (CPU backends).
+  int64_t ModelMemoryBytes(const TensorProductPlan& plan) const;
 
   const CoreConfig config_;
   CoreObserver* observer_;
@@ -124,6 +145,8 @@ class InferenceCore {
   std::unique_ptr<Batcher> batcher_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::shared_ptr<HostPool> host_pool_;
+  std::unique_ptr<MemoryBudget> budget_;
+  int host_workers_ = 0;  // workers whose replicas live in host memory (see ModelMemoryBytes)
 
   mutable std::mutex mu_;  // models_
   std::map<std::string, std::shared_ptr<Model>> models_;

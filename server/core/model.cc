@@ -1,9 +1,11 @@
 #include "server/core/model.h"
 
+#include <algorithm>
 #include <atomic>
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "kernels/core/status_macros.h"
 
 namespace tpserve::server {
@@ -16,20 +18,25 @@ absl::Status ValidateModelName(const std::string& name) {
   }
   if (!ok) {
     return absl::InvalidArgumentError(
-        absl::StrCat("model name '", name, "': expected 1 to 128 of [A-Za-z0-9_.-], not starting with '.'"));
+        absl::StrCat("model name '", QuoteForError(name), "': expected 1 to 128 of [A-Za-z0-9_.-], not starting with '.'"));
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<TensorProductPlan> PlanForSpec(const ModelSpec& spec) {
+std::string QuoteForError(absl::string_view text, size_t max_bytes) {
+  if (text.size() <= max_bytes) return std::string(text);
+  return absl::StrCat(text.substr(0, max_bytes), "... (", text.size(), " bytes)");
+}
+
+absl::StatusOr<TensorProductPlan> PlanForSpec(const ModelSpec& spec, const PlanLimits& limits) {
   const std::pair<const char*, const std::string*> fields[] = {
       {"irreps_in1", &spec.irreps_in1}, {"irreps_in2", &spec.irreps_in2}, {"irreps_out", &spec.irreps_out}};
   Irreps parsed[3];
   for (int i = 0; i < 3; ++i) {
     absl::StatusOr<Irreps> irreps = Irreps::Parse(*fields[i].second);
     if (!irreps.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(fields[i].first, " '", *fields[i].second,
-                                                     "': ", irreps.status().message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat(fields[i].first, ": ", QuoteForError(irreps.status().message(), 256)));
     }
     if (irreps->dim() == 0) {
       return absl::InvalidArgumentError(
@@ -38,32 +45,62 @@ absl::StatusOr<TensorProductPlan> PlanForSpec(const ModelSpec& spec) {
     parsed[i] = *std::move(irreps);
   }
   // Serving limits, checked before anything is allocated: a request must never be able to ask the
-  // server for terabytes (weights) or hours (3j blocks of huge l).
+  // server for terabytes (weights) or hours (3j blocks of huge l, or millions of paths).
   for (int i = 0; i < 3; ++i) {
     if (parsed[i].max_l() > kMaxServedL || parsed[i].dim() > kMaxServedDim || parsed[i].size() > 256) {
-      return absl::InvalidArgumentError(absl::StrCat(fields[i].first, " '", parsed[i].ToString(),
+      return absl::InvalidArgumentError(absl::StrCat(fields[i].first, " '", QuoteForError(parsed[i].ToString()),
                                                      "': the server takes l <= ", kMaxServedL, ", dim <= ",
                                                      kMaxServedDim, " and at most 256 terms"));
     }
   }
-  double weight_numel = 0;  // in double: mul1 * mul2 * mul_out can exceed int64
-  for (const MulIrrep& a : parsed[0].entries()) {
-    for (const MulIrrep& b : parsed[1].entries()) {
-      for (const MulIrrep& o : parsed[2].entries()) {
-        if (IsInProduct(a.ir, b.ir, o.ir)) weight_numel += double(a.mul) * double(b.mul) * double(o.mul);
+  // Paths and weights from the terms grouped by irrep: a path per (term1, term2, term_out) whose
+  // irreps couple, so per coupling irrep triple it is (terms1 x terms2 x terms_out) paths and
+  // (sum mul1 x sum mul2 x sum mul_out) weights. l <= 8 leaves at most 18 irreps per side.
+  struct Group {
+    Irrep ir;
+    double terms = 0, muls = 0;
+  };
+  auto group = [](const Irreps& irreps) {
+    std::vector<Group> groups;
+    for (const MulIrrep& term : irreps.entries()) {
+      auto it = std::find_if(groups.begin(), groups.end(), [&](const Group& g) { return g.ir == term.ir; });
+      if (it == groups.end()) it = groups.insert(groups.end(), Group{term.ir});
+      it->terms += 1;
+      it->muls += term.mul;
+    }
+    return groups;
+  };
+  double paths = 0, weight_numel = 0;  // in double: mul1 * mul2 * mul_out can exceed int64
+  for (const Group& a : group(parsed[0])) {
+    for (const Group& b : group(parsed[1])) {
+      for (const Group& o : group(parsed[2])) {
+        if (!IsInProduct(a.ir, b.ir, o.ir)) continue;
+        paths += a.terms * b.terms * o.terms;
+        weight_numel += a.muls * b.muls * o.muls;
       }
     }
+  }
+  if (limits.max_paths > 0 && paths > static_cast<double>(limits.max_paths)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "this product has %.0f paths; the server takes at most %d (its --max_paths): merge repeated terms "
+        "(\"2x0e + 3x0e\" is \"5x0e\" with fewer paths)",
+        paths, limits.max_paths));
   }
   if (weight_numel > double(kMaxServedWeightNumel)) {
     return absl::InvalidArgumentError(absl::StrCat("this product has ", weight_numel, " weights; the server takes at most ",
                                                    kMaxServedWeightNumel, " (4 GiB of float32)"));
   }
-  absl::StatusOr<TensorProductPlan> plan = TensorProductPlan::FullyConnected(parsed[0], parsed[1], parsed[2]);
-  if (!plan.ok()) return absl::InvalidArgumentError(plan.status().message());
-  if (plan->paths().empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("no path: no irrep of irreps_out '", parsed[2].ToString(),
-                                                   "' is in the product of '", parsed[0].ToString(), "' and '",
-                                                   parsed[1].ToString(), "'"));
+  if (paths == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "no path: no irrep of irreps_out '", QuoteForError(parsed[2].ToString()), "' is in the product of '",
+        QuoteForError(parsed[0].ToString()), "' and '", QuoteForError(parsed[1].ToString()), "'"));
+  }
+  TensorProductOptions options;
+  options.should_stop = limits.should_stop;
+  absl::StatusOr<TensorProductPlan> plan = TensorProductPlan::FullyConnected(parsed[0], parsed[1], parsed[2], options);
+  if (!plan.ok()) {
+    if (absl::IsCancelled(plan.status())) return plan.status();
+    return absl::InvalidArgumentError(plan.status().message());
   }
   return plan;
 }

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -12,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/core/plan.h"
+#include "server/core/memory_budget.h"
 
 namespace tpserve::server {
 
@@ -46,11 +48,25 @@ absl::Status ValidateModelName(const std::string& name);
 inline constexpr int kMaxServedL = 8;
 inline constexpr int64_t kMaxServedDim = int64_t{1} << 20;
 inline constexpr int64_t kMaxServedWeightNumel = int64_t{1} << 30;
+// Paths (instructions) of one model unless the server is configured otherwise (--max_paths).
+// Practical e3nn products have tens to hundreds; 48 '0e' terms in each irreps make 110,592.
+inline constexpr int64_t kDefaultMaxPaths = 16384;
+
+struct PlanLimits {
+  int64_t max_paths = kDefaultMaxPaths;  // <= 0: no limit (models already in the repository)
+  // Polled while the plan is built; true stops it with CANCELLED (the client went away).
+  std::function<bool()> should_stop;
+};
 
 // Parses the spec's irreps and builds the plan; INVALID_ARGUMENT naming the bad field, when a
-// serving limit above is exceeded, or when the product has no paths (no output irrep reachable
-// from in1 x in2).
-absl::StatusOr<TensorProductPlan> PlanForSpec(const ModelSpec& spec);
+// serving limit above (or limits.max_paths) is exceeded, or when the product has no paths (no
+// output irrep reachable from in1 x in2). The limits are checked from the parsed terms before any
+// path is built, in time linear in the terms.
+absl::StatusOr<TensorProductPlan> PlanForSpec(const ModelSpec& spec, const PlanLimits& limits = {});
+
+// Client text quoted in an error message: at most `max_bytes` of it, marked when cut, so that a
+// megabyte of input never becomes a megabyte of reply.
+std::string QuoteForError(absl::string_view text, size_t max_bytes = 96);
 
 // The spec with each irreps string in e3nn's printing ("128x0e+128x1e").
 ModelSpec NormalizedSpec(const TensorProductPlan& plan);
@@ -82,6 +98,9 @@ class Model {
   // Serializes weight changes (upload commit, SGD step) of this model.
   std::mutex& update_mutex() { return update_mu_; }
 
+  // The model's share of the memory budget (its weights and host replicas), held for its lifetime.
+  void HoldMemory(MemoryBudget::Reservation reservation) { memory_ = std::move(reservation); }
+
  private:
   const std::string name_;
   const TensorProductPlan plan_;
@@ -91,6 +110,7 @@ class Model {
   WeightsSnapshot weights_;
   std::mutex update_mu_;
   std::atomic<bool> deleted_{false};
+  MemoryBudget::Reservation memory_;
 };
 
 }  // namespace tpserve::server

@@ -31,6 +31,10 @@ class CoreObserver {
   virtual void OnModelRemoved(const std::string& model) {}
   // `device` faulted (Backend::CheckDevice): its workers answer UNAVAILABLE from now on. Once per device.
   virtual void OnDeviceLost(const std::string& device, const std::string& why) {}
+  // The memory budget (memory_budget.h) changed: `used_bytes` of `limit_bytes` are reserved.
+  virtual void OnMemoryBudget(int64_t used_bytes, int64_t limit_bytes) {}
+  // A model's plan was built (create, or load at start-up) in `seconds`.
+  virtual void OnPlanBuilt(double seconds) {}
 };
 
 }  // namespace tpserve::server

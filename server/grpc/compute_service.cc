@@ -46,6 +46,50 @@ int64_t Float32Elements(const tp::v1::Tensor& header, size_t data_bytes) {
   return numel >= 0 && data_bytes == static_cast<size_t>(numel) * sizeof(float) ? numel : -1;
 }
 
+// Echo's answer, sized within the message limit before anything is allocated (unary and Stream
+// alike). `memory` holds its bytes of the server's budget until the answer is sent.
+absl::Status AnswerEcho(const ServiceEnv& env, tp::v1::EchoRequest* request, tp::v1::EchoResponse* response,
+                        MemoryBudget::Reservation* memory) {
+  // Room for the response's framing (tag, length) inside one message.
+  const int64_t max_payload = std::max<int64_t>(0, env.max_message_bytes - 64);
+  const int64_t bytes = request->response_bytes() > 0 ? request->response_bytes()
+                                                      : static_cast<int64_t>(request->payload().size());
+  if (request->response_bytes() < 0 || bytes > max_payload) {
+    return absl::InvalidArgumentError(absl::StrCat("response_bytes ", request->response_bytes(),
+                                                   ": expected 0 (echo the payload) to ", max_payload,
+                                                   " (the server's max_message_bytes less framing)"));
+  }
+  if (request->response_bytes() > 0) {
+    absl::StatusOr<MemoryBudget::Reservation> reserved = env.core->memory_budget().Reserve(bytes, "an Echo");
+    if (!reserved.ok()) return reserved.status();
+    *memory = *std::move(reserved);
+    response->mutable_payload()->assign(static_cast<size_t>(bytes), '\0');
+  } else {
+    *response->mutable_payload() = std::move(*request->mutable_payload());
+  }
+  return absl::OkStatus();
+}
+
+// Bytes a Stream entry keeps until the client reads its answer: the request (its tensors are
+// borrowed by the core) and the answer's tensors (float32 result and its encoding).
+int64_t StreamEntryBytes(const ServiceEnv& env, const tp::v1::StreamRequest& request) {
+  int64_t bytes = static_cast<int64_t>(request.ByteSizeLong());
+  const bool forward = request.has_forward();
+  const std::string& name = forward ? request.forward().model() : request.backward().model();
+  const tp::v1::Tensor& x1 = forward ? request.forward().x1() : request.backward().x1();
+  absl::StatusOr<std::shared_ptr<Model>> model = env.core->FindModel(name);
+  if (!model.ok() || x1.shape_size() < 1 || x1.shape(0) < 0) return bytes;
+  const TensorProductPlan& plan = (*model)->plan();
+  int64_t per_sample = plan.dim_out();  // forward: out
+  if (!forward) {
+    const tp::v1::BackwardRequest& b = request.backward();
+    per_sample = (b.want_out() ? plan.dim_out() : 0) + (b.want_grad_x1() ? plan.dim_in1() : 0) +
+                 (b.want_grad_x2() ? plan.dim_in2() : 0);
+  }
+  // float32 result + its encoding (at most float64): 12 bytes per value.
+  return bytes + std::min<int64_t>(x1.shape(0), env.core->config().max_batch_size) * per_sample * 12;
+}
+
 }  // namespace
 
 ComputeServiceImpl::ComputeServiceImpl(const ServiceEnv& env) : env_(env) {
@@ -116,8 +160,11 @@ grpc::Status ComputeServiceImpl::Forward(grpc::ServerContext* context, const grp
   const tp::v1::DType dtype = ResultDType(header->output_dtype(), header->x1());
   std::unique_ptr<HostLease> out_lease;
   absl::StatusOr<std::shared_ptr<Model>> model = env_.core->FindModel(header->model());
+  if (!model.ok()) return scope.Finish(model.status());
+  // Shapes before the output is allocated: an x1 of [4096, 0] must not buy batch x dim_out floats.
+  if (auto s = env_.core->ValidateShapes(*converted, **model); !s.ok()) return scope.Finish(s);
   const int64_t batch = converted->x1.rows();
-  if (dtype == tp::v1::DTYPE_FLOAT32 && model.ok() && batch >= 1 && batch <= env_.core->config().max_batch_size) {
+  if (dtype == tp::v1::DTYPE_FLOAT32) {
     const int64_t floats = batch * (*model)->plan().dim_out();
     out_lease = env_.core->host_pool().Acquire(static_cast<size_t>(floats) * sizeof(float));
     converted->out_into = static_cast<float*>(out_lease->data());
@@ -219,6 +266,8 @@ grpc::Status ComputeServiceImpl::Stream(grpc::ServerContext* context,
     std::optional<tp::v1::EchoResponse> echo;
     // The request as read: its float32 tensors are borrowed by the core until `result` is set.
     std::unique_ptr<tp::v1::StreamRequest> message;
+    // Its share of the memory budget until the answer is written.
+    MemoryBudget::Reservation memory;
     // Each request on a stream is also counted on its own ("Stream/Forward", ...).
     const char* method = "Stream/Echo";
     std::string model;
@@ -274,13 +323,14 @@ grpc::Status ComputeServiceImpl::Stream(grpc::ServerContext* context,
         *response.mutable_echo() = std::move(*entry->echo);
       } else if (!result.ok()) {
         response.set_code(static_cast<int>(result.status().code()));
-        response.set_message(std::string(result.status().message()));
+        response.set_message(StatusMessageForWire(result.status().message()));
       } else if (entry->forward) {
         ToProto(*result, entry->dtype, response.mutable_forward());
       } else {
         ToProto(*result, entry->dtype, /*inline_grad_weight=*/false, response.mutable_backward());
       }
       const bool written = stream->Write(response);
+      entry->memory.Release();
       const bool applied = entry->accumulates && result.ok();  // counted OK even when unsent
       record(*entry, !written && !applied ? grpc::StatusCode::CANCELLED
                                           : static_cast<grpc::StatusCode>(response.code()));
@@ -325,12 +375,13 @@ grpc::Status ComputeServiceImpl::Stream(grpc::ServerContext* context,
       converted = absl::InvalidArgumentError(kNegativeResponseBytes);  // answered with this code, no echo
     } else if (request.has_echo()) {
       entry->echo.emplace();
-      if (request.echo().response_bytes() > 0 && request.echo().response_bytes() <= (int64_t{1} << 30)) {
-        entry->echo->mutable_payload()->assign(static_cast<size_t>(request.echo().response_bytes()), '\0');
+      absl::Status echoed = AnswerEcho(env_, message->mutable_echo(), &*entry->echo, &entry->memory);
+      if (echoed.ok()) {
+        converted = InferenceRequest{};  // placeholder: answered without the core
       } else {
-        *entry->echo->mutable_payload() = std::move(*message->mutable_echo()->mutable_payload());
+        entry->echo.reset();
+        converted = echoed;
       }
-      converted = InferenceRequest{};  // placeholder: answered without the core
     } else if (request.has_forward()) {
       entry->forward = true;
       entry->dtype = ResultDType(request.forward().output_dtype(), request.forward().x1());
@@ -356,6 +407,16 @@ grpc::Status ComputeServiceImpl::Stream(grpc::ServerContext* context,
         break;
       }
       state->entries.push_back(entry);
+    }
+    if (converted.ok() && !entry->echo.has_value()) {
+      // Answers wait here until the client reads them: they count against the memory budget.
+      absl::StatusOr<MemoryBudget::Reservation> reserved = env_.core->memory_budget().Reserve(
+          StreamEntryBytes(env_, *message), absl::StrCat("Stream request ", entry->request_id));
+      if (reserved.ok()) {
+        entry->memory = *std::move(reserved);
+      } else {
+        converted = reserved.status();
+      }
     }
     if (!converted.ok() || entry->echo.has_value()) {
       std::lock_guard<std::mutex> lock(state->mu);
@@ -404,15 +465,12 @@ grpc::Status ComputeServiceImpl::Echo(grpc::ServerContext* context, const tp::v1
   RpcScope scope(env_, "Echo", context);
   if (auto s = scope.Authorize(); !s.ok()) return scope.Finish(s);
   if (request->response_bytes() < 0) return scope.Finish(absl::InvalidArgumentError(kNegativeResponseBytes));
-  if (request->response_bytes() > 0) {
-    if (request->response_bytes() > (int64_t{1} << 30)) {
-      return scope.Finish(absl::InvalidArgumentError("response_bytes: expected at most 1 GiB"));
-    }
-    response->mutable_payload()->assign(static_cast<size_t>(request->response_bytes()), '\0');
-  } else {
-    *response->mutable_payload() = request->payload();
-  }
-  return scope.Finish(grpc::Status::OK);
+  // The generated handler hands us a const request; its payload is copied as before.
+  tp::v1::EchoRequest sized;
+  sized.set_response_bytes(request->response_bytes());
+  if (request->response_bytes() <= 0) *sized.mutable_payload() = request->payload();
+  MemoryBudget::Reservation memory;
+  return scope.Finish(AnswerEcho(env_, &sized, response, &memory));
 }
 
 }  // namespace tpserve::server

@@ -6,13 +6,21 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/grpc/rpc_scope.h"
 #include "server/grpc/tensor_codec.h"
 
 namespace tpserve::server {
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), StatusMessageForWire(status.message()));
+}
+
+std::string StatusMessageForWire(absl::string_view message) {
+  if (message.size() <= kMaxStatusMessageBytes) return std::string(message);
+  std::string cut(message.substr(0, kMaxStatusMessageBytes - 40));
+  absl::StrAppend(&cut, "... (message cut from ", message.size(), " bytes)");
+  return cut;
 }
 
 const char* StatusCodeName(grpc::StatusCode code) {

@@ -15,7 +15,9 @@
 
 namespace tpserve::server {
 
+// The message is cut to kMaxStatusMessageBytes (StatusMessageForWire).
 grpc::Status ToGrpcStatus(const absl::Status& status);
+std::string StatusMessageForWire(absl::string_view message);
 // "OK", "INVALID_ARGUMENT", ... (the label of tp_requests_total).
 const char* StatusCodeName(grpc::StatusCode code);
 

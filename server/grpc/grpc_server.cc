@@ -80,11 +80,16 @@ absl::Status GrpcServer::ReloadCertificates() {
 std::string TransportConfig::DebugString() const {
   return absl::StrFormat(
       "listen=%s tls=%s client_certificates=%s auth=%s max_message_bytes=%d reflection=%s chunk_elements=%d stream_max_in_flight=%d "
-      "max_streams=%d max_threads=%d",
+      "max_streams=%d max_threads=%d max_open_watch_streams=%d max_concurrent_streams=%d keepalive_time_seconds=%g "
+      "keepalive_timeout_seconds=%g min_client_ping_interval_seconds=%g max_connection_idle_seconds=%g "
+      "max_connection_age_seconds=%g max_connection_age_grace_seconds=%g upload_idle_seconds=%g "
+      "idle_release_seconds=%g",
       listen_address, tls() ? absl::StrCat("on (cert ", tls_cert_file, ")") : "off",
       tls_client_ca_file.empty() ? "not required" : absl::StrCat("required (CA ", tls_client_ca_file, ")"),
       auth_token.empty() ? "off" : "bearer token", max_message_bytes, reflection ? "on" : "off", chunk_elements,
-      stream_max_in_flight, max_streams, max_threads);
+      stream_max_in_flight, max_streams, max_threads, max_open_watch_streams, max_concurrent_streams,
+      keepalive_time_seconds, keepalive_timeout_seconds, min_client_ping_interval_seconds, max_connection_idle_seconds,
+      max_connection_age_seconds, max_connection_age_grace_seconds, upload_idle_seconds, idle_release_seconds);
 }
 
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportConfig& config, InferenceCore* core,
@@ -102,10 +107,28 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportCon
   if (config.max_streams < 1 || config.max_threads < 4) {
     return absl::InvalidArgumentError("max_streams must be >= 1 and max_threads >= 4");
   }
+  if (config.max_open_watch_streams < 1 || config.max_concurrent_streams < 1 || config.keepalive_time_seconds <= 0 ||
+      config.keepalive_timeout_seconds <= 0 || config.min_client_ping_interval_seconds < 0 ||
+      config.max_connection_idle_seconds < 0 || config.max_connection_age_seconds < 0 ||
+      config.max_connection_age_grace_seconds < 0 || config.upload_idle_seconds < 0 ||
+      config.idle_release_seconds < 0) {
+    return absl::InvalidArgumentError(
+        "max_open_watch_streams and max_concurrent_streams must be >= 1, keepalive times > 0, the other "
+        "durations >= 0");
+  }
+  server->env_.max_message_bytes = config.max_message_bytes;
+  server->housekeeper_ =
+      std::make_unique<Housekeeper>(core, config.upload_idle_seconds, config.idle_release_seconds);
+  server->env_.housekeeper = server->housekeeper_.get();
+  // Token-free streams may hold at most a quarter of the threads, whatever the flag says.
+  server->watch_streams_ = std::make_unique<OpenStreamLimit>(
+      std::max<int64_t>(1, std::min<int64_t>(config.max_open_watch_streams, config.max_threads / 4)));
   server->model_service_ = std::make_unique<ModelServiceImpl>(server->env_);
   server->compute_service_ = std::make_unique<ComputeServiceImpl>(server->env_);
-  server->health_service_ = std::make_unique<HealthServiceImpl>(std::vector<std::string>{
-      tp::v1::ModelService::service_full_name(), tp::v1::TensorProductService::service_full_name()});
+  server->health_service_ = std::make_unique<HealthServiceImpl>(
+      std::vector<std::string>{tp::v1::ModelService::service_full_name(),
+                               tp::v1::TensorProductService::service_full_name()},
+      server->watch_streams_.get());
 
   std::shared_ptr<grpc::ServerCredentials> credentials;
   server->config_ = config;
@@ -142,6 +165,27 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportCon
   // gRPC sets SO_REUSEPORT by default: a second server on the same port would start and take half
   // of the new connections. Off, its bind fails and it says so.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Connection-level limits: calls per connection, keepalive both ways, idle and old connections.
+  auto ms = [](double seconds) { return static_cast<int>(std::min(seconds * 1000.0, double{INT32_MAX})); };
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             static_cast<int>(std::min<int64_t>(config.max_concurrent_streams, INT32_MAX)));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, ms(config.keepalive_time_seconds));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, ms(config.keepalive_timeout_seconds));
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                             ms(config.min_client_ping_interval_seconds));
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
+  if (config.max_connection_idle_seconds > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, ms(config.max_connection_idle_seconds));
+  }
+  if (config.max_connection_age_seconds > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, ms(config.max_connection_age_seconds));
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS, ms(config.max_connection_age_grace_seconds));
+  }
+  if (config.reflection) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+    interceptors.push_back(MakeReflectionStreamLimiter(server->watch_streams_.get()));
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  }
   // Each running call holds a thread of the synchronous server: the quota bounds them, so that a
   // flood of calls cannot exhaust the process (calls past it answer RESOURCE_EXHAUSTED).
   grpc::ResourceQuota quota("tpserve");

@@ -10,6 +10,7 @@
 #include "absl/time/time.h"
 #include "server/core/inference_core.h"
 #include "server/grpc/rpc_scope.h"
+#include "server/grpc/stream_limits.h"
 #include "server/metrics/metrics.h"
 
 namespace grpc {
@@ -33,6 +34,19 @@ struct TransportConfig {
   int64_t stream_max_in_flight = 64;
   int64_t max_streams = 256;  // open Stream calls (each holds two threads); one more: RESOURCE_EXHAUSTED
   int max_threads = 1024;     // gRPC's synchronous-server threads (one per running call); see SERVER.md
+  // ---- limits against clients that hold resources (docs/SERVER.md, "Limits") ----
+  // Open Health/Watch + reflection streams (no token needed; each holds a thread): at most this,
+  // and at most max_threads / 4.
+  int64_t max_open_watch_streams = 32;
+  int64_t max_concurrent_streams = 128;       // HTTP/2 streams (calls) per connection
+  double keepalive_time_seconds = 60;         // the server pings an idle connection this often ...
+  double keepalive_timeout_seconds = 20;      // ... and closes it when the ping is not answered in this
+  double min_client_ping_interval_seconds = 10;  // clients pinging more often get GOAWAY (too_many_pings)
+  double max_connection_idle_seconds = 1800;  // a connection with no call for this long is closed (0: never)
+  double max_connection_age_seconds = 0;      // connections are closed after this long (0: never) ...
+  double max_connection_age_grace_seconds = 30;  // ... giving their calls this long to finish
+  double upload_idle_seconds = 60;            // an upload with no chunk for this long is dropped (0: never)
+  double idle_release_seconds = 30;           // idle this long: pooled memory goes back to the system (0: never)
 
   bool tls() const { return !tls_cert_file.empty() || !tls_key_file.empty(); }
   std::string DebugString() const;  // the token is never printed
@@ -70,6 +84,8 @@ class GrpcServer {
   std::unique_ptr<ModelServiceImpl> model_service_;
   std::unique_ptr<ComputeServiceImpl> compute_service_;
   std::unique_ptr<HealthServiceImpl> health_service_;
+  std::unique_ptr<OpenStreamLimit> watch_streams_;
+  std::unique_ptr<Housekeeper> housekeeper_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   int lost_listener_ = -1;  // InferenceCore::AddDeviceLostListener: health NOT_SERVING on a device fault

@@ -1,13 +1,15 @@
 #include "server/grpc/health_service.h"
 
 #include <chrono>
+#include <string>
 
 namespace tpserve::server {
 
 using grpc::health::v1::HealthCheckRequest;
 using grpc::health::v1::HealthCheckResponse;
 
-HealthServiceImpl::HealthServiceImpl(const std::vector<std::string>& services) {
+HealthServiceImpl::HealthServiceImpl(const std::vector<std::string>& services, OpenStreamLimit* watch_limit)
+    : watch_limit_(watch_limit) {
   status_[""] = HealthCheckResponse::NOT_SERVING;
   for (const std::string& name : services) status_[name] = HealthCheckResponse::NOT_SERVING;
 }
@@ -42,6 +44,17 @@ grpc::Status HealthServiceImpl::Check(grpc::ServerContext*, const HealthCheckReq
 
 grpc::Status HealthServiceImpl::Watch(grpc::ServerContext* context, const HealthCheckRequest* request,
                                       grpc::ServerWriter<HealthCheckResponse>* writer) {
+  if (watch_limit_ != nullptr && !watch_limit_->TryAcquire()) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        "the server's " + std::to_string(watch_limit_->max_open()) +
+                            " Watch/reflection streams are open (--max_open_watch_streams); use Check, or retry later");
+  }
+  struct Slot {
+    OpenStreamLimit* limit;
+    ~Slot() {
+      if (limit != nullptr) limit->Release();
+    }
+  } slot{watch_limit_};
   std::unique_lock<std::mutex> lock(mu_);
   auto current = [&] {
     auto it = status_.find(request->service());

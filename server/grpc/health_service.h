@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "server/grpc/stream_limits.h"
 
 namespace tpserve::server {
 
@@ -21,7 +22,9 @@ class HealthServiceImpl final : public grpc::health::v1::Health::Service {
  public:
   // `services`: the names Check and Watch know besides "" (the server as a whole); all start
   // NOT_SERVING.
-  explicit HealthServiceImpl(const std::vector<std::string>& services);
+  // `watch_limit` (may be null: unbounded) bounds the open Watch calls, with reflection's streams
+  // (stream_limits.h); one past it answers RESOURCE_EXHAUSTED at once.
+  HealthServiceImpl(const std::vector<std::string>& services, OpenStreamLimit* watch_limit = nullptr);
 
   // Every known service, and the server, SERVING or NOT_SERVING.
   void SetServing(bool serving);
@@ -40,6 +43,7 @@ class HealthServiceImpl final : public grpc::health::v1::Health::Service {
   std::condition_variable changed_;
   std::map<std::string, Status> status_;  // by service name; "" is the server
   bool shutting_down_ = false;
+  OpenStreamLimit* const watch_limit_;
 };
 
 }  // namespace tpserve::server

@@ -1,8 +1,11 @@
 #include "server/grpc/model_service.h"
 
+#include <chrono>
+#include <functional>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/core/status_macros.h"
 #include "server/grpc/convert.h"
 #include "server/grpc/request_parsing.h"
 #include "server/grpc/tensor_codec.h"
@@ -13,6 +16,40 @@ namespace {
 int64_t ChunkElements(const ServiceEnv& env, int64_t requested) {
   if (requested <= 0) return env.chunk_elements;
   return std::min<int64_t>(requested, env.max_chunk_elements);
+}
+
+// True once the client cancelled or the call's deadline passed: long work stops there.
+std::function<bool()> CallEnded(grpc::ServerContext* context) {
+  return [context] { return context->IsCancelled() || std::chrono::system_clock::now() > context->deadline(); };
+}
+
+// Reads weight chunks (after the first message, already read) into `assembler`, watched by the
+// housekeeper: a stream that sends nothing for --upload_idle_seconds is cancelled.
+template <typename Message, typename Reader>
+absl::Status ReadChunks(const ServiceEnv& env, grpc::ServerContext* context, Reader* reader, Message* message,
+                        WeightsAssembler* assembler, const std::function<absl::Status(const Message&)>& check) {
+  std::unique_ptr<Housekeeper::Upload> watch;
+  if (env.housekeeper != nullptr) watch = env.housekeeper->WatchUpload(context);
+  for (;;) {
+    if (auto s = check(*message); !s.ok()) return s;
+    if (message->has_chunk()) {
+      absl::StatusOr<std::vector<float>> values =
+          wire::BytesToFloats(message->chunk().dtype(), message->chunk().data(), "weights chunk");
+      if (!values.ok()) return values.status();
+      RETURN_IF_ERROR(assembler->Append(message->chunk().offset(), *std::move(values)));
+    }
+    grpc::Status malformed;
+    if (!ReadMessage(reader, message, &malformed)) {
+      if (!malformed.ok()) return absl::InvalidArgumentError(malformed.error_message());
+      break;
+    }
+    if (watch != nullptr) watch->Progress();
+  }
+  if (watch != nullptr && watch->dropped()) {
+    return absl::DeadlineExceededError(absl::StrCat("upload dropped: no chunk for ", env.housekeeper->upload_idle_seconds(),
+                                                    " s (the server's --upload_idle_seconds); weights unchanged"));
+  }
+  return absl::OkStatus();
 }
 
 grpc::Status StreamVector(const std::vector<float>& values, int64_t chunk_elements,
@@ -53,24 +90,31 @@ grpc::Status ModelServiceImpl::CreateModel(grpc::ServerContext* context, grpc::S
     return scope.Finish(absl::InvalidArgumentError("CreateModel: the first message must be the header"));
   }
   const tp::v1::CreateModelHeader header = message.header();
-  ModelSpec spec = FromProto(header.spec());
-  absl::StatusOr<TensorProductPlan> plan = PlanForSpec(spec);
-  if (!plan.ok()) return scope.Finish(plan.status());
   if (auto s = ValidateModelName(header.name()); !s.ok()) return scope.Finish(s);
+  // Built once, here (the core takes it as is); the build stops when the client goes away.
+  absl::StatusOr<TensorProductPlan> plan = env_.core->BuildPlan(FromProto(header.spec()), CallEnded(context));
+  if (!plan.ok()) return scope.Finish(plan.status());
 
   std::optional<std::vector<float>> weights;
+  MemoryBudget::Reservation upload_memory;
   if (header.init_case() == tp::v1::CreateModelHeader::kUpload && header.upload()) {
-    WeightsAssembler assembler(plan->weight_numel());
-    while (ReadMessage(reader, &message, &malformed)) {
-      if (!message.has_chunk()) {
-        return scope.Finish(absl::InvalidArgumentError("CreateModel: only weight chunks may follow the header"));
-      }
-      absl::StatusOr<std::vector<float>> values =
-          wire::BytesToFloats(message.chunk().dtype(), message.chunk().data(), "weights chunk");
-      if (!values.ok()) return scope.Finish(values.status());
-      if (auto s = assembler.Append(message.chunk().offset(), *std::move(values)); !s.ok()) return scope.Finish(s);
+    const int64_t weight_numel = plan->weight_numel();
+    absl::StatusOr<MemoryBudget::Reservation> reserved = env_.core->memory_budget().Reserve(
+        weight_numel * int64_t{sizeof(float)}, absl::StrCat("the upload of model '", QuoteForError(header.name()), "'"));
+    if (!reserved.ok()) return scope.Finish(reserved.status());
+    upload_memory = *std::move(reserved);
+    WeightsAssembler assembler(weight_numel);
+    if (!ReadMessage(reader, &message, &malformed)) {
+      if (!malformed.ok()) return scope.Finish(malformed);
+      return scope.Finish(absl::FailedPreconditionError(
+          absl::StrCat("weights upload ended after 0 of ", weight_numel, " elements")));
     }
-    if (!malformed.ok()) return scope.Finish(malformed);
+    absl::Status read = ReadChunks<tp::v1::CreateModelRequest>(
+        env_, context, reader, &message, &assembler, [](const tp::v1::CreateModelRequest& m) {
+          return m.has_chunk() ? absl::OkStatus()
+                               : absl::InvalidArgumentError("CreateModel: only weight chunks may follow the header");
+        });
+    if (!read.ok()) return scope.Finish(read);
     absl::StatusOr<std::vector<float>> assembled = std::move(assembler).Finish();
     if (!assembled.ok()) return scope.Finish(assembled.status());
     weights = *std::move(assembled);
@@ -78,7 +122,8 @@ grpc::Status ModelServiceImpl::CreateModel(grpc::ServerContext* context, grpc::S
     return scope.Finish(absl::InvalidArgumentError("CreateModel: chunks sent, but the header did not set upload"));
   }
   if (!malformed.ok()) return scope.Finish(malformed);
-  absl::StatusOr<ModelInfo> info = env_.core->CreateModel(header.name(), spec, std::move(weights), header.seed());
+  absl::StatusOr<ModelInfo> info =
+      env_.core->CreateModel(header.name(), *std::move(plan), std::move(weights), header.seed());
   if (!info.ok()) return scope.Finish(info.status());
   scope.set_model(info->name);
   scope.set_device("all");  // its replicas went to every device
@@ -130,19 +175,21 @@ grpc::Status ModelServiceImpl::UploadWeights(grpc::ServerContext* context, grpc:
   scope.set_model(name);
   absl::StatusOr<std::shared_ptr<Model>> model = env_.core->FindModel(name);
   if (!model.ok()) return scope.Finish(model.status());
-  WeightsAssembler assembler((*model)->plan().weight_numel());
-  do {
-    if (!message.model().empty() && message.model() != name) {
-      return scope.Finish(absl::InvalidArgumentError(
-          absl::StrCat("UploadWeights: chunk names model '", message.model(), "', stream began with '", name, "'")));
-    }
-    if (!message.has_chunk()) continue;
-    absl::StatusOr<std::vector<float>> values =
-        wire::BytesToFloats(message.chunk().dtype(), message.chunk().data(), "weights chunk");
-    if (!values.ok()) return scope.Finish(values.status());
-    if (auto s = assembler.Append(message.chunk().offset(), *std::move(values)); !s.ok()) return scope.Finish(s);
-  } while (ReadMessage(reader, &message, &malformed));
-  if (!malformed.ok()) return scope.Finish(malformed);
+  const int64_t weight_numel = (*model)->plan().weight_numel();
+  // The whole upload is reserved before its first chunk is kept.
+  absl::StatusOr<MemoryBudget::Reservation> upload_memory = env_.core->memory_budget().Reserve(
+      weight_numel * int64_t{sizeof(float)}, absl::StrCat("the upload of model '", name, "'"));
+  if (!upload_memory.ok()) return scope.Finish(upload_memory.status());
+  WeightsAssembler assembler(weight_numel);
+  absl::Status read = ReadChunks<tp::v1::UploadWeightsRequest>(
+      env_, context, reader, &message, &assembler, [&name](const tp::v1::UploadWeightsRequest& m) {
+        if (!m.model().empty() && m.model() != name) {
+          return absl::InvalidArgumentError(absl::StrCat("UploadWeights: chunk names model '", QuoteForError(m.model()),
+                                                         "', stream began with '", name, "'"));
+        }
+        return absl::OkStatus();
+      });
+  if (!read.ok()) return scope.Finish(read);
   if (context->IsCancelled()) {
     return scope.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "upload cancelled; weights unchanged"));
   }
@@ -164,6 +211,11 @@ grpc::Status ModelServiceImpl::DownloadWeights(grpc::ServerContext* context,
   scope.set_model(request->model());
   absl::StatusOr<WeightsSnapshot> snapshot = env_.core->GetWeights(request->model());
   if (!snapshot.ok()) return scope.Finish(snapshot.status());
+  // The snapshot stays alive while it is sent, even when newer weights replace it meanwhile.
+  absl::StatusOr<MemoryBudget::Reservation> memory = env_.core->memory_budget().Reserve(
+      static_cast<int64_t>(snapshot->weights->size() * sizeof(float)),
+      absl::StrCat("the download of model '", request->model(), "'"));
+  if (!memory.ok()) return scope.Finish(memory.status());
   // The version travels in initial metadata, so a client can tell which weights it got.
   context->AddInitialMetadata("tp-model-version", std::to_string(snapshot->version));
   return scope.Finish(
@@ -175,6 +227,13 @@ grpc::Status ModelServiceImpl::GetGradient(grpc::ServerContext* context, const t
   RpcScope scope(env_, "GetGradient", context);
   if (auto s = scope.Authorize(); !s.ok()) return scope.Finish(s);
   scope.set_model(request->model());
+  absl::StatusOr<std::shared_ptr<Model>> model = env_.core->FindModel(request->model());
+  if (!model.ok()) return scope.Finish(model.status());
+  // The summed gradient, held while it is sent (the core reserves its own temporaries).
+  absl::StatusOr<MemoryBudget::Reservation> memory = env_.core->memory_budget().Reserve(
+      (*model)->plan().weight_numel() * int64_t{sizeof(float)},
+      absl::StrCat("the gradient of model '", request->model(), "'"));
+  if (!memory.ok()) return scope.Finish(memory.status());
   absl::StatusOr<std::vector<float>> gradient = env_.core->GetGradient(request->model());
   if (!gradient.ok()) return scope.Finish(gradient.status());
   scope.set_device("all");

@@ -18,6 +18,7 @@ bool ConstantTimeEquals(const std::string& a, const std::string& b) {
 RpcScope::RpcScope(const ServiceEnv& env, const char* method, grpc::ServerContextBase* context)
     : env_(env), method_(method), context_(context), start_(std::chrono::steady_clock::now()), mark_(start_) {
   if (env_.metrics != nullptr) env_.metrics->RequestStarted(method_);
+  if (env_.housekeeper != nullptr) env_.housekeeper->CallStarted();
 }
 
 void RpcScope::MarkStage(const char* stage) {
@@ -28,6 +29,7 @@ void RpcScope::MarkStage(const char* stage) {
 
 RpcScope::~RpcScope() {
   if (!finished_) Finish(grpc::Status(grpc::StatusCode::INTERNAL, "handler ended without a status"));
+  if (env_.housekeeper != nullptr) env_.housekeeper->CallFinished();
 }
 
 grpc::Status RpcScope::Authorize() const {
@@ -42,6 +44,9 @@ grpc::Status RpcScope::Authorize() const {
 }
 
 grpc::Status RpcScope::Finish(grpc::Status status) {
+  if (status.error_message().size() > kMaxStatusMessageBytes) {
+    status = grpc::Status(status.error_code(), StatusMessageForWire(status.error_message()));
+  }
   if (finished_) return status;
   finished_ = true;
   if (env_.metrics != nullptr) {

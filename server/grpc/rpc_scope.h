@@ -8,6 +8,7 @@
 
 #include "grpcpp/grpcpp.h"
 #include "server/core/inference_core.h"
+#include "server/grpc/housekeeper.h"
 #include "server/metrics/metrics.h"
 
 namespace tpserve::server {
@@ -20,7 +21,13 @@ struct ServiceEnv {
   int64_t max_chunk_elements = int64_t{1} << 40;  // what fits in one message
   int64_t stream_max_in_flight = 64;  // requests a Stream call may have outstanding
   int64_t max_streams = 256;          // Stream calls open at once (each holds two threads)
+  int64_t max_message_bytes = 64 << 20;  // what one message may carry (Echo sizes are checked against it)
+  Housekeeper* housekeeper = nullptr;    // upload idle timeouts, idle memory release; may be null
 };
+
+// Status messages travel in an HTTP/2 trailer: one that echoes megabytes of client input would be
+// lost (the client then sees a different error). Longer messages are cut to this many bytes.
+inline constexpr size_t kMaxStatusMessageBytes = 512;
 
 class RpcScope {
  public:

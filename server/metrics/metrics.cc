@@ -79,7 +79,24 @@ Metrics::Metrics()
                        .Help("1 once the device faulted: its launches answer UNAVAILABLE until a restart")
                        .Register(*registry_)),
       time_buckets_(LatencyBuckets()),
-      size_buckets_(SizeBuckets()) {}
+      size_buckets_(SizeBuckets()) {
+  memory_budget_used_ = &prometheus::BuildGauge()
+                             .Name("tp_memory_budget_used_bytes")
+                             .Help("Bytes of the server's memory budget reserved now (weights, uploads, unread "
+                                   "results, downloads, gradients)")
+                             .Register(*registry_)
+                             .Add({});
+  memory_budget_limit_ = &prometheus::BuildGauge()
+                              .Name("tp_memory_budget_limit_bytes")
+                              .Help("The server's memory budget (--max_memory_bytes)")
+                              .Register(*registry_)
+                              .Add({});
+  plan_build_time_ = &prometheus::BuildHistogram()
+                          .Name("tp_plan_build_seconds")
+                          .Help("Time to build one model's plan (CreateModel, and each stored model at start-up)")
+                          .Register(*registry_)
+                          .Add({}, time_buckets_);
+}
 
 Metrics::~Metrics() = default;
 
@@ -199,5 +216,12 @@ void Metrics::OnDeviceLost(const std::string& device, const std::string& why) {
 }
 
 void Metrics::OnQueueDepth(int64_t requests) { queue_depth_.Set(static_cast<double>(requests)); }
+
+void Metrics::OnMemoryBudget(int64_t used_bytes, int64_t limit_bytes) {
+  memory_budget_used_->Set(static_cast<double>(used_bytes));
+  memory_budget_limit_->Set(static_cast<double>(limit_bytes));
+}
+
+void Metrics::OnPlanBuilt(double seconds) { plan_build_time_->Observe(seconds); }
 
 }  // namespace tpserve::server

@@ -13,6 +13,8 @@
 //   tp_queue_depth                                    gauge      requests admitted, not launched
 //   tp_device_memory_bytes{device}                    gauge      worker memory in use
 //   tp_device_lost{device}                            gauge      1 once the device faulted (restart)
+//   tp_memory_budget_used_bytes / _limit_bytes        gauge      the memory budget (memory_budget.h)
+//   tp_plan_build_seconds                             histogram  one model plan built (create, start-up)
 // Time buckets grow by 1.5x from 50 us to past 10 s. Labels are bounded: method names, model
 // names (only of models that exist, "-" otherwise; a model's series go when it is deleted), devices
 // (a device's name, "all" for a call on every device's state, "none" for one that reached no
@@ -77,6 +79,8 @@ class Metrics final : public CoreObserver {
   void OnQueueDepth(int64_t requests) override;
   void OnModelAdded(const std::string& model) override;
   void OnModelRemoved(const std::string& model) override;
+  void OnMemoryBudget(int64_t used_bytes, int64_t limit_bytes) override;
+  void OnPlanBuilt(double seconds) override;
 
  private:
   // The label value for `model` ("-" unless it exists); with models_mu_ held.
@@ -112,6 +116,10 @@ class Metrics final : public CoreObserver {
   std::map<std::string, std::map<int, int64_t>> memory_by_device_;  // device -> worker -> bytes
   const std::vector<double> time_buckets_;
   const std::vector<double> size_buckets_;
+  // Limits (issue 16): declared last, built in the constructor's body.
+  prometheus::Gauge* memory_budget_used_ = nullptr;
+  prometheus::Gauge* memory_budget_limit_ = nullptr;
+  prometheus::Histogram* plan_build_time_ = nullptr;
 };
 
 }  // namespace tpserve::server
