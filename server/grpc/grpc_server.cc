@@ -12,6 +12,7 @@
 #include "server/grpc/channel_tuning.h"
 #include "server/grpc/compute_service.h"
 #include "server/grpc/health_service.h"
+#include "server/grpc/kserve_service.h"
 #include "server/grpc/model_service.h"
 
 namespace tpserve::server {
@@ -54,7 +55,9 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportCon
   server->model_service_ = std::make_unique<ModelServiceImpl>(server->env_);
   server->compute_service_ = std::make_unique<ComputeServiceImpl>(server->env_);
   server->health_service_ = std::make_unique<HealthServiceImpl>(std::vector<std::string>{
-      tp::v1::ModelService::service_full_name(), tp::v1::TensorProductService::service_full_name()});
+      tp::v1::ModelService::service_full_name(), tp::v1::TensorProductService::service_full_name(),
+      inference::GRPCInferenceService::service_full_name()});
+  server->kserve_service_ = std::make_unique<KserveServiceImpl>(server->env_);
 
   std::shared_ptr<grpc::ServerCredentials> credentials;
   if (config.tls()) {
@@ -87,11 +90,13 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportCon
   builder.RegisterService(server->model_service_.get());
   builder.RegisterService(server->compute_service_.get());
   builder.RegisterService(server->health_service_.get());
+  builder.RegisterService(server->kserve_service_.get());
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen_address));
   }
   server->health_service_->SetServing(true);
+  server->kserve_service_->SetReady(true);
   // A lost device cannot come back in this process. While other devices serve, the server keeps
   // SERVING with less capacity (tp_device_lost{device} and the log say which is gone); once every
   // device is lost it reports NOT_SERVING so that a load balancer or an orchestrator moves traffic
@@ -114,6 +119,7 @@ GrpcServer::~GrpcServer() {
 
 void GrpcServer::Shutdown(absl::Duration grace) {
   health_service_->BeginShutdown();
+  kserve_service_->SetReady(false);
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
 }
 
