@@ -8,6 +8,7 @@
 //   C  Triton, protobuf/model_config.proto (ModelConfig and its parts: tpserve declares a subset
 //      of their fields, each with Triton's number and type)
 // The test also fails when the .proto gains a field, value or method this table does not list.
+#include <iterator>
 #include <set>
 #include <string>
 #include <tuple>

@@ -2,7 +2,11 @@
 // both tensor encodings, every datatype, requested outputs, gradients through ModelInfer against
 // tp.v1's Forward and Backward on the same server, errors with their codes, auth, metrics,
 // metadata, config and repository calls, and ModelStreamInfer.
+#include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <thread>
+#include <tuple>
 
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"
@@ -271,7 +275,7 @@ TEST_F(KserveTest, ModelInfer_BadRequests_AnswerTheProtocolsCodesNamingWhatWasEx
       {"wrong dim", [](auto* r) {
          r->mutable_inputs(0)->set_shape(1, 13);
          r->mutable_raw_input_contents(0)->resize(kBatch * 13 * 4);
-       }, grpc::INVALID_ARGUMENT, "x1: expected shape [batch, 14]"},
+       }, grpc::INVALID_ARGUMENT, "x1: expected shape [3, 14]"},
       {"gradient output on a forward", [](auto* r) { r->add_outputs()->set_name("grad_x1"); },
        grpc::INVALID_ARGUMENT, "needs an input grad_out or the parameter loss"},
       {"unknown output", [](auto* r) { r->add_outputs()->set_name("logits"); }, grpc::INVALID_ARGUMENT,
@@ -453,6 +457,101 @@ TEST_F(KserveTest, Auth_ModelInferNeedsTheTokenAndTheLivenessProbesDoNot) {
   EXPECT_TRUE(stub_->ServerLive(Context().get(), {}, &live).ok());
   inference::ServerReadyResponse ready;
   EXPECT_TRUE(stub_->ServerReady(Context().get(), {}, &ready).ok());
+}
+
+// ModelInfer and tp.v1 Forward share the core's queue: concurrent calls merge into one launch.
+TEST(KserveBatching, ModelInferAndTpV1ForwardMergeIntoOneLaunch) {
+  server::CoreConfig core;
+  core.max_queue_delay_us = 10000000;  // the launch waits for a full batch: both calls
+  core.max_batch_size = 2 * kBatch;
+  auto server = TestServer::Start(core);
+  ASSERT_NE(server, nullptr);
+  auto client = server->Connect();
+  auto info = client->CreateModel("m", Spec(kIn1, kIn2, kOut), nullptr, 5);
+  ASSERT_TRUE(info.ok()) << info.status();
+  std::mt19937_64 rng = FreshRng();
+  std::vector<double> x1 = RandomNormal(kBatch * info->dim_in1(), rng), x2 = RandomNormal(kBatch * info->dim_in2(), rng);
+  std::vector<double> x1_twice = x1;
+  for (double& v : x1_twice) v *= 2;  // the product is linear in x1: ModelInfer's out must be 2x Forward's
+  ModelInferRequest request;
+  request.set_model_name("m");
+  for (auto [name, values, dim] : {std::make_tuple("x1", &x1_twice, info->dim_in1()),
+                                   std::make_tuple("x2", &x2, info->dim_in2())}) {
+    auto* input = request.add_inputs();
+    input->set_name(name);
+    input->set_datatype("FP32");
+    input->add_shape(kBatch);
+    input->add_shape(dim);
+    request.add_raw_input_contents(Bytes(*values, tp::v1::DTYPE_FLOAT32));
+  }
+  ModelInferResponse infer_response;
+  grpc::Status infer_status;
+  std::thread infer_thread([&] {
+    auto stub = inference::GRPCInferenceService::NewStub(
+        grpc::CreateChannel(server->target(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    infer_status = stub->ModelInfer(&context, request, &infer_response);
+  });
+  tp::v1::ForwardRequest forward;
+  forward.set_model("m");
+  *forward.mutable_x1() = F32({kBatch, info->dim_in1()}, x1);
+  *forward.mutable_x2() = F32({kBatch, info->dim_in2()}, x2);
+  auto forward_response = client->Forward(forward);
+  infer_thread.join();
+  ASSERT_TRUE(forward_response.ok()) << forward_response.status();
+  ASSERT_TRUE(infer_status.ok()) << infer_status.error_message();
+  EXPECT_EQ(forward_response->executed_batch(), 2 * kBatch);
+  EXPECT_EQ(infer_response.parameters().at("executed_batch").int64_param(), 2 * kBatch);
+  std::vector<double> twice = ToDoubles(forward_response->out());
+  for (double& v : twice) v *= 2;
+  EXPECT_LT(MaxRelativeError(FromBytes(infer_response.raw_output_contents(0), tp::v1::DTYPE_FLOAT32), twice), 1e-5);
+  EXPECT_EQ(MetricValue(server->metrics().Serialize(), "tp_batch_size_count", {"model=\"m\""}), 1);
+}
+
+// TLS is the port's: the protocol's clients use the same secure channel as tp.v1's.
+TEST(KserveTls, ModelInferOverTheServersTlsPort) {
+  TempDir dir;
+  std::string cert = dir.path() + "/cert.pem", key = dir.path() + "/key.pem";
+  std::string command = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+                        "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " + key + " -out " + cert +
+                        " >/dev/null 2>&1";
+  ASSERT_EQ(std::system(command.c_str()), 0) << command;
+  server::TransportConfig transport;
+  transport.tls_cert_file = cert;
+  transport.tls_key_file = key;
+  auto server = TestServer::Start({}, transport);
+  ASSERT_NE(server, nullptr);
+  client::ClientOptions options = server->ClientOptions();
+  options.target = "localhost:" + std::to_string(server->port());
+  options.tls = true;
+  options.tls_ca_file = cert;
+  auto secure = client::TpClient::Connect(options);
+  ASSERT_TRUE(secure.ok()) << secure.status();
+  ASSERT_TRUE((*secure)->CreateModel("m", Spec("2x0e", "1x0e", "2x0e"), nullptr, 3).ok());
+  auto stub = inference::GRPCInferenceService::NewStub((*secure)->channel());
+  ModelInferRequest request;
+  request.set_model_name("m");
+  for (auto [name, dim] : {std::pair<const char*, int>{"x1", 2}, {"x2", 1}}) {
+    auto* input = request.add_inputs();
+    input->set_name(name);
+    input->set_datatype("FP32");
+    input->add_shape(1);
+    input->add_shape(dim);
+    for (int i = 0; i < dim; ++i) input->mutable_contents()->add_fp32_contents(0.5f + i);
+  }
+  ModelInferResponse response;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::Status status = stub->ModelInfer(&context, request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.outputs(0).contents().fp32_contents_size(), 2);
+
+  auto plain = inference::GRPCInferenceService::NewStub(
+      grpc::CreateChannel(options.target, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext plain_context;
+  plain_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  EXPECT_FALSE(plain->ModelInfer(&plain_context, request, &response).ok()) << "a plaintext client got through";
 }
 
 }  // namespace
