@@ -359,6 +359,11 @@ TEST_F(KserveTest, HealthAndMetadata_DescribeTheServerAndTheModel) {
   ASSERT_TRUE(stub_->ServerReady(Context().get(), {}, &ready).ok());
   EXPECT_TRUE(ready.ready());
 
+  // grpc.health.v1 knows the service by name, as it knows tp.v1's.
+  auto health = client_->Health("inference.GRPCInferenceService");
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_EQ(*health, grpc::health::v1::HealthCheckResponse::SERVING);
+
   inference::ModelReadyRequest model_ready;
   inference::ModelReadyResponse model_ready_response;
   model_ready.set_name("small");
