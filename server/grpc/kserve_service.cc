@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/grpc/convert.h"
 #include "server/grpc/kserve_convert.h"
+#include "server/grpc/tensor_codec.h"
 
 namespace tpserve::server {
 namespace {
@@ -42,9 +43,51 @@ void SetParameter(inference::ModelConfig* config, const std::string& key, const 
   (*config->mutable_parameters())[key].set_string_value(value);
 }
 
+// The field number of ModelInferResponse.raw_output_contents.
+constexpr int kRawOutputContentsField = 6;
+
 }  // namespace
 
-KserveServiceImpl::KserveServiceImpl(const ServiceEnv& env) : env_(env) {}
+template <typename Request, typename Response>
+void KserveServiceImpl::AddUnary(const char* path, UnaryHandler<Request, Response> handler) {
+  using Message = grpc::protobuf::MessageLite;
+  AddMethod(new grpc::internal::RpcServiceMethod(
+      path, grpc::internal::RpcMethod::NORMAL_RPC,
+      new grpc::internal::RpcMethodHandler<KserveServiceImpl, Request, Response, Message, Message>(
+          [handler](KserveServiceImpl* self, grpc::ServerContext* context, const Request* request,
+                    Response* response) { return (self->*handler)(context, request, response); },
+          this)));
+}
+
+// gRPC keeps the method names' pointers: literals only.
+KserveServiceImpl::KserveServiceImpl(const ServiceEnv& env) : env_(env) {
+  using Self = KserveServiceImpl;
+  using Message = grpc::protobuf::MessageLite;
+  AddUnary("/inference.GRPCInferenceService/ServerLive", &Self::ServerLive);
+  AddUnary("/inference.GRPCInferenceService/ServerReady", &Self::ServerReady);
+  AddUnary("/inference.GRPCInferenceService/ModelReady", &Self::ModelReady);
+  AddUnary("/inference.GRPCInferenceService/ServerMetadata", &Self::ServerMetadata);
+  AddUnary("/inference.GRPCInferenceService/ModelMetadata", &Self::ModelMetadata);
+  AddMethod(new grpc::internal::RpcServiceMethod(
+      "/inference.GRPCInferenceService/ModelInfer", grpc::internal::RpcMethod::NORMAL_RPC,
+      new grpc::internal::RpcMethodHandler<Self, inference::ModelInferRequest, grpc::ByteBuffer, Message,
+                                           grpc::ByteBuffer>(
+          [](Self* self, grpc::ServerContext* context, const inference::ModelInferRequest* request,
+             grpc::ByteBuffer* response) { return self->ModelInfer(context, request, response); },
+          this)));
+  AddMethod(new grpc::internal::RpcServiceMethod(
+      "/inference.GRPCInferenceService/ModelStreamInfer", grpc::internal::RpcMethod::BIDI_STREAMING,
+      new grpc::internal::BidiStreamingHandler<Self, inference::ModelInferRequest, inference::ModelStreamInferResponse>(
+          [](Self* self, grpc::ServerContext* context,
+             grpc::ServerReaderWriter<inference::ModelStreamInferResponse, inference::ModelInferRequest>* stream) {
+            return self->ModelStreamInfer(context, stream);
+          },
+          this)));
+  AddUnary("/inference.GRPCInferenceService/ModelConfig", &Self::ModelConfig);
+  AddUnary("/inference.GRPCInferenceService/RepositoryIndex", &Self::RepositoryIndex);
+  AddUnary("/inference.GRPCInferenceService/RepositoryModelLoad", &Self::RepositoryModelLoad);
+  AddUnary("/inference.GRPCInferenceService/RepositoryModelUnload", &Self::RepositoryModelUnload);
+}
 
 grpc::Status KserveServiceImpl::ServerLive(grpc::ServerContext* context, const inference::ServerLiveRequest*,
                                            inference::ServerLiveResponse* response) {
@@ -101,7 +144,8 @@ grpc::Status KserveServiceImpl::ModelMetadata(grpc::ServerContext* context,
 }
 
 absl::Status KserveServiceImpl::Infer(grpc::ServerContext* context, const inference::ModelInferRequest& request,
-                                      inference::ModelInferResponse* response, std::string* device) {
+                                      inference::ModelInferResponse* response, std::string* device,
+                                      std::unique_ptr<HostLease>* out_lease, RpcScope* scope) {
   absl::StatusOr<kserve::InferCall> call = kserve::FromProto(request, wire::Decode::kBorrow);
   if (!call.ok()) return call.status();
   absl::StatusOr<std::shared_ptr<Model>> model = env_.core->FindModel(request.model_name());
@@ -117,18 +161,28 @@ absl::Status KserveServiceImpl::Infer(grpc::ServerContext* context, const infere
           "; use the parameter weight_grad = 'accumulate' and tp.v1 ModelService/GetGradient"));
     }
   }
-  // A float32 forward answered in raw bytes: the device writes `out` straight into the response.
+  // A float32 forward answered in raw bytes: the device writes `out` straight into the memory the
+  // response is sent from (a page-locked lease for unary calls, else the message's bytes).
   const int64_t batch = call->request.x1.rows();
+  const size_t out_floats = static_cast<size_t>(batch * info.dim_out);
   if (call->raw_outputs && call->dtype == tp::v1::DTYPE_FLOAT32 && call->request.op == Op::kForward &&
       batch >= 1 && batch <= env_.core->config().max_batch_size) {
-    std::string* bytes = response->add_raw_output_contents();
-    bytes->resize(static_cast<size_t>(batch * info.dim_out) * sizeof(float));
-    if (reinterpret_cast<uintptr_t>(bytes->data()) % alignof(float) == 0) {
-      call->request.out_into = reinterpret_cast<float*>(bytes->data());
-      call->request.out_into_size = static_cast<size_t>(batch * info.dim_out);
+    if (out_lease != nullptr) {
+      *out_lease = env_.core->host_pool().Acquire(out_floats * sizeof(float));
+      call->request.out_into = static_cast<float*>((*out_lease)->data());
+      call->request.out_into_pinned = (*out_lease)->pinned();
+    } else {
+      std::string* bytes = response->add_raw_output_contents();
+      bytes->resize(out_floats * sizeof(float));
+      if (reinterpret_cast<uintptr_t>(bytes->data()) % alignof(float) == 0) {
+        call->request.out_into = reinterpret_cast<float*>(bytes->data());
+      }
     }
+    if (call->request.out_into != nullptr) call->request.out_into_size = out_floats;
   }
+  if (scope != nullptr) scope->MarkStage("read");
   absl::StatusOr<InferenceResult> result = RunForRpc(*env_.core, std::move(call->request), context);
+  if (scope != nullptr) scope->MarkStage("core");
   if (!result.ok()) return result.status();
   *device = result->device;
   if (!request.model_version().empty() && VersionString(result->model_version) != request.model_version()) {
@@ -141,19 +195,51 @@ absl::Status KserveServiceImpl::Infer(grpc::ServerContext* context, const infere
   response->set_id(request.id());
   (*response->mutable_parameters())["executed_batch"].set_int64_param(result->executed_batch);
   (*response->mutable_parameters())["device"].set_string_param(result->device);
+  if (out_lease != nullptr && *out_lease != nullptr) {
+    if (result->out.values() == (*out_lease)->data() && result->out.size() == out_floats) {
+      // The only output; its bytes follow the message from the lease (see ModelInfer).
+      inference::ModelInferResponse::InferOutputTensor* output = response->add_outputs();
+      output->set_name(kserve::kOutputOut);
+      output->set_datatype(kserve::DTypeToName(call->dtype));
+      for (int64_t extent : result->out.shape) output->add_shape(extent);
+      return absl::OkStatus();
+    }
+    // Computed elsewhere (the launch could not use the lease): answered as usual.
+    out_lease->reset();
+  }
   kserve::ToProto(*call, *result, response);
   return absl::OkStatus();
 }
 
 grpc::Status KserveServiceImpl::ModelInfer(grpc::ServerContext* context, const inference::ModelInferRequest* request,
-                                           inference::ModelInferResponse* response) {
+                                           grpc::ByteBuffer* response) {
   RpcScope scope(env_, "ModelInfer", context);
   if (auto s = scope.Authorize(); !s.ok()) return scope.Finish(s);
   scope.set_model(request->model_name());
   std::string device;
-  absl::Status status = Infer(context, *request, response, &device);
+  inference::ModelInferResponse fields;
+  std::unique_ptr<HostLease> out_lease;
+  absl::Status status = Infer(context, *request, &fields, &device, &out_lease, &scope);
   if (!device.empty()) scope.set_device(device);
-  return scope.Finish(status);
+  if (!status.ok()) return scope.Finish(status);
+  if (out_lease != nullptr) {
+    // Protobuf appends repeated fields that follow a message: the message's fields, then
+    // raw_output_contents[0] as its tag, its length and the lease's bytes.
+    const size_t bytes = static_cast<size_t>(fields.outputs(0).shape(0) * fields.outputs(0).shape(1)) * sizeof(float);
+    std::string head = fields.SerializeAsString();
+    wire::AppendLengthDelimitedTag(kRawOutputContentsField, bytes, &head);
+    HostLease* lease = out_lease.release();  // gRPC frees the slice, and with it the lease, once sent
+    grpc::Slice parts[2] = {grpc::Slice(head),
+                            grpc::Slice(lease->data(), bytes, [](void* p) { delete static_cast<HostLease*>(p); }, lease)};
+    *response = grpc::ByteBuffer(parts, 2);
+  } else {
+    bool own_buffer = false;
+    grpc::Status serialized =
+        grpc::SerializationTraits<inference::ModelInferResponse>::Serialize(fields, response, &own_buffer);
+    if (!serialized.ok()) return scope.Finish(serialized);
+  }
+  scope.MarkStage("write");
+  return scope.Finish(grpc::Status::OK);
 }
 
 grpc::Status KserveServiceImpl::ModelStreamInfer(
@@ -168,7 +254,7 @@ grpc::Status KserveServiceImpl::ModelStreamInfer(
     each.set_model(request.model_name());
     inference::ModelStreamInferResponse answer;
     std::string device;
-    absl::Status status = Infer(context, request, answer.mutable_infer_response(), &device);
+    absl::Status status = Infer(context, request, answer.mutable_infer_response(), &device, nullptr, nullptr);
     if (!device.empty()) each.set_device(device);
     if (!status.ok()) {
       answer.Clear();
