@@ -89,15 +89,18 @@ const char* DTypeToName(tp::v1::DType dtype) {
   }
 }
 
-absl::StatusOr<InferCall> FromProto(const Request& request, wire::Decode mode) {
+namespace {
+
+absl::StatusOr<InferCall> Convert(const Request& request, wire::Decode mode, std::vector<HostTensor>* decoded) {
   InferCall call;
   InferenceRequest& r = call.request;
   r.model = request.model_name();
 
   // ---- inputs --------------------------------------------------------------------------
-  const bool raw = request.raw_input_contents_size() > 0;
-  if (raw && request.raw_input_contents_size() != request.inputs_size()) {
-    return absl::InvalidArgumentError(absl::StrCat("raw_input_contents: ", request.raw_input_contents_size(),
+  const int raw_count = decoded != nullptr ? static_cast<int>(decoded->size()) : request.raw_input_contents_size();
+  const bool raw = raw_count > 0;
+  if (raw && raw_count != request.inputs_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("raw_input_contents: ", raw_count,
                                                    " entries for ", request.inputs_size(),
                                                    " inputs; expected one per input, in the order of inputs"));
   }
@@ -131,8 +134,12 @@ absl::StatusOr<InferCall> FromProto(const Request& request, wire::Decode mode) {
             "input '", input.name(), "': has contents although the request uses raw_input_contents; expected one "
             "encoding for every input"));
       }
-      tensor = wire::DecodeTensorBytes({input.shape().begin(), input.shape().end()}, dtype,
-                                       request.raw_input_contents(i), input.name().c_str(), mode);
+      if (decoded != nullptr) {
+        tensor = std::move((*decoded)[i]);
+      } else {
+        tensor = wire::DecodeTensorBytes({input.shape().begin(), input.shape().end()}, dtype,
+                                         request.raw_input_contents(i), input.name().c_str(), mode);
+      }
     } else {
       tensor = DecodeContents(input, dtype, mode);
     }
@@ -244,6 +251,16 @@ absl::StatusOr<InferCall> FromProto(const Request& request, wire::Decode mode) {
     }
   }
   return call;
+}
+
+}  // namespace
+
+absl::StatusOr<InferCall> FromProto(const Request& request, wire::Decode mode) {
+  return Convert(request, mode, nullptr);
+}
+
+absl::StatusOr<InferCall> FromProto(const Request& request, std::vector<HostTensor> raw_inputs) {
+  return Convert(request, wire::Decode::kBorrow, &raw_inputs);
 }
 
 void ToProto(const InferCall& call, const InferenceResult& result, inference::ModelInferResponse* out) {

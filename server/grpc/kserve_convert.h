@@ -52,6 +52,9 @@ struct InferCall {
 // does not produce. Shapes against the model are the core's to check (Validate). kBorrow: FP32
 // elements are read in place from `request`, which must outlive the core's use of them.
 absl::StatusOr<InferCall> FromProto(const inference::ModelInferRequest& request, wire::Decode mode);
+// The same for a request whose raw_input_contents the transport read and decoded itself (into
+// page-locked memory; `raw_inputs` holds one FP32 tensor per input, in order, and `request` none).
+absl::StatusOr<InferCall> FromProto(const inference::ModelInferRequest& request, std::vector<HostTensor> raw_inputs);
 
 // Appends call.outputs from `result` (shape, datatype, elements in the call's encoding). A raw
 // entry already present at an output's index is kept when it already holds that output's values

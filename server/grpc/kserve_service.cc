@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/grpc/convert.h"
+#include "server/grpc/forward_wire.h"
 #include "server/grpc/kserve_convert.h"
 #include "server/grpc/tensor_codec.h"
 
@@ -43,8 +44,57 @@ void SetParameter(inference::ModelConfig* config, const std::string& key, const 
   (*config->mutable_parameters())[key].set_string_value(value);
 }
 
-// The field number of ModelInferResponse.raw_output_contents.
+// The field numbers of ModelInferRequest.raw_input_contents and ModelInferResponse.raw_output_contents.
+constexpr int kRawInputContentsField = 7;
 constexpr int kRawOutputContentsField = 6;
+
+// How ReadModelInfer found the request.
+enum class Read { kParsed, kParsedWithRawInputs, kLeftToProtobuf };
+
+// The request from gRPC's buffer: everything but raw_input_contents parsed by protobuf into
+// `message`; raw inputs that are all FP32 copied straight into one page-locked lease, each at a
+// staging-aligned offset after the previous (x1 then x2, as the worker lays them out: one copy
+// moves both to the device), and borrowed by `raw_inputs`. kLeftToProtobuf for anything else
+// (other datatypes, sizes that do not match, malformed bytes): the caller parses it whole.
+Read ReadModelInfer(const grpc::ByteBuffer& request, HostPool& pool, inference::ModelInferRequest* message,
+                    std::vector<HostTensor>* raw_inputs, std::unique_ptr<HostLease>* lease) {
+  std::vector<grpc::Slice> slices;
+  if (!request.Dump(&slices).ok()) return Read::kLeftToProtobuf;
+  std::vector<absl::string_view> pieces;
+  pieces.reserve(slices.size());
+  for (const grpc::Slice& slice : slices) pieces.emplace_back(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  std::string rest;
+  std::vector<wire::WireBytes> raw;
+  if (!wire::SplitOutField(pieces, kRawInputContentsField, &rest, &raw)) return Read::kLeftToProtobuf;
+  if (!message->ParseFromString(rest)) return Read::kLeftToProtobuf;
+  if (raw.empty()) return Read::kParsed;  // typed contents: `rest` was the whole message
+  if (static_cast<int>(raw.size()) != message->inputs_size()) return Read::kLeftToProtobuf;
+  std::vector<size_t> offsets(raw.size());
+  size_t total = 0;
+  for (size_t i = 0; i < raw.size(); ++i) {
+    const auto& input = message->inputs(static_cast<int>(i));
+    const int64_t numel = wire::ShapeElements(std::vector<int64_t>(input.shape().begin(), input.shape().end()));
+    if (input.datatype() != "FP32" || input.shape().empty() || numel < 0 ||
+        raw[i].size != static_cast<size_t>(numel) * sizeof(float)) {
+      return Read::kLeftToProtobuf;
+    }
+    offsets[i] = total;
+    total += static_cast<size_t>(AlignStagingRegion(numel)) * sizeof(float);
+  }
+  *lease = pool.Acquire(total);
+  char* base = static_cast<char*>((*lease)->data());
+  raw_inputs->clear();
+  for (size_t i = 0; i < raw.size(); ++i) {
+    const auto& input = message->inputs(static_cast<int>(i));
+    wire::CopyWireBytes(pieces, raw[i], base + offsets[i]);
+    HostTensor tensor = HostTensor::Borrow({input.shape().begin(), input.shape().end()},
+                                           reinterpret_cast<const float*>(base + offsets[i]),
+                                           raw[i].size / sizeof(float));
+    tensor.pinned = (*lease)->pinned();
+    raw_inputs->push_back(std::move(tensor));
+  }
+  return Read::kParsedWithRawInputs;
+}
 
 }  // namespace
 
@@ -70,10 +120,10 @@ KserveServiceImpl::KserveServiceImpl(const ServiceEnv& env) : env_(env) {
   AddUnary("/inference.GRPCInferenceService/ModelMetadata", &Self::ModelMetadata);
   AddMethod(new grpc::internal::RpcServiceMethod(
       "/inference.GRPCInferenceService/ModelInfer", grpc::internal::RpcMethod::NORMAL_RPC,
-      new grpc::internal::RpcMethodHandler<Self, inference::ModelInferRequest, grpc::ByteBuffer, Message,
-                                           grpc::ByteBuffer>(
-          [](Self* self, grpc::ServerContext* context, const inference::ModelInferRequest* request,
-             grpc::ByteBuffer* response) { return self->ModelInfer(context, request, response); },
+      new grpc::internal::RpcMethodHandler<Self, grpc::ByteBuffer, grpc::ByteBuffer>(
+          [](Self* self, grpc::ServerContext* context, const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
+            return self->ModelInfer(context, request, response);
+          },
           this)));
   AddMethod(new grpc::internal::RpcServiceMethod(
       "/inference.GRPCInferenceService/ModelStreamInfer", grpc::internal::RpcMethod::BIDI_STREAMING,
@@ -144,9 +194,12 @@ grpc::Status KserveServiceImpl::ModelMetadata(grpc::ServerContext* context,
 }
 
 absl::Status KserveServiceImpl::Infer(grpc::ServerContext* context, const inference::ModelInferRequest& request,
-                                      inference::ModelInferResponse* response, std::string* device,
-                                      std::unique_ptr<HostLease>* out_lease, RpcScope* scope) {
-  absl::StatusOr<kserve::InferCall> call = kserve::FromProto(request, wire::Decode::kBorrow);
+                                      std::vector<HostTensor>* raw_inputs, inference::ModelInferResponse* response,
+                                      std::string* device, std::unique_ptr<HostLease>* out_lease,
+                                      RpcScope* scope) {
+  absl::StatusOr<kserve::InferCall> call = raw_inputs != nullptr
+                                               ? kserve::FromProto(request, std::move(*raw_inputs))
+                                               : kserve::FromProto(request, wire::Decode::kBorrow);
   if (!call.ok()) return call.status();
   absl::StatusOr<std::shared_ptr<Model>> model = env_.core->FindModel(request.model_name());
   if (!model.ok()) return WithModelsHint(model.status());
@@ -211,15 +264,28 @@ absl::Status KserveServiceImpl::Infer(grpc::ServerContext* context, const infere
   return absl::OkStatus();
 }
 
-grpc::Status KserveServiceImpl::ModelInfer(grpc::ServerContext* context, const inference::ModelInferRequest* request,
+grpc::Status KserveServiceImpl::ModelInfer(grpc::ServerContext* context, const grpc::ByteBuffer* request,
                                            grpc::ByteBuffer* response) {
   RpcScope scope(env_, "ModelInfer", context);
   if (auto s = scope.Authorize(); !s.ok()) return scope.Finish(s);
-  scope.set_model(request->model_name());
+  inference::ModelInferRequest message;
+  std::vector<HostTensor> raw_inputs;
+  std::unique_ptr<HostLease> in_lease;  // holds raw_inputs' values until the call is done
+  const Read read = ReadModelInfer(*request, env_.core->host_pool(), &message, &raw_inputs, &in_lease);
+  if (read == Read::kLeftToProtobuf) {
+    message.Clear();
+    grpc::ByteBuffer copy(*request);  // Deserialize consumes its buffer; this one shares the bytes
+    if (!grpc::SerializationTraits<inference::ModelInferRequest>::Deserialize(&copy, &message).ok()) {
+      return scope.Finish(absl::InvalidArgumentError(
+          absl::StrCat("the request's ", request->Length(), " bytes are not an inference.ModelInferRequest")));
+    }
+  }
+  scope.set_model(message.model_name());
   std::string device;
   inference::ModelInferResponse fields;
   std::unique_ptr<HostLease> out_lease;
-  absl::Status status = Infer(context, *request, &fields, &device, &out_lease, &scope);
+  absl::Status status = Infer(context, message, read == Read::kParsedWithRawInputs ? &raw_inputs : nullptr, &fields,
+                              &device, &out_lease, &scope);
   if (!device.empty()) scope.set_device(device);
   if (!status.ok()) return scope.Finish(status);
   if (out_lease != nullptr) {
@@ -254,7 +320,8 @@ grpc::Status KserveServiceImpl::ModelStreamInfer(
     each.set_model(request.model_name());
     inference::ModelStreamInferResponse answer;
     std::string device;
-    absl::Status status = Infer(context, request, answer.mutable_infer_response(), &device, nullptr, nullptr);
+    absl::Status status =
+        Infer(context, request, nullptr, answer.mutable_infer_response(), &device, nullptr, nullptr);
     if (!device.empty()) each.set_device(device);
     if (!status.ok()) {
       answer.Clear();

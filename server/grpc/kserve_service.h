@@ -10,14 +10,17 @@
 // (UNIMPLEMENTED, naming tp.v1's DeleteModel).
 //
 // The methods are registered by hand (the generated service's names and wire messages) because
-// ModelInfer's response is written around its tensor bytes, as tp.v1's Forward is: a float32
-// forward answered in raw bytes has `out` written by the device into a page-locked lease that the
-// response sends from (the message's other fields, then raw_output_contents' tag and length, then
-// the lease), instead of a copy into the message and another into gRPC's buffer.
+// ModelInfer is served around its tensor bytes, as tp.v1's Forward is (forward_wire.h): raw FP32
+// inputs go from gRPC's receive buffer straight into one page-locked lease the device copies from
+// (the rest of the message is parsed by protobuf), and a float32 forward answered in raw bytes has
+// `out` written by the device into a lease that the response sends from (the message's other
+// fields, then raw_output_contents' tag and length, then the lease). Any other request is parsed
+// by protobuf as the generated handler would.
 #pragma once
 
 #include <atomic>
 #include <memory>
+#include <vector>
 
 #include "inference/grpc_service.grpc.pb.h"
 #include "server/core/host_pool.h"
@@ -45,9 +48,8 @@ class KserveServiceImpl final : public grpc::Service {
   // inputs x1 [-1, dim_in1], x2 [-1, dim_in2], output out [-1, dim_out]; versions: the current one.
   grpc::Status ModelMetadata(grpc::ServerContext* context, const inference::ModelMetadataRequest* request,
                              inference::ModelMetadataResponse* response);
-  // The response is an inference.ModelInferResponse on the wire.
-  grpc::Status ModelInfer(grpc::ServerContext* context, const inference::ModelInferRequest* request,
-                          grpc::ByteBuffer* response);
+  // Request and response are inference.ModelInferRequest / ModelInferResponse on the wire.
+  grpc::Status ModelInfer(grpc::ServerContext* context, const grpc::ByteBuffer* request, grpc::ByteBuffer* response);
   // Requests are answered one after another, in order; an error answers that request alone
   // (error_message) and the stream goes on.
   grpc::Status ModelStreamInfer(
@@ -71,9 +73,10 @@ class KserveServiceImpl final : public grpc::Service {
   // One inference: convert, run on the core within the call's deadline, convert back. With
   // `out_lease` (unary calls): a float32 raw forward's `out` is left in *out_lease, which the
   // caller sends after `response` as raw_output_contents[0]; *out_lease stays null otherwise.
+  // `raw_inputs`: the request's raw inputs already decoded (ModelInfer's fast path), else null.
   absl::Status Infer(grpc::ServerContext* context, const inference::ModelInferRequest& request,
-                     inference::ModelInferResponse* response, std::string* device,
-                     std::unique_ptr<HostLease>* out_lease, RpcScope* scope);
+                     std::vector<HostTensor>* raw_inputs, inference::ModelInferResponse* response,
+                     std::string* device, std::unique_ptr<HostLease>* out_lease, RpcScope* scope);
 
   template <typename Request, typename Response>
   using UnaryHandler = grpc::Status (KserveServiceImpl::*)(grpc::ServerContext*, const Request*, Response*);

@@ -11,6 +11,8 @@
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"
 #include "inference/grpc_service.grpc.pb.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "server/grpc/forward_wire.h"
 #include "server/grpc/tensor_codec.h"
 #include "tests/server/server_test_util.h"
 #include "tests/support/random.h"
@@ -462,6 +464,116 @@ TEST_F(KserveTest, Auth_ModelInferNeedsTheTokenAndTheLivenessProbesDoNot) {
   EXPECT_TRUE(stub_->ServerLive(Context().get(), {}, &live).ok());
   inference::ServerReadyResponse ready;
   EXPECT_TRUE(stub_->ServerReady(Context().get(), {}, &ready).ok());
+}
+
+// ---- ModelInfer's bytes (raw inputs read from gRPC's buffer into page-locked memory) --------------
+
+// SplitOutField against protobuf: for any split of the bytes into pieces, the rest parses as the
+// message without raw_input_contents and the located bytes are its entries.
+TEST(KserveWire, SplitOutField_AgreesWithProtobufForAnySplit) {
+  ModelInferRequest request;
+  request.set_model_name("m");
+  request.set_id("id-1");
+  (*request.mutable_parameters())["loss"].set_string_param("sum");
+  for (const char* name : {"x1", "x2"}) {
+    auto* input = request.add_inputs();
+    input->set_name(name);
+    input->set_datatype("FP32");
+    input->add_shape(2);
+    input->add_shape(3);
+  }
+  request.add_raw_input_contents(std::string(24, 'a'));
+  request.add_raw_input_contents(std::string(24, 'b'));
+  const std::string bytes = request.SerializeAsString();
+  ModelInferRequest without_raw = request;
+  without_raw.clear_raw_input_contents();
+  for (size_t cut1 = 0; cut1 <= bytes.size(); cut1 += 7) {
+    for (size_t cut2 = cut1; cut2 <= bytes.size(); cut2 += 11) {
+      const absl::string_view all(bytes);
+      const absl::string_view pieces[3] = {all.substr(0, cut1), all.substr(cut1, cut2 - cut1), all.substr(cut2)};
+      std::string rest;
+      std::vector<wire::WireBytes> located;
+      ASSERT_TRUE(wire::SplitOutField(pieces, 7, &rest, &located));
+      ModelInferRequest parsed;
+      ASSERT_TRUE(parsed.ParseFromString(rest));
+      EXPECT_EQ(parsed.SerializeAsString(), without_raw.SerializeAsString());
+      ASSERT_EQ(located.size(), 2u);
+      for (int i = 0; i < 2; ++i) {
+        std::string got(located[i].size, '\0');
+        wire::CopyWireBytes(pieces, located[i], got.data());
+        EXPECT_EQ(got, request.raw_input_contents(i));
+      }
+    }
+  }
+  // Truncated messages and a raw_input_contents with another wire type are refused.
+  std::string rest;
+  std::vector<wire::WireBytes> located;
+  for (size_t cut : {bytes.size() - 1, bytes.size() - 30, size_t{1}}) {
+    const absl::string_view piece(bytes.data(), cut);
+    EXPECT_FALSE(wire::SplitOutField({&piece, 1}, 7, &rest, &located)) << cut;
+  }
+  const std::string varint_seven("\x38\x01", 2);  // field 7 as a varint
+  const absl::string_view piece(varint_seven);
+  EXPECT_FALSE(wire::SplitOutField({&piece, 1}, 7, &rest, &located));
+}
+
+TEST_F(KserveTest, ModelInfer_RawInputsInAnyOrderAndFieldOrder_GiveTheSameAnswer) {
+  const std::vector<double> want = TpForward();
+  // x2 before x1.
+  ModelInferRequest reversed;
+  reversed.set_model_name("small");
+  AddInput(&reversed, "x2", info_.dim_in2(), x2_, "FP32", true);
+  AddInput(&reversed, "x1", info_.dim_in1(), x1_, "FP32", true);
+  ModelInferResponse response;
+  ASSERT_TRUE(Call(reversed, &response).ok());
+  EXPECT_LT(MaxRelativeError(Output(response, "out"), want), 1e-6);
+
+  // raw_input_contents before inputs on the wire (protobuf merges concatenated messages).
+  ModelInferRequest contents_only, header_only = Infer();
+  *contents_only.mutable_raw_input_contents() = header_only.raw_input_contents();
+  header_only.clear_raw_input_contents();
+  const std::string bytes = contents_only.SerializeAsString() + header_only.SerializeAsString();
+  auto channel = grpc::CreateChannel(server_->target(), grpc::InsecureChannelCredentials());
+  grpc::GenericStub generic(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::CompletionQueue cq;
+  grpc::Slice slice(bytes);
+  grpc::ByteBuffer request(&slice, 1), reply;
+  auto call = generic.PrepareUnaryCall(&context, "/inference.GRPCInferenceService/ModelInfer", request, &cq);
+  call->StartCall();
+  grpc::Status status;
+  call->Finish(&reply, &status, reinterpret_cast<void*>(1));
+  void* tag;
+  bool ok;
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(reply.Dump(&slices).ok());
+  std::string reply_bytes;
+  for (const auto& s : slices) reply_bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  ModelInferResponse parsed;
+  ASSERT_TRUE(parsed.ParseFromString(reply_bytes));
+  EXPECT_EQ(parsed.id(), "req-42");
+  EXPECT_LT(MaxRelativeError(Output(parsed, "out"), want), 1e-6);
+
+  // Bytes that are no ModelInferRequest: INVALID_ARGUMENT, and the server serves on.
+  grpc::ClientContext garbage_context;
+  garbage_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::Slice garbage(std::string("\x3a\xff\xff\x01xyz", 7));
+  grpc::ByteBuffer garbage_request(&garbage, 1);
+  auto garbage_call = generic.PrepareUnaryCall(&garbage_context, "/inference.GRPCInferenceService/ModelInfer",
+                                               garbage_request, &cq);
+  garbage_call->StartCall();
+  garbage_call->Finish(&reply, &status, reinterpret_cast<void*>(2));
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  EXPECT_EQ(status.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_TRUE(absl::StrContains(status.error_message(), "not an inference.ModelInferRequest")) << status.error_message();
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  response.Clear();
+  EXPECT_TRUE(Call(Infer(), &response).ok());
 }
 
 // ModelInfer and tp.v1 Forward share the core's queue: concurrent calls merge into one launch.
