@@ -198,9 +198,12 @@ void FloatsToBytes(const float* data, size_t n, tp::v1::DType dtype, std::string
   }
 }
 
-int64_t ShapeElements(const tp::v1::Tensor& tensor) {
+namespace {
+
+template <typename Extents>
+int64_t ProductOfExtents(const Extents& shape) {
   int64_t numel = 1;
-  for (int64_t extent : tensor.shape()) {
+  for (int64_t extent : shape) {
     if (extent < 0 || extent > (int64_t{1} << 40) || numel > (int64_t{1} << 40) / std::max<int64_t>(extent, 1)) {
       return -1;
     }
@@ -208,5 +211,10 @@ int64_t ShapeElements(const tp::v1::Tensor& tensor) {
   }
   return numel;
 }
+
+}  // namespace
+
+int64_t ShapeElements(const tp::v1::Tensor& tensor) { return ProductOfExtents(tensor.shape()); }
+int64_t ShapeElements(const std::vector<int64_t>& shape) { return ProductOfExtents(shape); }
 
 }  // namespace tpserve::wire

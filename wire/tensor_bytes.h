@@ -27,6 +27,7 @@ void FloatsToBytes(const float* data, size_t n, tp::v1::DType dtype, std::string
 
 // Product of the tensor's extents, or -1 when one is negative or the product is absurd (past 2^40).
 int64_t ShapeElements(const tp::v1::Tensor& tensor);
+int64_t ShapeElements(const std::vector<int64_t>& shape);
 
 // Protobuf wire pieces for messages sent partly from the sender's own memory (unary Forward's
 // response from a page-locked lease, tp_client's requests from the caller's message): the tag and

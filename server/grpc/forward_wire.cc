@@ -188,4 +188,48 @@ std::string EncodeForwardResponseHead(const tp::v1::ForwardResponse& fields, siz
   return head;
 }
 
+bool SplitOutField(absl::Span<const absl::string_view> pieces, int field, std::string* rest,
+                   std::vector<WireBytes>* occurrences) {
+  Cursor in(pieces);
+  rest->clear();
+  occurrences->clear();
+  while (!in.at_limit()) {
+    const size_t start = in.offset();
+    uint64_t key, value;
+    if (!in.ReadVarint(&key)) return false;
+    const uint64_t number = key >> 3;
+    const int wire_type = static_cast<int>(key & 7);
+    if (number == 0) return false;
+    if (number == static_cast<uint64_t>(field) && wire_type != kLengthDelimited) return false;
+    switch (wire_type) {
+      case kVarint:
+        if (!in.ReadVarint(&value)) return false;
+        break;
+      case kFixed64:
+        if (!in.Skip(8)) return false;
+        break;
+      case kFixed32:
+        if (!in.Skip(4)) return false;
+        break;
+      case kLengthDelimited: {
+        uint64_t bytes;
+        if (!ReadLength(in, &bytes)) return false;
+        if (number == static_cast<uint64_t>(field)) {
+          occurrences->push_back({in.offset(), static_cast<size_t>(bytes)});
+          if (!in.Skip(bytes)) return false;
+          continue;  // located, not copied
+        }
+        if (!in.Skip(bytes)) return false;
+        break;
+      }
+      default:
+        return false;  // groups
+    }
+    const size_t size = in.offset() - start;
+    rest->resize(rest->size() + size);
+    CopyWireBytes(pieces, {start, size}, rest->data() + rest->size() - size);
+  }
+  return true;
+}
+
 }  // namespace tpserve::wire

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <string>
+#include <vector>
 
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
@@ -40,5 +41,13 @@ void CopyWireBytes(absl::Span<const absl::string_view> pieces, WireBytes bytes, 
 // out.data of `data_bytes` bytes: append those bytes and the whole is the ForwardResponse with
 // that data (out is written last, which protobuf readers accept in any order).
 std::string EncodeForwardResponseHead(const tp::v1::ForwardResponse& fields, size_t data_bytes);
+
+// Any message split at its top level around one length-delimited field (the Open Inference
+// Protocol's raw_input_contents, kserve_service.h): each occurrence of `field` is located in
+// `occurrences`, in order, and every other field is copied, in order, into `rest`, which then
+// parses as the message without that field. False when the top level is not well-formed wire
+// data or `field` occurs with another wire type (the caller then lets protobuf answer).
+bool SplitOutField(absl::Span<const absl::string_view> pieces, int field, std::string* rest,
+                   std::vector<WireBytes>* occurrences);
 
 }  // namespace tpserve::wire

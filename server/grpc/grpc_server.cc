@@ -20,6 +20,7 @@
 #include "wire/channel_tuning.h"
 #include "server/grpc/compute_service.h"
 #include "server/grpc/health_service.h"
+#include "server/grpc/kserve_service.h"
 #include "server/grpc/model_service.h"
 #include "server/tls/server_tls.h"
 #include "kernels/core/status_macros.h"
@@ -127,8 +128,10 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportCon
   server->compute_service_ = std::make_unique<ComputeServiceImpl>(server->env_);
   server->health_service_ = std::make_unique<HealthServiceImpl>(
       std::vector<std::string>{tp::v1::ModelService::service_full_name(),
-                               tp::v1::TensorProductService::service_full_name()},
+                               tp::v1::TensorProductService::service_full_name(),
+                               inference::GRPCInferenceService::service_full_name()},
       server->watch_streams_.get());
+  server->kserve_service_ = std::make_unique<KserveServiceImpl>(server->env_);
 
   std::shared_ptr<grpc::ServerCredentials> credentials;
   server->config_ = config;
@@ -194,12 +197,14 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportCon
   builder.RegisterService(server->model_service_.get());
   builder.RegisterService(server->compute_service_.get());
   builder.RegisterService(server->health_service_.get());
+  builder.RegisterService(server->kserve_service_.get());
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen_address,
                                                " (is another process, maybe another tpserve, using the port?)"));
   }
   server->health_service_->SetServing(true);
+  server->kserve_service_->SetReady(true);
   // A lost device cannot come back in this process. While other devices serve, the server keeps
   // SERVING with less capacity (tp_device_lost{device} and the log say which is gone); once every
   // device is lost it reports NOT_SERVING so that a load balancer or an orchestrator moves traffic
@@ -227,6 +232,7 @@ GrpcServer::~GrpcServer() {
 
 void GrpcServer::Shutdown(absl::Duration grace) {
   health_service_->BeginShutdown();
+  kserve_service_->SetReady(false);
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
 }
 

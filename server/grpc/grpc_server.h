@@ -1,5 +1,6 @@
-// The gRPC transport: builds and runs a grpc::Server with tp.v1's two services, the standard
-// health service (grpc.health.v1), server reflection, optional TLS and bearer-token auth, over
+// The gRPC transport: builds and runs a grpc::Server with tp.v1's two services, the Open Inference
+// Protocol's inference.GRPCInferenceService (kserve_service.h), the standard health service
+// (grpc.health.v1), server reflection, optional TLS and bearer-token auth, over
 // an InferenceCore it does not own.
 #pragma once
 
@@ -55,6 +56,7 @@ struct TransportConfig {
 class ModelServiceImpl;
 class ComputeServiceImpl;
 class HealthServiceImpl;
+class KserveServiceImpl;
 
 class GrpcServer {
  public:
@@ -86,6 +88,7 @@ class GrpcServer {
   std::unique_ptr<HealthServiceImpl> health_service_;
   std::unique_ptr<OpenStreamLimit> watch_streams_;
   std::unique_ptr<Housekeeper> housekeeper_;
+  std::unique_ptr<KserveServiceImpl> kserve_service_;  // inference.GRPCInferenceService (KServe v2)
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   int lost_listener_ = -1;  // InferenceCore::AddDeviceLostListener: health NOT_SERVING on a device fault

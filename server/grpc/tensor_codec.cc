@@ -7,29 +7,33 @@
 
 namespace tpserve::wire {
 
-absl::StatusOr<server::HostTensor> DecodeTensor(const tp::v1::Tensor& tensor, const char* what, Decode mode) {
+absl::StatusOr<server::HostTensor> DecodeTensorBytes(std::vector<int64_t> shape, tp::v1::DType dtype,
+                                                     const std::string& bytes, const char* what, Decode mode) {
   server::HostTensor host;
-  const int64_t numel = ShapeElements(tensor);
+  const int64_t numel = ShapeElements(shape);
   if (numel < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, ": shape ", ShapeString({tensor.shape().begin(), tensor.shape().end()}), " has a negative or absurd extent"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": shape ", ShapeString(shape), " has a negative or absurd extent"));
   }
-  if (tensor.shape().empty()) {
+  if (shape.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": missing (no shape); expected [batch, dim]"));
   }
-  host.shape.assign(tensor.shape().begin(), tensor.shape().end());
-  const std::string& bytes = tensor.data();
-  if (mode == Decode::kBorrow && tensor.dtype() == tp::v1::DTYPE_FLOAT32 &&
+  host.shape = std::move(shape);
+  if (mode == Decode::kBorrow && dtype == tp::v1::DTYPE_FLOAT32 &&
       bytes.size() == static_cast<size_t>(numel) * sizeof(float) &&
       reinterpret_cast<uintptr_t>(bytes.data()) % alignof(float) == 0) {
     return server::HostTensor::Borrow(std::move(host.shape), reinterpret_cast<const float*>(bytes.data()),
                                       static_cast<size_t>(numel));
   }
-  absl::StatusOr<std::vector<float>> values = BytesToFloats(
-      tensor.dtype(), tensor.data(), absl::StrCat(what, " ", ShapeString(host.shape)).c_str(), numel);
+  absl::StatusOr<std::vector<float>> values =
+      BytesToFloats(dtype, bytes, absl::StrCat(what, " ", ShapeString(host.shape)).c_str(), numel);
   if (!values.ok()) return values.status();
   host.data = *std::move(values);
   return host;
+}
+
+absl::StatusOr<server::HostTensor> DecodeTensor(const tp::v1::Tensor& tensor, const char* what, Decode mode) {
+  return DecodeTensorBytes({tensor.shape().begin(), tensor.shape().end()}, tensor.dtype(), tensor.data(), what, mode);
 }
 
 void EncodeTensor(const server::HostTensor& tensor, tp::v1::DType dtype, tp::v1::Tensor* out) {

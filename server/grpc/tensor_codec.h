@@ -16,6 +16,11 @@ enum class Decode { kCopy, kBorrow };
 // it unchanged (other dtypes, and misaligned bytes, are converted into owned values as kCopy does).
 absl::StatusOr<server::HostTensor> DecodeTensor(const tp::v1::Tensor& tensor, const char* what,
                                                 Decode mode = Decode::kCopy);
+// DecodeTensor for bytes that arrive beside their shape and dtype instead of inside a tp.v1.Tensor
+// (the Open Inference Protocol's raw_input_contents): the same checks, the same borrowing of `bytes`.
+absl::StatusOr<server::HostTensor> DecodeTensorBytes(std::vector<int64_t> shape, tp::v1::DType dtype,
+                                                     const std::string& bytes, const char* what,
+                                                     Decode mode = Decode::kCopy);
 // Leaves the bytes alone when `tensor` already borrows them as float32 (see Forward's out_into).
 void EncodeTensor(const server::HostTensor& tensor, tp::v1::DType dtype, tp::v1::Tensor* out);
 
