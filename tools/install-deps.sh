@@ -8,7 +8,10 @@ packages=(
   prometheus-cpp-dev libopenblas-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   openssl curl python3
+  python3-grpcio python3-grpc-tools python3-numpy python3-pytest nodejs
 )
+# npm comes with NodeSource's nodejs (which conflicts with Debian's npm package); Debian's nodejs needs it.
+command -v npm >/dev/null || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
