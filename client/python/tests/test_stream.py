@@ -16,7 +16,9 @@ def test_stream_forward_yields_every_result_in_order(client, small_model):
     outs = list(client.stream_forward(small_model.name, batches, window=6))
     assert len(outs) == len(batches)
     for (x1, x2), out in zip(batches, outs):
-        np.testing.assert_array_equal(out, client.forward(small_model.name, x1, x2))
+        assert out.shape == (x1.shape[0], small_model.dim_out)
+        # The server may merge streamed requests into one launch: same values, up to rounding.
+        np.testing.assert_allclose(out, client.forward(small_model.name, x1, x2), rtol=1e-5, atol=1e-6)
 
 
 def test_stream_keeps_at_most_window_requests_ahead(client, small_model):
@@ -64,7 +66,7 @@ def test_a_failed_request_is_raised_at_its_place_or_returned(client, small_model
            tpserve.StreamForward(small_model.name, x1, x2)]
     results = list(client.stream(ops, return_exceptions=True))
     assert isinstance(results[1], tpserve.NotFound) and results[1].code == grpc.StatusCode.NOT_FOUND
-    np.testing.assert_array_equal(results[0].out, results[2].out)
+    np.testing.assert_allclose(results[0].out, results[2].out, rtol=1e-5, atol=1e-6)
 
     seen = []
     with pytest.raises(tpserve.NotFound):
