@@ -95,6 +95,13 @@ def test_calls_that_change_state_are_not_retried(restartable):
             "UploadWeights": lambda: client.upload_weights("m", np.zeros(info.weight_numel, np.float32)),
             "CreateModel": lambda: client.create_model("n", "2x0e", "2x0e", "2x0e"),
             "DeleteModel": lambda: client.delete_model("m"),
+            "ZeroGradient": lambda: client.zero_gradient("m"),
+            # An empty buffer after a restart would read as zeros: never retried.
+            "GetGradient": lambda: client.get_gradient("m"),
+            "BackwardChunked": lambda: client.backward_chunked("m", x1, x2, loss="sum"),
+            # Streaming calls started just as the server left once hung past their deadline in
+            # grpcio 1.51 (see Client.__init__); they must fail at once.
+            "Stream": lambda: list(client.stream([tpserve.StreamEcho(b"x")], timeout=10)),
         }
         for method, call in calls.items():
             start = time.monotonic()
