@@ -11,10 +11,10 @@
 #include "absl/flags/reflection.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
-#include "kernels/core/backend_factory.h"
+#include "kernels/backend_factory.h"
 #include "server/core/inference_core.h"
 #include "server/grpc/grpc_server.h"
-#include "server/malloc_tuning.h"
+#include "wire/malloc_tuning.h"
 #include "server/metrics/metrics.h"
 #include "server/server_config.h"
 
@@ -24,6 +24,10 @@ ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9090", "Prometheus /metrics add
 ABSL_FLAG(std::string, model_dir, "", "model repository directory (\"\": in memory only)");
 ABSL_FLAG(std::string, backend, "auto", "auto | cpu | cuda | cuda:0,cuda:1,...");
 ABSL_FLAG(int, workers_per_gpu, 2, "workers (streams, weight replicas) per GPU; 2 (default): copies of one overlap compute of the other");
+ABSL_FLAG(std::string, forward_kernel, "auto",
+          "CUDA forward kernel: auto (wgmma where usable) | factored-mma | factored-3xtf32 | gemm");
+ABSL_FLAG(int, factored_warp_cols, 32, "CUDA factored forward (mma.sync): output columns per warp, 16 or 32");
+ABSL_FLAG(int, factored_blocks_per_sm, 0, "CUDA factored forward work split: blocks per SM (0: chosen per batch)");
 ABSL_FLAG(int64_t, max_batch_size, 4096, "most samples per launch and per request");
 ABSL_FLAG(int64_t, max_queue_delay_us, 0, "how long a request may wait for others to batch with (0: greedy)");
 ABSL_FLAG(int64_t, max_queued_requests, 1024, "admitted requests waiting; beyond: RESOURCE_EXHAUSTED");
@@ -73,6 +77,14 @@ absl::StatusOr<ServerConfig> LoadConfig() {
   take("backend", c.backend, absl::GetFlag(FLAGS_backend));
   take("workers_per_gpu", c.workers_per_gpu, absl::GetFlag(FLAGS_workers_per_gpu));
   if (c.workers_per_gpu < 1) return absl::InvalidArgumentError("--workers_per_gpu: expected >= 1");
+  if (Given("forward_kernel")) {
+    absl::StatusOr<CudaBackendOptions::ForwardKernel> kernel = ParseForwardKernel(absl::GetFlag(FLAGS_forward_kernel));
+    if (!kernel.ok()) return absl::InvalidArgumentError(absl::StrCat("--", kernel.status().message()));
+    c.cuda.forward_kernel = *kernel;
+  }
+  take("factored_warp_cols", c.cuda.factored_warp_cols, absl::GetFlag(FLAGS_factored_warp_cols));
+  take("factored_blocks_per_sm", c.cuda.factored_blocks_per_sm, absl::GetFlag(FLAGS_factored_blocks_per_sm));
+  if (auto s = ValidateCudaBackendOptions(c.cuda); !s.ok()) return s;
   take("max_batch_size", c.core.max_batch_size, absl::GetFlag(FLAGS_max_batch_size));
   take("max_queue_delay_us", c.core.max_queue_delay_us, absl::GetFlag(FLAGS_max_queue_delay_us));
   take("max_queued_requests", c.core.max_queued_requests, absl::GetFlag(FLAGS_max_queued_requests));
@@ -104,7 +116,8 @@ absl::StatusOr<ServerConfig> LoadConfig() {
   return c;
 }
 
-absl::StatusOr<std::vector<std::unique_ptr<Backend>>> MakeBackends(const std::string& spec, int workers_per_gpu) {
+absl::StatusOr<std::vector<std::unique_ptr<Backend>>> MakeBackends(const std::string& spec, int workers_per_gpu,
+                                                                     const CudaBackendOptions& cuda_options) {
   std::vector<std::string> names;
   if (spec == "auto" || spec == "cuda") {
     for (int i = 0; i < CudaDeviceCount(); ++i) names.push_back("cuda:" + std::to_string(i));
@@ -117,7 +130,7 @@ absl::StatusOr<std::vector<std::unique_ptr<Backend>>> MakeBackends(const std::st
   for (const std::string& name : names) {
     const int copies = absl::StartsWith(name, "cuda") ? workers_per_gpu : 1;
     for (int i = 0; i < copies; ++i) {
-      absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend(name);
+      absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend(name, cuda_options);
       if (!backend.ok()) return backend.status();
       backends.push_back(*std::move(backend));
     }
@@ -148,7 +161,7 @@ int Main() {
       return 1;
     }
   }
-  auto backends = MakeBackends(config->backend, config->workers_per_gpu);
+  auto backends = MakeBackends(config->backend, config->workers_per_gpu, config->cuda);
   if (!backends.ok()) {
     std::cerr << "tpserve: " << backends.status() << "\n";
     return 1;

@@ -11,9 +11,9 @@ namespace tpserve::server {
 
 std::string ServerConfig::DebugString() const {
   return absl::StrFormat(
-      "tpserve config:\n  core: %s\n  transport: %s\n  metrics=%s backend=%s workers_per_gpu=%d demo_model=%s demo_spec=(%s | %s | %s) "
+      "tpserve config:\n  core: %s\n  transport: %s\n  cuda: %s\n  metrics=%s backend=%s workers_per_gpu=%d demo_model=%s demo_spec=(%s | %s | %s) "
       "demo_seed=%d shutdown_grace_seconds=%g",
-      core.DebugString(), transport.DebugString(), metrics_address.empty() ? "off" : metrics_address, backend, workers_per_gpu,
+      core.DebugString(), transport.DebugString(), DescribeCudaBackendOptions(cuda), metrics_address.empty() ? "off" : metrics_address, backend, workers_per_gpu,
       demo_model.empty() ? "(none)" : demo_model, demo_spec.irreps_in1, demo_spec.irreps_in2, demo_spec.irreps_out,
       demo_seed, shutdown_grace_seconds);
 }
@@ -34,6 +34,12 @@ absl::Status ApplyConfigFile(const std::string& path, ServerConfig* config) {
       else if (key == "model_dir") config->core.model_dir = value.get<std::string>();
       else if (key == "backend") config->backend = value.get<std::string>();
       else if (key == "workers_per_gpu") config->workers_per_gpu = value.get<int>();
+      else if (key == "forward_kernel") {
+        absl::StatusOr<CudaBackendOptions::ForwardKernel> kernel = ParseForwardKernel(value.get<std::string>());
+        if (!kernel.ok()) return absl::InvalidArgumentError(absl::StrCat("config ", kernel.status().message()));
+        config->cuda.forward_kernel = *kernel;
+      } else if (key == "factored_warp_cols") config->cuda.factored_warp_cols = value.get<int>();
+      else if (key == "factored_blocks_per_sm") config->cuda.factored_blocks_per_sm = value.get<int>();
       else if (key == "max_batch_size") config->core.max_batch_size = value.get<int64_t>();
       else if (key == "max_queue_delay_us") config->core.max_queue_delay_us = value.get<int64_t>();
       else if (key == "max_queued_requests") config->core.max_queued_requests = value.get<int64_t>();

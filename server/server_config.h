@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "kernels/cuda/cuda_backend_options.h"
 #include "server/core/config.h"
 #include "server/core/model.h"
 #include "server/grpc/grpc_server.h"
@@ -22,6 +23,8 @@ struct ServerConfig {
   // Workers (each with its own stream and weight replicas) per GPU. 1 is the design (one worker per
   // GPU); 2 lets one launch's host copies overlap another's compute. CPU backends always get one.
   int workers_per_gpu = 2;  // measured on H100: 2 overlaps one worker's copies with the other's kernels
+  // Kernel choices of the CUDA backends (forward_kernel, factored_warp_cols, factored_blocks_per_sm).
+  CudaBackendOptions cuda;
   // Created at start-up (seeded) unless the repository already holds a model of that name.
   std::string demo_model;
   ModelSpec demo_spec{"128x0e + 128x1e + 128x2e", "128x0e + 128x1e + 128x2e", "128x0e + 128x1e + 128x2e"};

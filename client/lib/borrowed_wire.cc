@@ -2,7 +2,7 @@
 
 #include <vector>
 
-#include "server/grpc/tensor_codec.h"
+#include "wire/tensor_bytes.h"
 
 namespace tpserve::client {
 namespace {

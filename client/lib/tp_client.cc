@@ -6,9 +6,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/lib/borrowed_wire.h"
+#include "client/lib/channel_target.h"
+#include "grpc/impl/codegen/grpc_types.h"
 #include "grpcpp/impl/codegen/client_unary_call.h"
-#include "server/grpc/channel_tuning.h"
-#include "server/grpc/tensor_codec.h"
+#include "wire/channel_tuning.h"
+#include "wire/tensor_bytes.h"
 
 namespace tpserve::client {
 
@@ -17,32 +19,71 @@ absl::Status FromGrpc(const grpc::Status& status) {
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
 }
 
-absl::StatusOr<std::unique_ptr<TpClient>> TpClient::Connect(const ClientOptions& options) {
-  if (options.target.empty()) return absl::InvalidArgumentError("--server: expected HOST:PORT");
-  std::unique_ptr<TpClient> client(new TpClient(options));
-  std::shared_ptr<grpc::ChannelCredentials> credentials;
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT32_MAX)));
-  args.SetMaxSendMessageSize(static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT32_MAX)));
-  for (const auto& [name, value] : transport::kTensorChannelArgs) args.SetInt(name, value);
-  if (options.tls) {
-    grpc::SslCredentialsOptions ssl;
-    if (!options.tls_ca_file.empty()) {
-      std::ifstream in(options.tls_ca_file);
-      if (!in) return absl::NotFoundError(absl::StrCat("TLS CA file ", options.tls_ca_file, ": cannot read"));
-      std::stringstream text;
-      text << in.rdbuf();
-      ssl.pem_root_certs = text.str();
-    }
-    credentials = grpc::SslCredentials(ssl);
-    if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
-  } else {
-    credentials = grpc::InsecureChannelCredentials();
+namespace {
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(const ClientOptions& options,
+                                                                      grpc::ChannelArguments& args) {
+  if (!options.tls) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions ssl;
+  if (!options.tls_ca_file.empty()) {
+    std::ifstream in(options.tls_ca_file);
+    if (!in) return absl::NotFoundError(absl::StrCat("TLS CA file ", options.tls_ca_file, ": cannot read"));
+    std::stringstream text;
+    text << in.rdbuf();
+    ssl.pem_root_certs = text.str();
   }
-  client->channel_ = grpc::CreateCustomChannel(options.target, credentials, args);
+  if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
+  return grpc::SslCredentials(ssl);
+}
+
+grpc::ChannelArguments BaseArguments(const ClientOptions& options) {
+  grpc::ChannelArguments args;
+  const int max_bytes = static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT32_MAX));
+  args.SetMaxReceiveMessageSize(max_bytes);
+  args.SetMaxSendMessageSize(max_bytes);
+  for (const auto& [name, value] : transport::kTensorChannelArgs) args.SetInt(name, value);
+  return args;
+}
+
+bool WantsHealthChecking(const ClientOptions& options) {
+  switch (options.health_checking) {
+    case ClientOptions::HealthChecking::kOn: return true;
+    case ClientOptions::HealthChecking::kOff: return false;
+    case ClientOptions::HealthChecking::kAuto: break;
+  }
+  return ListedAddresses(options.target).size() != 1;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TpClient>> TpClient::Connect(const ClientOptions& options) {
+  absl::StatusOr<std::string> target = ChannelTarget(options.target);
+  if (!target.ok()) return target.status();
+  std::unique_ptr<TpClient> client(new TpClient(options));
+  client->channel_target_ = *target;
+  grpc::ChannelArguments args = BaseArguments(options);
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials = Credentials(options, args);
+  if (!credentials.ok()) return credentials.status();
+  grpc::ChannelArguments health_args = args;
+  ChannelPolicy policy = options.policy;
+  if (!WantsHealthChecking(options)) policy.health_service.clear();
+  client->service_config_json_ = ServiceConfigJson(policy);
+  args.SetServiceConfigJSON(client->service_config_json_);
+  args.SetInt(GRPC_ARG_ENABLE_RETRIES, 1);
+  // A request is retried from a copy gRPC keeps until the call commits; a request larger than this
+  // buffer commits at once and is never retried, so it must hold the largest message.
+  args.SetInt(GRPC_ARG_PER_RPC_RETRY_BUFFER_SIZE,
+              static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT32_MAX)));
+  client->channel_ = grpc::CreateCustomChannel(*target, *credentials, args);
+  ChannelPolicy plain;
+  plain.load_balancing = "pick_first";
+  plain.health_service.clear();
+  plain.max_attempts = 1;
+  health_args.SetServiceConfigJSON(ServiceConfigJson(plain));
+  client->health_channel_ = grpc::CreateCustomChannel(*target, *credentials, health_args);
   client->models_ = tp::v1::ModelService::NewStub(client->channel_);
   client->compute_ = tp::v1::TensorProductService::NewStub(client->channel_);
-  client->health_ = grpc::health::v1::Health::NewStub(client->channel_);
+  client->health_ = grpc::health::v1::Health::NewStub(client->health_channel_);
   const std::string service = absl::StrCat("/", tp::v1::TensorProductService::service_full_name(), "/");
   client->forward_name_ = service + "Forward";
   client->echo_name_ = service + "Echo";
@@ -65,12 +106,12 @@ absl::StatusOr<Response> TpClient::CallEncoded(const grpc::internal::RpcMethod& 
   return response;
 }
 
-std::unique_ptr<grpc::ClientContext> TpClient::NewContext() const {
+std::unique_ptr<grpc::ClientContext> TpClient::NewContext(double timeout_seconds) const {
   auto context = std::make_unique<grpc::ClientContext>();
   if (!options_.auth_token.empty()) context->AddMetadata("authorization", "Bearer " + options_.auth_token);
-  if (options_.timeout_seconds > 0) {
+  if (timeout_seconds > 0) {
     context->set_deadline(std::chrono::system_clock::now() +
-                          std::chrono::microseconds(static_cast<int64_t>(options_.timeout_seconds * 1e6)));
+                          std::chrono::microseconds(static_cast<int64_t>(timeout_seconds * 1e6)));
   }
   return context;
 }
@@ -242,7 +283,7 @@ absl::StatusOr<tp::v1::EchoResponse> TpClient::Echo(const tp::v1::EchoRequest& r
 
 TpClient::Stream TpClient::OpenStream() {
   Stream stream;
-  stream.context = NewContext();
+  stream.context = NewContext(options_.stream_timeout_seconds);
   stream.rpc = compute_->Stream(stream.context.get());
   return stream;
 }

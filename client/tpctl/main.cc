@@ -18,7 +18,7 @@
 #include "client/npy.h"
 #include "client/tpctl/args.h"
 #include "client/tpctl/local_eval.h"
-#include "kernels/core/backend_factory.h"
+#include "kernels/backend_factory.h"
 #include "kernels/core/status_macros.h"
 #ifdef TPCTL_HAVE_REMOTE
 #include "client/tpctl/remote_commands.h"

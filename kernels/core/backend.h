@@ -111,6 +111,12 @@ class Backend {
   // poisons the process's context for good: every later call fails and only a new process recovers.
   // Callers ask after a failed launch, to tell such a fault from an error of that launch alone.
   virtual absl::Status CheckDevice() { return absl::OkStatus(); }
+
+  // An execution stream of the backend's own for ExecutionContext::stream, so that each caller
+  // (a server worker) orders its work apart from the others: on CUDA a non-blocking stream on the
+  // backend's device. nullptr where the backend has no streams (CPU); the caller destroys it here.
+  virtual absl::StatusOr<void*> CreateStream() { return nullptr; }
+  virtual void DestroyStream(void* stream) { (void)stream; }
 };
 
 // Shape and dtype checks shared by every backend, so each names the same expectations.

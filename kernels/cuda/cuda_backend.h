@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/core/backend.h"
+#include "kernels/cuda/cuda_backend_options.h"
 
 namespace tpserve {
 
@@ -27,8 +28,9 @@ class CudaBackend final : public Backend {
  public:
   // Number of usable CUDA devices; 0 when there is no driver or no GPU (never fails).
   static int DeviceCount();
-  // A backend on device `device` (0-based); UNAVAILABLE without such a device.
-  static absl::StatusOr<std::unique_ptr<Backend>> Create(int device);
+  // A backend on device `device` (0-based); UNAVAILABLE without such a device, INVALID_ARGUMENT
+  // for options out of range.
+  static absl::StatusOr<std::unique_ptr<Backend>> Create(int device, const CudaBackendOptions& options = {});
 
   ~CudaBackend() override;
 
@@ -52,16 +54,20 @@ class CudaBackend final : public Backend {
   absl::Status CopyToHost(void* host_dst, const void* src, size_t bytes, const ExecutionContext& ctx) override;
   absl::Status Synchronize(const ExecutionContext& ctx) override;
   absl::Status CheckDevice() override;
+  absl::StatusOr<void*> CreateStream() override;  // a non-blocking cudaStream_t on this device
+  void DestroyStream(void* stream) override;
 
   int device() const { return device_; }
+  const CudaBackendOptions& options() const { return options_; }
 
  private:
-  CudaBackend(int device, int num_sms, bool wgmma_usable)
-      : device_(device), num_sms_(num_sms), wgmma_usable_(wgmma_usable) {}
+  CudaBackend(int device, int num_sms, bool wgmma_usable, const CudaBackendOptions& options)
+      : device_(device), num_sms_(num_sms), wgmma_usable_(wgmma_usable), options_(options) {}
 
   int device_;
   int num_sms_;
   bool wgmma_usable_;  // the factored forward may run on wgmma (sm_90 device, sm_90a image)
+  CudaBackendOptions options_;
 };
 
 }  // namespace tpserve

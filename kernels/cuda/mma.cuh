@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include <cuda_bf16.h>
 
@@ -57,6 +58,43 @@ __device__ __forceinline__ void MmaBf16(float (&c)[4], const uint32_t (&a)[4], c
       "{%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// The 3xTF32 step both warp MMAs share. The tensor cores truncate while they accumulate; over a
+// long K that bias grows linearly (measured 6e-5 relative at K = 8192). So each K tile of 32
+// accumulates into a fresh register tile, added to acc with a rounding fp32 add. One m16 row block
+// at a time keeps the extra registers to NT*4.
+// load_a(mt, kk, a_big, a_small): the lane's m16k8 A fragment of row block mt at k = kk, split in
+// two TF32 halves. b_at(kk, nt, i): the lane's fp32 B value at k = kk + t + 4i of n8 tile nt.
+template <int MT, int NT, class LoadA, class BAt>
+__device__ __forceinline__ void WarpMma3xTf32TileK(float (&acc)[MT][NT][4], LoadA load_a, BAt b_at) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    float step[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) step[nt][i] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < kTileK; kk += 8) {
+      uint32_t a_big[4], a_small[4];
+      load_a(mt, kk, a_big, a_small);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const float bv[2] = {b_at(kk, nt, 0), b_at(kk, nt, 1)};
+        uint32_t b_big[2], b_small[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) SplitTf32(bv[i], b_big[i], b_small[i]);
+        MmaTf32(step[nt], a_small, b_big);
+        MmaTf32(step[nt], a_big, b_small);
+        MmaTf32(step[nt], a_big, b_big);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mt][nt][i] += step[nt][i];
+  }
 }
 
 // acc += A[warp_m0 .. +16*MT, 0 .. kTileK) * B[0 .. kTileK, warp_n0 .. +8*NT).
@@ -117,41 +155,16 @@ __device__ __forceinline__ void WarpMmaTileK(float (&acc)[MT][NT][4], const floa
         for (int nt = 0; nt < NT; ++nt) MmaTf32(acc[mt][nt], a[mt], b[nt]);
     }
   } else {
-    // 3xTF32. The tensor cores truncate while they accumulate; over a long K that bias grows
-    // linearly (measured 6e-5 relative at K = 8192). So each K tile of 32 accumulates into a fresh
-    // register tile, added to acc with a rounding fp32 add. One m16 row block at a time keeps the
-    // extra registers to NT*4.
+    // 3xTF32 (see WarpMma3xTf32TileK).
+    WarpMma3xTf32TileK<MT, NT>(
+        acc,
+        [&](int mt, int kk, uint32_t (&a_big)[4], uint32_t (&a_small)[4]) {
+          const int m = warp_m0 + mt * 16 + g;
+          const float av[4] = {A(m, kk + t), A(m + 8, kk + t), A(m, kk + t + 4), A(m + 8, kk + t + 4)};
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      float step[NT][4];
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) step[nt][i] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < kTileK; kk += 8) {
-        uint32_t a_big[4], a_small[4];
-        const int m = warp_m0 + mt * 16 + g;
-        const float av[4] = {A(m, kk + t), A(m + 8, kk + t), A(m, kk + t + 4), A(m + 8, kk + t + 4)};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) SplitTf32(av[i], a_big[i], a_small[i]);
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          const int n = warp_n0 + nt * 8 + g;
-          const float bv[2] = {B(kk + t, n), B(kk + t + 4, n)};
-          uint32_t b_big[2], b_small[2];
-#pragma unroll
-          for (int i = 0; i < 2; ++i) SplitTf32(bv[i], b_big[i], b_small[i]);
-          MmaTf32(step[nt], a_small, b_big);
-          MmaTf32(step[nt], a_big, b_small);
-          MmaTf32(step[nt], a_big, b_big);
-        }
-      }
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) acc[mt][nt][i] += step[nt][i];
-    }
+          for (int i = 0; i < 4; ++i) SplitTf32(av[i], a_big[i], a_small[i]);
+        },
+        [&](int kk, int nt, int i) { return B(kk + t + 4 * i, warp_n0 + nt * 8 + g); });
   }
 }
 
@@ -242,38 +255,16 @@ __device__ __forceinline__ void WarpMmaLdm(float (&acc)[MT][NT][4], const void* 
         for (int nt = 0; nt < NT; ++nt) MmaTf32(acc[mt][nt], a[mt], b[nt]);
     }
   } else {
-    // 3xTF32 with a fresh accumulator per K tile and m16 block (see WarpMmaTileK).
+    // 3xTF32 (see WarpMma3xTf32TileK): the two TF32 planes of the A tile by ldmatrix.
     const float* b_lane = sB + t * ldb + warp_n0 + g;
     constexpr uint32_t kPlaneBytes = rows * AT::kLd * 4;
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      float step[NT][4];
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) step[nt][i] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < kTileK; kk += 8) {
-        uint32_t a_big[4], a_small[4];
-        LdMatrixX4(a_big, a_addr + mt * kMtStride + kk * 4);
-        LdMatrixX4(a_small, a_addr + kPlaneBytes + mt * kMtStride + kk * 4);
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          const float* bp = b_lane + kk * ldb + nt * 8;
-          const float bv[2] = {bp[0], bp[4 * ldb]};
-          uint32_t b_big[2], b_small[2];
-#pragma unroll
-          for (int i = 0; i < 2; ++i) SplitTf32(bv[i], b_big[i], b_small[i]);
-          MmaTf32(step[nt], a_small, b_big);
-          MmaTf32(step[nt], a_big, b_small);
-          MmaTf32(step[nt], a_big, b_big);
-        }
-      }
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) acc[mt][nt][i] += step[nt][i];
-    }
+    WarpMma3xTf32TileK<MT, NT>(
+        acc,
+        [&](int mt, int kk, uint32_t (&a_big)[4], uint32_t (&a_small)[4]) {
+          LdMatrixX4(a_big, a_addr + mt * kMtStride + kk * 4);
+          LdMatrixX4(a_small, a_addr + kPlaneBytes + mt * kMtStride + kk * 4);
+        },
+        [&](int kk, int nt, int i) { return b_lane[(kk + 4 * i) * ldb + nt * 8]; });
   }
 }
 
@@ -304,5 +295,36 @@ struct TileConfig {
 };
 using WideTile = TileConfig<128, 128, 2, 4>;   // warp tile 64 x 32
 using NarrowTile = TileConfig<128, 32, 4, 2>;  // warp tile 32 x 16
+
+// One switch from the run-time (precision, tile shape) to a kernel template's arguments, shared by
+// every generated-operand kernel family: fn(precision_constant, tile_type) where
+// decltype(precision_constant)::value is the MmaPrecision and decltype(tile_type)::type the TileConfig.
+template <class Cfg>
+struct TileType {
+  using type = Cfg;
+};
+template <class Fn>
+cudaError_t DispatchPrecisionAndTile(MmaPrecision precision, TileShape shape, Fn&& fn) {
+  auto with_tile = [&](auto precision_constant) -> cudaError_t {
+    return shape == TileShape::kWide ? fn(precision_constant, TileType<WideTile>{})
+                                     : fn(precision_constant, TileType<NarrowTile>{});
+  };
+  switch (precision) {
+    case MmaPrecision::k3xTf32: return with_tile(std::integral_constant<MmaPrecision, MmaPrecision::k3xTf32>{});
+    case MmaPrecision::kTf32: return with_tile(std::integral_constant<MmaPrecision, MmaPrecision::kTf32>{});
+    case MmaPrecision::kBf16: return with_tile(std::integral_constant<MmaPrecision, MmaPrecision::kBf16>{});
+  }
+  return cudaErrorInvalidValue;
+}
+// fn for every (precision, tile shape), in order; the first error stops it (kernel attributes).
+template <class Fn>
+cudaError_t ForEachPrecisionAndTile(Fn&& fn) {
+  for (MmaPrecision precision : {MmaPrecision::k3xTf32, MmaPrecision::kTf32, MmaPrecision::kBf16}) {
+    for (TileShape shape : {TileShape::kWide, TileShape::kNarrow}) {
+      if (cudaError_t e = DispatchPrecisionAndTile(precision, shape, fn); e != cudaSuccess) return e;
+    }
+  }
+  return cudaSuccess;
+}
 
 }  // namespace tpserve::cuda

@@ -17,7 +17,7 @@
 // registers; partial sums over p meet in `out` by atomicAdd (zeroed by the host). 32 columns per
 // warp: each A fragment loaded from shared memory feeds 4 n8 tiles (shared memory was 74 % busy
 // with 16-column warps); 8 warps of up to 255 registers. 16-column warps (16 warps of 128
-// registers) remain for comparisons: TPSERVE_FACTORED_WARP_COLS=16 (measured in NOTES.md).
+// registers) remain for comparisons: the option factored_warp_cols=16 (measured in docs/log/kernels-cuda.md).
 // W streams through a 3-stage cp.async ring of 32 x kCols tiles ((p, q-chunk) order).
 // Limits (host checks, else tp_gemm.cu): T in {1, 3, 5}, R <= 5, S <= 5, Q % 32 == 0, W contiguous in n.
 #include "kernels/cuda/factored_common.cuh"
@@ -50,7 +50,7 @@ constexpr int ThreadsFor() {
 //              bf16 rounding (2^-9) costs ~2^-19 relative per product, and the bf16 MMA of k16 takes
 //              the time of one TF32 k8.
 //   k3xTf32:   the classic three TF32 MMAs (a_small*w_big + a_big*w_small + a_big*w_big); three MMA
-//              times, ~2x more accurate. Kept for comparisons (TPSERVE_FORWARD_KERNEL=factored-3xtf32).
+//              times, ~2x more accurate. Kept for comparisons (forward_kernel factored-3xtf32).
 enum class Mode : int { kTf32, kTf32Bf16, k3xTf32 };
 
 template <Mode kMode>

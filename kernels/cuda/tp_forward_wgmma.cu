@@ -85,7 +85,7 @@ __device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmP
   const int g = lane >> 2, t4 = lane & 3;
   const int wg = warp >> 2, wtid = tid & 127;
   // A rows g and g + 8 of the warp's 16 are output columns n0 + col0 and col0 + 8. (Columns col0 and
-  // col0 + 1, one 8-byte load per k row, measured 10 % slower at batch 64: 2026-11-27, NOTES.md.)
+  // col0 + 1, one 8-byte load per k row, measured 10 % slower at batch 64: 2026-11-27, docs/log/kernels-cuda.md.)
   const int col0 = wg * kWgCols + (warp & 3) * 16 + g;
   const int z0 = item.z0, n0 = item.n0;
   const int samples = min(kSamples, args.batch - z0);

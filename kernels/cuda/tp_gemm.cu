@@ -297,31 +297,19 @@ cudaError_t Configure() {
                               static_cast<int>(GemmSmem<kPrec, Cfg>::kBytes));
 }
 
-template <MmaPrecision kPrec>
-cudaError_t LaunchWithPrecision(TileShape shape, const TpGemmArgs& args, cudaStream_t stream) {
-  return shape == TileShape::kWide ? LaunchConfig<kPrec, WideTile>(args, stream)
-                                   : LaunchConfig<kPrec, NarrowTile>(args, stream);
-}
-
 }  // namespace
 
 cudaError_t ConfigureTpGemmKernels() {
-  for (cudaError_t e : {Configure<MmaPrecision::k3xTf32, WideTile>(), Configure<MmaPrecision::kTf32, WideTile>(),
-                        Configure<MmaPrecision::kBf16, WideTile>(), Configure<MmaPrecision::k3xTf32, NarrowTile>(),
-                        Configure<MmaPrecision::kTf32, NarrowTile>(), Configure<MmaPrecision::kBf16, NarrowTile>()}) {
-    if (e != cudaSuccess) return e;
-  }
-  return cudaSuccess;
+  return ForEachPrecisionAndTile([](auto precision, auto tile) {
+    return Configure<decltype(precision)::value, typename decltype(tile)::type>();
+  });
 }
 
 cudaError_t LaunchTpGemm(MmaPrecision precision, TileShape shape, const TpGemmArgs& args, cudaStream_t stream) {
   if (args.num_work == 0) return cudaSuccess;
-  switch (precision) {
-    case MmaPrecision::k3xTf32: return LaunchWithPrecision<MmaPrecision::k3xTf32>(shape, args, stream);
-    case MmaPrecision::kTf32: return LaunchWithPrecision<MmaPrecision::kTf32>(shape, args, stream);
-    case MmaPrecision::kBf16: return LaunchWithPrecision<MmaPrecision::kBf16>(shape, args, stream);
-  }
-  return cudaErrorInvalidValue;
+  return DispatchPrecisionAndTile(precision, shape, [&](auto precision_constant, auto tile) {
+    return LaunchConfig<decltype(precision_constant)::value, typename decltype(tile)::type>(args, stream);
+  });
 }
 
 }  // namespace tpserve::cuda

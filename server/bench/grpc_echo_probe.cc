@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "grpcpp/grpcpp.h"
-#include "server/malloc_tuning.h"
+#include "wire/malloc_tuning.h"
 #include "tp/v1/tensor_product.grpc.pb.h"
 
 namespace {

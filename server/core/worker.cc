@@ -9,7 +9,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "kernels/core/status_macros.h"
-#include "server/core/device_stream.h"
 
 namespace tpserve::server {
 namespace {
@@ -23,7 +22,7 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 Worker::Worker(int index, std::unique_ptr<Backend> backend, Batcher* batcher, CoreObserver* observer)
     : index_(index),
       backend_(std::move(backend)), device_(backend_->name()), batcher_(batcher), observer_(observer) {
-  absl::StatusOr<void*> stream = CreateDeviceStream(device_);
+  absl::StatusOr<void*> stream = backend_->CreateStream();
   // Without a stream of its own the worker still runs, on the device's default stream.
   if (stream.ok()) stream_ = *stream;
   ctx_.stream = stream_;
@@ -31,7 +30,7 @@ Worker::Worker(int index, std::unique_ptr<Backend> backend, Batcher* batcher, Co
 
 Worker::~Worker() {
   Join();
-  DestroyDeviceStream(stream_);
+  backend_->DestroyStream(stream_);
 }
 
 void Worker::Start() { thread_ = std::thread([this] { Loop(); }); }

@@ -9,7 +9,7 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/resource_quota.h"
-#include "server/grpc/channel_tuning.h"
+#include "wire/channel_tuning.h"
 #include "server/grpc/compute_service.h"
 #include "server/grpc/health_service.h"
 #include "server/grpc/model_service.h"

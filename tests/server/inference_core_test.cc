@@ -238,37 +238,6 @@ TEST(InferenceCoreTest, MergedRequests_InLeases_AreCopiedDirectlyAndSplitCorrect
   }
 }
 
-TEST(HostPoolTest, LeasesAreReusedAndPageLockedOnlyUpToTheLimit) {
-  int allocations = 0;
-  std::shared_ptr<HostPool> pool = HostPool::Create(
-      [&](size_t bytes) -> absl::StatusOr<std::unique_ptr<BackendBuffer>> {
-        ++allocations;
-        return CpuBackend().AllocateHost(bytes);
-      },
-      size_t{1} << 20);
-  void* first_data = nullptr;
-  {
-    std::unique_ptr<HostLease> a = pool->Acquire(100000);  // class 128 KiB
-    EXPECT_TRUE(a->pinned());
-    EXPECT_GE(a->bytes(), 100000u);
-    first_data = a->data();
-  }
-  std::unique_ptr<HostLease> b = pool->Acquire(120000);  // same class: the buffer comes back
-  EXPECT_EQ(b->data(), first_data);
-  EXPECT_EQ(allocations, 1);
-  std::unique_ptr<HostLease> c = pool->Acquire(700000);  // 1 MiB class: past the 1 MiB limit
-  EXPECT_FALSE(c->pinned());
-  EXPECT_GE(c->bytes(), 700000u);
-  static_cast<char*>(c->data())[699999] = 1;  // ordinary memory, but memory all the same
-  EXPECT_EQ(pool->pinned_bytes(), size_t{128} << 10);
-  std::shared_ptr<HostPool> failing = HostPool::Create(
-      [](size_t) -> absl::StatusOr<std::unique_ptr<BackendBuffer>> { return absl::ResourceExhaustedError("no"); },
-      size_t{1} << 30);
-  std::unique_ptr<HostLease> d = failing->Acquire(1000);
-  EXPECT_FALSE(d->pinned());
-  EXPECT_EQ(failing->pinned_bytes(), 0u);
-}
-
 // A caller that offers its thread (a unary RPC) runs the launch itself when the core batches
 // greedily and a worker is idle; otherwise the request is queued for a worker thread as usual.
 TEST(InferenceCoreTest, CallerMayRun_RunsOnTheCallerOnlyWhenGreedyAndIdle) {
@@ -452,55 +421,6 @@ TEST(InferenceCoreTest, DeviceFault_OnOneOfTwoDevices_TheOtherServesAndTheLostGr
   EXPECT_EQ(unavailable.status().code(), absl::StatusCode::kUnavailable) << unavailable.status();
   EXPECT_NE(unavailable.status().message().find("gpu:1 is lost"), std::string::npos) << unavailable.status();
   EXPECT_EQ(f.observer.devices_lost.load(), 2);
-}
-
-TEST(BatcherTest, ClaimedWorkerTakesNothingUntilWoken) {
-  Batcher batcher(BatcherConfig{});
-  auto pending = std::make_unique<PendingRequest>();
-  pending->batch = 1;
-  ASSERT_TRUE(batcher.Enqueue(pending).ok());
-  std::atomic<int> claimed{1};
-  auto next = std::async(std::launch::async, [&] { return batcher.Next(&claimed); });
-  EXPECT_EQ(next.wait_for(std::chrono::milliseconds(100)), std::future_status::timeout);
-  EXPECT_EQ(batcher.queued(), 1);
-  claimed = 0;
-  batcher.Wake();
-  ASSERT_EQ(next.wait_for(std::chrono::seconds(10)), std::future_status::ready);
-  EXPECT_EQ(next.get().batch.size(), 1u);
-  EXPECT_EQ(batcher.queued(), 0);
-  EXPECT_EQ(claimed.load(), 1) << "the batch handed out is counted as the worker's launch";
-}
-
-// A batch handed back (its worker was retired before launching it) returns to the front of the
-// queue in its order, counted again, and is handed out as it was; a retired worker's Next returns
-// nothing at once.
-TEST(BatcherTest, Requeue_PutsABatchBackInOrder_AndARetiredWorkerTakesNothing) {
-  Batcher batcher(BatcherConfig{});
-  auto model = std::make_shared<Model>("m", *TensorProductPlan::FullyConnected("1x0e", "1x0e", "1x0e"),
-                                       WeightsSnapshot{});
-  for (int i = 0; i < 3; ++i) {
-    auto pending = std::make_unique<PendingRequest>();
-    pending->batch = 1 + i;
-    pending->bytes = 10;
-    pending->model = model;
-    ASSERT_TRUE(batcher.Enqueue(pending).ok());
-  }
-  std::atomic<int> busy{0};
-  Batcher::Work first = batcher.Next(&busy);
-  ASSERT_EQ(first.batch.size(), 3u);
-  EXPECT_EQ(batcher.queued(), 0);
-  batcher.Requeue(std::move(first.batch));
-  EXPECT_EQ(batcher.queued(), 3);
-  std::atomic<int> retired{Batcher::kRetired};
-  auto nothing = std::async(std::launch::async, [&] { return batcher.Next(&retired); });
-  ASSERT_EQ(nothing.wait_for(std::chrono::seconds(10)), std::future_status::ready);
-  Batcher::Work none = nothing.get();
-  EXPECT_TRUE(none.batch.empty() && none.expired.empty());
-  std::atomic<int> other{0};
-  Batcher::Work again = batcher.Next(&other);
-  ASSERT_EQ(again.batch.size(), 3u);
-  for (int i = 0; i < 3; ++i) EXPECT_EQ(again.batch[i]->batch, 1 + i);
-  EXPECT_EQ(batcher.queued(), 0);
 }
 
 TEST(InferenceCoreTest, MaxBatchSize_BoundsEachLaunch) {

@@ -308,5 +308,25 @@ TEST(OpsTest, ConfigFile_SetsEveryComponentAndRejectsUnknownKeys) {
   EXPECT_NE(status.message().find("max_batch_sise"), std::string::npos);
 }
 
+TEST(OpsTest, ConfigFile_SetsTheCudaKernelOptionsAndPrintsThem) {
+  TempDir dir;
+  std::string path = dir.path() + "/tpserve.json";
+  std::ofstream(path) << R"({"forward_kernel": "factored-mma", "factored_warp_cols": 16, "factored_blocks_per_sm": 3})";
+  server::ServerConfig config;
+  ASSERT_TRUE(server::ApplyConfigFile(path, &config).ok());
+  EXPECT_EQ(config.cuda.forward_kernel, CudaBackendOptions::ForwardKernel::kFactoredMma);
+  EXPECT_EQ(config.cuda.factored_warp_cols, 16);
+  EXPECT_EQ(config.cuda.factored_blocks_per_sm, 3);
+  const std::string printed = config.DebugString();
+  EXPECT_NE(printed.find("forward_kernel=factored-mma factored_warp_cols=16 factored_blocks_per_sm=3"),
+            std::string::npos)
+      << printed;
+  std::ofstream(path) << R"({"forward_kernel": "wgmma-please"})";
+  auto status = server::ApplyConfigFile(path, &config);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("expected auto, factored-mma, factored-3xtf32 or gemm"), std::string::npos)
+      << status;
+}
+
 }  // namespace
 }  // namespace tpserve::testing

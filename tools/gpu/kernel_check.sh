@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (carry build-gpu-carry): the CUDA backend's tests, then tp-bench of the factored
-# forward on wgmma (default on sm_90) and on mma.sync (TPSERVE_FORWARD_KERNEL=factored-mma), twice
+# forward on wgmma (default on sm_90) and on mma.sync (tp-bench --forward_kernel factored-mma), twice
 # each, alternating. Results under $OUT. NCU=1 adds an ncu profile of each kernel at batch 64 fp32.
 set -u
 export LD_LIBRARY_PATH=$PWD/build-gpu-carry/libs:/usr/local/cuda/lib64
@@ -16,24 +16,23 @@ if [ -n "${SWAP:-}" ]; then
 fi
 for round in ${ROUNDS:-1 2}; do
   for k in wgmma mma; do
-    if [ $k = mma ]; then export TPSERVE_FORWARD_KERNEL=factored-mma; else unset TPSERVE_FORWARD_KERNEL; fi
-    timeout 200 $B/tp-bench --batches ${BATCHES:-64,256,1024} --precisions fp32,tf32 --runs 50 \
+    kflag=(); [ $k = mma ] && kflag=(--forward_kernel factored-mma)
+    timeout 200 $B/tp-bench "${kflag[@]}" --batches ${BATCHES:-64,256,1024} --precisions fp32,tf32 --runs 50 \
       --roundtrip > $OUT/bench_${k}_$round.txt 2>&1
     echo "bench $k $round rc=$?" >> $OUT/summary.txt
   done
 done
-unset TPSERVE_FORWARD_KERNEL
 if [ -n "${NCU:-}" ]; then
   for k in wgmma mma; do
-    if [ $k = mma ]; then export TPSERVE_FORWARD_KERNEL=factored-mma; else unset TPSERVE_FORWARD_KERNEL; fi
+    kflag=(); [ $k = mma ] && kflag=(--forward_kernel factored-mma)
     timeout 150 ncu --clock-control none -k regex:Factored\|Wgmma --launch-skip 3 --launch-count 1 \
       --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
-      $B/tp-bench --batches 64 --precisions fp32 --runs 5 --warmup 2 > $OUT/ncu_$k.txt 2>&1
+      $B/tp-bench "${kflag[@]}" --batches 64 --precisions fp32 --runs 5 --warmup 2 > $OUT/ncu_$k.txt 2>&1
   done
 fi
 if [ -n "${SWEEP:-}" ]; then  # the work split of the wgmma kernel: blocks per SM
   for n in $SWEEP; do
-    TPSERVE_FACTORED_BLOCKS_PER_SM=$n timeout 100 $B/tp-bench --batches ${BATCHES:-64,256,1024} --precisions fp32,tf32 \
+    timeout 100 $B/tp-bench --factored_blocks_per_sm $n --batches ${BATCHES:-64,256,1024} --precisions fp32,tf32 \
       --runs 50 > $OUT/sweep_$n.txt 2>&1
   done
   grep -H "^forward" $OUT/sweep_*.txt > $OUT/sweep.txt

@@ -9,9 +9,9 @@ timeout 300 ${WRAP:-} /tmp/tp-new/bin/tpserve --backend cuda --listen 127.0.0.1:
 S=$!
 for _ in $(seq 600); do grep -q "serving on port" $LOG && break; sleep 0.2; done
 for p in ${PRE_LATENCY_PRECISIONS:-}; do  # unary calls first, as tools/gpu/server_bench.sh does
-  timeout 60 /tmp/tp-new/bin/tp-load --server 127.0.0.1:50051 --model seed --batch 64 --precision $p --latency_iters 1000 --streams 0 2>&1 | grep -E "Forward latency"
+  timeout 60 /tmp/tp-new/bin/tp-load --server 127.0.0.1:50051 --model seed --batch 64 --precision $p --concurrency 1 --requests 1000 --stability 0 --warmup_s 0.5 --progress off 2>&1 | grep -E "level|c="
 done
-timeout 120 /tmp/tp-new/bin/tp-load --server 127.0.0.1:50051 --model seed --batch 64 --precision ${PREC:-fp32} --latency_iters 100 --streams 32 --window 4 --duration_s ${SECONDS_LOAD:-10} 2>&1 | grep -E "streams x|verify"
+timeout 120 /tmp/tp-new/bin/tp-load --server 127.0.0.1:50051 --model seed --batch 64 --precision ${PREC:-fp32} --transport stream --streams 32 --concurrency 128 --duration_s ${SECONDS_LOAD:-10} --stability 0 --progress off 2>&1 | grep -E "c=|checked"
 kill -INT $S; sleep 3; kill $S 2>/dev/null; wait $S
 unset CUDA_LAUNCH_BLOCKING
 grep -v "^=========     Host Frame\|^=========         in \|config:\|  core:\|  transport:\|  metrics=" $LOG | head -${LINES_OUT:-12}

@@ -8,7 +8,7 @@ CARRY=${CARRY:-build-h100-carry}
 OUT=${OUT:-/tmp/server-bench}
 ITERS=${ITERS:-1000}
 VERSIONS=${VERSIONS:-base new}   # which carried builds to serve, in order; NAME-gemm = NAME's build
-                                 # with TPSERVE_FORWARD_KERNEL=gemm (every forward path in tp_gemm.cu)
+                                 # with --forward_kernel gemm (every forward path in tp_gemm.cu)
 THROUGHPUT=${THROUGHPUT:-1}   # 0: latency only
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt" 2>&1
@@ -27,9 +27,9 @@ fi
 # serve VERSION FLAGS...: starts tpserve from /tmp/tp-VERSION and waits until it serves.
 serve() {
   local v=$1 d=${1%-gemm}; shift
-  local kernel=default; [[ $v == *-gemm ]] && kernel=gemm
+  local kernel=auto; [[ $v == *-gemm ]] && kernel=gemm
   local seen; seen=$(cat "$OUT/server-$v.log" 2>/dev/null | wc -l)  # a server log per version, appended per pass
-  TPSERVE_FORWARD_KERNEL=$kernel LD_LIBRARY_PATH=/tmp/tp-$d/libs:/usr/local/cuda/lib64 /tmp/tp-$d/bin/tpserve --backend cuda \
+  LD_LIBRARY_PATH=/tmp/tp-$d/libs:/usr/local/cuda/lib64 /tmp/tp-$d/bin/tpserve --backend cuda --forward_kernel $kernel \
     --listen 127.0.0.1:50051 --metrics_address 127.0.0.1:9090 --demo_model seed "$@" >> "$OUT/server-$v.log" 2>&1 &
   SERVER=$!
   for _ in $(seq 300); do tail -n +$((seen + 1)) "$OUT/server-$v.log" | grep -q "serving on port" && return 0; sleep 0.1; done
@@ -40,7 +40,7 @@ stop() { kill -INT "$SERVER"; wait "$SERVER"; }
 load() {
   local v=${1%-gemm} name=$2; shift 2
   LD_LIBRARY_PATH=/tmp/tp-$v/libs:/usr/local/cuda/lib64 /tmp/tp-$v/bin/tp-load --server 127.0.0.1:50051 \
-    --model seed --batch 64 --json "$OUT/$name.json" "$@" 2>&1 | tee "$OUT/$name.txt" | grep -E "verify|latency|paired|/|req/s"
+    --model seed --batch 64 --json "$OUT/$name.json" "$@" 2>&1 | tee "$OUT/$name.txt" | grep -E "checked|level|c="
 }
 scrape() { curl -s 127.0.0.1:9090/metrics > "$OUT/metrics-$1.txt"; }
 
@@ -51,12 +51,12 @@ for v in $VERSIONS; do
   echo "== pass $pass: server $v, client $v"
   serve "$v" --workers_per_gpu 2 || exit 1
   for p in fp32 tf32; do
-    load "$v" "latency-$t-$p" --precision "$p" --latency_iters "$ITERS" --streams 0
+    load "$v" "latency-$t-$p" --precision "$p" --concurrency 1 --requests "$ITERS" --stability 0 --warmup_s 0.5 --progress off
     scrape "$t-latency-$p"
   done
   if [ "$THROUGHPUT" = 1 ]; then
-    [[ $v == new* ]] && [ -d /tmp/tp-base ] && [[ " $VERSIONS " == *" base "* ]] && { echo "== pass $pass: server new, client base"; load base "latency-$t-server-base-client-fp32" --precision fp32 --latency_iters "$ITERS" --streams 0; }
-    for p in fp32 tf32; do load new "throughput-$t-$p" --precision "$p" --latency_iters 100 --streams 32 --window 4 --duration_s 5; done
+    [[ $v == new* ]] && [ -d /tmp/tp-base ] && [[ " $VERSIONS " == *" base "* ]] && { echo "== pass $pass: server new, client base"; load base "latency-$t-server-base-client-fp32" --precision fp32 --concurrency 1 --requests "$ITERS" --stability 0 --warmup_s 0.5 --progress off; }
+    for p in fp32 tf32; do load new "throughput-$t-$p" --precision "$p" --transport stream --streams 32 --concurrency 128 --duration_s 5 --stability 0 --progress off; done
     scrape "$t-all"
   fi
   stop

@@ -65,6 +65,7 @@ struct Config {
   int64_t cpu_max_batch = 1024;
   // Also time a server launch's round trip (--roundtrip): see RoundTrip().
   bool roundtrip = false;
+  CudaBackendOptions cuda_options;  // --forward_kernel, --factored_warp_cols, --factored_blocks_per_sm
 };
 
 struct Record {
@@ -210,7 +211,8 @@ int Main(const Config& config) {
       std::fprintf(stderr, "no CUDA device\n");
       return 2;
     }
-    auto c = CudaBackend::Create(0);
+    std::printf("cuda options: %s\n", DescribeCudaBackendOptions(config.cuda_options).c_str());
+    auto c = CudaBackend::Create(0, config.cuda_options);
     CHECK_OK(c.status());
     cuda = std::move(c).value();
     cudaDeviceProp prop{};
@@ -495,6 +497,17 @@ int main(int argc, char** argv) {
       const std::string b = value();
       config.cuda = b == "cuda" || b == "both";
       config.cpu = b == "cpu" || b == "both";
+    } else if (arg == "--forward_kernel") {
+      auto kernel = tpserve::ParseForwardKernel(value());
+      if (!kernel.ok()) {
+        std::fprintf(stderr, "--%s\n", std::string(kernel.status().message()).c_str());
+        return 2;
+      }
+      config.cuda_options.forward_kernel = *kernel;
+    } else if (arg == "--factored_warp_cols") {
+      config.cuda_options.factored_warp_cols = std::atoi(value().c_str());
+    } else if (arg == "--factored_blocks_per_sm") {
+      config.cuda_options.factored_blocks_per_sm = std::atoi(value().c_str());
     } else if (arg == "--verify_max_batch") {
       config.verify_max_batch = std::atoll(value().c_str());
     } else if (arg == "--cpu_max_batch") {
@@ -503,10 +516,16 @@ int main(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: tp-bench [--json PATH] [--runs N] [--warmup N] [--batches 64,1024,16384] "
                    "[--precisions fp32,tf32,bf16] [--irreps IRREPS] [--backend cuda|cpu|both] "
-                   "[--verify_max_batch N] [--cpu_max_batch N] [--roundtrip]\n");
+                   "[--verify_max_batch N] [--cpu_max_batch N] [--roundtrip]\n"
+                   "                [--forward_kernel auto|factored-mma|factored-3xtf32|gemm] "
+                   "[--factored_warp_cols 16|32] [--factored_blocks_per_sm N (0: auto)]\n");
       return arg == "--help" ? 0 : 2;
     }
   }
   if (config.runs < 1) config.runs = 1;
+  if (auto s = tpserve::ValidateCudaBackendOptions(config.cuda_options); !s.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
+    return 2;
+  }
   return tpserve::Main(config);
 }

@@ -1,4 +1,4 @@
-#include "kernels/core/backend_factory.h"
+#include "kernels/backend_factory.h"
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -18,7 +18,7 @@ int CudaDeviceCount() {
 #endif
 }
 
-absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(absl::string_view name) {
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(absl::string_view name, const CudaBackendOptions& cuda_options) {
   if (name == "cpu") return std::unique_ptr<Backend>(std::make_unique<CpuBackend>());
   if (name == "cuda" || absl::StartsWith(name, "cuda:")) {
     int device = 0;
@@ -26,8 +26,9 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(absl::string_view name) {
       return absl::InvalidArgumentError(absl::StrCat("backend '", name, "': expected cuda:<device index>"));
     }
 #ifdef TPSERVE_HAVE_CUDA
-    return CudaBackend::Create(device);
+    return CudaBackend::Create(device, cuda_options);
 #else
+    (void)cuda_options;
     return absl::UnavailableError(absl::StrCat("backend '", name, "': this build has no CUDA support"));
 #endif
   }

@@ -19,6 +19,7 @@
 #include "gtest/gtest.h"
 #include "kernels/core/backend.h"
 #include "kernels/core/plan.h"
+#include "kernels/core/status_macros.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "tests/support/random.h"
@@ -346,17 +347,24 @@ TEST_F(CudaBackendTest, FactoredForward_MatchesGemmForward_AcrossBatchesAndConcu
   ASSERT_TRUE(plan.ok()) << plan.status();
   auto factored = cuda_->Prepare(*plan);
   ASSERT_TRUE(factored.ok()) << factored.status();
-  setenv("TPSERVE_FORWARD_KERNEL", "gemm", 1);
-  auto gemm = cuda_->Prepare(*plan);
-  setenv("TPSERVE_FORWARD_KERNEL", "factored-3xtf32", 1);
-  auto three_tf32 = cuda_->Prepare(*plan);
+  std::vector<std::unique_ptr<Backend>> option_backends;  // outlive the plans prepared on them
+  // Each kernel choice is a backend option: one backend per choice, all on device 0 (they share
+  // the device's memory, so every plan reads the same tensors).
+  using ForwardKernel = CudaBackendOptions::ForwardKernel;
+  auto prepare_with = [&](ForwardKernel kernel, int warp_cols) -> absl::StatusOr<std::unique_ptr<PreparedPlan>> {
+    CudaBackendOptions options;
+    options.forward_kernel = kernel;
+    options.factored_warp_cols = warp_cols;
+    ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, CudaBackend::Create(0, options));
+    ASSIGN_OR_RETURN(std::unique_ptr<PreparedPlan> prepared, backend->Prepare(*plan));
+    option_backends.push_back(std::move(backend));
+    return prepared;
+  };
+  auto gemm = prepare_with(ForwardKernel::kGemm, 32);
+  auto three_tf32 = prepare_with(ForwardKernel::kFactored3xTf32, 32);
   // The mma.sync kernel (the default is the wgmma kernel on an sm_90 device), both warp layouts.
-  setenv("TPSERVE_FORWARD_KERNEL", "factored-mma", 1);
-  auto mma = cuda_->Prepare(*plan);
-  setenv("TPSERVE_FACTORED_WARP_COLS", "16", 1);  // the 16-column warp layout
-  auto narrow = cuda_->Prepare(*plan);
-  unsetenv("TPSERVE_FACTORED_WARP_COLS");
-  unsetenv("TPSERVE_FORWARD_KERNEL");
+  auto mma = prepare_with(ForwardKernel::kFactoredMma, 32);
+  auto narrow = prepare_with(ForwardKernel::kFactoredMma, 16);  // the 16-column warp layout
   ASSERT_TRUE(gemm.ok()) << gemm.status();
   ASSERT_TRUE(three_tf32.ok()) << three_tf32.status();
   ASSERT_TRUE(mma.ok()) << mma.status();

@@ -1,0 +1,70 @@
+// Kernel choices of the CUDA backend that a deployment or a benchmark may want to change: which
+// forward kernel runs the 'uvw' paths and how its work is split. Set once when the backend is made
+// (server flags, tp-bench flags), printed at start-up; the defaults are the measured best on H100.
+// Plain C++ (no CUDA headers), so builds without CUDA can still parse and print the options.
+#pragma once
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+
+namespace tpserve {
+
+struct CudaBackendOptions {
+  enum class ForwardKernel {
+    kAuto,            // factored kernel on wgmma where usable (sm_90a), mma.sync otherwise; GEMM kernel
+                      // for the paths the factored kernel does not take
+    kFactoredMma,     // the factored kernel on mma.sync even where wgmma is usable
+    kFactored3xTf32,  // fp32 as three TF32 MMAs in the mma.sync factored kernel (for comparisons)
+    kGemm,            // every forward path in the generated-operand GEMM (tp_gemm.cu)
+  };
+  ForwardKernel forward_kernel = ForwardKernel::kAuto;
+  // Output columns per warp of the mma.sync factored kernel: 32 (8 warps) or 16 (16 warps).
+  int factored_warp_cols = 32;
+  // Blocks per SM of the factored forward's work split; 0: chosen per batch size and SM count.
+  int factored_blocks_per_sm = 0;
+};
+
+inline const char* ForwardKernelName(CudaBackendOptions::ForwardKernel kernel) {
+  switch (kernel) {
+    case CudaBackendOptions::ForwardKernel::kAuto: return "auto";
+    case CudaBackendOptions::ForwardKernel::kFactoredMma: return "factored-mma";
+    case CudaBackendOptions::ForwardKernel::kFactored3xTf32: return "factored-3xtf32";
+    case CudaBackendOptions::ForwardKernel::kGemm: return "gemm";
+  }
+  return "?";
+}
+
+inline absl::StatusOr<CudaBackendOptions::ForwardKernel> ParseForwardKernel(absl::string_view name) {
+  for (auto kernel : {CudaBackendOptions::ForwardKernel::kAuto, CudaBackendOptions::ForwardKernel::kFactoredMma,
+                      CudaBackendOptions::ForwardKernel::kFactored3xTf32, CudaBackendOptions::ForwardKernel::kGemm}) {
+    if (name == ForwardKernelName(kernel)) return kernel;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("forward kernel '", name.substr(0, 64), "': expected auto, factored-mma, factored-3xtf32 or gemm"));
+}
+
+// OK, or INVALID_ARGUMENT naming the field and its allowed values.
+inline absl::Status ValidateCudaBackendOptions(const CudaBackendOptions& options) {
+  if (options.factored_warp_cols != 16 && options.factored_warp_cols != 32) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("factored_warp_cols ", options.factored_warp_cols, ": expected 16 or 32"));
+  }
+  if (options.factored_blocks_per_sm < 0 || options.factored_blocks_per_sm > 64) {
+    return absl::InvalidArgumentError(absl::StrCat("factored_blocks_per_sm ", options.factored_blocks_per_sm,
+                                                   ": expected 0 (chosen per batch) to 64"));
+  }
+  return absl::OkStatus();
+}
+
+// One line for start-up logs: "forward_kernel=auto factored_warp_cols=32 factored_blocks_per_sm=auto".
+inline std::string DescribeCudaBackendOptions(const CudaBackendOptions& options) {
+  return absl::StrCat("forward_kernel=", ForwardKernelName(options.forward_kernel),
+                      " factored_warp_cols=", options.factored_warp_cols, " factored_blocks_per_sm=",
+                      options.factored_blocks_per_sm == 0 ? std::string("auto")
+                                                          : absl::StrCat(options.factored_blocks_per_sm));
+}
+
+}  // namespace tpserve
