@@ -23,7 +23,7 @@ from .tensors import ChunkAssembler, check_vector, weight_chunks
 _DEFAULT = object()  # "use the client's setting" (None means "no deadline")
 
 # gRPC's TCP reads start at 8 KB and grow slowly; tensor-sized messages arrive in far fewer reads
-# from 1 MB (the same arguments tpserve and the C++ client set: server/grpc/channel_tuning.h).
+# from 1 MB (the same arguments tpserve and the C++ client set: wire/channel_tuning.h).
 _TENSOR_CHANNEL_ARGS = (
     ("grpc.experimental.tcp_read_chunk_size", 1 << 20),
     ("grpc.experimental.tcp_min_read_chunk_size", 1 << 20),
