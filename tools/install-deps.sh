@@ -8,11 +8,12 @@ packages=(
   prometheus-cpp-dev libopenblas-dev nlohmann-json3-dev libssl-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   openssl curl python3
-  # The Open Inference Protocol's client tests (tests/kserve): Python stubs generated at test time.
-  python3-grpcio python3-grpc-tools python3-numpy
+  # The client tests in Python (client/python, tests/kserve): stubs generated at test time.
+  python3-grpcio python3-grpc-tools python3-numpy python3-pytest
 )
-# ... and its Node client test (npm ci from tests/kserve/node): any node + npm will do, so a
-# machine that has them from elsewhere (NodeSource) keeps its own.
+# The Node client tests (npm ci from client/node and tests/kserve/node): any node + npm will do, so
+# a machine that has them from elsewhere (NodeSource's nodejs, which conflicts with Debian's npm
+# package) keeps its own.
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then packages+=(nodejs npm); fi
 missing=()
 for p in "${packages[@]}"; do

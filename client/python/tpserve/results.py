@@ -1,0 +1,49 @@
+"""What calls return: plain dataclasses holding numpy arrays, not protobuf messages."""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model as the server holds it (tp.v1.ModelInfo)."""
+
+    name: str
+    irreps_in1: str
+    irreps_in2: str
+    irreps_out: str
+    weight_numel: int
+    dim_in1: int
+    dim_in2: int
+    dim_out: int
+    num_paths: int
+    version: int
+    weights_fnv1a64: int
+
+    @classmethod
+    def from_proto(cls, info):
+        return cls(name=info.name, irreps_in1=info.spec.irreps_in1, irreps_in2=info.spec.irreps_in2,
+                   irreps_out=info.spec.irreps_out, weight_numel=info.weight_numel, dim_in1=info.dim_in1,
+                   dim_in2=info.dim_in2, dim_out=info.dim_out, num_paths=info.num_paths, version=info.version,
+                   weights_fnv1a64=info.weights_fnv1a64)
+
+
+@dataclass
+class ForwardResult:
+    out: np.ndarray          # [batch, dim_out]
+    model_version: int       # weights version that computed it
+    executed_batch: int      # samples in the launch (> batch when the server merged requests)
+    device: str              # "cpu", "cuda:0", ...
+
+
+@dataclass
+class BackwardResult:
+    out: Optional[np.ndarray]          # with want_out (loss cotangent)
+    grad_x1: Optional[np.ndarray]      # with want_grad_x1
+    grad_x2: Optional[np.ndarray]      # with want_grad_x2
+    grad_weight: Optional[np.ndarray]  # with weight_grad="return" (float32 [weight_numel])
+    model_version: int
+    executed_batch: int
+    device: str
