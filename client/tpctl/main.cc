@@ -35,6 +35,7 @@ constexpr char kUsage[] = R"(usage: tpctl COMMAND [flags]
   bench  [--backend cpu|cuda] [--irreps S] [--batch N] [--iters N] [--precision P]
   plan   --irreps-in1 S --irreps-in2 S --irreps-out S
   create|list|get|delete|forward|backward|get-weights|put-weights|get-grad|zero-grad|sgd-step --server HOST:PORT ...
+  health --server HOST:PORT [--service NAME]   exit 0 only while the server (or NAME) is SERVING
 )";
 
 int Fail(const absl::Status& status) {
