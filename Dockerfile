@@ -13,38 +13,20 @@
 #
 # Without a registry (the development machines), deploy/local-base-images.sh makes `debian:12` and
 # a CUDA builder base from the machine's toolkit; then build with
-#   --build-arg VARIANT=gpu --build-arg CUDA_DEVEL_IMAGE=localhost/tpserve-cuda-devel:13
+#   --build-arg VARIANT=gpu --build-arg BUILDER_BASE=localhost/tpserve-cuda-devel:13
 
 # cpu | gpu
 ARG VARIANT=cpu
-# The GPU builder's base: by default the stage below (Debian 12 + CUDA from NVIDIA's apt
-# repository); any image with Debian 12 userland and nvcc in /usr/local/cuda works.
-ARG CUDA_DEVEL_IMAGE=cuda-devel-apt
-
-FROM debian:12 AS builder-base-cpu
-
-FROM debian:12 AS cuda-devel-apt
-ARG CUDA_APT_VERSION=13-0
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-RUN apt-get update -qq \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ca-certificates curl \
- && curl -fsSLo /tmp/cuda-keyring.deb \
-      https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/cuda-keyring_1.1-1_all.deb \
- && dpkg -i /tmp/cuda-keyring.deb && rm /tmp/cuda-keyring.deb \
- && apt-get update -qq \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      "cuda-nvcc-${CUDA_APT_VERSION}" "cuda-cudart-dev-${CUDA_APT_VERSION}" \
- && ln -sfn "/usr/local/cuda-${CUDA_APT_VERSION/-/.}" /usr/local/cuda \
- && rm -rf /var/lib/apt/lists/*
-ENV PATH=/usr/local/cuda/bin:$PATH
-
-# hadolint ignore=DL3006
-FROM ${CUDA_DEVEL_IMAGE} AS builder-base-gpu
+# The builder's base: Debian 12. For the GPU variant an image that already has nvcc in
+# /usr/local/cuda may be given (deploy/local-base-images.sh makes one); otherwise the builder
+# installs CUDA 13 from NVIDIA's Debian 12 apt repository.
+ARG BUILDER_BASE=debian:12
 
 # ---- builder ----
 # hadolint ignore=DL3006
-FROM builder-base-${VARIANT} AS builder
+FROM ${BUILDER_BASE} AS builder
 ARG VARIANT
+ARG CUDA_APT_VERSION=13-0
 # Hopper (sm_90a) plus Ampere SASS; the kernels need sm_80 or newer.
 ARG CUDA_ARCHITECTURES=90a;80
 ARG BUILD_JOBS=2
@@ -55,7 +37,18 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 # The packages change less often than the sources: their own layer.
 COPY tools/install-deps.sh tools/
-RUN tools/install-deps.sh
+# hadolint ignore=DL3008
+RUN if [ "$VARIANT" = gpu ] && [ ! -x /usr/local/cuda/bin/nvcc ]; then \
+      apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ca-certificates curl \
+      && curl -fsSLo /tmp/cuda-keyring.deb \
+           https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/cuda-keyring_1.1-1_all.deb \
+      && dpkg -i /tmp/cuda-keyring.deb && rm /tmp/cuda-keyring.deb && apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+           "cuda-nvcc-${CUDA_APT_VERSION}" "cuda-cudart-dev-${CUDA_APT_VERSION}" \
+      && ln -sfn "/usr/local/cuda-${CUDA_APT_VERSION/-/.}" /usr/local/cuda; \
+    fi \
+ && tools/install-deps.sh
 COPY . .
 RUN cuda_flags=(); \
     if [ "$VARIANT" = gpu ]; then \

@@ -51,7 +51,7 @@ if ((force)) || ! have_image docker.io/library/debian:12; then
     if ls "$tree"/etc/apt/sources.list.d/*.sources >/dev/null 2>&1; then rm -f "$tree/etc/apt/sources.list"; fi
     rm -rf "$tree"/var/cache/apt/archives/*.deb "$tree"/var/lib/apt/lists/*
   fi
-  tar -C "$tree" -c . | "${podman[@]}" import --change 'CMD ["bash"]' - docker.io/library/debian:12 >/dev/null
+  tar -C "$tree" -c . | "${podman[@]}" import -q --change 'CMD ["bash"]' - docker.io/library/debian:12 >/dev/null
   echo "local-base-images: docker.io/library/debian:12 imported"
 fi
 
@@ -62,7 +62,8 @@ if ((want_cuda)) && { ((force)) || ! have_image localhost/tpserve-cuda-devel:13;
   trap 'rm -rf "$ctx"' EXIT
   # Only what nvcc and CMake's FindCUDAToolkit use, and the one runtime library tpserve links.
   mkdir -p "$ctx/cuda/lib"
-  (cd "$real" && cp -a bin include nvvm targets lib64 "$ctx/cuda/" && cp -a dist-info "$ctx/cuda/" 2>/dev/null || true)
+  (cd "$real" && cp -a bin include nvvm targets lib64 "$ctx/cuda/")
+  if [ -d "$real/dist-info" ]; then cp -a "$real/dist-info" "$ctx/cuda/"; fi
   (cd "$real/lib" && cp -a cmake stubs libcudart* libcudadevrt.a libculibos.a "$ctx/cuda/lib/")
   cat >"$ctx/Containerfile" <<'EOF'
 FROM docker.io/library/debian:12

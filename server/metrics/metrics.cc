@@ -29,7 +29,7 @@ Metrics::Metrics()
                            .Register(*registry_)),
       requests_(prometheus::BuildCounter()
                     .Name("tp_requests_total")
-                    .Help("Finished RPCs by method and gRPC status code")
+                    .Help("Finished RPCs by method, gRPC status code and device (\"none\": no device took it)")
                     .Register(*registry_)),
       in_flight_(prometheus::BuildGauge()
                      .Name("tp_in_flight_requests")
@@ -98,7 +98,8 @@ void Metrics::RequestStarted(const std::string& method) { in_flight_.Add({{"meth
 void Metrics::RequestFinished(const std::string& method, const std::string& model, const std::string& device,
                               const std::string& code, double seconds) {
   in_flight_.Add({{"method", method}}).Decrement();
-  requests_.Add({{"method", method}, {"code", code}}).Increment();
+  // The device label lets a dashboard tell one faulty GPU's errors from the rest.
+  requests_.Add({{"method", method}, {"code", code}, {"device", device}}).Increment();
   request_latency_.Add({{"method", method}, {"model", model}, {"device", device}}, time_buckets_).Observe(seconds);
 }
 
