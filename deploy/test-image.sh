@@ -15,10 +15,11 @@ build=1
 
 work=${WORK_DIR:-/var/tmp/tpserve-image-test}
 image=${IMAGE:-localhost/tpserve:cpu}
-mkdir -p "$work/store" "$work/io"
+store=${STORE_DIR:-$work/store}
+mkdir -p "$store" "$work/io"
 # The runtime flags CONTAINERS.md found necessary here (crun refuses the host's hybrid cgroups);
 # a private store keeps the test away from other images.
-podman=(podman --root "$work/store/root" --runroot "$work/store/run" --runtime runc --cgroup-manager cgroupfs)
+podman=(podman --root "$store/root" --runroot "$store/run" --runtime runc --cgroup-manager cgroupfs)
 run_flags=(--ulimit nofile=4096:4096 --ulimit nproc=4096:4096)
 name=tpserve-image-test
 volume=tpserve-image-test-models
@@ -33,7 +34,7 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 # tpctl from the image, in a second container on the host network: it reaches the server through
 # the published port, as a client outside would.
-tpctl() { "${podman[@]}" run --rm "${run_flags[@]}" --network host -v "$work/io:/io" --entrypoint tpctl "$image" "$@"; }
+tpctl() { "${podman[@]}" run --rm "${run_flags[@]}" --no-healthcheck --network host -v "$work/io:/io" --entrypoint tpctl "$image" "$@"; }
 
 if ((build)); then
   PODMAN="${podman[*]}" CACHE_DIR="$work/base" IMAGE="$image" BUILD_LOG="$work/build.log" deploy/build-image.sh cpu ||
@@ -50,7 +51,7 @@ log "image size $((size / 1000000)) MB"
 "${podman[@]}" image inspect --format '{{json .Config.ExposedPorts}}' "$image" | grep -q '9090/tcp' || fail "9090 not exposed"
 "${podman[@]}" image inspect --format '{{index .Labels "org.opencontainers.image.revision"}}' "$image" | grep -q . ||
   fail "no org.opencontainers.image.revision label"
-if "${podman[@]}" run --rm "${run_flags[@]}" --entrypoint bash "$image" -c \
+if "${podman[@]}" run --rm "${run_flags[@]}" --no-healthcheck --entrypoint bash "$image" -c \
     'command -v gcc || command -v cc || command -v c++ || command -v nvcc || command -v cmake'; then
   fail "the runtime image has a compiler"
 fi
@@ -61,7 +62,8 @@ metrics_port=$(free_port)
 cleanup
 "${podman[@]}" volume create "$volume" >/dev/null
 start_container() {
-  "${podman[@]}" run -d --name "$name" "${run_flags[@]}" \
+  # --health-interval=disable: the image's check stays, but podman sets no systemd timer for it.
+  "${podman[@]}" run -d --name "$name" "${run_flags[@]}" --health-interval=disable \
     -p "127.0.0.1:$grpc_port:50051" -p "127.0.0.1:$metrics_port:9090" -v "$volume:/models" "$image" >/dev/null
   local t0 status
   t0=$(date +%s)

@@ -10,8 +10,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 work=${WORK_DIR:-/var/tmp/tpserve-image-test}
-mkdir -p "$work/store" "$work/io"
-global=(--root "$work/store/root" --runroot "$work/store/run" --runtime runc --cgroup-manager cgroupfs)
+store=${STORE_DIR:-$work/store}
+mkdir -p "$store" "$work/io"
+global=(--root "$store/root" --runroot "$store/run" --runtime runc --cgroup-manager cgroupfs)
 podman=(podman "${global[@]}")
 project=tpserve-compose-test
 compose=(podman-compose --podman-args "${global[*]}" -p "$project" -f "$here/compose.yaml" -f "$here/compose.podman-local.yaml")
@@ -55,7 +56,7 @@ done
 log "tpserve healthy and Prometheus ready $(($(date +%s) - t0)) s after up"
 
 # ---- load: tp-load and tpctl from the image, on the host network, through the published port ----
-client() { "${podman[@]}" run --rm --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 --network host \
+client() { "${podman[@]}" run --rm --no-healthcheck --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 --network host \
              -v "$work/io:/io" --entrypoint "$1" "$TPSERVE_IMAGE" "${@:2}"; }
 server="127.0.0.1:$TPSERVE_GRPC_PORT"
 for round in 1 2; do
