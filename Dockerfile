@@ -30,7 +30,8 @@ ARG CUDA_APT_VERSION=13-0
 # Hopper (sm_90a) plus Ampere SASS; the kernels need sm_80 or newer.
 ARG CUDA_ARCHITECTURES=90a;80
 ARG BUILD_JOBS=2
-# More targets to build, e.g. "cuda_backend_test tp-bench" (needs BUILD_TESTS=ON for the test).
+# More targets to build, e.g. "cuda_backend_test tp-bench" (needs BUILD_TESTS=ON for the test);
+# they land in /opt/tpserve/extra of the runtime image (empty by default) for test runs on a GPU node.
 ARG EXTRA_TARGETS=""
 ARG BUILD_TESTS=OFF
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -61,13 +62,14 @@ RUN cuda_flags=(); \
     && cmake --build /build -j "$BUILD_JOBS" --target tpserve tpctl tp-load "${extra[@]}"
 # /out is what the runtime stage takes: stripped binaries, libcudart (GPU), and the Debian packages
 # that provide every other shared library the binaries load (found with ldd + dpkg -S).
-RUN mkdir -p /out/bin /out/lib \
+RUN mkdir -p /out/bin /out/lib /out/extra \
  && install -s -m 0755 /build/bin/tpserve /build/bin/tpctl /build/bin/tp-load /out/bin/ \
+ && for t in $EXTRA_TARGETS; do install -s -m 0755 "/build/bin/$t" /out/extra/; done \
  && if [ "$VARIANT" = gpu ]; then \
       ldd /out/bin/tpserve | grep -q 'libcudart\.so' || { echo "GPU variant built without CUDA" >&2; exit 1; }; \
       cp -a /usr/local/cuda/lib64/libcudart.so.* /out/lib/; \
     fi \
- && for bin in /out/bin/*; do ldd "$bin"; done | awk '$3 ~ /^\// {print $3}' | sort -u | grep -v '/usr/local/cuda' \
+ && for bin in /out/bin/* /out/extra/*; do if [ -f "$bin" ]; then ldd "$bin"; fi; done | awk '$3 ~ /^\// {print $3}' | sort -u | grep -v '/usr/local/cuda' \
     | while read -r lib; do \
         real=$(readlink -f "$lib"); \
         dpkg -S "$real" 2>/dev/null || dpkg -S "/usr$real" 2>/dev/null || dpkg -S "${real#/usr}" \
@@ -101,6 +103,7 @@ RUN apt-get update -qq \
  && useradd --system --uid 10001 --gid tpserve --home-dir /models --no-create-home --shell /usr/sbin/nologin tpserve \
  && mkdir -p /models && chown tpserve:tpserve /models
 COPY --from=builder /out/bin/ /usr/local/bin/
+COPY --from=builder /out/extra/ /opt/tpserve/extra/
 # The NVIDIA container toolkit mounts the driver's compute libraries only when asked for them.
 ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER 10001:10001
