@@ -51,8 +51,13 @@ RUN if [ "$VARIANT" = gpu ] && [ ! -x /usr/local/cuda/bin/nvcc ]; then \
     fi \
  && tools/install-deps.sh
 COPY . .
+# Debian 12's CMake 3.25.1 FindCUDAToolkit fails on toolkits without libnvToolsExt (CUDA 12.9+):
+# it sets a property on CUDA::nvToolsExt without checking that the target exists. The guard below
+# is CMake 3.25.2's fix.
 RUN cuda_flags=(); \
     if [ "$VARIANT" = gpu ]; then \
+      sed -i 's/^    if(CMAKE_MINIMUM_REQUIRED_VERSION VERSION_GREATER_EQUAL 3.25)$/    if(TARGET CUDA::nvToolsExt AND CMAKE_MINIMUM_REQUIRED_VERSION VERSION_GREATER_EQUAL 3.25)/' \
+        /usr/share/cmake-3.25/Modules/FindCUDAToolkit.cmake; \
       cuda_flags=(-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc "-DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCHITECTURES"); \
     elif [ "$VARIANT" != cpu ]; then \
       echo "VARIANT: expected cpu or gpu, got '$VARIANT'" >&2; exit 2; \
