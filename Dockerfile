@@ -49,7 +49,7 @@ RUN if [ "$VARIANT" = gpu ] && [ ! -x /usr/local/cuda/bin/nvcc ]; then \
            "cuda-nvcc-${CUDA_APT_VERSION}" "cuda-cudart-dev-${CUDA_APT_VERSION}" \
       && ln -sfn "/usr/local/cuda-${CUDA_APT_VERSION/-/.}" /usr/local/cuda; \
     fi \
- && tools/install-deps.sh
+ && TPSERVE_DEPS=build tools/install-deps.sh
 COPY . .
 # Debian 12's CMake 3.25.1 FindCUDAToolkit fails on toolkits without libnvToolsExt (CUDA 12.9+):
 # it sets a property on CUDA::nvToolsExt without checking that the target exists. The guard below

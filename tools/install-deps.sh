@@ -8,11 +8,14 @@ packages=(
   prometheus-cpp-dev libopenblas-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   openssl curl python3
-  # deploy/validate/run.sh (CTest deploy_files_test): YAML, shell and Prometheus config checks
-  yamllint shellcheck prometheus
 )
-# deploy/validate/run.sh also needs Node.js and npm; Debian's unless the machine has its own.
-command -v npm >/dev/null || packages+=(nodejs npm)
+# The checks of the deployment files (deploy/validate/run.sh, CTest deploy_files_test): YAML, shell,
+# Prometheus config, and Node.js + npm (Debian's unless the machine has its own). The image's
+# builder stage needs none of them: TPSERVE_DEPS=build skips them.
+if [ "${TPSERVE_DEPS:-all}" != build ]; then
+  packages+=(yamllint shellcheck prometheus)
+  command -v npm >/dev/null || packages+=(nodejs npm)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
