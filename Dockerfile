@@ -87,7 +87,7 @@ FROM debian:12 AS runtime
 ARG VARIANT
 ARG VERSION=dev
 ARG REVISION=unknown
-ARG SOURCE=https://github.com/tpserve/tpserve
+ARG SOURCE=unknown
 ARG CREATED=unknown
 LABEL org.opencontainers.image.title="tpserve" \
       org.opencontainers.image.description="gRPC service for e3nn-style equivariant tensor products ($VARIANT)" \

@@ -29,6 +29,7 @@ build=("${podman[@]}" build --isolation chroot --format docker --pull=never --la
   --build-arg "REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)"
   --build-arg "VERSION=$(git describe --always --dirty 2>/dev/null || echo dev)"
   --build-arg "CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  --build-arg "SOURCE=$(git config --get remote.origin.url 2>/dev/null || echo unknown)"
   "$@" -t "$image" -f Dockerfile .)
 if [ -n "${BUILD_LOG:-}" ]; then
   "${build[@]}" >"$BUILD_LOG" 2>&1 || { tail -n 40 "$BUILD_LOG" >&2; exit 1; }
