@@ -71,7 +71,7 @@ RUN mkdir -p /out/bin /out/lib /out/extra \
  && install -s -m 0755 /build/bin/tpserve /build/bin/tpctl /build/bin/tp-load /out/bin/ \
  && for t in $EXTRA_TARGETS; do install -s -m 0755 "/build/bin/$t" /out/extra/; done \
  && if [ "$VARIANT" = gpu ]; then \
-      ldd /out/bin/tpserve | grep -q 'libcudart\.so' || { echo "GPU variant built without CUDA" >&2; exit 1; }; \
+      ldd /out/bin/tpserve | grep 'libcudart\.so' >/dev/null || { echo "GPU variant built without CUDA" >&2; exit 1; }; \
       cp -a /usr/local/cuda/lib64/libcudart.so.* /out/lib/; \
     fi \
  && for bin in /out/bin/* /out/extra/*; do if [ -f "$bin" ]; then ldd "$bin"; fi; done | awk '$3 ~ /^\// {print $3}' | sort -u | grep -v '/usr/local/cuda' \
