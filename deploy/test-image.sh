@@ -115,6 +115,8 @@ tpctl get "${server[@]}" --model seeded >"$work/found.txt" || fail "model gone a
 diff "$work/created.txt" "$work/found.txt" >&2 || fail "the model changed across the restart"
 rm -rf "$work/io/remote2" && mkdir -p "$work/io/remote2" && chmod a+rwx "$work/io/remote2"
 tpctl forward "${server[@]}" --model seeded --x1 /io/x1.npy --x2 /io/x2.npy --out /io/remote2
-cmp -s "$work/io/remote/out.npy" "$work/io/remote2/out.npy" || fail "Forward differs after the restart"
-log "restarted on the same volume: model found, same weights, same Forward"
+# Same numbers up to float32 rounding (OpenBLAS need not sum in the same order in a new process).
+err=$(python3 deploy/npy_tool.py relerr "$work/io/remote2/out.npy" "$work/io/remote/out.npy")
+python3 -c "import sys; sys.exit(0 if float('$err') < 1e-6 else 1)" || fail "Forward after the restart: relative error $err"
+log "restarted on the same volume: model found with the same weights; Forward again (relative error $err)"
 log "PASS"
