@@ -8,13 +8,15 @@ packages=(
   prometheus-cpp-dev libopenblas-dev nlohmann-json3-dev libssl-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   openssl curl python3
-  # The client tests in Python (client/python, tests/kserve): stubs generated at test time.
-  python3-grpcio python3-grpc-tools python3-numpy python3-pytest
 )
-# The Node client tests (npm ci from client/node and tests/kserve/node): any node + npm will do, so
-# a machine that has them from elsewhere (NodeSource's nodejs, which conflicts with Debian's npm
-# package) keeps its own.
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then packages+=(nodejs npm); fi
+# What only the tests need: the deployment files' checks (deploy/validate/run.sh: YAML, shell,
+# Prometheus config), the Python client tests, and Node.js + npm for the Node client tests (any
+# node + npm will do: a machine with NodeSource's nodejs, which conflicts with Debian's npm package,
+# keeps its own). The image's builder stage needs none of them: TPSERVE_DEPS=build skips them.
+if [ "${TPSERVE_DEPS:-all}" != build ]; then
+  packages+=(yamllint shellcheck prometheus python3-grpcio python3-grpc-tools python3-numpy python3-pytest)
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then packages+=(nodejs npm); fi
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -45,6 +45,7 @@ remote commands (--server HOST:PORT required):
            [--weight-grad return|accumulate|none (return)] --out DIR
   get-weights|get-grad --model M --out F.npy;  put-weights --model M --weights W.npy [--expected-version V (0: any)]
   sgd-step --model M --lr LR [--zero-grad]
+  health [--service NAME]   exit 0 only while the server (or NAME) is SERVING (no token needed)
   connection flags: --token T ($TPSERVE_TOKEN) --tls (off) --tls-ca PEM (system roots) --tls-server-name N
                     --tls-cert PEM --tls-key PEM (client certificate, for servers with --tls_client_ca)
                     --timeout S (0: none) --precision fp32|tf32|bf16 (fp32)

@@ -271,6 +271,19 @@ absl::Status Run(const std::string& command, const std::vector<std::string>& arg
     PrintModel(info);
     return absl::OkStatus();
   }
+  if (command == "health") {
+    // The container's HEALTHCHECK and a Kubernetes exec probe: exit 0 only while SERVING.
+    ASSIGN_OR_RETURN(CommandArgs args, CommandArgs::Parse(argv, With({"service"}), {"tls"}));
+    ASSIGN_OR_RETURN(auto client, Connect(args));
+    const std::string service = args.Get("service").value_or("");
+    ASSIGN_OR_RETURN(grpc::health::v1::HealthCheckResponse::ServingStatus status, client->Health(service));
+    const std::string name = grpc::health::v1::HealthCheckResponse::ServingStatus_Name(status);
+    std::cout << name << "\n";
+    if (status != grpc::health::v1::HealthCheckResponse::SERVING) {
+      return absl::UnavailableError(absl::StrCat(service.empty() ? "server" : service, " is ", name));
+    }
+    return absl::OkStatus();
+  }
   if (command == "sgd-step") {
     ASSIGN_OR_RETURN(CommandArgs args, CommandArgs::Parse(argv, With({"model", "lr"}), {"tls", "zero-grad"}));
     ASSIGN_OR_RETURN(auto client, Connect(args));

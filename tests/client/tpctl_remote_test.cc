@@ -2,6 +2,7 @@
 // files as the local `tpctl eval`, and the model commands round-trip through the service.
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 
 #include "client/npy.h"
 #include "gtest/gtest.h"
@@ -133,6 +134,33 @@ TEST(TpctlRemoteSecurity, TokenAndTlsFlagsReachTheServer) {
   EXPECT_EQ(Tpctl("list" + target + tls + "--token wrong"), 1) << "UNAUTHENTICATED";
   EXPECT_EQ(Tpctl("list" + target + "--token s3cret"), 1) << "plaintext to a TLS server";
   EXPECT_EQ(server->core().ListModels().size(), 1u);
+  // The health check needs no token (probes carry none), but speaks TLS to a TLS server.
+  EXPECT_EQ(Tpctl("health" + target + tls), 0);
+  EXPECT_EQ(Tpctl("health" + target), 1) << "plaintext to a TLS server";
+}
+
+// `tpctl health` is the container's HEALTHCHECK: exit 0 only while the server answers SERVING.
+TEST(TpctlHealth, ExitsZeroOnlyWhileTheServerIsServing) {
+  TempDir dir;
+  auto server = TestServer::Start();
+  ASSERT_NE(server, nullptr);
+  const std::string target = " --server " + server->target() + " --timeout 5";
+  const std::string printed = dir.path() + "/health.txt";
+  const std::string command = std::string(TPCTL_PATH) + " health" + target + " >" + printed;
+  const int rc = std::system(command.c_str());
+  ASSERT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) == 0) << rc;
+  std::ifstream in(printed);
+  std::string status;
+  in >> status;
+  EXPECT_EQ(status, "SERVING");
+  EXPECT_EQ(Tpctl("health" + target + " --service tp.v1.TensorProductService"), 0);
+  EXPECT_EQ(Tpctl("health" + target + " --service tp.v1.ModelService"), 0);
+  EXPECT_EQ(Tpctl("health" + target + " --service no.such.Service"), 2) << "NOT_FOUND";
+  EXPECT_EQ(Tpctl("health --timeout 5"), 2) << "--server is required";
+  // Draining (SIGTERM in tpserve): health goes NOT_SERVING and new calls are refused.
+  server->grpc().Shutdown(absl::ZeroDuration());
+  server->grpc().Wait();
+  EXPECT_EQ(Tpctl("health" + target), 1);
 }
 
 }  // namespace
