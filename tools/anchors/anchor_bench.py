@@ -82,12 +82,17 @@ def jax_cases(irreps, batches, precisions, variants, runs, warmup, deadline):
                     forward = jax.jit(lambda w, a, b: apply(w, a, b))
                     grad = jax.jit(jax.grad(lambda w, a, b: jnp.sum(jnp.tanh(apply(w, a, b)))))
                     for task, fn in (("forward", forward), ("dw_sum_tanh", grad)):
-                        compile_start = time.perf_counter()
-                        block(fn(w, x1, x2))
-                        compile_s = time.perf_counter() - compile_start
-                        median, minimum = time_calls(lambda: fn(w, x1, x2), block, runs, warmup)
-                        yield dict(framework="e3nn-jax", variant=variant, task=task, precision=precision, batch=batch,
-                                   median_ms=median, min_ms=minimum, first_call_s=compile_s, weights=numel)
+                        case = dict(framework="e3nn-jax", variant=variant, task=task, precision=precision,
+                                    batch=batch, weights=numel)
+                        try:
+                            compile_start = time.perf_counter()
+                            block(fn(w, x1, x2))
+                            compile_s = time.perf_counter() - compile_start
+                            median, minimum = time_calls(lambda: fn(w, x1, x2), block, runs, warmup)
+                        except Exception as e:  # e.g. RESOURCE_EXHAUSTED: the case cannot run here
+                            yield dict(case, error=str(e).split("\n")[0][:200])
+                            continue
+                        yield dict(case, median_ms=median, min_ms=minimum, first_call_s=compile_s)
 
 
 def torch_cases(irreps, batches, precisions, runs, warmup, deadline):
@@ -147,8 +152,11 @@ def main():
     results = []
     for case in cases:
         results.append(case)
-        print(f"{case['framework']:10s} {case['variant']:28s} {case['task']:12s} {case['precision']} "
-              f"b={case['batch']:<6d} median {case['median_ms']:.4f} ms  min {case['min_ms']:.4f} ms", flush=True)
+        head = f"{case['framework']:10s} {case['variant']:28s} {case['task']:12s} {case['precision']} b={case['batch']:<6d}"
+        if "error" in case:
+            print(f"{head} failed: {case['error']}", flush=True)
+        else:
+            print(f"{head} median {case['median_ms']:.4f} ms  min {case['min_ms']:.4f} ms", flush=True)
         with open(args.json, "w") as f:  # rewritten after each case: a cut-off run keeps what it measured
             json.dump({"irreps": args.irreps, "runs": args.runs, "results": results}, f, indent=1)
     return 0 if results else 1

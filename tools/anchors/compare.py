@@ -25,7 +25,10 @@ def main(argv):
         for r in json.load(open(path))["results"]:
             key = (r["task"], r["precision"], r["batch"])
             per = best.setdefault(r["framework"], {})
-            if key not in per or r["median_ms"] < per[key][0]:
+            if "error" in r:  # the anchor could not run the case (out of memory, say)
+                per.setdefault(key, (None, r["error"].split(":")[0]))
+                continue
+            if key not in per or per[key][0] is None or r["median_ms"] < per[key][0]:
                 per[key] = (r["median_ms"], r["variant"])
     frameworks = sorted(best)
     head = ["task", "precision", "batch", "ours ms", "floor ms"]
@@ -36,7 +39,9 @@ def main(argv):
         r = ours[key]
         row = [key[0], key[1], str(key[2]), f"{r['median_ms']:.4f}", f"{r['floor_ms']:.4f}" if r.get("floor_ms") else "-"]
         for f in frameworks:
-            if key in best[f]:
+            if key in best[f] and best[f][key][0] is None:
+                row += [f"failed ({best[f][key][1]})", "-"]
+            elif key in best[f]:
                 median, variant = best[f][key]
                 row += [f"{median:.4f} ({variant})", f"{median / r['median_ms']:.2f}x"]
             else:
