@@ -20,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/server/server_test_util.h"
+#include "tests/support/tpserve_process.h"
 
 #ifndef TPSERVE_PATH
 #error "TPSERVE_PATH must name the tpserve binary"
@@ -40,44 +41,17 @@ std::string ReadAll(const std::string& path) {
 
 // A tpserve process on free loopback ports (gRPC and /metrics), CPU backend, with the seeded demo
 // model "small" (same seed everywhere, so the same weights).
-class ServerProcess {
+class ServerProcess : public TpserveProcess {
  public:
-  explicit ServerProcess(const std::string& log_path) {
-    pid_ = fork();
-    if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(fd, 1);
-      dup2(fd, 2);
-      execl(TPSERVE_PATH, TPSERVE_PATH, "--listen=127.0.0.1:0", "--metrics_address=127.0.0.1:0", "--backend=cpu",
-            "--demo_model=small", "--demo_irreps_in1=8x0e + 8x1e", "--demo_irreps_in2=8x0e + 8x1e",
-            "--demo_irreps_out=8x0e + 8x1e", "--shutdown_grace_seconds=1", static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    std::regex serving("serving on port ([0-9]+) \\(metrics port ([0-9]+)");
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    while (std::chrono::steady_clock::now() < deadline && port_ == 0) {
-      std::smatch match;
-      std::string log = ReadAll(log_path);
-      if (std::regex_search(log, match, serving)) {
-        port_ = std::stoi(match[1]);
-        metrics_port_ = std::stoi(match[2]);
-      } else {
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      }
-    }
-  }
-  ~ServerProcess() { Kill(); }
-
-  void Kill() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-    pid_ = -1;
-  }
-  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
-  std::string metrics_address() const { return "127.0.0.1:" + std::to_string(metrics_port_); }
-  int port() const { return port_; }
+  explicit ServerProcess(const std::string& log_path)
+      : TpserveProcess({TPSERVE_PATH,
+                        {"--listen=127.0.0.1:0", "--metrics_address=127.0.0.1:0", "--backend=cpu", "--demo_model=small",
+                         "--demo_irreps_in1=8x0e + 8x1e", "--demo_irreps_in2=8x0e + 8x1e",
+                         "--demo_irreps_out=8x0e + 8x1e", "--shutdown_grace_seconds=1"},
+                        log_path}) {}
+  void Kill() { Kill9(); }
+  std::string address() const { return target(); }
+  std::string metrics_address() const { return metrics_target(); }
 
   // Forward calls it answered OK so far; -1 when /metrics does not answer.
   double ForwardOk() const {
@@ -85,10 +59,6 @@ class ServerProcess {
     if (!text.ok()) return -1;
     return load::SumSeries(load::ParsePrometheus(*text), "tp_requests_total", {"method=\"Forward\"", "code=\"OK\""});
   }
-
- private:
-  pid_t pid_ = -1;
-  int port_ = 0, metrics_port_ = 0;
 };
 
 TEST(ScaleOutTest, ThreeServers_OneKilledMidRun_LoadCarriesOnWithRetries) {

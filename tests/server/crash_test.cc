@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/server/server_test_util.h"
+#include "tests/support/tpserve_process.h"
 
 #ifndef TPSERVE_PATH
 #error "TPSERVE_PATH must name the tpserve binary"
@@ -30,80 +31,25 @@
 namespace tpserve::testing {
 namespace {
 
-class ServerProcess {
+// tpserve on a free loopback port over `model_dir`; each start logs to a file of its own.
+// `env`: NAME=VALUE pairs set in the child only (the crash points).
+class ServerProcess : public TpserveProcess {
  public:
-  // Starts tpserve on a free loopback port with `model_dir`; waits for its "serving on port" line.
-  // Each start logs to a file of its own, so an earlier run's port line is never mistaken for this one's.
-  // `env`: NAME=VALUE pairs set in the child only (the crash points).
-  explicit ServerProcess(const std::string& model_dir, const std::string& log_prefix,
-                         const std::vector<std::string>& env = {}) {
-    static int starts = 0;
-    const std::string log_path = log_prefix + "." + std::to_string(starts++);
-    pid_ = fork();
-    if (pid_ == 0) {
-      // Dies with the test, even when the test itself crashes before its destructors run.
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(fd, 1);
-      dup2(fd, 2);
-      for (const std::string& assignment : env) putenv(const_cast<char*>(assignment.c_str()));
-      execl(TPSERVE_PATH, TPSERVE_PATH, "--listen=127.0.0.1:0", "--metrics_address=",
-            ("--model_dir=" + model_dir).c_str(), "--backend=cpu", static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    std::regex serving("serving on port ([0-9]+)");
-    while (std::chrono::steady_clock::now() < deadline && port_ == 0) {
-      if (Exited(/*wait=*/false)) return;  // died before serving (a crash point at start-up)
-      std::ifstream in(log_path);
-      std::stringstream text;
-      text << in.rdbuf();
-      std::smatch match;
-      std::string log = text.str();
-      if (std::regex_search(log, match, serving)) port_ = std::stoi(match[1]);
-      else std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-  }
-  ~ServerProcess() { Kill9(); }
-
-  int port() const { return port_; }
-  void Kill9() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-    pid_ = -1;
-  }
-  // True once the process has ended by itself (reaped; killed_by_itself() tells how).
-  bool Exited(bool wait) {
-    if (pid_ <= 0) return true;
-    int status = 0;
-    if (waitpid(pid_, &status, wait ? 0 : WNOHANG) != pid_) return false;
-    died_of_sigkill_ = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
-    pid_ = -1;
-    return true;
-  }
-  // Waits up to `timeout` for the process to end by itself.
-  bool ExitsWithin(std::chrono::milliseconds timeout) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (Exited(false)) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    return false;
-  }
-  bool died_of_sigkill() const { return died_of_sigkill_; }
+  ServerProcess(const std::string& model_dir, const std::string& log_prefix, const std::vector<std::string>& env = {})
+      : TpserveProcess({TPSERVE_PATH,
+                        {"--listen=127.0.0.1:0", "--metrics_address=", "--model_dir=" + model_dir, "--backend=cpu"},
+                        log_prefix + "." + std::to_string(starts_++),
+                        env}) {}
   std::unique_ptr<client::TpClient> Connect() const {
     client::ClientOptions options;
-    options.target = "127.0.0.1:" + std::to_string(port_);
+    options.target = target();
     options.timeout_seconds = 30;
     options.chunk_elements = 4096;
     return *client::TpClient::Connect(options);
   }
 
  private:
-  pid_t pid_ = -1;
-  int port_ = 0;
-  bool died_of_sigkill_ = false;
+  static inline int starts_ = 0;
 };
 
 // 4 paths of 32^3 weights: 131072 floats, 32 upload chunks of 4096.

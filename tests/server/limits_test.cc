@@ -171,43 +171,6 @@ TEST(LimitsTest, StreamEcho_ResponsePastTheMessageLimitIsRefusedLikeUnary) {
 
 // ---- item 7: token-free streams, connection limits -------------------------------------------
 
-// grpc.reflection.v1alpha ServerReflectionInfo {list_services: ""} as raw bytes: the response's
-// bytes, empty when the call failed.
-std::string ListServicesByReflection(const std::string& target) {
-  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
-  grpc::GenericStub stub(channel);
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  grpc::CompletionQueue cq;
-  auto call = stub.PrepareCall(&context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
-  void* tag;
-  bool ok;
-  call->StartCall(reinterpret_cast<void*>(1));
-  cq.Next(&tag, &ok);
-  const std::string request("\x3a\x00", 2);
-  grpc::Slice slice(request);
-  grpc::ByteBuffer buffer(&slice, 1);
-  call->Write(buffer, reinterpret_cast<void*>(2));
-  cq.Next(&tag, &ok);
-  grpc::ByteBuffer response;
-  call->Read(&response, reinterpret_cast<void*>(3));
-  cq.Next(&tag, &ok);
-  std::string bytes;
-  if (ok) {
-    std::vector<grpc::Slice> slices;
-    response.Dump(&slices).IgnoreError();
-    for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  }
-  call->WritesDone(reinterpret_cast<void*>(4));
-  cq.Next(&tag, &ok);
-  grpc::Status status;
-  call->Finish(&status, reinterpret_cast<void*>(5));
-  cq.Next(&tag, &ok);
-  cq.Shutdown();
-  while (cq.Next(&tag, &ok)) {
-  }
-  return bytes;
-}
 
 // 20 Watch streams took every thread of a 16-thread server: ListModels failed.
 TEST(LimitsTest, WatchStreams_CannotTakeTheThreadsOfTp1Calls) {

@@ -61,4 +61,8 @@ tp::v1::ModelSpec Spec(const std::string& in1, const std::string& in2, const std
 // `label_substrings`, in Prometheus text format. -1 when no line matches.
 double MetricValue(const std::string& text, const std::string& name, const std::vector<std::string>& label_substrings);
 
+// grpc.reflection.v1alpha.ServerReflectionInfo with {list_services: ""}, spoken as raw bytes so
+// tests need no copy of reflection.proto: the response's bytes, empty when the call failed.
+std::string ListServicesByReflection(const std::string& target);
+
 }  // namespace tpserve::testing

@@ -28,6 +28,7 @@
 #include "gtest/gtest.h"
 #include "server/grpc/tensor_codec.h"
 #include "tests/server/server_test_util.h"
+#include "tests/support/tpserve_process.h"
 
 #ifndef TPSERVE_PATH
 #error "TPSERVE_PATH must name the tpserve binary"
@@ -42,47 +43,15 @@ constexpr int64_t kMiB = int64_t{1} << 20;
 constexpr int64_t kBudgetBytes = 512 * kMiB;
 
 // tpserve with the limits under test, on a free loopback port; killed with the test.
-class ServerProcess {
+class ServerProcess : public TpserveProcess {
  public:
-  ServerProcess(const std::string& model_dir, const std::string& log_path) {
-    pid_ = fork();
-    if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(fd, 1);
-      dup2(fd, 2);
-      const std::string dir_flag = "--model_dir=" + model_dir;
-      const std::string budget_flag = absl::StrCat("--max_memory_bytes=", kBudgetBytes);
-      execl(TPSERVE_PATH, TPSERVE_PATH, "--listen=127.0.0.1:0", "--metrics_address=", dir_flag.c_str(),
-            "--backend=cpu", budget_flag.c_str(), "--max_threads=64", "--max_open_watch_streams=8",
-            "--upload_idle_seconds=1", "--idle_release_seconds=2", "--max_message_bytes=16777216",
-            static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    const auto deadline = Clock::now() + std::chrono::seconds(30);
-    const std::regex serving("serving on port ([0-9]+)");
-    while (Clock::now() < deadline && port_ == 0) {
-      std::ifstream in(log_path);
-      std::stringstream text;
-      text << in.rdbuf();
-      std::smatch match;
-      const std::string log = text.str();
-      if (std::regex_search(log, match, serving)) port_ = std::stoi(match[1]);
-      else std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-  }
-  ~ServerProcess() { Kill9(); }
-
-  int port() const { return port_; }
-  pid_t pid() const { return pid_; }
-  bool alive() const { return pid_ > 0 && waitpid(pid_, nullptr, WNOHANG) == 0; }
-  std::string target() const { return "127.0.0.1:" + std::to_string(port_); }
-  void Kill9() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-    pid_ = -1;
-  }
+  ServerProcess(const std::string& model_dir, const std::string& log_path)
+      : TpserveProcess({TPSERVE_PATH,
+                        {"--listen=127.0.0.1:0", "--metrics_address=", "--model_dir=" + model_dir, "--backend=cpu",
+                         absl::StrCat("--max_memory_bytes=", kBudgetBytes), "--max_threads=64",
+                         "--max_open_watch_streams=8", "--upload_idle_seconds=1", "--idle_release_seconds=2",
+                         "--max_message_bytes=16777216"},
+                        log_path}) {}
   std::unique_ptr<client::TpClient> Connect(double timeout_seconds = 30) const {
     client::ClientOptions options;
     options.target = target();
@@ -98,10 +67,6 @@ class ServerProcess {
     args.SetMaxReceiveMessageSize(64 << 20);
     return grpc::CreateCustomChannel(target(), grpc::InsecureChannelCredentials(), args);
   }
-
- private:
-  pid_t pid_ = -1;
-  int port_ = 0;
 };
 
 int64_t RssBytes(pid_t pid) {
