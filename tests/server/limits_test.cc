@@ -6,6 +6,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <atomic>
 #include <thread>
 #include <vector>
 
@@ -275,6 +276,85 @@ TEST(LimitsTest, Connection_IdleConnectionsAreClosed) {
   EXPECT_TRUE(Eventually([&] { return client->channel()->GetState(false) != GRPC_CHANNEL_READY; }, 15))
       << "the server closes a connection idle past max_connection_idle_seconds";
   EXPECT_TRUE(client->ListModels().ok()) << "the client reconnects";
+}
+
+// An open Stream on a connection older than max_connection_age: the server says GOAWAY at that age
+// and ends the call after the grace; the client reconnects for the next call. With the age off
+// (the default) the same stream stays open.
+TEST(LimitsTest, Connection_OldConnectionsAreClosedAfterTheGrace) {
+  auto stream_lasts = [](double age_seconds, double observe_seconds) {
+    server::TransportConfig transport;
+    transport.max_connection_age_seconds = age_seconds;
+    transport.max_connection_age_grace_seconds = 0.5;
+    auto server = TestServer::Start({}, transport);
+    auto client = server->Connect();
+    grpc::ClientContext context;
+    auto rpc = client->compute().Stream(&context);
+    tp::v1::StreamRequest request;
+    request.mutable_echo()->set_payload("x");
+    EXPECT_TRUE(rpc->Write(request));
+    tp::v1::StreamResponse response;
+    EXPECT_TRUE(rpc->Read(&response));
+    // Reads until the server ends the stream, or `observe_seconds` pass with it still open.
+    std::atomic<bool> ended{false};
+    std::thread reader([&] {
+      tp::v1::StreamResponse more;
+      while (rpc->Read(&more)) {
+      }
+      ended = true;
+    });
+    const bool ended_in_time = Eventually([&] { return ended.load(); }, observe_seconds);
+    context.TryCancel();
+    reader.join();
+    const grpc::Status status = rpc->Finish();
+    if (ended_in_time) EXPECT_FALSE(status.ok()) << "a stream cut for age does not end OK";
+    EXPECT_TRUE(client->ListModels().ok()) << "the client reconnects";
+    return ended_in_time;
+  };
+  EXPECT_TRUE(stream_lasts(/*age_seconds=*/1.0, /*observe_seconds=*/15))
+      << "the server ends a call on a connection past max_connection_age (+ grace)";
+  EXPECT_FALSE(stream_lasts(/*age_seconds=*/0, /*observe_seconds=*/3)) << "without an age limit it stays open";
+}
+
+// A client that pings more often than --min_client_ping_interval_seconds allows is disconnected
+// (GOAWAY too_many_pings after the second strike), ending its open call; one within the limit keeps it.
+TEST(LimitsTest, Connection_ClientsPingingTooOftenAreDisconnected) {
+  auto stream_survives_pings = [](double min_client_ping_interval_seconds) {
+    server::TransportConfig transport;
+    transport.min_client_ping_interval_seconds = min_client_ping_interval_seconds;
+    auto server = TestServer::Start({}, transport);
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 100);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    args.SetInt(GRPC_ARG_HTTP2_MIN_SENT_PING_INTERVAL_WITHOUT_DATA_MS, 100);
+    auto stub = tp::v1::TensorProductService::NewStub(
+        grpc::CreateCustomChannel(server->target(), grpc::InsecureChannelCredentials(), args));
+    grpc::ClientContext context;
+    auto rpc = stub->Stream(&context);
+    tp::v1::StreamRequest request;
+    request.mutable_echo()->set_payload("x");
+    EXPECT_TRUE(rpc->Write(request));
+    tp::v1::StreamResponse response;
+    EXPECT_TRUE(rpc->Read(&response));
+    std::atomic<bool> ended{false};
+    std::thread reader([&] {
+      tp::v1::StreamResponse more;
+      while (rpc->Read(&more)) {
+      }
+      ended = true;
+    });
+    const bool ended_early = Eventually([&] { return ended.load(); }, 4);
+    context.TryCancel();
+    reader.join();
+    rpc->Finish();
+    return !ended_early;
+  };
+  EXPECT_FALSE(stream_survives_pings(/*min_client_ping_interval_seconds=*/10))
+      << "pings every 100 ms against a 10 s minimum: the server disconnects the client";
+  EXPECT_TRUE(stream_survives_pings(/*min_client_ping_interval_seconds=*/0.01)) << "pings within the limit are fine";
 }
 
 // ---- item 8: the memory budget ---------------------------------------------------------------
