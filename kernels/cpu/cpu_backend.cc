@@ -90,41 +90,31 @@ struct Worker {
   std::vector<T> own_out, own_grad_x1, own_grad_x2;
 };
 
+// One path over one chunk of samples [z0, z0 + nz): its shapes, and the steps RunPath takes on it.
+// Scratch (x1t, x2t, t, ...) lives in the worker and is sized by RunPath for the largest chunk.
 template <typename T>
-void RunPath(const Job<T>& job, const PathPlan& path, Worker<T>& w) {
-  const int d1 = path.dim_in1(), d2 = path.dim_in2(), d3 = path.dim_out();
-  const int mul1 = path.mul_in1, mul2 = path.mul_in2, mul_out = path.mul_out;
-  const int64_t uv = int64_t{mul1} * mul2;
-  const bool per_sample = job.plan->weight_sharing() == WeightSharing::kPerSample;
-  const bool uvw = path.mode == ConnectionMode::kUvw;
-  const T a = static_cast<T>(path.path_weight);
-  const int64_t dim1 = job.plan->dim_in1(), dim2 = job.plan->dim_in2(), dim_out = job.plan->dim_out();
-  const int64_t weight_stride = per_sample ? job.plan->weight_numel() : 0;
-  const bool backward = job.grad_out != nullptr;
-  const bool want_dx = backward && (job.want_grad_x1 || job.want_grad_x2);
+struct PathChunk {
+  PathChunk(const Job<T>& job_in, const PathPlan& path_in, Worker<T>& worker)
+      : job(job_in), path(path_in), w(worker), d1(path.dim_in1()), d2(path.dim_in2()), d3(path.dim_out()),
+        mul1(path.mul_in1), mul2(path.mul_in2), mul_out(path.mul_out), uv(int64_t{mul1} * mul2),
+        per_sample(job.plan->weight_sharing() == WeightSharing::kPerSample), uvw(path.mode == ConnectionMode::kUvw),
+        a(static_cast<T>(path.path_weight)), dim1(job.plan->dim_in1()), dim2(job.plan->dim_in2()),
+        dim_out(job.plan->dim_out()), weight_stride(per_sample ? job.plan->weight_numel() : 0) {}
 
-  if (job.grad_weight && !job.accumulate_grad_weight) {
-    for (int64_t z = 0; z < (per_sample ? job.batch : 1); ++z)
-      std::fill_n(job.grad_weight + z * weight_stride + path.weight_offset, path.weight_numel, T(0));
-  }
-  if (uv == 0 || mul_out == 0 || job.batch == 0) return;  // nothing flows through an empty path
+  const Job<T>& job;
+  const PathPlan& path;
+  Worker<T>& w;
+  const int d1, d2, d3, mul1, mul2, mul_out;
+  const int64_t uv;
+  const bool per_sample, uvw;
+  const T a;
+  const int64_t dim1, dim2, dim_out, weight_stride;
+  int64_t z0 = 0, nz = 0;
 
-  const int64_t row_bytes = int64_t{d3} * uv * sizeof(T);
-  const int64_t chunk = std::clamp<int64_t>(kChunkBytes / std::max<int64_t>(row_bytes, 1), 1, job.batch);
-  w.x1t.resize(chunk * d1 * mul1);
-  w.x2t.resize(chunk * d2 * mul2);
-  w.t.resize(chunk * d3 * uv);
-  w.tmp.resize(chunk * d3 * mul_out);
-  if (backward) w.g.resize(chunk * d3 * mul_out);
-  if (want_dx) {
-    w.dt.resize(chunk * d3 * uv);
-    w.dx1t.resize(chunk * d1 * mul1);
-    w.dx2t.resize(chunk * d2 * mul2);
-  }
+  const T* WeightOf(int64_t z) const { return job.weight + (z0 + z) * weight_stride + path.weight_offset; }
 
-  for (int64_t z0 = 0; z0 < job.batch; z0 += chunk) {
-    const int64_t nz = std::min(chunk, job.batch - z0);
-    // x1t[z][i][u], x2t[z][j][v]: channel index innermost, so the loops below run over it.
+  // x1t[z][i][u], x2t[z][j][v]: channel index innermost, so the loops below run over it.
+  void GatherInputs() {
     for (int64_t z = 0; z < nz; ++z) {
       const T* x1z = job.x1 + (z0 + z) * dim1 + path.offset_in1;
       const T* x2z = job.x2 + (z0 + z) * dim2 + path.offset_in2;
@@ -133,7 +123,10 @@ void RunPath(const Job<T>& job, const PathPlan& path, Worker<T>& w) {
       for (int v = 0; v < mul2; ++v)
         for (int j = 0; j < d2; ++j) w.x2t[(z * d2 + j) * mul2 + v] = x2z[v * d2 + j];
     }
-    // T[z][k][u][v]
+  }
+
+  // T[z][k][u][v] = sum_{ij} C[i,j,k] x1t[z][i][u] x2t[z][j][v]
+  void BuildT() {
     std::fill_n(w.t.data(), nz * d3 * uv, T(0));
     for (int64_t z = 0; z < nz; ++z) {
       for (const Wigner3jEntry& e : path.cg_nonzeros) {
@@ -148,72 +141,77 @@ void RunPath(const Job<T>& job, const PathPlan& path, Worker<T>& w) {
         }
       }
     }
+  }
 
-    if (!backward) {
-      // tmp[z][k][w] = a * sum_uv T W
-      if (uvw && !per_sample) {
-        Gemm<T>(false, false, nz * d3, mul_out, uv, a, w.t.data(), uv, job.weight + path.weight_offset, mul_out, T(0),
-                w.tmp.data(), mul_out);
-      } else {
-        for (int64_t z = 0; z < nz; ++z) {
-          const T* wz = job.weight + (z0 + z) * weight_stride + path.weight_offset;
-          T* tmpz = &w.tmp[z * d3 * mul_out];
-          if (uvw) {
-            Gemm<T>(false, false, d3, mul_out, uv, a, &w.t[z * d3 * uv], uv, wz, mul_out, T(0), tmpz, mul_out);
-          } else {  // uvu: tmp[z][k][u] = a * sum_v W[u][v] T[z][k][u][v]
-            for (int k = 0; k < d3; ++k)
-              for (int u = 0; u < mul1; ++u) {
-                const T* trow = &w.t[((z * d3 + k) * mul1 + u) * mul2];
-                T s = 0;
-                for (int v = 0; v < mul2; ++v) s += wz[u * mul2 + v] * trow[v];
-                tmpz[k * mul_out + u] = a * s;
-              }
-          }
+  // out[z, offset_out + w*d3 + k] += a * sum_uv T[z][k][u][v] W[u][v][w]   (uvu: W[u][v], w = u)
+  void Forward() {
+    if (uvw && !per_sample) {
+      Gemm<T>(false, false, nz * d3, mul_out, uv, a, w.t.data(), uv, job.weight + path.weight_offset, mul_out, T(0),
+              w.tmp.data(), mul_out);
+    } else {
+      for (int64_t z = 0; z < nz; ++z) {
+        const T* wz = WeightOf(z);
+        T* tmpz = &w.tmp[z * d3 * mul_out];
+        if (uvw) {
+          Gemm<T>(false, false, d3, mul_out, uv, a, &w.t[z * d3 * uv], uv, wz, mul_out, T(0), tmpz, mul_out);
+        } else {  // uvu: tmp[z][k][u] = a * sum_v W[u][v] T[z][k][u][v]
+          for (int k = 0; k < d3; ++k)
+            for (int u = 0; u < mul1; ++u) {
+              const T* trow = &w.t[((z * d3 + k) * mul1 + u) * mul2];
+              T s = 0;
+              for (int v = 0; v < mul2; ++v) s += wz[u * mul2 + v] * trow[v];
+              tmpz[k * mul_out + u] = a * s;
+            }
         }
       }
-      for (int64_t z = 0; z < nz; ++z) {
-        T* outz = w.out + (z0 + z) * dim_out + path.offset_out;
-        for (int k = 0; k < d3; ++k)
-          for (int c = 0; c < mul_out; ++c) outz[c * d3 + k] += w.tmp[(z * d3 + k) * mul_out + c];
-      }
-      continue;
     }
+    for (int64_t z = 0; z < nz; ++z) {
+      T* outz = w.out + (z0 + z) * dim_out + path.offset_out;
+      for (int k = 0; k < d3; ++k)
+        for (int c = 0; c < mul_out; ++c) outz[c * d3 + k] += w.tmp[(z * d3 + k) * mul_out + c];
+    }
+  }
 
-    // G[z][k][w] = grad_out[z, offset_out + w*d3 + k]
+  // G[z][k][w] = grad_out[z, offset_out + w*d3 + k]
+  void GatherGradOut() {
     for (int64_t z = 0; z < nz; ++z) {
       const T* gz = job.grad_out + (z0 + z) * dim_out + path.offset_out;
       for (int k = 0; k < d3; ++k)
         for (int c = 0; c < mul_out; ++c) w.g[(z * d3 + k) * mul_out + c] = gz[c * d3 + k];
     }
-    if (job.grad_weight) {
-      if (uvw && !per_sample) {
-        Gemm<T>(true, false, uv, mul_out, nz * d3, a, w.t.data(), uv, w.g.data(), mul_out, T(1),
-                job.grad_weight + path.weight_offset, mul_out);
+  }
+
+  // dW[u][v][w] += a * sum_{z,k} T[z][k][u][v] G[z][k][w]   (uvu: dW[u][v] += a sum_k T[k][u][v] G[k][u])
+  void WeightGradient() {
+    if (uvw && !per_sample) {
+      Gemm<T>(true, false, uv, mul_out, nz * d3, a, w.t.data(), uv, w.g.data(), mul_out, T(1),
+              job.grad_weight + path.weight_offset, mul_out);
+      return;
+    }
+    for (int64_t z = 0; z < nz; ++z) {
+      T* dwz = job.grad_weight + (per_sample ? (z0 + z) * weight_stride : 0) + path.weight_offset;
+      const T* tz = &w.t[z * d3 * uv];
+      const T* gz = &w.g[z * d3 * mul_out];
+      if (uvw) {
+        Gemm<T>(true, false, uv, mul_out, d3, a, tz, uv, gz, mul_out, T(1), dwz, mul_out);
       } else {
-        for (int64_t z = 0; z < nz; ++z) {
-          T* dwz = job.grad_weight + (per_sample ? (z0 + z) * weight_stride : 0) + path.weight_offset;
-          const T* tz = &w.t[z * d3 * uv];
-          const T* gz = &w.g[z * d3 * mul_out];
-          if (uvw) {
-            Gemm<T>(true, false, uv, mul_out, d3, a, tz, uv, gz, mul_out, T(1), dwz, mul_out);
-          } else {  // dW[u][v] += a * sum_k T[k][u][v] g[k][u]
-            for (int k = 0; k < d3; ++k)
-              for (int u = 0; u < mul1; ++u) {
-                const T s = a * gz[k * mul_out + u];
-                for (int v = 0; v < mul2; ++v) dwz[u * mul2 + v] += s * tz[(k * mul1 + u) * mul2 + v];
-              }
+        for (int k = 0; k < d3; ++k)
+          for (int u = 0; u < mul1; ++u) {
+            const T s = a * gz[k * mul_out + u];
+            for (int v = 0; v < mul2; ++v) dwz[u * mul2 + v] += s * tz[(k * mul1 + u) * mul2 + v];
           }
-        }
       }
     }
-    if (!want_dx) continue;
-    // dT = a * G W^T
+  }
+
+  // dT = a * G W^T, then dx1 and dx2 through the 3j nonzeros, scattered back to e3nn's layout.
+  void InputGradients() {
     if (uvw && !per_sample) {
       Gemm<T>(false, true, nz * d3, uv, mul_out, a, w.g.data(), mul_out, job.weight + path.weight_offset, mul_out,
               T(0), w.dt.data(), uv);
     } else {
       for (int64_t z = 0; z < nz; ++z) {
-        const T* wz = job.weight + (z0 + z) * weight_stride + path.weight_offset;
+        const T* wz = WeightOf(z);
         const T* gz = &w.g[z * d3 * mul_out];
         T* dtz = &w.dt[z * d3 * uv];
         if (uvw) {
@@ -261,6 +259,44 @@ void RunPath(const Job<T>& job, const PathPlan& path, Worker<T>& w) {
           for (int j = 0; j < d2; ++j) dx2z[v * d2 + j] += w.dx2t[(z * d2 + j) * mul2 + v];
       }
     }
+  }
+};
+
+// One path of a forward or backward pass, in chunks of samples that keep T in cache.
+template <typename T>
+void RunPath(const Job<T>& job, const PathPlan& path, Worker<T>& w) {
+  PathChunk<T> c(job, path, w);
+  const bool backward = job.grad_out != nullptr;
+  const bool want_dx = backward && (job.want_grad_x1 || job.want_grad_x2);
+  if (job.grad_weight && !job.accumulate_grad_weight) {
+    for (int64_t z = 0; z < (c.per_sample ? job.batch : 1); ++z)
+      std::fill_n(job.grad_weight + z * c.weight_stride + path.weight_offset, path.weight_numel, T(0));
+  }
+  if (c.uv == 0 || c.mul_out == 0 || job.batch == 0) return;  // nothing flows through an empty path
+
+  const int64_t row_bytes = int64_t{c.d3} * c.uv * sizeof(T);
+  const int64_t chunk = std::clamp<int64_t>(kChunkBytes / std::max<int64_t>(row_bytes, 1), 1, job.batch);
+  w.x1t.resize(chunk * c.d1 * c.mul1);
+  w.x2t.resize(chunk * c.d2 * c.mul2);
+  w.t.resize(chunk * c.d3 * c.uv);
+  w.tmp.resize(chunk * c.d3 * c.mul_out);
+  if (backward) w.g.resize(chunk * c.d3 * c.mul_out);
+  if (want_dx) {
+    w.dt.resize(chunk * c.d3 * c.uv);
+    w.dx1t.resize(chunk * c.d1 * c.mul1);
+    w.dx2t.resize(chunk * c.d2 * c.mul2);
+  }
+  for (c.z0 = 0; c.z0 < job.batch; c.z0 += chunk) {
+    c.nz = std::min(chunk, job.batch - c.z0);
+    c.GatherInputs();
+    c.BuildT();
+    if (!backward) {
+      c.Forward();
+      continue;
+    }
+    c.GatherGradOut();
+    if (job.grad_weight) c.WeightGradient();
+    if (want_dx) c.InputGradients();
   }
 }
 
