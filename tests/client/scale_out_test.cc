@@ -32,12 +32,6 @@
 namespace tpserve::testing {
 namespace {
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 // A tpserve process on free loopback ports (gRPC and /metrics), CPU backend, with the seeded demo
 // model "small" (same seed everywhere, so the same weights).
@@ -67,7 +61,7 @@ TEST(ScaleOutTest, ThreeServers_OneKilledMidRun_LoadCarriesOnWithRetries) {
   std::string list, metrics;
   for (int i = 0; i < 3; ++i) {
     servers.push_back(std::make_unique<ServerProcess>(dir.path() + "/tpserve" + std::to_string(i) + ".log"));
-    ASSERT_NE(servers.back()->port(), 0) << ReadAll(dir.path() + "/tpserve" + std::to_string(i) + ".log");
+    ASSERT_NE(servers.back()->port(), 0) << ReadFile(dir.path() + "/tpserve" + std::to_string(i) + ".log");
     list += (i ? "," : "") + servers.back()->address();
     metrics += (i ? "," : "") + servers.back()->metrics_address();
   }
@@ -93,10 +87,10 @@ TEST(ScaleOutTest, ThreeServers_OneKilledMidRun_LoadCarriesOnWithRetries) {
   const double victim_ok = victim.ForwardOk();
   victim.Kill();
   load.join();
-  ASSERT_EQ(WEXITSTATUS(exit_status), 0) << ReadAll(out_path);
+  ASSERT_EQ(WEXITSTATUS(exit_status), 0) << ReadFile(out_path);
 
-  nlohmann::json json = nlohmann::json::parse(ReadAll(json_path), nullptr, false);
-  ASSERT_FALSE(json.is_discarded()) << ReadAll(out_path);
+  nlohmann::json json = nlohmann::json::parse(ReadFile(json_path), nullptr, false);
+  ASSERT_FALSE(json.is_discarded()) << ReadFile(out_path);
   const nlohmann::json& level = json["levels"][0];
   // The run carried on: answers all along, errors (if any slipped past the retries) by code.
   EXPECT_GT(level["ok"].get<int>(), 500) << level.dump(1);

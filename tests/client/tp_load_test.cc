@@ -17,24 +17,18 @@
 namespace tpserve::testing {
 namespace {
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 // Runs tp-load with `flags`; its exit code, and its stdout+stderr in `output`.
 int RunTpLoad(const std::string& flags, const TempDir& dir, std::string* output) {
   const std::string out = dir.path() + "/out.txt";
   const std::string command = std::string(TP_LOAD_PATH) + " " + flags + " > " + out + " 2>&1";
   int status = std::system(command.c_str());
-  *output = ReadAll(out);
+  *output = ReadFile(out);
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 nlohmann::json ReadJson(const std::string& path) {
-  return nlohmann::json::parse(ReadAll(path), nullptr, false);
+  return nlohmann::json::parse(ReadFile(path), nullptr, false);
 }
 
 TEST(TpLoadTest, ClosedLoopSweep_WritesEveryFigureAndTheServerBreakdown) {
@@ -51,7 +45,7 @@ TEST(TpLoadTest, ClosedLoopSweep_WritesEveryFigureAndTheServerBreakdown) {
                             json_path + " --csv " + csv + " --svg " + svg;
   ASSERT_EQ(RunTpLoad(flags, dir, &output), 0) << output;
   nlohmann::json json = ReadJson(json_path);
-  ASSERT_FALSE(json.is_discarded()) << ReadAll(json_path);
+  ASSERT_FALSE(json.is_discarded()) << ReadFile(json_path);
   EXPECT_EQ(json["device"], "cpu");
   EXPECT_LT(json["verify"]["first_response_error"].get<double>(), 1e-4);
   EXPECT_GT(json["verify"]["checked"].get<int>(), 1);
@@ -80,9 +74,9 @@ TEST(TpLoadTest, ClosedLoopSweep_WritesEveryFigureAndTheServerBreakdown) {
     EXPECT_GT(level["channel"]["attempts"].get<int>(), 0);
   }
   EXPECT_NE(output.find("p99.9 ms"), std::string::npos) << output;
-  std::string csv_text = ReadAll(csv);
+  std::string csv_text = ReadFile(csv);
   EXPECT_EQ(std::count(csv_text.begin(), csv_text.end(), '\n'), 4) << csv_text;
-  EXPECT_NE(ReadAll(svg).find("<polyline"), std::string::npos);
+  EXPECT_NE(ReadFile(svg).find("<polyline"), std::string::npos);
   EXPECT_TRUE(server->core().GetModel("small").ok()) << "tp-load created the model";
 }
 

@@ -266,16 +266,45 @@ TEST(LimitsTest, Connection_ConcurrentCallsPerConnectionAreBounded) {
 }
 
 TEST(LimitsTest, Connection_IdleConnectionsAreClosed) {
-  server::TransportConfig transport;
-  // Long enough that a loaded machine still sees the connection READY right after the call.
-  transport.max_connection_idle_seconds = 1.5;
-  auto server = TestServer::Start({}, transport);
-  auto client = server->Connect();
-  ASSERT_TRUE(client->ListModels().ok());
-  EXPECT_EQ(client->channel()->GetState(false), GRPC_CHANNEL_READY);
-  EXPECT_TRUE(Eventually([&] { return client->channel()->GetState(false) != GRPC_CHANNEL_READY; }, 15))
+  // Whether the client's connection is still READY `seconds` after its last call. A loaded machine
+  // may take a while to look, so the limit's effect is judged against a server without the limit.
+  auto ready_after = [](double max_connection_idle_seconds, double seconds) {
+    server::TransportConfig transport;
+    transport.max_connection_idle_seconds = max_connection_idle_seconds;
+    auto server = TestServer::Start({}, transport);
+    auto client = server->Connect();
+    EXPECT_TRUE(client->ListModels().ok());
+    const bool closed = Eventually([&] { return client->channel()->GetState(false) != GRPC_CHANNEL_READY; }, seconds);
+    EXPECT_TRUE(client->ListModels().ok()) << "the client reconnects";
+    return !closed;
+  };
+  EXPECT_FALSE(ready_after(/*max_connection_idle_seconds=*/0.3, /*seconds=*/20))
       << "the server closes a connection idle past max_connection_idle_seconds";
-  EXPECT_TRUE(client->ListModels().ok()) << "the client reconnects";
+  EXPECT_TRUE(ready_after(/*max_connection_idle_seconds=*/0, /*seconds=*/2)) << "without the limit it stays open";
+}
+
+// An open Stream (one Echo answered), then read until the server ends it or `seconds` pass (the
+// client then cancels it). True when the server ended it first; `status` is the call's status.
+bool StreamEndedByTheServer(grpc::ClientContext& context,
+                            grpc::ClientReaderWriter<tp::v1::StreamRequest, tp::v1::StreamResponse>& rpc,
+                            double seconds, grpc::Status* status) {
+  tp::v1::StreamRequest request;
+  request.mutable_echo()->set_payload("x");
+  EXPECT_TRUE(rpc.Write(request));
+  tp::v1::StreamResponse response;
+  EXPECT_TRUE(rpc.Read(&response));
+  std::atomic<bool> ended{false};
+  std::thread reader([&] {
+    tp::v1::StreamResponse more;
+    while (rpc.Read(&more)) {
+    }
+    ended = true;
+  });
+  const bool ended_in_time = Eventually([&] { return ended.load(); }, seconds);
+  context.TryCancel();
+  reader.join();
+  *status = rpc.Finish();
+  return ended_in_time;
 }
 
 // An open Stream on a connection older than max_connection_age: the server says GOAWAY at that age
@@ -290,23 +319,8 @@ TEST(LimitsTest, Connection_OldConnectionsAreClosedAfterTheGrace) {
     auto client = server->Connect();
     grpc::ClientContext context;
     auto rpc = client->compute().Stream(&context);
-    tp::v1::StreamRequest request;
-    request.mutable_echo()->set_payload("x");
-    EXPECT_TRUE(rpc->Write(request));
-    tp::v1::StreamResponse response;
-    EXPECT_TRUE(rpc->Read(&response));
-    // Reads until the server ends the stream, or `observe_seconds` pass with it still open.
-    std::atomic<bool> ended{false};
-    std::thread reader([&] {
-      tp::v1::StreamResponse more;
-      while (rpc->Read(&more)) {
-      }
-      ended = true;
-    });
-    const bool ended_in_time = Eventually([&] { return ended.load(); }, observe_seconds);
-    context.TryCancel();
-    reader.join();
-    const grpc::Status status = rpc->Finish();
+    grpc::Status status;
+    const bool ended_in_time = StreamEndedByTheServer(context, *rpc, observe_seconds, &status);
     if (ended_in_time) EXPECT_FALSE(status.ok()) << "a stream cut for age does not end OK";
     EXPECT_TRUE(client->ListModels().ok()) << "the client reconnects";
     return ended_in_time;
@@ -334,23 +348,8 @@ TEST(LimitsTest, Connection_ClientsPingingTooOftenAreDisconnected) {
         grpc::CreateCustomChannel(server->target(), grpc::InsecureChannelCredentials(), args));
     grpc::ClientContext context;
     auto rpc = stub->Stream(&context);
-    tp::v1::StreamRequest request;
-    request.mutable_echo()->set_payload("x");
-    EXPECT_TRUE(rpc->Write(request));
-    tp::v1::StreamResponse response;
-    EXPECT_TRUE(rpc->Read(&response));
-    std::atomic<bool> ended{false};
-    std::thread reader([&] {
-      tp::v1::StreamResponse more;
-      while (rpc->Read(&more)) {
-      }
-      ended = true;
-    });
-    const bool ended_early = Eventually([&] { return ended.load(); }, 4);
-    context.TryCancel();
-    reader.join();
-    rpc->Finish();
-    return !ended_early;
+    grpc::Status status;
+    return !StreamEndedByTheServer(context, *rpc, /*seconds=*/4, &status);
   };
   EXPECT_FALSE(stream_survives_pings(/*min_client_ping_interval_seconds=*/10))
       << "pings every 100 ms against a 10 s minimum: the server disconnects the client";

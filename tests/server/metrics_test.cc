@@ -271,10 +271,7 @@ TEST(MetricsHttpTest, RequiresTheTokenWhenConfigured) {
 TEST(MetricsHttpTest, ServesHttpsWithACertificateMadeAtTestTime) {
   testing::TempDir dir;
   const std::string cert = dir.path() + "/cert.pem", key = dir.path() + "/key.pem";
-  const std::string make = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
-                           "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " + key + " -out " + cert +
-                           " >/dev/null 2>&1";
-  ASSERT_EQ(std::system(make.c_str()), 0) << make;
+  ASSERT_TRUE(testing::MakeSelfSignedCertificate(cert, key));
   Metrics metrics;
   HttpExposerOptions options;
   options.address = "127.0.0.1:0";

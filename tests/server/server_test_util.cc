@@ -1,5 +1,7 @@
 #include "tests/server/server_test_util.h"
 
+#include <fstream>
+
 #include "grpcpp/generic/generic_stub.h"
 
 #include <cstdlib>
@@ -156,6 +158,20 @@ std::string ListServicesByReflection(const std::string& target) {
   while (cq.Next(&tag, &ok)) {
   }
   return bytes;
+}
+
+bool MakeSelfSignedCertificate(const std::string& cert, const std::string& key) {
+  const std::string command = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+                              "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " + key + " -out " + cert +
+                              " >/dev/null 2>&1";
+  return std::system(command.c_str()) == 0;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
 }
 
 }  // namespace tpserve::testing

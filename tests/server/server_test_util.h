@@ -65,4 +65,11 @@ double MetricValue(const std::string& text, const std::string& name, const std::
 // tests need no copy of reflection.proto: the response's bytes, empty when the call failed.
 std::string ListServicesByReflection(const std::string& target);
 
+// A self-signed certificate for localhost and 127.0.0.1, written by openssl to `cert` and `key`
+// (PEM); false when openssl failed.
+bool MakeSelfSignedCertificate(const std::string& cert, const std::string& key);
+
+// A file's whole contents ("" when it cannot be read).
+std::string ReadFile(const std::string& path);
+
 }  // namespace tpserve::testing

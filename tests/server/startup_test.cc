@@ -336,18 +336,12 @@ TEST(StartupTest, TokenFromAFileOrTheEnvironment_WarnsWithoutTls) {
   }
 }
 
-bool MakeSelfSigned(const std::string& cert, const std::string& key) {
-  const std::string command = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
-                              "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " + key + " -out " + cert +
-                              " >/dev/null 2>&1";
-  return std::system(command.c_str()) == 0;
-}
 
 TEST(StartupTest, Sighup_ReloadsTheCertificate_AndKeepsTheOldOneWhenTheNewIsBroken) {
   TempDir dir;
   const std::string cert = dir.path() + "/tls.pem", key = dir.path() + "/tls.key";
   const std::string cert2 = dir.path() + "/two.pem", key2 = dir.path() + "/two.key";
-  ASSERT_TRUE(MakeSelfSigned(cert, key) && MakeSelfSigned(cert2, key2));
+  ASSERT_TRUE(MakeSelfSignedCertificate(cert, key) && MakeSelfSignedCertificate(cert2, key2));
   const std::string cert1 = dir.path() + "/one.pem";
   fs::copy_file(cert, cert1);
   Tpserve server(dir.path(), {"--listen=127.0.0.1:0", "--metrics_address=", "--backend=cpu", "--tls_cert=" + cert,
