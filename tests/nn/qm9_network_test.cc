@@ -3,18 +3,17 @@
 #include "nn/qm9_network.h"
 
 #include <cmath>
+#include <functional>
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "nn/sgd.h"
-#include "tests/nn/qm9_test_util.h"
+#include "nn/random_batch.h"
 #include "tests/support/random.h"
 #include "tests/support/wigner_d.h"
 
 namespace tpserve::nn {
 namespace {
-
-using ::tpserve::nn::testing::RandomBatch;
 
 Qm9NetworkConfig TinyConfig(int lmax, int mul, int layers) {
   Qm9NetworkConfig config;
@@ -68,7 +67,7 @@ TEST_F(Qm9NetworkTest, ParameterLayout_TilesTheFlatVector) {
 // Central differences of the L1 loss, with targets far from the predictions so that the loss is
 // linear in them (no kink within the step).
 void CheckGradientByFiniteDifferences(const Qm9Network& network, std::mt19937_64& rng) {
-  const GraphBatch batch = RandomBatch(rng, 2, 5);
+  const GraphBatch batch = RandomChainBatch(rng, 2, 5);
   const std::vector<double> params = network.InitialParameters(rng());
   auto predictions = network.Predict(params, batch);
   ASSERT_TRUE(predictions.ok()) << predictions.status();
@@ -131,7 +130,7 @@ TEST_F(Qm9NetworkTest, Predict_IsInvariantUnderRotationsReflectionsAndTranslatio
   for (int lmax : {1, 2}) {
     auto network = Qm9Network::Create(TinyConfig(lmax, 4, 4), &backend_);
     ASSERT_TRUE(network.ok()) << network.status();
-    const GraphBatch batch = RandomBatch(rng, 3, 7);
+    const GraphBatch batch = RandomChainBatch(rng, 3, 7);
     const std::vector<double> params = network->InitialParameters(rng());
     auto reference = network->Predict(params, batch);
     ASSERT_TRUE(reference.ok()) << reference.status();
@@ -162,7 +161,7 @@ TEST_F(Qm9NetworkTest, Float32_AgreesWithFloat64) {
   SCOPED_TRACE(seed);
   auto network = Qm9Network::Create(TinyConfig(2, 8, 3), &backend_);
   ASSERT_TRUE(network.ok()) << network.status();
-  const GraphBatch batch = RandomBatch(rng, 3, 8);
+  const GraphBatch batch = RandomChainBatch(rng, 3, 8);
   const std::vector<double> params = network->InitialParameters(rng());
   const std::vector<double> targets = tpserve::testing::RandomNormal(3 * 4, rng);
   auto f64 = network->LossGradient(params, batch, targets);
@@ -181,7 +180,7 @@ TEST_F(Qm9NetworkTest, BadBatches_AreInvalidArgumentNamingTheProblem) {
   auto network = Qm9Network::Create(TinyConfig(1, 2, 2), &backend_);
   ASSERT_TRUE(network.ok()) << network.status();
   std::mt19937_64 rng(1);
-  const GraphBatch good = RandomBatch(rng, 2, 4);
+  const GraphBatch good = RandomChainBatch(rng, 2, 4);
   const std::vector<double> params = network->InitialParameters(1);
   ASSERT_TRUE(network->Predict(params, good).ok());
   struct Case {
@@ -260,7 +259,7 @@ TEST_F(Qm9NetworkTest, TrainingSteps_LowerTheLoss) {
   auto network = Qm9Network::Create(TinyConfig(1, 4, 3), &backend_);
   ASSERT_TRUE(network.ok()) << network.status();
   std::mt19937_64 rng(5);
-  const GraphBatch batch = RandomBatch(rng, 4, 6);
+  const GraphBatch batch = RandomChainBatch(rng, 4, 6);
   std::vector<double> params = network->InitialParameters(11), velocity;
   const std::vector<double> targets = tpserve::testing::RandomNormal(16, rng);
   double first = 0, last = 0;

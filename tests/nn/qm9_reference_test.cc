@@ -1,6 +1,7 @@
 // The QM9 network against e3nn (PyTorch): the cases tools/qm9_reference/qm9_reference.py wrote
 // (tests/data/qm9/*.json): layout, irreps, normalization constants, per-layer features,
 // predictions, loss and the gradient of every parameter block.
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 

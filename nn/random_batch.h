@@ -1,4 +1,6 @@
-// Helpers of the nn tests: small random QM9-shaped batches.
+// Random molecule-like batches for the tests and the CPU benchmark of nn/: chains of atoms with
+// bond-like distances (not chemistry: species are drawn uniformly), edges both ways between atoms
+// closer than 1.6 A, so every edge lies inside the radial cutoff (1.9 A).
 #pragma once
 
 #include <cmath>
@@ -7,11 +9,11 @@
 
 #include "nn/graph_batch.h"
 
-namespace tpserve::nn::testing {
+namespace tpserve::nn {
 
 // num_graphs chains of 2..max_atoms atoms (random species, bonds of 0.95..1.55 A in random
 // directions, no two atoms closer than 0.9 A), edges both ways between atoms closer than 1.6 A.
-inline GraphBatch RandomBatch(std::mt19937_64& rng, int num_graphs, int max_atoms, int num_elements = 5) {
+inline GraphBatch RandomChainBatch(std::mt19937_64& rng, int num_graphs, int max_atoms, int num_elements = 5) {
   GraphBatch batch;
   batch.num_graphs = num_graphs;
   std::uniform_int_distribution<int> atoms_dist(2, max_atoms), species_dist(0, num_elements - 1);
@@ -55,4 +57,4 @@ inline GraphBatch RandomBatch(std::mt19937_64& rng, int num_graphs, int max_atom
   return batch;
 }
 
-}  // namespace tpserve::nn::testing
+}  // namespace tpserve::nn
