@@ -198,6 +198,8 @@ TEST_F(Qm9NetworkTest, BadBatches_AreInvalidArgumentNamingTheProblem) {
       {"edge lists", [](GraphBatch& b) { b.edge_dst.pop_back(); }, "equal lengths"},
       {"graph_index size", [](GraphBatch& b) { b.graph_index.pop_back(); }, "one entry per node"},
       {"graph_index range", [](GraphBatch& b) { b.graph_index[0] = 2; }, "graph_index 2 of node 0"},
+      {"num_graphs", [](GraphBatch& b) { b.num_graphs = -1; }, "num_graphs must be in [0, 1048576], got -1"},
+      {"too many graphs", [](GraphBatch& b) { b.num_graphs = kMaxGraphs + 1; }, "num_graphs must be in"},
   };
   for (const Case& c : cases) {
     GraphBatch bad = good;
