@@ -8,7 +8,8 @@
 # DIR holds bin/ (tp-bench, cuda_backend_test), libs/ (../shared/tools/bundle-runtime-libs) and
 # reference/ (the e3nn reference cases). Environment: OUT (results; default /tmp/kernels-profile),
 # BATCHES (default 64,1024), PRECISIONS (default fp32,tf32), SANITIZE_FILTER (gtest filter for
-# racecheck, which is slow; memcheck runs every test), SKIP_SANITIZE=1, SKIP_NCU=1.
+# racecheck, which is slow; memcheck runs every test), RACECHECK_SECONDS, SKIP_MEMCHECK=1,
+# SKIP_SANITIZE=1 (both), SKIP_NCU=1.
 set -u
 dir=${1:?usage: kernels_profile.sh DIR}
 OUT=${OUT:-/tmp/kernels-profile}
@@ -20,14 +21,14 @@ export TPSERVE_REFERENCE_DIR="$dir/reference"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$OUT/gpu.txt" 2>&1
 
 if [ "${SKIP_SANITIZE:-0}" != 1 ]; then
-  timeout 280 compute-sanitizer --tool memcheck --error-exitcode 9 "$dir/bin/cuda_backend_test" --gtest_brief=1 \
+  [ "${SKIP_MEMCHECK:-0}" = 1 ] || timeout 280 compute-sanitizer --tool memcheck --error-exitcode 9 "$dir/bin/cuda_backend_test" --gtest_brief=1 \
     > "$OUT/sanitize_memcheck.txt" 2>&1
-  echo "memcheck (every test): exit $?; $(grep -E 'ERROR SUMMARY' "$OUT/sanitize_memcheck.txt" | tail -1)"
-  grep -E "^\[  (PASSED|FAILED|SKIPPED) " "$OUT/sanitize_memcheck.txt"
-  timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 "$dir/bin/cuda_backend_test" --gtest_brief=1 \
-    --gtest_filter="${SANITIZE_FILTER:-*OnReferenceCaseIrreps*:*SmallFastPath*:*OnSeedShape*}" \
+  [ "${SKIP_MEMCHECK:-0}" = 1 ] || echo "memcheck (every test): exit $?; $(grep -E 'ERROR SUMMARY' "$OUT/sanitize_memcheck.txt" | tail -1)"
+  grep -E "^\[  (PASSED|FAILED|SKIPPED) " "$OUT/sanitize_memcheck.txt" 2>/dev/null
+  timeout ${RACECHECK_SECONDS:-250} compute-sanitizer --tool racecheck --error-exitcode 9 "$dir/bin/cuda_backend_test" --gtest_brief=1 \
+    --gtest_filter="${SANITIZE_FILTER:-*OnReferenceCaseIrreps*:*SmallFastPath*}" \
     > "$OUT/sanitize_racecheck.txt" 2>&1
-  echo "racecheck ($SANITIZE_FILTER): exit $?; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize_racecheck.txt" | tail -1)"
+  echo "racecheck (${SANITIZE_FILTER:-default filter}): exit $?; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize_racecheck.txt" | tail -1)"
 fi
 
 if [ "${SKIP_NCU:-0}" != 1 ]; then
