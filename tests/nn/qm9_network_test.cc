@@ -279,8 +279,17 @@ TEST(TrainingStepFlopsTest, GrowsWithTheBatchAndTheWidth) {
   const double base = TrainingStepFlops(config, 486, 950);
   EXPECT_GT(base, 1e9);
   EXPECT_GT(TrainingStepFlops(config, 972, 1900), 1.9 * base);
+  const double predict = PredictFlops(config, 486, 950);
+  EXPECT_GT(base, 2.5 * predict);  // backward costs about twice the forward pass
+  EXPECT_LT(base, 3.5 * predict);
+  const double bytes = TrainingStepBytes(config, 486, 950, 4);
+  auto network = Qm9Network::Create(config, nullptr);
+  EXPECT_FALSE(network.ok());  // (Create needs a backend; the floors do not)
   config.mul = 256;
   EXPECT_GT(TrainingStepFlops(config, 486, 950), 3 * base);
+  EXPECT_GT(TrainingStepBytes(config, 486, 950, 4), 3 * bytes);
+  config.lmax = 7;
+  EXPECT_EQ(TrainingStepFlops(config, 486, 950), 0);
 }
 
 }  // namespace
