@@ -22,9 +22,7 @@ struct ForwardState {
 };
 
 template <class T>
-ConvInputs<T> LayerInputs(const Qm9NetworkStructure& s, const GraphBatch& batch, const ForwardState<T>& state,
-                          size_t layer) {
-  (void)s;
+ConvInputs<T> LayerInputs(const GraphBatch& batch, const ForwardState<T>& state, size_t layer) {
   ConvInputs<T> in;
   in.num_nodes = batch.num_nodes();
   in.num_edges = batch.num_edges();
@@ -76,7 +74,7 @@ absl::Status RunForward(const Qm9NetworkStructure& s, const std::vector<T>& para
   state->layer_inputs[0] = state->attr;
   for (size_t l = 0; l < layers; ++l) {
     state->conv_outputs[l].resize(n * s.convs[l].irreps_out().dim());
-    RETURN_IF_ERROR(s.convs[l].Forward(params.data() + s.layer_offsets[l], LayerInputs(s, batch, *state, l),
+    RETURN_IF_ERROR(s.convs[l].Forward(params.data() + s.layer_offsets[l], LayerInputs(batch, *state, l),
                                        &state->caches[l], state->conv_outputs[l].data()));
     if (l + 1 < layers) {
       state->layer_inputs[l + 1].resize(n * s.gates[l].irreps_out().dim());
@@ -85,10 +83,10 @@ absl::Status RunForward(const Qm9NetworkStructure& s, const std::vector<T>& para
   }
   state->predictions.assign(int64_t{batch.num_graphs} * config.num_targets, T(0));
   const std::vector<T>& out = state->conv_outputs.back();
+  const int num_targets = config.num_targets;
   for (int64_t node = 0; node < n; ++node) {
-    for (int t = 0; t < config.num_targets; ++t) {
-      state->predictions[int64_t{batch.graph_index[node]} * config.num_targets + t] += out[node * config.num_targets + t];
-    }
+    T* graph = state->predictions.data() + int64_t{batch.graph_index[node]} * num_targets;
+    for (int t = 0; t < num_targets; ++t) graph[t] += out[node * num_targets + t];
   }
   return absl::OkStatus();
 }
@@ -107,7 +105,7 @@ absl::Status RunBackward(const Qm9NetworkStructure& s, const std::vector<T>& par
   }
   for (size_t l = s.convs.size(); l-- > 0;) {
     std::vector<T> grad_x(l > 0 ? n * s.convs[l].irreps_in().dim() : 0);
-    RETURN_IF_ERROR(s.convs[l].Backward(params.data() + s.layer_offsets[l], LayerInputs(s, batch, state, l),
+    RETURN_IF_ERROR(s.convs[l].Backward(params.data() + s.layer_offsets[l], LayerInputs(batch, state, l),
                                         state.caches[l], grad_y.data(), grad->data() + s.layer_offsets[l],
                                         l > 0 ? grad_x.data() : nullptr));
     if (l == 0) break;
@@ -120,8 +118,8 @@ absl::Status RunBackward(const Qm9NetworkStructure& s, const std::vector<T>& par
 template <class T>
 absl::Status CheckCall(const Qm9NetworkStructure& s, const std::vector<T>& params, const GraphBatch& batch) {
   if (static_cast<int64_t>(params.size()) != s.num_parameters) {
-    return absl::InvalidArgumentError(absl::StrFormat("params: expected %d values (the network's num_parameters), got %d",
-                                                      s.num_parameters, params.size()));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "params: expected %d values (the network's num_parameters), got %d", s.num_parameters, params.size()));
   }
   return ValidateGraphBatch(batch, s.config.num_elements);
 }
