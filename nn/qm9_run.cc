@@ -15,6 +15,7 @@ namespace {
 template <class T>
 struct ForwardState {
   std::vector<T> attr, edge_sh, edge_basis;
+  NodesBySpecies nodes_by_species;
   std::vector<std::vector<T>> layer_inputs;  // input of conv l (layer_inputs[0] = attr)
   std::vector<std::vector<T>> conv_outputs;  // output of conv l (the gate's input for l < layers-1)
   std::vector<ConvCache<T>> caches;
@@ -32,6 +33,7 @@ ConvInputs<T> LayerInputs(const GraphBatch& batch, const ForwardState<T>& state,
   in.edge_dst = batch.edge_dst.data();
   in.edge_sh = state.edge_sh.data();
   in.edge_basis = state.edge_basis.data();
+  in.nodes_by_species = &state.nodes_by_species;
   return in;
 }
 
@@ -41,7 +43,11 @@ void Embed(const Qm9NetworkConfig& config, const GraphBatch& batch, ForwardState
   const int64_t n = batch.num_nodes(), e = batch.num_edges();
   state->attr.assign(n * config.num_elements, T(0));
   const T one_hot = std::sqrt(static_cast<T>(config.num_elements));
-  for (int64_t node = 0; node < n; ++node) state->attr[node * config.num_elements + batch.species[node]] = one_hot;
+  state->nodes_by_species.assign(config.num_elements, {});
+  for (int64_t node = 0; node < n; ++node) {
+    state->attr[node * config.num_elements + batch.species[node]] = one_hot;
+    state->nodes_by_species[batch.species[node]].push_back(static_cast<int32_t>(node));
+  }
   std::vector<T> vectors(e * 3), lengths(e);
   for (int64_t edge = 0; edge < e; ++edge) {
     T squared = 0;
