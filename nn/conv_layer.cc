@@ -69,7 +69,8 @@ absl::StatusOr<ConvLayer> ConvLayer::Create(const ConvLayerOptions& options, Bac
   const int num_elements = options.irreps_attr.size() == 1 ? options.irreps_attr[0].mul : 0;
   if (num_elements == 0 || options.irreps_attr[0].ir != Irrep{0, 1}) {
     return absl::InvalidArgumentError(
-        absl::StrCat("ConvLayer: node attributes must be one-hot scalars (N x 0e), got ", options.irreps_attr.ToString()));
+        absl::StrCat("ConvLayer: node attributes must be one-hot scalars (N x 0e), got ",
+                     options.irreps_attr.ToString()));
   }
   ASSIGN_OR_RETURN(layer.sc_, SpeciesFctp::Create(options.irreps_in, num_elements, options.irreps_out,
                                                   options.attr_value, backend));
@@ -110,7 +111,8 @@ absl::Status ConvLayer::Forward(const T* params, const ConvInputs<T>& in, ConvCa
   const int64_t dim_in = irreps_in().dim(), dim_out = irreps_out().dim(), dim_mid = irreps_mid().dim();
   std::vector<T> sc(n * dim_out), h(n * dim_in), lin2(n * dim_out);
   RETURN_IF_ERROR(sc_.Forward(backend_, params + BlockOffset("sc"), in.x, in.attr, in.nodes_by_species, n, sc.data()));
-  RETURN_IF_ERROR(lin1_.Forward(backend_, params + BlockOffset("lin1"), in.x, in.attr, in.nodes_by_species, n, h.data()));
+  RETURN_IF_ERROR(
+      lin1_.Forward(backend_, params + BlockOffset("lin1"), in.x, in.attr, in.nodes_by_species, n, h.data()));
   cache->h_src.resize(e * dim_in);
   for (int64_t edge = 0; edge < e; ++edge) {
     std::copy_n(h.data() + int64_t{in.edge_src[edge]} * dim_in, dim_in, cache->h_src.data() + edge * dim_in);

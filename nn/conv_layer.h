@@ -9,8 +9,9 @@
 // simplified) and the instructions renumbered, keeping their order (and so the weight layout).
 //
 // All tensor products run through the Backend (host memory); the FCTPs per species (their second
-// input is one-hot: species_fctp.h); gather, scatter, the MLP and the combination are host loops. Parameters of the layer, back to back: sc, lin1, the MLP's matrices,
-// lin2 (a block with no weights is left out).
+// input is one-hot: species_fctp.h); gather, scatter, the MLP and the combination are host loops.
+// Parameters of the layer, back to back: sc, lin1, the MLP's matrices, lin2 (a block with no
+// weights is left out).
 #pragma once
 
 #include <cstdint>

@@ -54,8 +54,10 @@ absl::StatusOr<SpeciesFctp> SpeciesFctp::Create(const Irreps& irreps_in, int num
   SpeciesFctp fctp;
   fctp.num_elements_ = num_elements;
   const Irreps attr({{num_elements, Irrep{0, 1}}}), one({{1, Irrep{0, 1}}});
-  ASSIGN_OR_RETURN(fctp.dense_, PreparePlanOn(backend, TensorProductPlan::FullyConnected(irreps_in, attr, irreps_out)));
-  ASSIGN_OR_RETURN(fctp.species_, PreparePlanOn(backend, TensorProductPlan::FullyConnected(irreps_in, one, irreps_out)));
+  ASSIGN_OR_RETURN(fctp.dense_,
+                   PreparePlanOn(backend, TensorProductPlan::FullyConnected(irreps_in, attr, irreps_out)));
+  ASSIGN_OR_RETURN(fctp.species_,
+                   PreparePlanOn(backend, TensorProductPlan::FullyConnected(irreps_in, one, irreps_out)));
   const std::vector<PathPlan>& dense = fctp.dense_->plan().paths();
   const std::vector<PathPlan>& species = fctp.species_->plan().paths();
   if (dense.size() != species.size()) {
