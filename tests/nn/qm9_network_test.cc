@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <functional>
+#include <thread>
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -244,6 +245,39 @@ TEST_F(Qm9NetworkTest, EmptyGraphsAndEdgelessNodes_GiveFiniteOutputs) {
   ASSERT_TRUE(result.ok()) << result.status();
   for (int t = 0; t < 4; ++t) EXPECT_EQ(result->predictions[4 + t], 0.0);
   for (double g : result->gradient) EXPECT_TRUE(std::isfinite(g));
+}
+
+TEST_F(Qm9NetworkTest, ConcurrentCallsOnOneNetwork_GiveTheSequentialResults) {
+  CpuBackend backend(CpuBackendOptions{2});
+  auto network = Qm9Network::Create(TinyConfig(2, 4, 3), &backend);
+  ASSERT_TRUE(network.ok()) << network.status();
+  std::mt19937_64 rng(9);
+  std::vector<GraphBatch> batches;
+  std::vector<std::vector<double>> params, targets;
+  std::vector<LossAndGradient<double>> sequential;
+  for (int i = 0; i < 4; ++i) {
+    batches.push_back(RandomChainBatch(rng, 2, 6));
+    params.push_back(network->InitialParameters(100 + i));
+    targets.push_back(tpserve::testing::RandomNormal(8, rng));
+    auto result = network->LossGradient(params[i], batches[i], targets[i]);
+    ASSERT_TRUE(result.ok()) << result.status();
+    sequential.push_back(*std::move(result));
+  }
+  std::vector<absl::StatusOr<LossAndGradient<double>>> concurrent(4, absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  const Qm9Network copy = *network;  // copies share the structure
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] {
+      concurrent[i] = (i % 2 ? copy : *network).LossGradient(params[i], batches[i], targets[i]);
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(concurrent[i].ok()) << concurrent[i].status();
+    // equal up to rounding: the CPU backend's threads take paths in varying order
+    EXPECT_NEAR(concurrent[i]->loss, sequential[i].loss, 1e-13 * std::abs(sequential[i].loss)) << i;
+    EXPECT_LT(tpserve::testing::RelativeError(concurrent[i]->gradient, sequential[i].gradient), 1e-14) << i;
+  }
 }
 
 TEST(SgdMomentumTest, Step_FollowsTorchSemantics) {
