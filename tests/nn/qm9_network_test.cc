@@ -73,7 +73,7 @@ void CheckGradientByFiniteDifferences(const Qm9Network& network, std::mt19937_64
   auto predictions = network.Predict(params, batch);
   ASSERT_TRUE(predictions.ok()) << predictions.status();
   std::vector<double> targets = *predictions;
-  for (size_t i = 0; i < targets.size(); ++i) targets[i] += (i % 2 ? 50.0 : -50.0);
+  for (size_t i = 0; i < targets.size(); ++i) targets[i] += (i % 2 ? 100.0 : -100.0);
   auto result = network.LossGradient(params, batch, targets);
   ASSERT_TRUE(result.ok()) << result.status();
   const double h = 1e-5;
