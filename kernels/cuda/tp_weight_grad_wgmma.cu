@@ -18,8 +18,8 @@
 // of the group, and Pz comes from shared memory (broadcast).
 //
 // Copies: every thread copies (cp.async) exactly the x2, x1 and G elements it later reads itself, so
-// no barrier is needed between a copy and its use: x2 raw rows -> the thread converts its own elements
-// into the chunk's B planes; x1 -> the thread computes its own Pz entry; G -> private slots read back
+// no barrier is needed between a copy and its use: x2 of its items (8 samples of one (q, t)) -> the
+// thread splits them into the chunk's B planes with 16-byte stores; x1 -> the thread computes its own Pz entry; G -> private slots read back
 // at the start of each group, whose next-chunk copy is issued once the group's last step is issued
 // (a chunk ahead). One barrier per chunk publishes the next chunk's planes and Pz (double-buffered).
 //
@@ -71,7 +71,6 @@ __device__ __forceinline__ void PinRegisters(float (&r)[kN]) {
 #pragma unroll
   for (int i = 0; i < kN; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
-__device__ __forceinline__ uint16_t Bf16Bits(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
 
 template <bool kFp32, int kT, int kR>
 struct WgradBlock {
@@ -83,20 +82,22 @@ struct WgradBlock {
   static constexpr int kAcc = kRows / 2;         // accumulators per thread
   static constexpr int kGSlots = kG * 4 * kR;
   static constexpr int kPzThreads = kZ * kT * kR;
+  static constexpr int kItems = kPlane / 8;      // (group, q, t) items of a chunk
   static_assert(kPzThreads <= kThreads, "one Pz entry per thread");
 
   const WeightGradArgs& args;
   const WeightGradPath& path;
   uint32_t* sX;    // [2][kPlane]
   uint16_t* sXc;   // [2][2 kPlane] (fp32)
-  float* sRaw;     // [kZ][kT * kRows]
+  float* sRaw;     // [8][kItems]
   float* sGs;      // [kGSlots][kThreads]
   float* sX1;      // [kMax][kThreads]
   float* sPz;      // [2][kZ][kPzStride]
   float* sC;       // [(r * kMax + s) * kMax + t]
   int tid, t4, col0;
-  int p, q0, n0, z_begin, z_end, rows_valid;
-  bool x2_vec4;
+  int p, q0, n0, z_begin, z_end, q_valid;
+  const float* g_lane;  // G of this thread's column col0 (row 0, r 0)
+  bool n_ok0, n_ok1;    // columns col0, col0 + 8 inside the path
 
   __device__ WgradBlock(const WeightGradArgs& a, const WeightGradPath& pa, const WeightGradWork& item, char* smem)
       : args(a), path(pa) {
@@ -116,29 +117,39 @@ struct WgradBlock {
     n0 = item.n0;
     z_begin = item.k_begin;
     z_end = item.k_end;
-    rows_valid = min(kRows, path.Q - q0) * kT;  // valid floats of a raw x2 row
-    x2_vec4 = (args.x2_row_stride & 3) == 0 && ((path.b_offset + q0 * kT) & 3) == 0 && (rows_valid & 3) == 0 &&
-              (reinterpret_cast<unsigned long long>(args.x2) & 15) == 0;
+    q_valid = min(kRows, path.Q - q0);
+    g_lane = args.g + path.g_offset + n0 + col0;
+    n_ok0 = n0 + col0 < path.N;
+    n_ok1 = n0 + col0 + 8 < path.N;
   }
 
-  // x2[z, b_offset + q0 T + f] for f < T x 128 into sRaw[zl][f]; x1 of this thread's Pz sample.
+  // Items of a chunk: (group gi of 8 samples, q, t), 8 x2 values each, numbered so that 8
+  // consecutive lanes share (q / 8, t) and take q % 8 = 0..7 (their 16-byte plane stores hit
+  // distinct banks), and a warp's copies stay within a few sectors of one sample's row.
+  __device__ __forceinline__ void ItemCoords(int it, int& gi, int& q, int& t) const {
+    gi = it / (kT * kRows);
+    const int rem = it - gi * (kT * kRows), qhi_t = rem >> 3;
+    const int qhi = qhi_t / kT;
+    t = qhi_t - qhi * kT;
+    q = qhi * 8 + (rem & 7);
+  }
+
+  // x2[z, b_offset + (q0 + q) T + t] of this thread's items into sRaw[sample of the group][item]
+  // (zeros past the batch and past Q); x1 of this thread's Pz sample.
   __device__ __forceinline__ void IssueRawAndX1(int chunk) {
     const int zc = z_begin + chunk * kZ;
     const float* x2 = args.x2 + path.b_offset + q0 * kT;
-    if (x2_vec4) {
 #pragma unroll 1
-      for (int m = 0; m < kPlane / 4 / kThreads; ++m) {
-        const int j = tid + kThreads * m, zl = j / (kT * kRows / 4), f = 4 * (j - zl * (kT * kRows / 4));
-        const bool valid = zc + zl < z_end && f < rows_valid;
-        CpAsync16(sRaw + zl * (kT * kRows) + f, valid ? x2 + static_cast<long long>(zc + zl) * args.x2_row_stride + f : args.x2,
-                  valid);
-      }
-    } else {
-#pragma unroll 1
-      for (int m = 0; m < kPlane / kThreads; ++m) {
-        const int j = tid + kThreads * m, zl = j / (kT * kRows), f = j - zl * (kT * kRows);
-        const bool valid = zc + zl < z_end && f < rows_valid;
-        CpAsync4(sRaw + j, valid ? x2 + static_cast<long long>(zc + zl) * args.x2_row_stride + f : args.x2, valid);
+    for (int it = tid; it < kItems; it += kThreads) {
+      int gi, q, t;
+      ItemCoords(it, gi, q, t);
+      const int z0 = zc + gi * 8;
+      const bool q_ok = q < q_valid;
+      const float* src = x2 + static_cast<long long>(z0) * args.x2_row_stride + q * kT + t;
+#pragma unroll
+      for (int zl = 0; zl < 8; ++zl) {
+        const bool valid = q_ok && z0 + zl < z_end;
+        CpAsync4(sRaw + zl * kItems + it, valid ? src + zl * args.x2_row_stride : args.x2, valid);
       }
     }
     if (tid < kPzThreads) {
@@ -150,53 +161,57 @@ struct WgradBlock {
     }
   }
 
-  // G[z, r, n] for this thread's A rows (col0, col0 + 8) and samples (t4, t4 + 4) of group gi.
-  // (Loops kept rolled here and in the other copies: the fp32 kernel has no registers to spare for
-  // hoisted addresses.)
+  // G[z, r, n] for this thread's A rows (col0, col0 + 8) and samples (t4, t4 + 4) of group gi into
+  // its slots (gi, zi, h, r) = gi * 4 R + (zi * 2 + h) * R + r.
   __device__ __forceinline__ void IssueG(int chunk, int gi) {
-    const int zc = z_begin + chunk * kZ + gi * 8;
+    const int z_first = z_begin + chunk * kZ + gi * 8 + t4;
 #pragma unroll 1
-    for (int i = 0; i < 4 * kR; ++i) {  // slot (gi, zi, h, r): i = (zi * 2 + h) * kR + r
-      const int zi = i / (2 * kR), h = (i / kR) & 1, r = i - (i / kR) * kR;
-      const int z = zc + t4 + 4 * zi, n = n0 + col0 + 8 * h;
-      const bool valid = z < z_end && n < path.N;
-      const float* src = args.g + static_cast<long long>(z) * args.g_row_stride + path.g_offset + r * path.N + n;
-      CpAsync4(sGs + (gi * 4 * kR + i) * kThreads + tid, valid ? src : args.g, valid);
+    for (int zi = 0; zi < 2; ++zi) {
+      const int z = z_first + 4 * zi;
+      const float* row = g_lane + static_cast<long long>(z) * args.g_row_stride;
+      float* dst = sGs + (gi * 4 * kR + zi * 2 * kR) * kThreads + tid;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const bool valid = z < z_end && (h == 0 ? n_ok0 : n_ok1);
+#pragma unroll
+        for (int r = 0; r < kR; ++r)
+          CpAsync4(dst + (h * kR + r) * kThreads, valid ? row + r * path.N + 8 * h : args.g, valid);
+      }
     }
   }
 
-  // This thread's raw x2 elements into the B planes of `buf`, and its Pz entry.
+  // This thread's items into the B planes of `buf` (two 16-byte stores per plane and item: the
+  // item's 8 samples are k = 8 st .. 8 st + 7 of one column q), and its Pz entry.
   __device__ __forceinline__ void StagePlanesAndPz(int buf) {
     uint32_t* x = sX + buf * kPlane;
     uint16_t* xc = sXc + buf * 2 * kPlane;
-    auto store = [&](int zl, int f, float v) {
-      const int q = f / kT, t = f - q * kT;
-      const int k = ((zl >> 3) * kT + t) * 8 + (zl & 7);
-      const int cm = q >> 3, cr = q & 7;
-      const uint32_t big = ToTf32(v);
-      x[((k >> 2) * kNGroups + cm) * 32 + cr * 4 + (k & 3)] = big;
+#pragma unroll 1
+    for (int it = tid; it < kItems; it += kThreads) {
+      int gi, q, t;
+      ItemCoords(it, gi, q, t);
+      const int st = gi * kT + t, cm = q >> 3, cr = q & 7;
+      float v[8];
+      uint32_t big[8];
+#pragma unroll
+      for (int zl = 0; zl < 8; ++zl) {
+        v[zl] = sRaw[zl * kItems + it];
+        big[zl] = ToTf32(v[zl]);
+      }
+      // TF32 word (k % 4) of core matrix (k / 4, q / 8), row q % 8.
+      *reinterpret_cast<uint4*>(x + ((2 * st) * kNGroups + cm) * 32 + cr * 4) = make_uint4(big[0], big[1], big[2], big[3]);
+      *reinterpret_cast<uint4*>(x + ((2 * st + 1) * kNGroups + cm) * 32 + cr * 4) =
+          make_uint4(big[4], big[5], big[6], big[7]);
       if constexpr (kFp32) {
-        // Slots of the k16 correction step: 2j + h = x2_small at k = 8(k/8) + 4h + j, 8 + 2j + h = x2.
-        const int s_small = 16 * (k >> 3) + 2 * (k & 3) + ((k >> 2) & 1), s_full = s_small + 8;
-        xc[((s_small >> 3) * kNGroups + cm) * 64 + cr * 8 + (s_small & 7)] = Bf16Bits(v - __uint_as_float(big));
-        xc[((s_full >> 3) * kNGroups + cm) * 64 + cr * 8 + (s_full & 7)] = Bf16Bits(v);
-      }
-    };
-    if (x2_vec4) {
-#pragma unroll 1
-      for (int m = 0; m < kPlane / 4 / kThreads; ++m) {
-        const int j = tid + kThreads * m, zl = j / (kT * kRows / 4), f = 4 * (j - zl * (kT * kRows / 4));
-        const float4 v = *reinterpret_cast<const float4*>(sRaw + zl * (kT * kRows) + f);
-        store(zl, f, v.x);
-        store(zl, f + 1, v.y);
-        store(zl, f + 2, v.z);
-        store(zl, f + 3, v.w);
-      }
-    } else {
-#pragma unroll 1
-      for (int m = 0; m < kPlane / kThreads; ++m) {
-        const int j = tid + kThreads * m, zl = j / (kT * kRows), f = j - zl * (kT * kRows);
-        store(zl, f, sRaw[j]);
+        // The k16 correction step's slots: 2j + h = x2_small at k = 8 st + 4h + j (core row 2 st),
+        // 8 + 2j + h = x2 there (core row 2 st + 1).
+        float small[8];
+#pragma unroll
+        for (int zl = 0; zl < 8; ++zl) small[zl] = v[zl] - __uint_as_float(big[zl]);
+        *reinterpret_cast<uint4*>(xc + ((2 * st) * kNGroups + cm) * 64 + cr * 8) =
+            make_uint4(PackBf16(small[0], small[4]), PackBf16(small[1], small[5]), PackBf16(small[2], small[6]),
+                       PackBf16(small[3], small[7]));
+        *reinterpret_cast<uint4*>(xc + ((2 * st + 1) * kNGroups + cm) * 64 + cr * 8) =
+            make_uint4(PackBf16(v[0], v[4]), PackBf16(v[1], v[5]), PackBf16(v[2], v[6]), PackBf16(v[3], v[7]));
       }
     }
     if (tid < kPzThreads) {
