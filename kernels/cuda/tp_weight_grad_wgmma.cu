@@ -225,11 +225,18 @@ struct WgradBlock {
   }
 
   __device__ __forceinline__ void Run() {
+    // Chunk 0's copies first, so that their latency overlaps the 3j block's loads.
+    const int num_chunks = (z_end - z_begin + kZ - 1) / kZ;
+    IssueRawAndX1(0);
+#pragma unroll
+    for (int gi = 0; gi < kG; ++gi) IssueG(0, gi);
+    CpAsyncCommit();
     // The path's 3j block, dense (zeros where C has none).
     for (int i = tid; i < kCBlock; i += kThreads) sC[i] = 0.f;
     __syncthreads();
     {
       const int* roff = args.roff + path.roff_begin;
+#pragma unroll
       for (int r = 0; r < kR; ++r) {
         const int e_end = __ldg(roff + r + 1);
         for (int e = __ldg(roff + r) + tid; e < e_end; e += kThreads) {
@@ -238,11 +245,6 @@ struct WgradBlock {
         }
       }
     }
-    const int num_chunks = (z_end - z_begin + kZ - 1) / kZ;
-    IssueRawAndX1(0);
-#pragma unroll
-    for (int gi = 0; gi < kG; ++gi) IssueG(0, gi);
-    CpAsyncCommit();
     CpAsyncWait<0>();
     __syncthreads();  // sC
     StagePlanesAndPz(0);
