@@ -4,6 +4,7 @@
 // Plain C++ (no CUDA headers), so builds without CUDA can still parse and print the options.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -26,15 +27,22 @@ struct CudaBackendOptions {
   // Blocks per SM of the factored forward's work split; 0: chosen per batch size and SM count.
   int factored_blocks_per_sm = 0;
   enum class WeightGradKernel {
+    kAuto,   // wgmma where usable for fp32 at every batch and for tf32 from kWeightGradWgmmaTf32MinBatch
+             // samples (measured faster there on H100), mma.sync otherwise
     kMma,    // the generated-operand GEMM on mma.sync (tp_weight_grad.cu), any device
     kWgmma,  // the factored weight gradient on wgmma (tp_weight_grad_wgmma.cu) where usable (sm_90a,
              // every path with T, R in {1, 3, 5} and S <= 5; fp32 and tf32), mma.sync otherwise
   };
-  WeightGradKernel weight_grad_kernel = WeightGradKernel::kMma;
+  WeightGradKernel weight_grad_kernel = WeightGradKernel::kAuto;
 };
+
+// weight_grad_kernel=auto: the smallest batch at which tf32 takes the wgmma weight gradient (below
+// it, mma.sync was as fast or faster on H100: docs/BENCHMARKS.md).
+inline constexpr int64_t kWeightGradWgmmaTf32MinBatch = 2048;
 
 inline const char* WeightGradKernelName(CudaBackendOptions::WeightGradKernel kernel) {
   switch (kernel) {
+    case CudaBackendOptions::WeightGradKernel::kAuto: return "auto";
     case CudaBackendOptions::WeightGradKernel::kMma: return "mma";
     case CudaBackendOptions::WeightGradKernel::kWgmma: return "wgmma";
   }
@@ -42,11 +50,12 @@ inline const char* WeightGradKernelName(CudaBackendOptions::WeightGradKernel ker
 }
 
 inline absl::StatusOr<CudaBackendOptions::WeightGradKernel> ParseWeightGradKernel(absl::string_view name) {
-  for (auto kernel : {CudaBackendOptions::WeightGradKernel::kMma, CudaBackendOptions::WeightGradKernel::kWgmma}) {
+  for (auto kernel : {CudaBackendOptions::WeightGradKernel::kAuto, CudaBackendOptions::WeightGradKernel::kMma,
+                      CudaBackendOptions::WeightGradKernel::kWgmma}) {
     if (name == WeightGradKernelName(kernel)) return kernel;
   }
   return absl::InvalidArgumentError(
-      absl::StrCat("weight grad kernel '", name.substr(0, 64), "': expected mma or wgmma"));
+      absl::StrCat("weight grad kernel '", name.substr(0, 64), "': expected auto, mma or wgmma"));
 }
 
 inline const char* ForwardKernelName(CudaBackendOptions::ForwardKernel kernel) {
@@ -82,7 +91,7 @@ inline absl::Status ValidateCudaBackendOptions(const CudaBackendOptions& options
 }
 
 // One line for start-up logs: "forward_kernel=auto factored_warp_cols=32 factored_blocks_per_sm=auto
-// weight_grad_kernel=mma".
+// weight_grad_kernel=auto".
 inline std::string DescribeCudaBackendOptions(const CudaBackendOptions& options) {
   return absl::StrCat("forward_kernel=", ForwardKernelName(options.forward_kernel),
                       " factored_warp_cols=", options.factored_warp_cols, " factored_blocks_per_sm=",

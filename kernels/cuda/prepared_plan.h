@@ -56,9 +56,12 @@ class CudaPreparedPlan final : public PreparedPlan {
   // The factored paths on wgmma (tp_forward_wgmma.cu) where the device is an sm_90 and the plan fits;
   // the option forward_kernel=factored-mma (or factored-3xtf32) keeps the mma.sync kernel.
   bool factored_wgmma = false;
-  // The weight gradient on wgmma (tp_weight_grad_wgmma.cu) for fp32 and tf32: weight_grad_kernel=wgmma,
-  // an sm_90 device, and every path WeightGradWgmmaSupports; else tp_weight_grad.cu (and always for bf16).
+  // The weight gradient on wgmma (tp_weight_grad_wgmma.cu) may run: weight_grad_kernel auto or wgmma,
+  // an sm_90 device, and every path WeightGradWgmmaSupports. It runs for fp32, and for tf32 from
+  // wg_wgmma_tf32_min_batch samples (auto: kWeightGradWgmmaTf32MinBatch; wgmma: 0); else, and for
+  // bf16, tp_weight_grad.cu.
   bool wg_wgmma = false;
+  int64_t wg_wgmma_tf32_min_batch = 0;
 
   // Work lists per (kind, batch); kind 0..2 = roles (all paths), 3 = weight gradient, 4 = factored
   // forward, 5 = the forward role without the factored paths, 6 = the weight gradient on wgmma. Shared, because the cache may drop a

@@ -11,17 +11,18 @@
 // it once into shared-memory planes that both warpgroups read by descriptor (DESIGN.md says why this
 // form and not the generated T as A with G as B: tf32 wgmma reads B only K-major, and G is n-major).
 //
-// K is walked in chunks of kZ samples (8 per k8 step; 8, 16 or 32 samples for T = 5, 3, 1, so that a
-// chunk is 5, 6 or 4 k8 steps). The k index inside a chunk is (group of 8 samples, t, sample), so one
+// K is walked in chunks of kZ samples (8 per k8 step; 8, 16 or 16 samples for T = 5, 3, 1, so that a
+// chunk is 5, 6 or 2 k8 steps). The k index inside a chunk is (group of 8 samples, t, sample), so one
 // k8 step is one t of 8 samples and a thread's A fragment holds samples t4 and t4 + 4 of that group
 // for output columns col0 and col0 + 8: the 4 R values of G it needs stay in registers for the T steps
 // of the group, and Pz comes from shared memory (broadcast).
 //
 // Copies: every thread copies (cp.async) exactly the x2, x1 and G elements it later reads itself, so
 // no barrier is needed between a copy and its use: x2 of its items (8 samples of one (q, t)) -> the
-// thread splits them into the chunk's B planes with 16-byte stores; x1 -> the thread computes its own Pz entry; G -> private slots read back
-// at the start of each group, whose next-chunk copy is issued once the group's last step is issued
-// (a chunk ahead). One barrier per chunk publishes the next chunk's planes and Pz (double-buffered).
+// thread splits them into the chunk's B planes with 16-byte stores; x1 -> the thread computes its own
+// Pz entry; G -> private slots, double-buffered by chunk parity and copied a chunk ahead (copied
+// after the last read of a single buffer, the copy's latency was exposed every chunk at T = 5). One
+// barrier per chunk publishes the next chunk's planes and Pz (double-buffered).
 //
 // fp32: TF32 wgmma of (Gz, x2) plus ONE bf16 wgmma of k16 carrying both corrections (Gz against
 // x2_small, Gz_small against x2), as tp_forward_wgmma.cu; every chunk accumulates in a fresh register
@@ -41,14 +42,14 @@ constexpr int kPzStride = 28;  // one sample's Pz[t][r] (T x R <= 25), padded: t
 constexpr int kCBlock = kMax * kMax * kMax;
 constexpr int kNGroups = kRows / 8;  // core matrices along N
 
-constexpr int GroupsPerChunk(int t) { return t == 1 ? 4 : t == 3 ? 2 : 1; }
+constexpr int GroupsPerChunk(int t) { return t == 5 ? 1 : 2; }
 
 // Shared memory in 4-byte words: B planes [2][K x 128] (TF32) and, for fp32, [2][2K x 128] bf16
-// (same bytes), the raw x2 rows [kZ][T x 128], G slots [4 R per group][kThreads], x1 slots
+// (same bytes), the raw x2 items [8][K x 16], G slots [2][4 R per group][kThreads], x1 slots
 // [kMax][kThreads], Pz [2][kZ][kPzStride], the 3j block.
 constexpr int SmemWords(bool fp32, int t, int r) {
   const int z = 8 * GroupsPerChunk(t), k = z * t, plane = k * kRows;
-  return (fp32 ? 4 : 2) * plane + plane + GroupsPerChunk(t) * 4 * r * kThreads + kMax * kThreads +
+  return (fp32 ? 4 : 2) * plane + plane + 2 * GroupsPerChunk(t) * 4 * r * kThreads + kMax * kThreads +
          2 * z * kPzStride + kCBlock;
 }
 
@@ -90,7 +91,7 @@ struct WgradBlock {
   uint32_t* sX;    // [2][kPlane]
   uint16_t* sXc;   // [2][2 kPlane] (fp32)
   float* sRaw;     // [8][kItems]
-  float* sGs;      // [kGSlots][kThreads]
+  float* sGs;      // [2 (chunk parity)][kGSlots][kThreads]
   float* sX1;      // [kMax][kThreads]
   float* sPz;      // [2][kZ][kPzStride]
   float* sC;       // [(r * kMax + s) * kMax + t]
@@ -105,7 +106,7 @@ struct WgradBlock {
     sXc = reinterpret_cast<uint16_t*>(sX + 2 * kPlane);
     sRaw = reinterpret_cast<float*>(sX + (kFp32 ? 4 : 2) * kPlane);
     sGs = sRaw + kPlane;
-    sX1 = sGs + kGSlots * kThreads;
+    sX1 = sGs + 2 * kGSlots * kThreads;
     sPz = sX1 + kMax * kThreads;
     sC = sPz + 2 * kZ * kPzStride;
     tid = threadIdx.x;
@@ -169,7 +170,7 @@ struct WgradBlock {
     for (int zi = 0; zi < 2; ++zi) {
       const int z = z_first + 4 * zi;
       const float* row = g_lane + static_cast<long long>(z) * args.g_row_stride;
-      float* dst = sGs + (gi * 4 * kR + zi * 2 * kR) * kThreads + tid;
+      float* dst = sGs + ((chunk & 1) * kGSlots + gi * 4 * kR + zi * 2 * kR) * kThreads + tid;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const bool valid = z < z_end && (h == 0 ? n_ok0 : n_ok1);
@@ -272,19 +273,28 @@ struct WgradBlock {
     for (int c = 0; c < num_chunks; ++c) {
       const int buf = c & 1;
       const float* pz_buf = sPz + buf * kZ * kPzStride;
+      // Chunk c + 1's G into the other slot buffer, a whole chunk ahead of its use (this thread
+      // read that buffer in chunk c - 1, whose MMAs are complete). One copy group per chunk, empty
+      // past the last, so that the waits count statically.
+      if (c + 1 < num_chunks) {
+#pragma unroll
+        for (int gi = 0; gi < kG; ++gi) IssueG(c + 1, gi);
+      }
+      CpAsyncCommit();
 #pragma unroll
       for (int st = 0; st < kSteps; ++st) {
         const int gi = st / kT, t = st - gi * kT;
         if (t == 0) {
-          // G of (chunk c, group gi) landed: kG copy groups were committed after it (the rest of
-          // chunk c's G, chunk c + 1's raw x2, chunk c + 1's G of the groups before gi).
-          CpAsyncWait<kG>();
+          // Chunk c's G landed: two copy groups were committed after it (chunk c + 1's raw x2 and
+          // chunk c + 1's G).
+          CpAsyncWait<2>();
 #pragma unroll
           for (int zi = 0; zi < 2; ++zi)
 #pragma unroll
             for (int h = 0; h < 2; ++h)
 #pragma unroll
-              for (int r = 0; r < kR; ++r) gv[zi][h][r] = sGs[(gi * 4 * kR + (zi * 2 + h) * kR + r) * kThreads + tid];
+              for (int r = 0; r < kR; ++r)
+                gv[zi][h][r] = sGs[(buf * kGSlots + gi * 4 * kR + (zi * 2 + h) * kR + r) * kThreads + tid];
         }
         float a[4];  // (sample t4, col0), (t4, col0 + 8), (t4 + 4, col0), (t4 + 4, col0 + 8)
 #pragma unroll
@@ -322,17 +332,10 @@ struct WgradBlock {
           wgmma::WgmmaTf32<kRows>(acc, at, x_desc0 + buf * kPlaneDesc + step, 1);
         }
         WgmmaCommit();
-        if (t == kT - 1) {
-          // The group's G values went into this step's fragments (so their loads are complete):
-          // refill the slots with the next chunk's. One copy group per (chunk, group), empty past
-          // the last chunk, so that the waits above and below count statically.
-          if (c + 1 < num_chunks) IssueG(c + 1, gi);
-          CpAsyncCommit();
-        }
         WgmmaWait<1>();  // the previous step is done: its fragment registers may be written next
       }
       if (c + 1 < num_chunks) {
-        CpAsyncWait<kG>();  // chunk c + 1's raw x2 and x1 (its kG groups of G were committed since)
+        CpAsyncWait<1>();  // chunk c + 1's raw x2 and x1 (chunk c + 1's G was committed since)
         StagePlanesAndPz(buf ^ 1);
         asm volatile("" ::: "memory");  // the reads of sRaw and sX1 above stay before their refill
         if (c + 2 < num_chunks) IssueRawAndX1(c + 2);

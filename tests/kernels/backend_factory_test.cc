@@ -22,14 +22,14 @@ TEST(BackendFactoryTest, ForwardKernelNames_RoundTrip) {
 
 TEST(BackendFactoryTest, WeightGradKernelNames_RoundTrip) {
   using WeightGradKernel = CudaBackendOptions::WeightGradKernel;
-  for (WeightGradKernel kernel : {WeightGradKernel::kMma, WeightGradKernel::kWgmma}) {
+  for (WeightGradKernel kernel : {WeightGradKernel::kAuto, WeightGradKernel::kMma, WeightGradKernel::kWgmma}) {
     absl::StatusOr<WeightGradKernel> parsed = ParseWeightGradKernel(WeightGradKernelName(kernel));
     ASSERT_TRUE(parsed.ok()) << parsed.status();
     EXPECT_EQ(*parsed, kernel);
   }
-  absl::StatusOr<WeightGradKernel> bad = ParseWeightGradKernel("auto");
+  absl::StatusOr<WeightGradKernel> bad = ParseWeightGradKernel("gemm");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(bad.status().message().find("'auto': expected mma or wgmma"), std::string::npos) << bad.status();
+  EXPECT_NE(bad.status().message().find("'gemm': expected auto, mma or wgmma"), std::string::npos) << bad.status();
   CudaBackendOptions options;
   options.weight_grad_kernel = WeightGradKernel::kWgmma;
   EXPECT_NE(DescribeCudaBackendOptions(options).find(" weight_grad_kernel=wgmma"), std::string::npos);
@@ -48,7 +48,7 @@ TEST(BackendFactoryTest, OptionsOutOfRange_AreRefusedNamingTheField) {
   blocks.factored_blocks_per_sm = 65;
   EXPECT_EQ(ValidateCudaBackendOptions(blocks).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(DescribeCudaBackendOptions({}),
-            "forward_kernel=auto factored_warp_cols=32 factored_blocks_per_sm=auto weight_grad_kernel=mma");
+            "forward_kernel=auto factored_warp_cols=32 factored_blocks_per_sm=auto weight_grad_kernel=auto");
 }
 
 TEST(BackendFactoryTest, CpuBackend_HasNoStreamsOfItsOwn) {
