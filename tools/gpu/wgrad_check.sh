@@ -105,7 +105,7 @@ if [ "${SANITIZE:-0}" = 1 ]; then
     if [ "$s" = 0 ]; then note "compute-sanitizer $tool: skipped, out of time"; continue; fi
     timeout "$s" compute-sanitizer --tool $tool --error-exitcode 9 "$dir/bin/cuda_backend_test" \
       --gtest_filter='WgmmaWeightGradTest.SmallPlan*' > "$work/sanitize_$tool.txt" 2>&1
-    note "compute-sanitizer $tool: exit $? ($(grep -c "ERROR SUMMARY: 0 errors" "$work/sanitize_$tool.txt") clean summaries)"
+    note "compute-sanitizer $tool: exit $? ($(grep -cE "ERROR SUMMARY: 0 errors|RACECHECK SUMMARY: 0 hazards" "$work/sanitize_$tool.txt") clean summaries)"
     { echo "===== $tool"; tail -40 "$work/sanitize_$tool.txt"; } >> "$OUT/sanitize.txt"
   done
 fi
