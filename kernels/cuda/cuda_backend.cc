@@ -69,6 +69,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CudaBackend::Create(int device, const C
   CUDA_RETURN_IF_ERROR(cuda::ConfigureFactoredForwardKernels());
   CUDA_RETURN_IF_ERROR(cuda::ConfigureFactoredWgmmaKernels());
   CUDA_RETURN_IF_ERROR(cuda::ConfigureWeightGradKernels());
+  CUDA_RETURN_IF_ERROR(cuda::ConfigureWeightGradWgmmaKernels());
   // Keep the stream-ordered pool's memory between calls (LossGradient's workspaces).
   cudaMemPool_t pool;
   if (cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess) {

@@ -1,9 +1,10 @@
 // Kernel choices of the CUDA backend that a deployment or a benchmark may want to change: which
-// forward kernel runs the 'uvw' paths and how its work is split. Set once when the backend is made
+// forward and weight-gradient kernels run the 'uvw' paths and how the forward's work is split. Set once when the backend is made
 // (server flags, tp-bench flags), printed at start-up; the defaults are the measured best on H100.
 // Plain C++ (no CUDA headers), so builds without CUDA can still parse and print the options.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -25,7 +26,37 @@ struct CudaBackendOptions {
   int factored_warp_cols = 32;
   // Blocks per SM of the factored forward's work split; 0: chosen per batch size and SM count.
   int factored_blocks_per_sm = 0;
+  enum class WeightGradKernel {
+    kAuto,   // wgmma where usable for fp32 at every batch and for tf32 from kWeightGradWgmmaTf32MinBatch
+             // samples (measured faster there on H100), mma.sync otherwise
+    kMma,    // the generated-operand GEMM on mma.sync (tp_weight_grad.cu), any device
+    kWgmma,  // the factored weight gradient on wgmma (tp_weight_grad_wgmma.cu) where usable (sm_90a,
+             // every path with T, R in {1, 3, 5} and S <= 5; fp32 and tf32), mma.sync otherwise
+  };
+  WeightGradKernel weight_grad_kernel = WeightGradKernel::kAuto;
 };
+
+// weight_grad_kernel=auto: the smallest batch at which tf32 takes the wgmma weight gradient (below
+// it, mma.sync was as fast or faster on H100: docs/BENCHMARKS.md).
+inline constexpr int64_t kWeightGradWgmmaTf32MinBatch = 2048;
+
+inline const char* WeightGradKernelName(CudaBackendOptions::WeightGradKernel kernel) {
+  switch (kernel) {
+    case CudaBackendOptions::WeightGradKernel::kAuto: return "auto";
+    case CudaBackendOptions::WeightGradKernel::kMma: return "mma";
+    case CudaBackendOptions::WeightGradKernel::kWgmma: return "wgmma";
+  }
+  return "?";
+}
+
+inline absl::StatusOr<CudaBackendOptions::WeightGradKernel> ParseWeightGradKernel(absl::string_view name) {
+  for (auto kernel : {CudaBackendOptions::WeightGradKernel::kAuto, CudaBackendOptions::WeightGradKernel::kMma,
+                      CudaBackendOptions::WeightGradKernel::kWgmma}) {
+    if (name == WeightGradKernelName(kernel)) return kernel;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("weight grad kernel '", name.substr(0, 64), "': expected auto, mma or wgmma"));
+}
 
 inline const char* ForwardKernelName(CudaBackendOptions::ForwardKernel kernel) {
   switch (kernel) {
@@ -59,12 +90,14 @@ inline absl::Status ValidateCudaBackendOptions(const CudaBackendOptions& options
   return absl::OkStatus();
 }
 
-// One line for start-up logs: "forward_kernel=auto factored_warp_cols=32 factored_blocks_per_sm=auto".
+// One line for start-up logs: "forward_kernel=auto factored_warp_cols=32 factored_blocks_per_sm=auto
+// weight_grad_kernel=auto".
 inline std::string DescribeCudaBackendOptions(const CudaBackendOptions& options) {
   return absl::StrCat("forward_kernel=", ForwardKernelName(options.forward_kernel),
                       " factored_warp_cols=", options.factored_warp_cols, " factored_blocks_per_sm=",
                       options.factored_blocks_per_sm == 0 ? std::string("auto")
-                                                          : absl::StrCat(options.factored_blocks_per_sm));
+                                                          : absl::StrCat(options.factored_blocks_per_sm),
+                      " weight_grad_kernel=", WeightGradKernelName(options.weight_grad_kernel));
 }
 
 }  // namespace tpserve

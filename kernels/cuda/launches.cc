@@ -74,7 +74,9 @@ absl::Status RunBackward(const CudaPreparedPlan& prepared, const float* w, const
   const TensorProductPlan& plan = prepared.plan();
   if (grads.grad_weight.present()) {
     float* dw = grads.grad_weight.typed<float>();
-    ASSIGN_OR_RETURN(std::shared_ptr<const WorkList> work, prepared.GetWork(3, batch));
+    const bool wgmma = prepared.wg_wgmma && (precision == Precision::kFp32 ||
+                                             (precision == Precision::kTf32 && batch >= prepared.wg_wgmma_tf32_min_batch));
+    ASSIGN_OR_RETURN(std::shared_ptr<const WorkList> work, prepared.GetWork(wgmma ? 6 : 3, batch));
     WeightGradStore store = grads.accumulate_grad_weight ? WeightGradStore::kAdd
                                                                 : WeightGradStore::kAssign;
     if (work->split_k || batch == 0) {
@@ -96,7 +98,11 @@ absl::Status RunBackward(const CudaPreparedPlan& prepared, const float* w, const
     args.g_row_stride = plan.dim_out();
     args.grad_w = dw;
     args.store = store;
-    CUDA_RETURN_IF_ERROR(LaunchWeightGrad(ToMmaPrecision(precision), prepared.wg_shape, args, stream));
+    if (wgmma) {
+      CUDA_RETURN_IF_ERROR(LaunchWeightGradWgmma(ToMmaPrecision(precision), work->smem_bytes, args, stream));
+    } else {
+      CUDA_RETURN_IF_ERROR(LaunchWeightGrad(ToMmaPrecision(precision), prepared.wg_shape, args, stream));
+    }
   }
   if (grads.grad_x1.present()) {
     float* dx1 = grads.grad_x1.typed<float>();

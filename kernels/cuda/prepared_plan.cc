@@ -99,6 +99,8 @@ absl::StatusOr<std::shared_ptr<const WorkList>> CudaPreparedPlan::GetWork(int ki
     RETURN_IF_ERROR(BuildGemmWork(roles[kind], batch, nullptr, list.get()));
   } else if (kind == 3) {
     RETURN_IF_ERROR(BuildWeightGradWork(batch, list.get()));
+  } else if (kind == 6) {
+    RETURN_IF_ERROR(BuildWgmmaWeightGradWork(batch, list.get()));
   } else if (kind == 4) {
     RETURN_IF_ERROR(BuildFactoredWork(batch, list.get()));
   } else {
@@ -228,6 +230,42 @@ absl::Status CudaPreparedPlan::BuildWeightGradWork(int64_t batch, WorkList* list
   return list->items.Upload(items);
 }
 
+absl::Status CudaPreparedPlan::BuildWgmmaWeightGradWork(int64_t batch, WorkList* list) const {
+  constexpr int kRows = 128, kCols = 128;  // q and n per block
+  int64_t tiles = 0;
+  std::vector<size_t> order;
+  for (size_t i = 0; i < wg_paths.size(); ++i) {
+    const WeightGradPath& p = wg_paths[i];
+    if (int64_t{p.P} * p.Q * p.N == 0) continue;
+    tiles += int64_t{p.P} * CeilDiv(p.Q, kRows) * CeilDiv(p.N, kCols);
+    order.push_back(i);
+    list->smem_bytes = std::max(list->smem_bytes, cuda::WeightGradWgmmaSmemBytes(true, p));
+  }
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return wg_paths[a].T > wg_paths[b].T; });
+  const int64_t target = 2 * int64_t{num_sms};
+  const int64_t splits = tiles >= target || tiles == 0 ? 1 : CeilDiv(target, tiles);
+  std::vector<WeightGradWork> items;
+  bool split_k = false;
+  for (size_t i : order) {
+    const WeightGradPath& p = wg_paths[i];
+    if (batch == 0) break;
+    const int64_t unit = cuda::WeightGradWgmmaSamples(p.T);  // samples per chunk of the kernel
+    const int64_t units = CeilDiv(batch, unit);
+    const int64_t slice = CeilDiv(units, std::min(splits, units)) * unit;
+    if (slice < batch) split_k = true;
+    for (int64_t z0 = 0; z0 < batch; z0 += slice)
+      for (int pp = 0; pp < p.P; ++pp)
+        for (int q0 = 0; q0 < p.Q; q0 += kRows)
+          for (int n0 = 0; n0 < p.N; n0 += kCols)
+            items.push_back({static_cast<int>(i), pp * p.Q + q0, n0, static_cast<int>(z0),
+                             static_cast<int>(std::min(batch, z0 + slice))});
+  }
+  if (items.size() > 0x7fffffff || batch > 0x7fffffff) return absl::ResourceExhaustedError("too many tiles for one launch");
+  list->count = static_cast<int>(items.size());
+  list->split_k = split_k;
+  return list->items.Upload(items);
+}
+
 absl::StatusOr<std::unique_ptr<CudaPreparedPlan>> PrepareCudaPlan(const TensorProductPlan& plan, int num_sms,
                                                                    bool wgmma_usable,
                                                                    const CudaBackendOptions& options) {
@@ -265,6 +303,12 @@ absl::StatusOr<std::unique_ptr<CudaPreparedPlan>> PrepareCudaPlan(const TensorPr
     prepared->wg_paths.push_back(d);
   }
   prepared->wg_shape = max_n > 32 ? TileShape::kWide : TileShape::kNarrow;
+  bool wg_wgmma_fits = !prepared->wg_paths.empty();
+  for (const WeightGradPath& d : prepared->wg_paths) wg_wgmma_fits = wg_wgmma_fits && cuda::WeightGradWgmmaSupports(d);
+  using WeightGradKernel = CudaBackendOptions::WeightGradKernel;
+  prepared->wg_wgmma = wg_wgmma_fits && wgmma_usable && options.weight_grad_kernel != WeightGradKernel::kMma;
+  prepared->wg_wgmma_tf32_min_batch =
+      options.weight_grad_kernel == WeightGradKernel::kAuto ? kWeightGradWgmmaTf32MinBatch : 0;
   RETURN_IF_ERROR(prepared->wg_paths_dev.Upload(prepared->wg_paths));
   // g[z, off + w*d + k] -> g_ir_mul[z, off + k*mul + w] for every output irrep block.
   std::vector<int> ir_mul_col(plan.dim_out());

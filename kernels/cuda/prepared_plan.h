@@ -3,6 +3,7 @@
 // Internal to kernels/cuda (cuda_backend.cc and launches.cc); callers see only Backend.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -25,6 +26,7 @@ struct WorkList {
   bool split_k = false;
   int max_t_ldq = 0;  // factored forward: the largest T * (Q + 4) (sizes its shared memory)
   int max_t_q = 0;    // the same for the wgmma kernel: the largest T * Q
+  size_t smem_bytes = 0;  // wgmma weight gradient (fp32 layout, enough for tf32): its largest shared memory
 };
 
 // One forward-shaped role (forward, grad_x1 or grad_x2) of a plan, on the device.
@@ -54,9 +56,15 @@ class CudaPreparedPlan final : public PreparedPlan {
   // The factored paths on wgmma (tp_forward_wgmma.cu) where the device is an sm_90 and the plan fits;
   // the option forward_kernel=factored-mma (or factored-3xtf32) keeps the mma.sync kernel.
   bool factored_wgmma = false;
+  // The weight gradient on wgmma (tp_weight_grad_wgmma.cu) may run: weight_grad_kernel auto or wgmma,
+  // an sm_90 device, and every path WeightGradWgmmaSupports. It runs for fp32, and for tf32 from
+  // wg_wgmma_tf32_min_batch samples (auto: kWeightGradWgmmaTf32MinBatch; wgmma: 0); else, and for
+  // bf16, tp_weight_grad.cu.
+  bool wg_wgmma = false;
+  int64_t wg_wgmma_tf32_min_batch = 0;
 
   // Work lists per (kind, batch); kind 0..2 = roles (all paths), 3 = weight gradient, 4 = factored
-  // forward, 5 = the forward role without the factored paths. Shared, because the cache may drop a
+  // forward, 5 = the forward role without the factored paths, 6 = the weight gradient on wgmma. Shared, because the cache may drop a
   // list (past 256 of them) while another thread is launching with it: the last holder frees it
   // (cudaFree waits for the device, so kernels already launched with it finish first).
   absl::StatusOr<std::shared_ptr<const WorkList>> GetWork(int kind, int64_t batch) const;
@@ -79,6 +87,10 @@ class CudaPreparedPlan final : public PreparedPlan {
   absl::Status BuildFactoredWork(int64_t batch, WorkList* list) const;
 
   absl::Status BuildWeightGradWork(int64_t batch, WorkList* list) const;
+
+  // Blocks of (path, p, 128 rows q, 128 columns n, a slice of samples), heavier paths (larger T)
+  // first; the batch is split (atomics on a zeroed dW) only when there are fewer tiles than 2 per SM.
+  absl::Status BuildWgmmaWeightGradWork(int64_t batch, WorkList* list) const;
 
   mutable std::mutex mutex_;
   mutable std::map<std::pair<int, int64_t>, std::shared_ptr<WorkList>> work_;

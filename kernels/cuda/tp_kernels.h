@@ -3,6 +3,7 @@
 // Host code includes this header only; kernel bodies live in the .cu files.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include <cuda_runtime_api.h>
@@ -130,6 +131,17 @@ cudaError_t LaunchFactoredForwardWgmma(MmaPrecision precision, int max_t_q, cons
                                        cudaStream_t stream);
 cudaError_t LaunchWeightGrad(MmaPrecision precision, TileShape shape, const WeightGradArgs& args,
                              cudaStream_t stream);
+// The weight gradient on Hopper's wgmma (tp_weight_grad_wgmma.cu; k3xTf32 = TF32 + bf16 correction,
+// or kTf32), usable where FactoredWgmmaUsable(device) and every path WeightGradWgmmaSupports (T, R in
+// {1, 3, 5}, S <= 5). A work item is (path, m0 = p * Q + q0 with q0 a multiple of 128, n0 a multiple
+// of 128, samples [k_begin, k_end)); K slices should be multiples of WeightGradWgmmaSamples(T).
+// smem_bytes = the largest WeightGradWgmmaSmemBytes among the launch's paths.
+bool WeightGradWgmmaSupports(const WeightGradPath& path);
+int WeightGradWgmmaSamples(int T);
+size_t WeightGradWgmmaSmemBytes(bool fp32, const WeightGradPath& path);
+cudaError_t ConfigureWeightGradWgmmaKernels();
+cudaError_t LaunchWeightGradWgmma(MmaPrecision precision, size_t smem_bytes, const WeightGradArgs& args,
+                                  cudaStream_t stream);
 // Output gradient from the forward result (losses) or a given grad_out, written in e3nn's layout
 // (g_mul_ir, optional) and in the per-irrep transposed layout g_ir_mul[z, off + k*mul + w] that the
 // weight gradient reads (see loss_grad.cu). With ir_mul_col == nullptr, src is already transposed

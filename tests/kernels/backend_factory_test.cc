@@ -20,6 +20,21 @@ TEST(BackendFactoryTest, ForwardKernelNames_RoundTrip) {
   EXPECT_NE(bad.status().message().find("'wgmma'"), std::string::npos) << bad.status();
 }
 
+TEST(BackendFactoryTest, WeightGradKernelNames_RoundTrip) {
+  using WeightGradKernel = CudaBackendOptions::WeightGradKernel;
+  for (WeightGradKernel kernel : {WeightGradKernel::kAuto, WeightGradKernel::kMma, WeightGradKernel::kWgmma}) {
+    absl::StatusOr<WeightGradKernel> parsed = ParseWeightGradKernel(WeightGradKernelName(kernel));
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    EXPECT_EQ(*parsed, kernel);
+  }
+  absl::StatusOr<WeightGradKernel> bad = ParseWeightGradKernel("gemm");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("'gemm': expected auto, mma or wgmma"), std::string::npos) << bad.status();
+  CudaBackendOptions options;
+  options.weight_grad_kernel = WeightGradKernel::kWgmma;
+  EXPECT_NE(DescribeCudaBackendOptions(options).find(" weight_grad_kernel=wgmma"), std::string::npos);
+}
+
 TEST(BackendFactoryTest, OptionsOutOfRange_AreRefusedNamingTheField) {
   EXPECT_TRUE(ValidateCudaBackendOptions({}).ok());
   CudaBackendOptions cols;
@@ -32,7 +47,8 @@ TEST(BackendFactoryTest, OptionsOutOfRange_AreRefusedNamingTheField) {
   EXPECT_EQ(ValidateCudaBackendOptions(blocks).code(), absl::StatusCode::kInvalidArgument);
   blocks.factored_blocks_per_sm = 65;
   EXPECT_EQ(ValidateCudaBackendOptions(blocks).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(DescribeCudaBackendOptions({}), "forward_kernel=auto factored_warp_cols=32 factored_blocks_per_sm=auto");
+  EXPECT_EQ(DescribeCudaBackendOptions({}),
+            "forward_kernel=auto factored_warp_cols=32 factored_blocks_per_sm=auto weight_grad_kernel=auto");
 }
 
 TEST(BackendFactoryTest, CpuBackend_HasNoStreamsOfItsOwn) {

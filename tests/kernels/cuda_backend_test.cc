@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -22,6 +23,8 @@
 #include "kernels/core/status_macros.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_backend_options.h"
+#include "kernels/cuda/tp_kernels.h"
 #include "tests/support/random.h"
 #include "tests/support/reference_case.h"
 
@@ -98,8 +101,10 @@ class CudaBackendTest : public ::testing::Test {
   }
 
   // Checks forward, backward (all gradients, then each alone) and both losses of `plan` at `batch`
-  // against the float64 CPU reference on the same float32-rounded random inputs.
-  void CheckPlan(const TensorProductPlan& plan, int64_t batch, Precision precision) {
+  // against the float64 CPU reference on the same float32-rounded random inputs; on `backend` (one
+  // made with other options), else the default backend.
+  void CheckPlan(const TensorProductPlan& plan, int64_t batch, Precision precision, Backend* backend = nullptr) {
+    Backend* const cuda = backend != nullptr ? backend : cuda_.get();
     uint64_t seed = 0;
     std::mt19937_64 rng = FreshRng(&seed);
     const double tol = Tolerance(precision);
@@ -127,11 +132,11 @@ class CudaBackendTest : public ::testing::Test {
                              HostCView(gout, out_shape), ref_grads, {})
                     .ok());
 
-    auto prepared = cuda_->Prepare(plan);
+    auto prepared = cuda->Prepare(plan);
     ASSERT_TRUE(prepared.ok()) << prepared.status();
-    DeviceTensor d_w(cuda_.get(), w_shape), d_x1(cuda_.get(), x1_shape), d_x2(cuda_.get(), x2_shape),
-        d_gout(cuda_.get(), out_shape), d_out(cuda_.get(), out_shape), d_dw(cuda_.get(), w_shape),
-        d_dx1(cuda_.get(), x1_shape), d_dx2(cuda_.get(), x2_shape);
+    DeviceTensor d_w(cuda, w_shape), d_x1(cuda, x1_shape), d_x2(cuda, x2_shape),
+        d_gout(cuda, out_shape), d_out(cuda, out_shape), d_dw(cuda, w_shape),
+        d_dx1(cuda, x1_shape), d_dx2(cuda, x2_shape);
     d_w.Upload(w);
     d_x1.Upload(x1);
     d_x2.Upload(x2);
@@ -141,7 +146,7 @@ class CudaBackendTest : public ::testing::Test {
 
     // Forward.
     d_out.Poison();
-    ASSERT_TRUE(cuda_->Forward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), d_out.view(), ctx).ok());
+    ASSERT_TRUE(cuda->Forward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), d_out.view(), ctx).ok());
     EXPECT_LE(RelativeError(d_out.Download(), ref_out), tol) << "forward";
 
     // Backward, all gradients together.
@@ -150,14 +155,14 @@ class CudaBackendTest : public ::testing::Test {
     d_dx2.Poison();
     GradientOutputs grads{d_dw.view(), d_dx1.view(), d_dx2.view()};
     ASSERT_TRUE(
-        cuda_->Backward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), d_gout.cview(), grads, ctx).ok());
+        cuda->Backward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), d_gout.cview(), grads, ctx).ok());
     EXPECT_LE(RelativeError(d_dw.Download(), ref_dw), tol) << "backward grad_weight";
     EXPECT_LE(RelativeError(d_dx1.Download(), ref_dx1), tol) << "backward grad_x1";
     EXPECT_LE(RelativeError(d_dx2.Download(), ref_dx2), tol) << "backward grad_x2";
 
     // Each gradient alone, and grad_weight accumulated onto existing values.
     d_dx2.Poison();
-    ASSERT_TRUE(cuda_->Backward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), d_gout.cview(),
+    ASSERT_TRUE(cuda->Backward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), d_gout.cview(),
                                 GradientOutputs{{}, {}, d_dx2.view()}, ctx)
                     .ok());
     EXPECT_LE(RelativeError(d_dx2.Download(), ref_dx2), tol) << "backward grad_x2 alone";
@@ -171,7 +176,7 @@ class CudaBackendTest : public ::testing::Test {
     GradientOutputs acc_grads{d_dw.view(), {}, {}};
     acc_grads.accumulate_grad_weight = true;
     ASSERT_TRUE(
-        cuda_->Backward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), d_gout.cview(), acc_grads, ctx).ok());
+        cuda->Backward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), d_gout.cview(), acc_grads, ctx).ok());
     std::vector<double> want_acc = base;
     for (size_t i = 0; i < want_acc.size(); ++i) want_acc[i] += ref_dw[i];
     std::vector<double> got_acc = d_dw.Download();
@@ -201,7 +206,7 @@ class CudaBackendTest : public ::testing::Test {
       d_dw.Poison();
       d_dx1.Poison();
       d_dx2.Poison();
-      ASSERT_TRUE(cuda_->LossGradient(**prepared, loss, d_w.cview(), d_x1.cview(), d_x2.cview(), d_out.view(),
+      ASSERT_TRUE(cuda->LossGradient(**prepared, loss, d_w.cview(), d_x1.cview(), d_x2.cview(), d_out.view(),
                                       GradientOutputs{d_dw.view(), d_dx1.view(), d_dx2.view()}, ctx)
                       .ok());
       EXPECT_LE(RelativeError(d_out.Download(), ref_out), tol) << "loss out";
@@ -210,14 +215,14 @@ class CudaBackendTest : public ::testing::Test {
       EXPECT_LE(RelativeError(d_dx2.Download(), want_dx2), loss_tol) << "loss grad_x2";
       // Only grad_weight, no out: the seed task's call.
       d_dw.Poison();
-      ASSERT_TRUE(cuda_->LossGradient(**prepared, loss, d_w.cview(), d_x1.cview(), d_x2.cview(), {},
+      ASSERT_TRUE(cuda->LossGradient(**prepared, loss, d_w.cview(), d_x1.cview(), d_x2.cview(), {},
                                       GradientOutputs{d_dw.view(), {}, {}}, ctx)
                       .ok());
       EXPECT_LE(RelativeError(d_dw.Download(), want_dw), loss_tol) << "loss grad_weight only";
       // Only the input gradients.
       d_dx1.Poison();
       d_dx2.Poison();
-      ASSERT_TRUE(cuda_->LossGradient(**prepared, loss, d_w.cview(), d_x1.cview(), d_x2.cview(), {},
+      ASSERT_TRUE(cuda->LossGradient(**prepared, loss, d_w.cview(), d_x1.cview(), d_x2.cview(), {},
                                       GradientOutputs{{}, d_dx1.view(), d_dx2.view()}, ctx)
                       .ok());
       EXPECT_LE(RelativeError(d_dx1.Download(), want_dx1), loss_tol) << "loss grad_x1 only";
@@ -335,6 +340,172 @@ TEST_F(CudaBackendTest, LargeBatch_SplitsAndAtomicsStayCorrect) {
   auto plan = TensorProductPlan::FullyConnected("4x0e + 3x1o", "2x1o + 1x0e", "5x1o + 2x0e");
   ASSERT_TRUE(plan.ok());
   CheckPlan(*plan, 5000, Precision::kFp32);
+}
+
+// Per path: relative error, and the first element (u, v, w) off by more than tol x the path's rms:
+// what a wrong weight-gradient kernel needs (printed with a failing check).
+std::string DwErrorsByPath(const TensorProductPlan& plan, const std::vector<double>& got,
+                           const std::vector<double>& want, double tol) {
+  std::string report;
+  for (size_t i = 0; i < plan.paths().size(); ++i) {
+    const PathPlan& pp = plan.paths()[i];
+    const int64_t off = pp.weight_offset, n = pp.weight_numel;
+    std::vector<double> g(got.begin() + off, got.begin() + off + n), w(want.begin() + off, want.begin() + off + n);
+    double rms = 0;
+    for (double v : w) rms += v * v;
+    rms = std::sqrt(rms / std::max<int64_t>(n, 1));
+    std::string first = "none";
+    for (int64_t k = 0; k < n; ++k) {
+      if (!(std::fabs(g[k] - w[k]) <= tol * rms)) {
+        first = absl::StrFormat("(u %d, v %d, w %d) got %.6g want %.6g", k / (pp.mul_in2 * pp.mul_out),
+                                (k / pp.mul_out) % pp.mul_in2, k % pp.mul_out, g[k], w[k]);
+        break;
+      }
+    }
+    absl::StrAppendFormat(&report, "\n  path %d (l %d x %d -> %d, %dx%dx%d): rel %.2e, first bad %s", i, pp.l1, pp.l2,
+                          pp.l3, pp.mul_in1, pp.mul_in2, pp.mul_out, RelativeError(g, w), first);
+  }
+  return report;
+}
+
+// The weight gradient on wgmma (CudaBackendOptions::weight_grad_kernel = kWgmma; on a device
+// without it, the option falls back to mma.sync and this checks that) against the float64 CPU
+// reference: Backward (grad_weight alone, assigned and accumulated) and the seed task's call
+// (LossGradient sum tanh, grad_weight only) at batch sizes across the kernel's chunk edges (8, 16
+// and 32 samples), on the seed shape and on shapes that exercise its edges: multiplicities that are
+// not multiples of 128 (row and column tiles past the path), x2 offsets that are not 16-byte aligned
+// (4-byte copies), few tiles (the batch split over blocks, atomics), and an l = 3 path (the whole
+// plan stays on mma.sync).
+class WgmmaWeightGradTest : public CudaBackendTest {
+ protected:
+  void SetUp() override {
+    CudaBackendTest::SetUp();
+    if (IsSkipped()) return;
+    CudaBackendOptions options;
+    options.weight_grad_kernel = CudaBackendOptions::WeightGradKernel::kWgmma;
+    auto backend = CudaBackend::Create(0, options);
+    ASSERT_TRUE(backend.ok()) << backend.status();
+    wgmma_ = std::move(backend).value();
+    int device = 0;
+    cudaGetDevice(&device);
+    std::printf("wgmma weight gradient %s on this device\n",
+                cuda::FactoredWgmmaUsable(device) ? "usable" : "NOT usable (mma.sync fallback checked)");
+  }
+
+  void CheckWeightGrad(const TensorProductPlan& plan, int64_t batch) {
+    uint64_t seed = 0;
+    std::mt19937_64 rng = FreshRng(&seed);
+    SCOPED_TRACE(absl::StrFormat("plan %s x %s -> %s, batch %d, seed %d", plan.irreps_in1().ToString(),
+                                 plan.irreps_in2().ToString(), plan.irreps_out().ToString(), batch, seed));
+    const std::vector<int64_t> w_shape = WeightShape(plan, batch);
+    const std::vector<int64_t> x1_shape = {batch, plan.dim_in1()}, x2_shape = {batch, plan.dim_in2()},
+                               out_shape = {batch, plan.dim_out()};
+    std::vector<double> w = RoundToFloat(RandomNormal(plan.weight_numel(), rng));
+    std::vector<double> x1 = RoundToFloat(RandomNormal(batch * plan.dim_in1(), rng));
+    std::vector<double> x2 = RoundToFloat(RandomNormal(batch * plan.dim_in2(), rng));
+    std::vector<double> gout = RoundToFloat(RandomNormal(batch * plan.dim_out(), rng));
+    CpuBackend cpu;
+    auto cpu_plan = cpu.Prepare(plan);
+    ASSERT_TRUE(cpu_plan.ok()) << cpu_plan.status();
+    std::vector<double> ref_dw(w.size()), ref_out(batch * plan.dim_out()), ref_tanh_dw(w.size());
+    ASSERT_TRUE(cpu.Backward(**cpu_plan, HostCView(w, w_shape), HostCView(x1, x1_shape), HostCView(x2, x2_shape),
+                             HostCView(gout, out_shape), GradientOutputs{HostView(ref_dw, w_shape), {}, {}}, {})
+                    .ok());
+    ASSERT_TRUE(cpu.LossGradient(**cpu_plan, Loss::kSumTanh, HostCView(w, w_shape), HostCView(x1, x1_shape),
+                                 HostCView(x2, x2_shape), HostView(ref_out, out_shape),
+                                 GradientOutputs{HostView(ref_tanh_dw, w_shape), {}, {}}, {})
+                    .ok());
+    auto prepared = wgmma_->Prepare(plan);
+    ASSERT_TRUE(prepared.ok()) << prepared.status();
+    Backend* b = wgmma_.get();
+    DeviceTensor d_w(b, w_shape), d_x1(b, x1_shape), d_x2(b, x2_shape), d_gout(b, out_shape), d_dw(b, w_shape);
+    d_w.Upload(w);
+    d_x1.Upload(x1);
+    d_x2.Upload(x2);
+    d_gout.Upload(gout);
+    for (Precision precision : {Precision::kFp32, Precision::kTf32}) {
+      SCOPED_TRACE(PrecisionName(precision));
+      const double tol = Tolerance(precision);
+      ExecutionContext ctx;
+      ctx.precision = precision;
+      d_dw.Poison();
+      ASSERT_TRUE(b->Backward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), d_gout.cview(),
+                              GradientOutputs{d_dw.view(), {}, {}}, ctx)
+                      .ok());
+      std::vector<double> got = d_dw.Download();
+      const double err = RelativeError(got, ref_dw);
+      EXPECT_LE(err, tol) << "backward grad_weight" << DwErrorsByPath(plan, got, ref_dw, 10 * tol);
+      std::printf("  batch %lld %s: backward dW rel %.2e", static_cast<long long>(batch), PrecisionName(precision),
+                  err);
+      // Accumulated onto existing values of dW's size (as in CheckPlan).
+      double rms = 0;
+      for (double v : ref_dw) rms += v * v;
+      rms = std::sqrt(rms / std::max<size_t>(ref_dw.size(), 1));
+      std::vector<double> base = RandomNormal(w.size(), rng);
+      for (double& v : base) v = static_cast<float>(v * rms);
+      d_dw.Upload(base);
+      GradientOutputs acc{d_dw.view(), {}, {}};
+      acc.accumulate_grad_weight = true;
+      ASSERT_TRUE(b->Backward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), d_gout.cview(), acc, ctx).ok());
+      got = d_dw.Download();
+      for (size_t i = 0; i < got.size(); ++i) got[i] -= base[i];
+      EXPECT_LE(RelativeError(got, ref_dw), tol) << "accumulated" << DwErrorsByPath(plan, got, ref_dw, 10 * tol);
+      // The seed task's call.
+      d_dw.Poison();
+      ASSERT_TRUE(b->LossGradient(**prepared, Loss::kSumTanh, d_w.cview(), d_x1.cview(), d_x2.cview(), {},
+                                  GradientOutputs{d_dw.view(), {}, {}}, ctx)
+                      .ok());
+      got = d_dw.Download();
+      const double loss_tol = precision == Precision::kFp32 ? tol : 2.5 * tol;  // see CheckPlan
+      const double tanh_err = RelativeError(got, ref_tanh_dw);
+      EXPECT_LE(tanh_err, loss_tol) << "sum tanh grad_weight" << DwErrorsByPath(plan, got, ref_tanh_dw, 10 * loss_tol);
+      std::printf(", sum tanh dW rel %.2e\n", tanh_err);
+    }
+  }
+
+  std::unique_ptr<Backend> wgmma_;
+};
+
+TEST_F(WgmmaWeightGradTest, SeedShape_MatchesCpuReference_AcrossBatches) {
+  auto plan = TensorProductPlan::FullyConnected("128x0e+128x1e+128x2e", "128x0e+128x1e+128x2e",
+                                                "128x0e+128x1e+128x2e");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  for (int64_t batch : {1, 7, 64, 1000}) CheckWeightGrad(*plan, batch);
+}
+
+TEST_F(WgmmaWeightGradTest, TileEdgesSplitsAndUnalignedRows_MatchCpuReference) {
+  const char* cases[][3] = {
+      // Multiplicities past one 128 tile and not multiples of 8 (q and n tiles cut by the path).
+      {"136x0e + 3x1o", "130x0e + 5x1o", "140x0e + 9x1o"},
+      // x2 at offsets that are not multiples of 4 floats (4-byte copies), odd multiplicities, l = 2.
+      {"5x1e + 7x2e", "3x0e + 13x1e + 6x2e", "11x0e + 5x1e + 4x2e"},
+      // Few tiles: the batch is split over blocks (atomics on a zeroed dW).
+      {"8x0e + 4x1o", "6x1o + 2x0e", "5x1o + 3x0e"},
+      // An l = 3 path: the plan stays on mma.sync.
+      {"32x0e + 32x1o + 32x3e", "32x0e + 32x3e", "32x0e + 32x1o + 32x3e + 64x2e"},
+  };
+  for (const auto& irreps : cases) {
+    auto plan = TensorProductPlan::FullyConnected(irreps[0], irreps[1], irreps[2]);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    for (int64_t batch : {1, 7, 64, 1000}) CheckWeightGrad(*plan, batch);
+  }
+}
+
+// Every pass of the seed shape (forward, backward, losses) with the wgmma weight gradient.
+TEST_F(WgmmaWeightGradTest, AllPasses_MatchCpuReference_OnSeedShape) {
+  auto plan = TensorProductPlan::FullyConnected("128x0e+128x1e+128x2e", "128x0e+128x1e+128x2e",
+                                                "128x0e+128x1e+128x2e");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  for (Precision precision : kAllPrecisions) CheckPlan(*plan, 64, precision, wgmma_.get());
+}
+
+// Small enough for compute-sanitizer (memcheck, racecheck): every (T, R) of l <= 2, one and several
+// chunks per block, a split batch.
+TEST_F(WgmmaWeightGradTest, SmallPlan_MatchesCpuReference) {
+  auto plan = TensorProductPlan::FullyConnected("16x0e + 8x1e + 8x2e", "8x0e + 16x1e + 8x2e", "8x0e + 8x1e + 8x2e");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  CheckPlan(*plan, 37, Precision::kFp32, wgmma_.get());
+  CheckWeightGrad(*plan, 70);
 }
 
 // The factored forward (tp_forward_factored.cu) against the GEMM forward (tp_gemm.cu) on the seed

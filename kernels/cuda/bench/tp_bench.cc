@@ -5,6 +5,11 @@
 //
 //   tp-bench [--json PATH] [--runs 100] [--batches 64,1024,16384] [--precisions fp32,tf32,bf16]
 //            [--irreps "128x0e+128x1e+128x2e"] [--backend cuda|cpu|both]
+//            [--weight_grad_kernel mma|wgmma] [--backward] [--dw_report]
+//
+// --backward adds task backward_dw: Backward with grad_weight only from a random grad_out (the weight
+// gradient kernel and the transpose of grad_out), verified like the seed task. A dW check that fails
+// (or every one, with --dw_report) prints each path's error and its first bad element.
 //
 // Verification: batches up to --verify_max_batch (1024) are checked in full against CpuBackend in
 // float64 on the same float32-rounded inputs; larger batches check the forward pass on their first 128
@@ -65,7 +70,12 @@ struct Config {
   int64_t cpu_max_batch = 1024;
   // Also time a server launch's round trip (--roundtrip): see RoundTrip().
   bool roundtrip = false;
-  CudaBackendOptions cuda_options;  // --forward_kernel, --factored_warp_cols, --factored_blocks_per_sm
+  // Also time Backward with grad_weight only from a given grad_out (--backward): task "backward_dw".
+  bool backward = false;
+  // Per-path dW errors for every dW check (--dw_report), not only for failed ones.
+  bool dw_report = false;
+  // --forward_kernel, --factored_warp_cols, --factored_blocks_per_sm, --weight_grad_kernel
+  CudaBackendOptions cuda_options;
 };
 
 struct Record {
@@ -102,6 +112,38 @@ double RelError(const std::vector<float>& got, const std::vector<double>& want, 
     r += want[i] * want[i];
   }
   return std::sqrt(d) / std::max(std::sqrt(r), 1e-300);
+}
+
+// Per path of the plan: relative error of dW, the largest element error over the path's rms, and
+// the first element (p, q, n) whose error exceeds tol x that rms: what a wrong kernel result needs.
+void ReportDwByPath(const TensorProductPlan& plan, const std::vector<float>& got, const std::vector<double>& want,
+                    double tol, const char* what) {
+  std::printf("  %s: dW by path (rel_err, max |err|/rms, first element over %.0e x rms)\n", what, tol);
+  for (size_t i = 0; i < plan.paths().size(); ++i) {
+    const PathPlan& pp = plan.paths()[i];
+    const int64_t off = pp.weight_offset, n = pp.weight_numel;
+    double d = 0, r = 0, max_err = 0;
+    for (int64_t k = off; k < off + n; ++k) {
+      const double e = double(got[k]) - want[k];
+      d += e * e;
+      r += want[k] * want[k];
+      max_err = std::max(max_err, std::isnan(e) ? INFINITY : std::fabs(e));
+    }
+    const double rms = std::sqrt(r / std::max<int64_t>(n, 1));
+    std::string first = "none";
+    for (int64_t k = off; k < off + n; ++k) {
+      const double e = double(got[k]) - want[k];
+      if (!(std::fabs(e) <= tol * rms)) {
+        const int64_t local = k - off, w_ = pp.mul_out, v_ = pp.mul_in2;
+        first = absl::StrFormat("index %d (u %d, v %d, w %d): got %.6g want %.6g", k, local / (v_ * w_),
+                                (local / w_) % v_, local % w_, got[k], want[k]);
+        break;
+      }
+    }
+    std::printf("    path %2zu (l %d x %d -> %d, %dx%dx%d): rel %.2e, max/rms %.2e, first bad: %s\n", i, pp.l1, pp.l2,
+                pp.l3, pp.mul_in1, pp.mul_in2, pp.mul_out, std::sqrt(d) / std::max(std::sqrt(r), 1e-300),
+                max_err / std::max(rms, 1e-300), first.c_str());
+  }
 }
 
 std::vector<float> RandomFloats(size_t n, std::mt19937_64& rng) {
@@ -282,7 +324,22 @@ int Main(const Config& config) {
         x2_dev.back()->Upload(x2s[s]);
       }
       DeviceBuf out_dev(batch * dout);
-      std::vector<double> cuda_fp32_dw;
+      std::vector<double> cuda_fp32_dw, cuda_fp32_bdw;
+      // --backward: grad_out for Backward (grad_weight only), and its float64 reference dW.
+      std::vector<float> gout_host;
+      std::vector<double> ref_bdw;
+      std::unique_ptr<DeviceBuf> gout_dev;
+      if (config.backward) {
+        gout_host = RandomFloats(batch * dout, rng);
+        gout_dev = std::make_unique<DeviceBuf>(batch * dout);
+        gout_dev->Upload(gout_host);
+        if (full_verify) {
+          std::vector<double> gd(gout_host.begin(), gout_host.end());
+          ref_bdw.resize(wn);
+          CHECK_OK(cpu.Backward(**cpu_plan, w_view, x1_view, x2_view, {gd.data(), DType::kFloat64, {batch, dout}},
+                                GradientOutputs{{ref_bdw.data(), DType::kFloat64, {wn}}, {}, {}}, {}));
+        }
+      }
       for (Precision precision : config.precisions) {
         ExecutionContext ctx;
         ctx.precision = precision;
@@ -330,6 +387,10 @@ int Main(const Config& config) {
         if (precision == Precision::kFp32) cuda_fp32_dw.assign(dw.begin(), dw.end());
         const double tol = Tolerance(precision);
         const bool fwd_ok = fwd_err <= tol, seed_ok = seed_ref == "none" ? true : seed_err <= tol;
+        if (seed_ref != "none" && (!seed_ok || config.dw_report)) {
+          ReportDwByPath(plan, dw, full_verify ? ref_dw : cuda_fp32_dw,
+                         tol, absl::StrFormat("dw_sum_tanh %s b=%d", PrecisionName(precision), batch).c_str());
+        }
         if (!fwd_ok || !seed_ok) all_ok = false;
 
         auto [f_med, f_min] = TimeCuda(forward, config.warmup, config.runs, stream);
@@ -401,6 +462,44 @@ int Main(const Config& config) {
         if (!seed_ok) sr.verified_against += " FAILED";
         PrintRecord(sr);
         records.push_back(sr);
+        if (config.backward) {
+          auto backward = [&](int i) {
+            const int s = i % sets;
+            CHECK_OK(cuda->Backward(*cuda_plan, view(w_dev, {wn}), view(*x1_dev[s], {batch, d1}),
+                                    view(*x2_dev[s], {batch, d2}), view(*gout_dev, {batch, dout}),
+                                    GradientOutputs{{dw_dev.ptr, DType::kFloat32, {wn}}, {}, {}}, ctx));
+          };
+          dw_dev.Poison();
+          backward(0);
+          CHECK_OK(cuda->Synchronize(ctx));
+          const std::vector<float> bdw = dw_dev.Download();
+          std::string b_ref = "cpu-fp64";
+          double b_err = NAN;
+          if (full_verify) {
+            b_err = RelError(bdw, ref_bdw, wn);
+          } else if (!cuda_fp32_bdw.empty()) {
+            b_err = RelError(bdw, cuda_fp32_bdw, wn);
+            b_ref = "cuda-fp32";
+          } else {
+            b_ref = "none";
+          }
+          if (precision == Precision::kFp32) cuda_fp32_bdw.assign(bdw.begin(), bdw.end());
+          const bool b_ok = b_ref == "none" || b_err <= tol;
+          if (!b_ok) all_ok = false;
+          if (b_ref != "none" && (!b_ok || config.dw_report)) {
+            ReportDwByPath(plan, bdw, full_verify ? ref_bdw : cuda_fp32_bdw, tol,
+                           absl::StrFormat("backward_dw %s b=%d", PrecisionName(precision), batch).c_str());
+          }
+          auto [b_med, b_min] = TimeCuda(backward, config.warmup, config.runs, stream);
+          // The weight gradient's GEMM (as many FLOPs as the forward); W is not read, dW written once.
+          const double b_bytes = 4.0 * wn + 4.0 * batch * (d1 + d2 + dout);
+          Record br{"backward_dw", "cuda", PrecisionName(precision), batch, b_med, b_min, fwd_flops, b_bytes,
+                    std::max(fwd_flops / PeakFlops(precision), b_bytes / kMemoryBytesPerSecond) * 1e3, b_err,
+                    b_ref, config.runs, 0};
+          if (!b_ok) br.verified_against += " FAILED";
+          PrintRecord(br);
+          records.push_back(br);
+        }
       }
     }
     if (config.cpu && batch <= config.cpu_max_batch) {
@@ -504,6 +603,17 @@ int main(int argc, char** argv) {
         return 2;
       }
       config.cuda_options.forward_kernel = *kernel;
+    } else if (arg == "--weight_grad_kernel") {
+      auto kernel = tpserve::ParseWeightGradKernel(value());
+      if (!kernel.ok()) {
+        std::fprintf(stderr, "--%s\n", std::string(kernel.status().message()).c_str());
+        return 2;
+      }
+      config.cuda_options.weight_grad_kernel = *kernel;
+    } else if (arg == "--backward") {
+      config.backward = true;
+    } else if (arg == "--dw_report") {
+      config.dw_report = true;
     } else if (arg == "--factored_warp_cols") {
       config.cuda_options.factored_warp_cols = std::atoi(value().c_str());
     } else if (arg == "--factored_blocks_per_sm") {
@@ -518,7 +628,8 @@ int main(int argc, char** argv) {
                    "[--precisions fp32,tf32,bf16] [--irreps IRREPS] [--backend cuda|cpu|both] "
                    "[--verify_max_batch N] [--cpu_max_batch N] [--roundtrip]\n"
                    "                [--forward_kernel auto|factored-mma|factored-3xtf32|gemm] "
-                   "[--factored_warp_cols 16|32] [--factored_blocks_per_sm N (0: auto)]\n");
+                   "[--factored_warp_cols 16|32] [--factored_blocks_per_sm N (0: auto)]\n"
+                   "                [--weight_grad_kernel mma|wgmma] [--backward] [--dw_report]\n");
       return arg == "--help" ? 0 : 2;
     }
   }

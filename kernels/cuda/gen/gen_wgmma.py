@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Writes kernels/cuda/wgmma.cuh: inline-PTX wrappers of the sm_90a wgmma shapes the factored
-forward uses (A from registers, B by shared-memory descriptor). The operand lists are long (one
+forward and the weight gradient use (A from registers, B by shared-memory descriptor). The operand lists are long (one
 register per accumulator), hence generated: python3 kernels/cuda/gen/gen_wgmma.py > kernels/cuda/wgmma.cuh
 """
 
-NS = (32, 96, 160)  # wgmma N = T x 32 samples for T = 1, 3, 5
+NS = (32, 96, 128, 160)  # forward: N = T x 32 samples for T = 1, 3, 5; weight gradient: 128 rows q
 
 
 def wrapper(kind, n):
