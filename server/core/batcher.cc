@@ -1,5 +1,7 @@
 #include "server/core/batcher.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace tpserve::server {
@@ -32,17 +34,42 @@ absl::Status Batcher::Enqueue(std::unique_ptr<PendingRequest>& request) {
     request->enqueue_time = absl::Now();
     queue_.push_back(std::move(request));
   }
-  cv_.notify_one();
+  // All waiters: the one on the least-loaded device takes it (Next); the others wait again.
+  cv_.notify_all();
   return absl::OkStatus();
 }
 
-Batcher::Work Batcher::Next(std::atomic<int>* busy) {
+bool Batcher::LessLoadedWaiter(const Waiter& me) const {
+  if (me.device_load == nullptr) return false;
+  const int mine = me.device_load->load();
+  for (const Waiter* other : waiting_) {
+    if (other == &me || other->device_load == nullptr || other->device_load == me.device_load) continue;
+    if (other->busy != nullptr && other->busy->load() != 0) continue;  // claimed, or retired
+    if (other->device_load->load() < mine) return true;
+  }
+  return false;
+}
+
+Batcher::Work Batcher::Next(std::atomic<int>* busy, std::atomic<int>* device_load) {
   Work work;
   std::unique_lock<std::mutex> lock(mu_);
   auto free = [busy] { return busy == nullptr || busy->load() == 0; };
   auto retired = [busy] { return busy != nullptr && busy->load() >= kRetired; };
+  // Registered while this thread is in here, so that busier devices' workers leave work to it.
+  const Waiter me{busy, device_load};
+  waiting_.push_back(&me);
+  struct Unregister {
+    Batcher* batcher;
+    const Waiter* me;
+    ~Unregister() {
+      auto& w = batcher->waiting_;
+      w.erase(std::find(w.begin(), w.end(), me));
+      // A worker that deferred to this one looks again (the lock is still held: no lost wake-up).
+      if (!batcher->queue_.empty()) batcher->cv_.notify_all();
+    }
+  } unregister{this, &me};
   for (;;) {
-    cv_.wait(lock, [&] { return shutdown_ || retired() || (!queue_.empty() && free()); });
+    cv_.wait(lock, [&] { return shutdown_ || retired() || (!queue_.empty() && free() && !LessLoadedWaiter(me)); });
     if (retired()) return work;
     if (queue_.empty()) return work;  // shut down and drained
 
@@ -97,9 +124,9 @@ Batcher::Work Batcher::Next(std::atomic<int>* busy) {
     }
     work.batch.insert(work.batch.begin(), std::move(first));
     if (busy != nullptr) busy->fetch_add(1);
-    bool more = !queue_.empty();
-    lock.unlock();
-    if (more) cv_.notify_one();
+    if (device_load != nullptr) device_load->fetch_add(1);
+    // Every waiter looks at the rest: which one may take it depends on its device's load.
+    if (!queue_.empty()) cv_.notify_all();
     return work;
   }
 }

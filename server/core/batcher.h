@@ -60,7 +60,13 @@ class Batcher {
   // when the batch is done.
   // A busy count at or above kRetired marks a worker that takes nothing more (its device is lost
   // while others still serve): Next returns an empty Work at once, as after a drained shutdown.
-  Work Next(std::atomic<int>* busy = nullptr);
+  //
+  // Devices (least-loaded dispatch): `device_load` counts the launches running or claimed on the
+  // caller's device (shared by the workers of one device; the batcher adds the batch it returns,
+  // the caller takes it off when done). A worker takes nothing while another worker waits here,
+  // free, on a device with fewer launches: with two GPUs and two workers each, two batches go to
+  // the two GPUs, not to the two streams of one while the other GPU idles.
+  Work Next(std::atomic<int>* busy = nullptr, std::atomic<int>* device_load = nullptr);
   static constexpr int kRetired = 1 << 30;
   // Wakes the waiting workers to look again (a worker's claim ended).
   void Wake();
@@ -82,6 +88,14 @@ class Batcher {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::unique_ptr<PendingRequest>> queue_;
+  // Workers blocked in Next (their busy and device_load counters), for least-loaded dispatch.
+  struct Waiter {
+    const std::atomic<int>* busy;
+    const std::atomic<int>* device_load;
+  };
+  std::vector<const Waiter*> waiting_;
+  // True when a free worker other than `me` waits on a device with fewer launches than me's.
+  bool LessLoadedWaiter(const Waiter& me) const;
   bool shutdown_ = false;
   int64_t queued_bytes_ = 0;
 };
