@@ -139,6 +139,14 @@ if [ "$mode" = two-gpu ]; then
     "$(awk -F, 'NR>1 && $21 != "" {print $21}' "$OUT/load_fault.csv" | tr '\n' ' ')" \
     "$(awk -F, 'NR>1 {e += $5} END {print e+0}' "$OUT/load_after_fault.csv")" | tee -a "$OUT/summary.txt"
   grep -E "device lost|injected" "$OUT/server_fault.log" | head -3 | tee -a "$OUT/summary.txt"
+  lost=$(series "$OUT/f2.txt" tp_device_lost "$DEV1") after_errors=$(awk -F, 'NR>1 {e += $5} END {print e+0}' "$OUT/load_after_fault.csv")
+  served=$(delta "$OUT/f1.txt" "$OUT/f2.txt" tp_device_requests_total "$DEV0")
+  if [ "$lost" = 1 ] && [ "$after_errors" = 0 ] && awk -v n="$served" 'BEGIN {exit !(n > 0)}'; then
+    echo "fault: PASS ($DEV1 lost, $DEV0 served $served requests after it without errors)" | tee -a "$OUT/summary.txt"
+  else
+    echo "fault: FAIL (tp_device_lost{$DEV1}=$lost, errors after $after_errors, $DEV0 served $served; lower FAULT_AFTER?)" \
+      | tee -a "$OUT/summary.txt"
+  fi
   stop_server
 fi
 echo "results in $OUT"
