@@ -547,6 +547,12 @@ void InferenceCore::Submit(InferenceRequest request, ResultCallback done, Dispat
   if (!status.ok()) pending->done(status);
 }
 
+std::map<std::string, int> InferenceCore::DeviceLoads() const {
+  std::map<std::string, int> loads;
+  for (const auto& worker : workers_) loads[worker->device()] = worker->device_load();
+  return loads;
+}
+
 std::vector<Worker*> InferenceCore::WorkersByDeviceLoad() const {
   std::vector<Worker*> workers;
   for (const auto& worker : workers_) workers.push_back(worker.get());

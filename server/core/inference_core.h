@@ -57,6 +57,8 @@ class InferenceCore {
 
   const CoreConfig& config() const { return config_; }
   std::vector<std::string> devices() const;
+  // Launches running or claimed now on each device, over its workers (least-loaded dispatch).
+  std::map<std::string, int> DeviceLoads() const;
 
   // ---- models --------------------------------------------------------------------------
   // The plan of `spec` within the server's limits (config().max_paths, checked before any work);

@@ -5,6 +5,7 @@
 // SERVING. The same checks tools/gpu/multigpu.sh makes on two GPUs.
 #include <atomic>
 #include <cstdlib>
+#include <iostream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -55,6 +56,8 @@ TEST(MultiDeviceServerTest, TwoCpuDevices_LoadReachesBoth_CountersCloseToEachOth
   const double requests1 = Series(m, "tp_device_requests_total", "cpu:1");
   const double launches0 = Series(m, "tp_compute_time_seconds_count", "cpu:0");
   const double launches1 = Series(m, "tp_compute_time_seconds_count", "cpu:1");
+  std::cout << "requests cpu:0 " << requests0 << ", cpu:1 " << requests1 << "; launches cpu:0 " << launches0
+            << ", cpu:1 " << launches1 << "\n";
   EXPECT_GT(launches0, 0);
   EXPECT_GT(launches1, 0);
   ASSERT_GT(requests0, 0);

@@ -106,6 +106,15 @@ struct Devices {
     }
     return devices;
   }
+  void WaitUntilIdle() {
+    for (int i = 0; i < 5000; ++i) {
+      bool idle = true;
+      for (const auto& [device, load] : core->DeviceLoads()) idle = idle && load == 0;
+      if (idle) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    ADD_FAILURE() << "the devices never became idle";
+  }
   // `threads` clients, each running `calls` forwards one after the other (queued dispatch).
   void ClosedLoop(int threads, int calls) {
     std::vector<std::thread> clients;
@@ -130,9 +139,9 @@ struct Devices {
 TEST(MultiDeviceTest, Dispatch_TwoRequestsInFlight_RunOnBothDevices) {
   Devices d(/*devices=*/2, /*workers_per_device=*/2, /*launch_delay_ms=*/60);
   for (int round = 0; round < 10; ++round) {
-    // The last round's workers answer before they count their launch done: let them get back
-    // to the queue, so that both devices are idle when the pair arrives.
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    // The last round's workers answer before they count their launch done: wait until both
+    // devices are idle when the pair arrives.
+    d.WaitUntilIdle();
     std::vector<std::string> devices = d.SubmitAll({d.Forward(), d.Forward()});
     ASSERT_EQ(devices.size(), 2u);
     EXPECT_NE(devices[0], devices[1]) << "round " << round << ": both on " << devices[0] << " while the other idled";
@@ -145,9 +154,13 @@ TEST(MultiDeviceTest, Dispatch_OnTheCallersThread_PicksTheIdleDevice) {
   Devices d(2, 2, 0);
   d.fakes[0]->launch_delay_ms = d.fakes[1]->launch_delay_ms = 300;
   for (int round = 0; round < 3; ++round) {
+    d.WaitUntilIdle();
     std::promise<absl::StatusOr<InferenceResult>> busy;
     d.core->Submit(d.Forward(), [&](absl::StatusOr<InferenceResult> r) { busy.set_value(std::move(r)); });
-    std::this_thread::sleep_for(std::chrono::milliseconds(60));  // taken by a worker, running
+    // Taken by a worker, running.
+    for (int i = 0; i < 2000 && d.core->DeviceLoads() == std::map<std::string, int>{{"gpu:0", 0}, {"gpu:1", 0}}; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
     absl::StatusOr<InferenceResult> mine = d.core->Run(d.Forward(), InferenceCore::Dispatch::kCallerMayRun);
     absl::StatusOr<InferenceResult> other = busy.get_future().get();
     ASSERT_TRUE(mine.ok() && other.ok()) << mine.status() << " " << other.status();
