@@ -82,7 +82,7 @@ run_config() {  # run_config NAME ARGS...
     local op=$1 batch=$2 conc=$3 key="$1 b=$2 c=$3"
     scrape "$OUT/m0.txt"
     "$dir/bin/tp-load" --server 127.0.0.1:$PORT --model seed --op "$op" --batch "$batch" --concurrency "$conc" \
-      --warmup_s 1 --duration_s "$DURATION" --stability 0.10 --max_windows 4 --deadline_s 60 --progress off \
+      --warmup_s 1 --duration_s "$DURATION" --stability 0.10 --max_windows 4 --deadline_s 60 --progress off --max_verified 1 \
       --csv "$OUT/load_${tag}_${op}_${batch}_${conc}.csv" > "$OUT/load_${tag}_${op}_${batch}_${conc}.txt" 2>&1
     scrape "$OUT/m1.txt"
     local csv="$OUT/load_${tag}_${op}_${batch}_${conc}.csv"
