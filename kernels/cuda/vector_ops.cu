@@ -6,7 +6,8 @@
 namespace tpserve::cuda {
 namespace {
 
-__global__ void AddScaledKernel(float* __restrict__ y, const float* __restrict__ x, long long n, float alpha) {
+// No __restrict__: x may be y (y += alpha * y).
+__global__ void AddScaledKernel(float* y, const float* x, long long n, float alpha) {
   for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<long long>(gridDim.x) * blockDim.x) {
     y[i] += alpha * x[i];

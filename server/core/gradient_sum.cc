@@ -60,10 +60,9 @@ absl::StatusOr<std::unique_ptr<GradientSum>> GradientSum::Gather(const std::vect
     }
     RETURN_IF_ERROR(root.AddScaled(static_cast<float*>(sum->sum_->data()), static_cast<const float*>(scratch->data()),
                                    sum->numel_, 1.0f, sum->ctx_));
-    if (keep_parts) {
-      RETURN_IF_ERROR(root.Synchronize(sum->ctx_));  // the part's copy is added before it is kept
-      sum->parts_.push_back(Part{worker.get(), std::move(scratch), accumulations});
-    }
+    // The addition has read the copy before the next part overwrites it (or before it is kept).
+    RETURN_IF_ERROR(root.Synchronize(sum->ctx_));
+    if (keep_parts) sum->parts_.push_back(Part{worker.get(), std::move(scratch), accumulations});
   }
   RETURN_IF_ERROR(root.Synchronize(sum->ctx_));
   return sum;
