@@ -79,7 +79,11 @@ class Worker {
   // ---- several devices (least-loaded dispatch: batcher.h, Next) ----
   // Launches running or claimed on this worker's device, over its workers: the core gives the
   // workers of one device the same counter before Start().
-  void ShareDeviceLoad(std::shared_ptr<std::atomic<int>> load) { device_load_ = std::move(load); }
+  // Also registers the worker with the batcher (least-loaded dispatch looks at every registered worker).
+  void ShareDeviceLoad(std::shared_ptr<std::atomic<int>> load) {
+    device_load_ = std::move(load);
+    batcher_->RegisterWorker(&busy_, device_load_.get());
+  }
   int device_load() const { return device_load_->load(); }
 
   // ---- the model's gradient summed over devices (gradient_sum.h; worker_gradient.cc) ----
