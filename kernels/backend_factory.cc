@@ -20,6 +20,17 @@ int CudaDeviceCount() {
 
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(absl::string_view name, const CudaBackendOptions& cuda_options) {
   if (name == "cpu") return std::unique_ptr<Backend>(std::make_unique<CpuBackend>());
+  if (absl::StartsWith(name, "cpu:")) {
+    // cpu:N: a CPU backend named as a device of its own, so that several stand in for several
+    // GPUs (testing multi-device serving without GPUs). They share the host's cores.
+    int index = 0;
+    if (!absl::SimpleAtoi(name.substr(4), &index) || index < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("backend '", name, "': expected cpu:<index>"));
+    }
+    CpuBackendOptions options;
+    options.name = absl::StrCat("cpu:", index);
+    return std::unique_ptr<Backend>(std::make_unique<CpuBackend>(options));
+  }
   if (name == "cuda" || absl::StartsWith(name, "cuda:")) {
     int device = 0;
     if (name.size() > 4 && !absl::SimpleAtoi(name.substr(5), &device)) {
@@ -32,7 +43,7 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(absl::string_view name, con
     return absl::UnavailableError(absl::StrCat("backend '", name, "': this build has no CUDA support"));
 #endif
   }
-  return absl::InvalidArgumentError(absl::StrCat("backend '", name, "': expected cpu, cuda or cuda:N"));
+  return absl::InvalidArgumentError(absl::StrCat("backend '", name, "': expected cpu, cpu:N, cuda or cuda:N"));
 }
 
 }  // namespace tpserve

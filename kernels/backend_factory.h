@@ -1,5 +1,6 @@
 // Makes backends by name, so that tpctl, the server and the benchmarks share one spelling:
-// "cpu", "cuda" (device 0) or "cuda:N". It sits above core/, cpu/ and cuda/ because it names
+// "cpu", "cuda" (device 0) or "cuda:N"; "cpu:N" is a CPU backend named as device N (several stand
+// in for several GPUs in tests). It sits above core/, cpu/ and cuda/ because it names
 // every implementation; nothing in those folders includes it.
 #pragma once
 

@@ -20,6 +20,7 @@
 #include "kernels/backend_factory.h"
 #include "server/core/inference_core.h"
 #include "server/grpc/grpc_server.h"
+#include "server/injected_fault.h"
 #include "wire/malloc_tuning.h"
 #include "server/metrics/metrics.h"
 #include "server/server_config.h"
@@ -28,7 +29,7 @@ ABSL_FLAG(std::string, config, "", "JSON config file (keys = flag names); flags 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC address (port 0: any free port)");
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9090", "Prometheus /metrics address (\"\": off)");
 ABSL_FLAG(std::string, model_dir, "", "model repository directory (\"\": in memory only)");
-ABSL_FLAG(std::string, backend, "auto", "auto | cpu | cuda | cuda:0,cuda:1,...");
+ABSL_FLAG(std::string, backend, "auto", "auto | cpu | cuda | cuda:0,cuda:1,... (cpu:0,cpu:1,...: CPU stand-ins for several devices, a testing aid)");
 ABSL_FLAG(int, workers_per_gpu, 2, "workers (streams, weight replicas) per GPU; 2 (default): copies of one overlap compute of the other");
 ABSL_FLAG(std::string, forward_kernel, "auto",
           "CUDA forward kernel: auto (wgmma where usable) | factored-mma | factored-3xtf32 | gemm");
@@ -259,6 +260,12 @@ int Main() {
     std::cerr << "tpserve: " << backends.status() << "\n";
     return 1;
   }
+  absl::StatusOr<std::string> injected = InjectDeviceFault(std::getenv(kInjectDeviceFaultEnv), *backends);
+  if (!injected.ok()) {
+    std::cerr << "tpserve: " << injected.status().message() << "\n";
+    return 2;
+  }
+  if (!injected->empty()) std::cerr << "tpserve: warning: " << *injected << "\n";
   auto core = InferenceCore::Create(config->core, *std::move(backends), &metrics);
   if (!core.ok()) {
     // A damaged repository: one line naming the file and what is wrong.

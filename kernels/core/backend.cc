@@ -29,6 +29,31 @@ absl::StatusOr<Loss> ParseLoss(absl::string_view name) {
   return absl::InvalidArgumentError(absl::StrCat("loss '", name, "': expected sum or sum_tanh"));
 }
 
+absl::Status Backend::FillZero(void* dst, size_t bytes, const ExecutionContext& ctx) {
+  const std::vector<char> zeros(bytes, 0);
+  RETURN_IF_ERROR(CopyFromHost(dst, zeros.data(), bytes, ctx));
+  return Synchronize(ctx);  // `zeros` goes away on return
+}
+
+const char* CopyPathName(CopyPath path) { return path == CopyPath::kPeer ? "peer" : "host"; }
+
+absl::StatusOr<CopyPath> CopyAcrossBackends(Backend& to, void* dst, const ExecutionContext& to_ctx, Backend& from,
+                                            const void* src, const ExecutionContext& from_ctx, size_t bytes,
+                                            std::vector<char>& host_staging) {
+  absl::Status direct = to.CopyFromPeer(dst, from, src, bytes, from_ctx);
+  if (direct.ok()) {
+    RETURN_IF_ERROR(from.Synchronize(from_ctx));
+    return CopyPath::kPeer;
+  }
+  if (!absl::IsUnimplemented(direct)) return direct;
+  if (host_staging.size() < bytes) host_staging.resize(bytes);
+  RETURN_IF_ERROR(from.CopyToHost(host_staging.data(), src, bytes, from_ctx));
+  RETURN_IF_ERROR(from.Synchronize(from_ctx));
+  RETURN_IF_ERROR(to.CopyFromHost(dst, host_staging.data(), bytes, to_ctx));
+  RETURN_IF_ERROR(to.Synchronize(to_ctx));
+  return CopyPath::kHost;
+}
+
 std::vector<int64_t> WeightShape(const TensorProductPlan& plan, int64_t batch) {
   if (plan.weight_sharing() == WeightSharing::kPerSample) return {batch, plan.weight_numel()};
   return {plan.weight_numel()};

@@ -11,8 +11,10 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -117,7 +119,36 @@ class Backend {
   // backend's device. nullptr where the backend has no streams (CPU); the caller destroys it here.
   virtual absl::StatusOr<void*> CreateStream() { return nullptr; }
   virtual void DestroyStream(void* stream) { (void)stream; }
+
+  // ---- several devices (a server's workers on several GPUs; see CopyAcrossBackends) ----
+  // Copies `bytes` from `src`, memory of backend `from` (another device, or the same one), into
+  // `dst` in this backend's memory, without a stop in host memory; ordered on `from_ctx` (a stream
+  // of `from`'s device). UNIMPLEMENTED where there is no such path (CUDA: the two devices cannot
+  // access each other's memory; another kind of backend): callers then stage through the host.
+  virtual absl::Status CopyFromPeer(void* dst, const Backend& from, const void* src, size_t bytes,
+                                    const ExecutionContext& from_ctx) {
+    (void)dst, (void)from, (void)src, (void)bytes, (void)from_ctx;
+    return absl::UnimplementedError(name() + ": no direct copy from another backend's memory");
+  }
+  // y += alpha * x over n float32 values in this backend's memory (sums of devices' gradients).
+  virtual absl::Status AddScaled(float* y, const float* x, int64_t n, float alpha, const ExecutionContext& ctx) {
+    (void)y, (void)x, (void)n, (void)alpha, (void)ctx;
+    return absl::UnimplementedError(name() + ": AddScaled is not implemented");
+  }
+  // Zero-fills `bytes` of this backend's memory at `dst`. Default: a copy from zeros in host memory.
+  virtual absl::Status FillZero(void* dst, size_t bytes, const ExecutionContext& ctx);
 };
+
+// How CopyAcrossBackends moved the bytes.
+enum class CopyPath { kPeer, kHost };
+const char* CopyPathName(CopyPath path);  // "peer", "host"
+// dst (memory of `to`) = src (memory of `from`), complete when it returns (both contexts
+// synchronized): to.CopyFromPeer where it has a direct path, else staged through host memory
+// (from.CopyToHost into `host_staging`, grown as needed, then to.CopyFromHost). `from_ctx` orders
+// the copy after the work already issued there (e.g. the launches that wrote `src`).
+absl::StatusOr<CopyPath> CopyAcrossBackends(Backend& to, void* dst, const ExecutionContext& to_ctx, Backend& from,
+                                            const void* src, const ExecutionContext& from_ctx, size_t bytes,
+                                            std::vector<char>& host_staging);
 
 // Shape and dtype checks shared by every backend, so each names the same expectations.
 // `batch` is taken from x1; every other tensor must agree with it and with the plan.

@@ -395,7 +395,8 @@ absl::StatusOr<const CpuPreparedPlan*> AsCpuPlan(const PreparedPlan& plan) {
 
 CpuBackend::CpuBackend(CpuBackendOptions options)
     : num_threads_(options.num_threads > 0 ? options.num_threads
-                                           : std::max(1u, std::thread::hardware_concurrency())) {
+                                           : std::max(1u, std::thread::hardware_concurrency())),
+      name_(std::move(options.name)) {
   // Our threads own whole paths; nested BLAS threads would only oversubscribe the cores.
   openblas_set_num_threads(1);
 }
@@ -464,6 +465,25 @@ absl::Status CpuBackend::CopyFromHost(void* dst, const void* host_src, size_t by
 
 absl::Status CpuBackend::CopyToHost(void* host_dst, const void* src, size_t bytes, const ExecutionContext&) {
   std::memcpy(host_dst, src, bytes);
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::CopyFromPeer(void* dst, const Backend& from, const void* src, size_t bytes,
+                                      const ExecutionContext&) {
+  if (from.memory_space() != MemorySpace::kHost) {
+    return absl::UnimplementedError(absl::StrCat(name_, ": no direct copy from ", from.name(), "'s memory"));
+  }
+  std::memcpy(dst, src, bytes);
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::AddScaled(float* y, const float* x, int64_t n, float alpha, const ExecutionContext&) {
+  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::FillZero(void* dst, size_t bytes, const ExecutionContext&) {
+  std::memset(dst, 0, bytes);
   return absl::OkStatus();
 }
 

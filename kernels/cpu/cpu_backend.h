@@ -12,6 +12,9 @@ namespace tpserve {
 
 struct CpuBackendOptions {
   int num_threads = 0;  // 0: one per hardware thread
+  // The device name the server sees: "cpu", or "cpu:N" for several CPU backends that stand in for
+  // distinct devices (tests of multi-device serving on a machine without GPUs).
+  std::string name = "cpu";
 };
 
 class CpuBackend final : public Backend {
@@ -19,7 +22,7 @@ class CpuBackend final : public Backend {
   explicit CpuBackend(CpuBackendOptions options = {});
   ~CpuBackend() override;
 
-  std::string name() const override { return "cpu"; }
+  std::string name() const override { return name_; }
   MemorySpace memory_space() const override { return MemorySpace::kHost; }
   bool SupportsDType(DType) const override { return true; }
 
@@ -38,9 +41,15 @@ class CpuBackend final : public Backend {
   absl::Status CopyFromHost(void* dst, const void* host_src, size_t bytes, const ExecutionContext& ctx) override;
   absl::Status CopyToHost(void* host_dst, const void* src, size_t bytes, const ExecutionContext& ctx) override;
   absl::Status Synchronize(const ExecutionContext&) override { return absl::OkStatus(); }
+  // Any backend whose memory is host memory (another CPU backend): a memcpy.
+  absl::Status CopyFromPeer(void* dst, const Backend& from, const void* src, size_t bytes,
+                            const ExecutionContext& from_ctx) override;
+  absl::Status AddScaled(float* y, const float* x, int64_t n, float alpha, const ExecutionContext& ctx) override;
+  absl::Status FillZero(void* dst, size_t bytes, const ExecutionContext& ctx) override;
 
  private:
   int num_threads_;
+  std::string name_;
 };
 
 }  // namespace tpserve

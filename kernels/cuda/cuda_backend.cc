@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -17,6 +19,7 @@
 #include "kernels/cuda/launches.h"
 #include "kernels/cuda/prepared_plan.h"
 #include "kernels/cuda/tp_kernels.h"
+#include "kernels/cuda/vector_ops.h"
 
 namespace tpserve {
 namespace {
@@ -257,6 +260,72 @@ absl::Status CudaBackend::Synchronize(const ExecutionContext& ctx) {
   DeviceScope scope(device_);
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(StreamOf(ctx)));
   CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Whether `device` may read and write `peer`'s memory directly; on the first ask for a pair that
+// may, peer access is enabled both ways (once per process: enabling twice is an error).
+bool PeerAccessible(int device, int peer) {
+  static std::mutex mu;
+  static std::set<std::pair<int, int>> enabled, refused;
+  std::lock_guard<std::mutex> lock(mu);
+  const std::pair<int, int> pair{std::min(device, peer), std::max(device, peer)};
+  if (enabled.count(pair)) return true;
+  if (refused.count(pair)) return false;
+  int one_way = 0, other_way = 0;
+  if (cudaDeviceCanAccessPeer(&one_way, device, peer) != cudaSuccess ||
+      cudaDeviceCanAccessPeer(&other_way, peer, device) != cudaSuccess || !one_way || !other_way) {
+    cudaGetLastError();
+    refused.insert(pair);
+    return false;
+  }
+  for (const auto& [from, to] : {std::pair{device, peer}, std::pair{peer, device}}) {
+    cuda::DeviceScope scope(from);
+    const cudaError_t e = cudaDeviceEnablePeerAccess(to, 0);
+    if (e != cudaSuccess && e != cudaErrorPeerAccessAlreadyEnabled) {
+      cudaGetLastError();
+      refused.insert(pair);
+      return false;
+    }
+    cudaGetLastError();  // clears cudaErrorPeerAccessAlreadyEnabled
+  }
+  enabled.insert(pair);
+  return true;
+}
+
+}  // namespace
+
+absl::Status CudaBackend::CopyFromPeer(void* dst, const Backend& from, const void* src, size_t bytes,
+                                       const ExecutionContext& from_ctx) {
+  const auto* peer = dynamic_cast<const CudaBackend*>(&from);
+  if (peer == nullptr) {
+    return absl::UnimplementedError(absl::StrCat(name(), ": no direct copy from ", from.name(), "'s memory"));
+  }
+  // Issued on the source's stream (after the work that wrote `src`), with its device current.
+  DeviceScope scope(peer->device_);
+  if (peer->device_ == device_) {
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, StreamOf(from_ctx)));
+    return absl::OkStatus();
+  }
+  if (!PeerAccessible(device_, peer->device_)) {
+    return absl::UnimplementedError(
+        absl::StrCat(name(), " cannot access ", from.name(), "'s memory directly (no peer-to-peer path)"));
+  }
+  CUDA_RETURN_IF_ERROR(cudaMemcpyPeerAsync(dst, device_, src, peer->device_, bytes, StreamOf(from_ctx)));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::AddScaled(float* y, const float* x, int64_t n, float alpha, const ExecutionContext& ctx) {
+  DeviceScope scope(device_);
+  CUDA_RETURN_IF_ERROR(cuda::LaunchAddScaled(y, x, n, alpha, StreamOf(ctx)));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::FillZero(void* dst, size_t bytes, const ExecutionContext& ctx) {
+  DeviceScope scope(device_);
+  CUDA_RETURN_IF_ERROR(cudaMemsetAsync(dst, 0, bytes, StreamOf(ctx)));
   return absl::OkStatus();
 }
 

@@ -56,6 +56,13 @@ class CudaBackend final : public Backend {
   absl::Status CheckDevice() override;
   absl::StatusOr<void*> CreateStream() override;  // a non-blocking cudaStream_t on this device
   void DestroyStream(void* stream) override;
+  // From another CudaBackend: the same device (a device-to-device copy) or a peer the device can
+  // access (cudaMemcpyPeerAsync, peer access enabled once per pair of devices: NVLink or PCIe
+  // peer-to-peer). UNIMPLEMENTED otherwise (no peer access, or not a CUDA backend).
+  absl::Status CopyFromPeer(void* dst, const Backend& from, const void* src, size_t bytes,
+                            const ExecutionContext& from_ctx) override;
+  absl::Status AddScaled(float* y, const float* x, int64_t n, float alpha, const ExecutionContext& ctx) override;
+  absl::Status FillZero(void* dst, size_t bytes, const ExecutionContext& ctx) override;
 
   int device() const { return device_; }
   const CudaBackendOptions& options() const { return options_; }

@@ -1,5 +1,7 @@
 #include "server/core/batcher.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace tpserve::server {
@@ -17,6 +19,7 @@ bool Batcher::Compatible(const PendingRequest& a, const PendingRequest& b) {
 }
 
 absl::Status Batcher::Enqueue(std::unique_ptr<PendingRequest>& request) {
+  bool several = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (shutdown_) return absl::UnavailableError("server is shutting down");
@@ -31,18 +34,66 @@ absl::Status Batcher::Enqueue(std::unique_ptr<PendingRequest>& request) {
     queued_bytes_ += request->bytes;
     request->enqueue_time = absl::Now();
     queue_.push_back(std::move(request));
+    several = SeveralDevicesWaiting();
   }
-  cv_.notify_one();
+  // Workers of several devices wait: wake them all, the one on the least-loaded device takes it
+  // (Next) and the others wait again. Workers of one device: any one of them will do.
+  if (several) {
+    cv_.notify_all();
+  } else {
+    cv_.notify_one();
+  }
   return absl::OkStatus();
 }
 
-Batcher::Work Batcher::Next(std::atomic<int>* busy) {
+void Batcher::RegisterWorker(const std::atomic<int>* busy, const std::atomic<int>* device_load) {
+  std::lock_guard<std::mutex> lock(mu_);
+  workers_.push_back(Waiter{busy, device_load});
+}
+
+bool Batcher::LessLoadedWorker(const Waiter& me) const {
+  if (me.device_load == nullptr) return false;
+  const int mine = me.device_load->load();
+  // Every registered worker, waiting here or on its way (a worker not yet started, or back from a
+  // launch): a free one comes to the queue soon and takes the work itself.
+  for (const Waiter& other : workers_) {
+    if (other.busy == me.busy || other.device_load == nullptr || other.device_load == me.device_load) continue;
+    if (other.busy != nullptr && other.busy->load() != 0) continue;  // running, claimed, or retired
+    if (other.device_load->load() < mine) return true;
+  }
+  return false;
+}
+
+bool Batcher::SeveralDevicesWaiting() const {
+  const std::atomic<int>* first = nullptr;
+  for (const Waiter* w : waiting_) {
+    if (w->device_load == nullptr) continue;
+    if (first == nullptr) first = w->device_load;
+    if (w->device_load != first) return true;
+  }
+  return false;
+}
+
+Batcher::Work Batcher::Next(std::atomic<int>* busy, std::atomic<int>* device_load) {
   Work work;
   std::unique_lock<std::mutex> lock(mu_);
   auto free = [busy] { return busy == nullptr || busy->load() == 0; };
   auto retired = [busy] { return busy != nullptr && busy->load() >= kRetired; };
+  // Registered while this thread is in here, so that busier devices' workers leave work to it.
+  const Waiter me{busy, device_load};
+  waiting_.push_back(&me);
+  struct Unregister {
+    Batcher* batcher;
+    const Waiter* me;
+    ~Unregister() {
+      auto& w = batcher->waiting_;
+      w.erase(std::find(w.begin(), w.end(), me));
+      // A worker that deferred to this one looks again (the lock is still held: no lost wake-up).
+      if (!batcher->queue_.empty()) batcher->cv_.notify_all();
+    }
+  } unregister{this, &me};
   for (;;) {
-    cv_.wait(lock, [&] { return shutdown_ || retired() || (!queue_.empty() && free()); });
+    cv_.wait(lock, [&] { return shutdown_ || retired() || (!queue_.empty() && free() && !LessLoadedWorker(me)); });
     if (retired()) return work;
     if (queue_.empty()) return work;  // shut down and drained
 
@@ -97,9 +148,13 @@ Batcher::Work Batcher::Next(std::atomic<int>* busy) {
     }
     work.batch.insert(work.batch.begin(), std::move(first));
     if (busy != nullptr) busy->fetch_add(1);
-    bool more = !queue_.empty();
-    lock.unlock();
-    if (more) cv_.notify_one();
+    if (device_load != nullptr) device_load->fetch_add(1);
+    // The rest for another worker (which one may take it depends on its device's load).
+    if (!queue_.empty() && SeveralDevicesWaiting()) {
+      cv_.notify_all();
+    } else if (!queue_.empty()) {
+      cv_.notify_one();
+    }
     return work;
   }
 }

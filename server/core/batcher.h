@@ -60,7 +60,15 @@ class Batcher {
   // when the batch is done.
   // A busy count at or above kRetired marks a worker that takes nothing more (its device is lost
   // while others still serve): Next returns an empty Work at once, as after a drained shutdown.
-  Work Next(std::atomic<int>* busy = nullptr);
+  //
+  // Devices (least-loaded dispatch): `device_load` counts the launches running or claimed on the
+  // caller's device (shared by the workers of one device; the batcher adds the batch it returns,
+  // the caller takes it off when done). A worker takes nothing while another registered worker is
+  // free on a device with fewer launches: with two GPUs and two workers each, two batches go to
+  // the two GPUs, not to the two streams of one while the other GPU idles.
+  Work Next(std::atomic<int>* busy = nullptr, std::atomic<int>* device_load = nullptr);
+  // A worker that calls Next with these counters (before its thread starts; they outlive the batcher's use).
+  void RegisterWorker(const std::atomic<int>* busy, const std::atomic<int>* device_load);
   static constexpr int kRetired = 1 << 30;
   // Wakes the waiting workers to look again (a worker's claim ended).
   void Wake();
@@ -82,6 +90,18 @@ class Batcher {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::unique_ptr<PendingRequest>> queue_;
+  // Workers blocked in Next (their busy and device_load counters): wake-ups go to all of them when
+  // they belong to several devices.
+  struct Waiter {
+    const std::atomic<int>* busy;
+    const std::atomic<int>* device_load;
+  };
+  std::vector<const Waiter*> waiting_;
+  std::vector<Waiter> workers_;  // RegisterWorker
+  // True when a free registered worker other than `me` is on a device with fewer launches than me's.
+  bool LessLoadedWorker(const Waiter& me) const;
+  // True when the waiting workers belong to more than one device (then a wake-up goes to all).
+  bool SeveralDevicesWaiting() const;
   bool shutdown_ = false;
   int64_t queued_bytes_ = 0;
 };

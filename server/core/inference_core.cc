@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "kernels/core/status_macros.h"
+#include "server/core/gradient_sum.h"
 
 namespace tpserve::server {
 namespace {
@@ -177,6 +178,13 @@ absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(CoreConfig 
     const int index = static_cast<int>(core->workers_.size());
     core->workers_.push_back(
         std::make_unique<Worker>(index, std::move(backend), core->batcher_.get(), core->observer_));
+  }
+  // Workers of one device share its load (least-loaded dispatch, batcher.h).
+  std::map<std::string, std::shared_ptr<std::atomic<int>>> device_loads;
+  for (auto& worker : core->workers_) {
+    auto& load = device_loads[worker->device()];
+    if (load == nullptr) load = std::make_shared<std::atomic<int>>(0);
+    worker->ShareDeviceLoad(load);
   }
   // Leases are page-locked through the first worker's backend (CUDA allocates them portable, so
   // every device's copies use them at full speed). The default 256 MiB holds ~280 seed-sized calls.
@@ -411,17 +419,14 @@ absl::StatusOr<std::vector<float>> InferenceCore::GetGradient(const std::string&
   ASSIGN_OR_RETURN(std::shared_ptr<Model> model, FindModel(name));
   // Never between a step's swap of the weights and its taking the applied gradient out.
   std::lock_guard<std::mutex> update_lock(model->update_mutex());
-  // The sum and one worker's part at a time (the caller holds the sum's share while it sends it).
-  ASSIGN_OR_RETURN(MemoryBudget::Reservation part_memory,
-                   budget_->Reserve(model->plan().weight_numel() * int64_t{sizeof(float)},
+  // The sum returned (and its buffers, when it is formed in host memory).
+  ASSIGN_OR_RETURN(MemoryBudget::Reservation memory,
+                   budget_->Reserve(model->plan().weight_numel() * int64_t{sizeof(float)} +
+                                        GradientSum::HostScratchBytes(workers_, *model, /*keep_parts=*/false),
                                     absl::StrCat("the gradient of model '", name, "'")));
-  std::vector<float> total(static_cast<size_t>(model->plan().weight_numel()), 0.0f);
-  for (auto& worker : workers_) {
-    absl::StatusOr<std::vector<float>> part = worker->ReadGradient(*model, /*zero=*/false);
-    if (!part.ok()) return WithDevice(part.status(), worker->device());
-    for (size_t i = 0; i < total.size(); ++i) total[i] += (*part)[i];
-  }
-  return total;
+  ASSIGN_OR_RETURN(std::unique_ptr<GradientSum> sum,
+                   GradientSum::Gather(workers_, *model, /*keep_parts=*/false, observer_));
+  return sum->ToHost();
 }
 
 absl::Status InferenceCore::ZeroGradient(const std::string& name) {
@@ -439,41 +444,35 @@ absl::StatusOr<ModelInfo> InferenceCore::SgdStep(const std::string& name, double
     return absl::InvalidArgumentError(absl::StrCat("learning_rate: expected a finite number, got ", learning_rate));
   }
   ASSIGN_OR_RETURN(std::shared_ptr<Model> model, FindModel(name));
-  // The new weights and one worker's gradient part at a time.
+  // The summed gradient and the new weights (and the sum's buffers, when it is formed in host memory).
   ASSIGN_OR_RETURN(MemoryBudget::Reservation memory,
-                   budget_->Reserve(2 * model->plan().weight_numel() * int64_t{sizeof(float)},
+                   budget_->Reserve(2 * model->plan().weight_numel() * int64_t{sizeof(float)} +
+                                        GradientSum::HostScratchBytes(workers_, *model, zero_gradient),
                                     absl::StrCat("an SGD step of model '", name, "'")));
   std::lock_guard<std::mutex> update_lock(model->update_mutex());
   RETURN_IF_ERROR(CheckNotDeleted(*model));
-  std::vector<float> weights = *model->weights().weights;
-  // A part lost with its device fails the step before anything changes.
-  for (auto& worker : workers_) {
-    if (absl::Status readable = worker->GradientReadable(*model); !readable.ok()) {
-      return WithDevice(readable, worker->device());
-    }
-  }
-  // All or nothing: the parts are read (not zeroed), the new weights saved and swapped in, and
-  // only then is each part taken out of its buffer. A failed save changes nothing, and
+  // The parts are summed on one device (GradientSum) and kept there, not zeroed; the new weights
+  // are saved and swapped in; only then is each part taken out of its buffer. A part lost with its
+  // device fails the step before anything changes, a failed save changes nothing, and
   // accumulations that land meanwhile stay in the buffer for the next step.
-  std::vector<std::vector<float>> parts;
-  for (auto& worker : workers_) {
-    absl::StatusOr<std::vector<float>> part = worker->ReadGradient(*model, /*zero=*/false);
-    if (!part.ok()) return WithDevice(part.status(), worker->device());
-    for (size_t i = 0; i < weights.size(); ++i) {
-      weights[i] -= static_cast<float>(learning_rate * (*part)[i]);
-    }
-    if (zero_gradient) parts.push_back(*std::move(part));
-  }
+  ASSIGN_OR_RETURN(std::unique_ptr<GradientSum> sum, GradientSum::Gather(workers_, *model, zero_gradient, observer_));
+  ASSIGN_OR_RETURN(std::vector<float> gradient, sum->ToHost());
+  std::vector<float> weights = *model->weights().weights;
+  for (size_t i = 0; i < weights.size(); ++i) weights[i] -= static_cast<float>(learning_rate * gradient[i]);
+  std::vector<float>().swap(gradient);
   RETURN_IF_ERROR(CommitWeights(*model, std::move(weights)));
-  for (size_t w = 0; w < parts.size(); ++w) {
-    if (absl::Status taken = workers_[w]->SubtractGradient(*model, parts[w]); !taken.ok()) {
-      const std::string why =
-          absl::StrCat("the step was committed as version ", model->weights().version,
-                       ", but the gradient could not be zeroed on ", workers_[w]->device(), ": ", taken.message(),
-                       " (zero it before the next step)");
-      return WithDevice(absl::Status(taken.code(), why), workers_[w]->device());
+  if (zero_gradient) {
+    if (absl::Status taken = sum->TakeOut(*model); !taken.ok()) {
+      const std::string why = absl::StrCat("the step was committed as version ", model->weights().version,
+                                           ", but the gradient could not be zeroed on ", DeviceOf(taken), ": ",
+                                           taken.message(), " (zero it before the next step)");
+      return WithDevice(absl::Status(taken.code(), why), DeviceOf(taken));
     }
   }
+  // Every replica takes the new version now (one host copy of the weights, read by each device),
+  // so that the next launch on any device does not pay for it; a device that fails it here
+  // retries at its next launch.
+  for (auto& worker : workers_) worker->Warm(*model).IgnoreError();
   return model->Info();
 }
 
@@ -532,7 +531,7 @@ void InferenceCore::Submit(InferenceRequest request, ResultCallback done, Dispat
   // would launch at once too), no one queued ahead, and a worker with nothing to do.
   if (dispatch == Dispatch::kCallerMayRun && config_.max_queue_delay_us == 0 && !shut_down_.load() &&
       batcher_->queued() == 0) {
-    for (auto& worker : workers_) {
+    for (Worker* worker : WorkersByDeviceLoad()) {
       if (!worker->TryClaim()) continue;
       pending->enqueue_time = absl::Now();
       std::vector<std::unique_ptr<PendingRequest>> batch;
@@ -546,6 +545,22 @@ void InferenceCore::Submit(InferenceRequest request, ResultCallback done, Dispat
   observer_->OnQueueDepth(batcher_->queued());
   // On error the batcher left the request with us.
   if (!status.ok()) pending->done(status);
+}
+
+std::map<std::string, int> InferenceCore::DeviceLoads() const {
+  std::map<std::string, int> loads;
+  for (const auto& worker : workers_) loads[worker->device()] = worker->device_load();
+  return loads;
+}
+
+std::vector<Worker*> InferenceCore::WorkersByDeviceLoad() const {
+  std::vector<Worker*> workers;
+  for (const auto& worker : workers_) workers.push_back(worker.get());
+  if (workers.size() > 1) {
+    std::stable_sort(workers.begin(), workers.end(),
+                     [](const Worker* a, const Worker* b) { return a->device_load() < b->device_load(); });
+  }
+  return workers;
 }
 
 absl::StatusOr<InferenceResult> InferenceCore::Run(InferenceRequest request, Dispatch dispatch) {

@@ -57,6 +57,8 @@ class InferenceCore {
 
   const CoreConfig& config() const { return config_; }
   std::vector<std::string> devices() const;
+  // Launches running or claimed now on each device, over its workers (least-loaded dispatch).
+  std::map<std::string, int> DeviceLoads() const;
 
   // ---- models --------------------------------------------------------------------------
   // The plan of `spec` within the server's limits (config().max_paths, checked before any work);
@@ -84,6 +86,8 @@ class InferenceCore {
   absl::StatusOr<WeightsSnapshot> GetWeights(const std::string& name) const;
 
   // ---- gradient buffer -----------------------------------------------------------------
+  // Each device accumulates into its own part; GetGradient and SgdStep sum the parts on one device
+  // (peer copies where the backends have them, else through host memory: gradient_sum.h).
   absl::StatusOr<std::vector<float>> GetGradient(const std::string& name);
   absl::Status ZeroGradient(const std::string& name);
   // weights -= learning_rate * gradient, committed as the next version. All or nothing: the new
@@ -134,6 +138,9 @@ class InferenceCore {
   absl::Status CommitWeights(Model& model, std::vector<float> weights);
   // NOT_FOUND when `model` was deleted (call with its update_mutex held: DeleteModel marks it so).
   static absl::Status CheckNotDeleted(const Model& model);
+  // The workers, those on the device with the fewest launches running first (a caller's thread
+  // that may run a launch claims an idle worker of the least-loaded device).
+  std::vector<Worker*> WorkersByDeviceLoad() const;
   // Budget bytes a model holds while it exists: its weights, plus weights and gradient buffer of
   // each worker that keeps them in host memory (CPU backends).
   int64_t ModelMemoryBytes(const TensorProductPlan& plan) const;

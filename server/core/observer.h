@@ -35,6 +35,9 @@ class CoreObserver {
   virtual void OnMemoryBudget(int64_t used_bytes, int64_t limit_bytes) {}
   // A model's plan was built (create, or load at start-up) in `seconds`.
   virtual void OnPlanBuilt(double seconds) {}
+  // One device's part of a gradient was copied to `to` (the device that sums the parts) by `path`:
+  // "peer" (directly, e.g. a CUDA peer copy) or "host" (staged through host memory).
+  virtual void OnGradientCopy(const std::string& from, const std::string& to, const char* path) {}
 };
 
 }  // namespace tpserve::server

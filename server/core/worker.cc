@@ -41,7 +41,7 @@ void Worker::Join() {
 
 void Worker::Loop() {
   for (;;) {
-    Batcher::Work work = batcher_->Next(&busy_);
+    Batcher::Work work = batcher_->Next(&busy_, device_load_.get());
     if (work.batch.empty() && work.expired.empty()) return;
     if (observer_ != nullptr) observer_->OnQueueDepth(batcher_->queued());
     for (auto& pending : work.expired) {
@@ -52,6 +52,7 @@ void Worker::Loop() {
     if (!work.batch.empty()) {
       Execute(std::move(work.batch));
       busy_.fetch_sub(1);  // counted by Next()
+      device_load_->fetch_sub(1);
     }
   }
 }
@@ -128,23 +129,6 @@ void Worker::MarkLost(const std::string& why, bool retire) {
   batcher_->WakeAll();
 }
 
-absl::StatusOr<std::vector<float>> Worker::ReadGradient(const Model& model, bool zero) {
-  std::lock_guard<std::mutex> lock(mu_);
-  RETURN_IF_ERROR(GradientReadableLocked(model));
-  std::vector<float> grad(static_cast<size_t>(model.plan().weight_numel()), 0.0f);
-  auto it = replicas_.find(model.instance_id());
-  if (it == replicas_.end() || !it->second.grad || lost_.load()) return grad;
-  size_t bytes = grad.size() * sizeof(float);
-  RETURN_IF_ERROR(backend_->CopyToHost(grad.data(), it->second.grad->data(), bytes, ctx_));
-  if (zero) {
-    std::vector<float> zeros(grad.size(), 0.0f);
-    RETURN_IF_ERROR(backend_->CopyFromHost(it->second.grad->data(), zeros.data(), bytes, ctx_));
-    it->second.grad_dirty = false;
-  }
-  RETURN_IF_ERROR(backend_->Synchronize(ctx_));
-  return grad;
-}
-
 absl::Status Worker::ZeroGradient(const Model& model) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = replicas_.find(model.instance_id());
@@ -154,26 +138,6 @@ absl::Status Worker::ZeroGradient(const Model& model) {
   std::vector<float> zeros(static_cast<size_t>(model.plan().weight_numel()), 0.0f);
   RETURN_IF_ERROR(backend_->CopyFromHost(it->second.grad->data(), zeros.data(), zeros.size() * sizeof(float), ctx_));
   return backend_->Synchronize(ctx_);
-}
-
-absl::Status Worker::SubtractGradient(const Model& model, const std::vector<float>& part) {
-  std::lock_guard<std::mutex> lock(mu_);
-  RETURN_IF_ERROR(GradientReadableLocked(model));
-  auto it = replicas_.find(model.instance_id());
-  if (it == replicas_.end() || !it->second.grad || lost_.load()) return absl::OkStatus();
-  std::vector<float> grad(part.size(), 0.0f);
-  const size_t bytes = grad.size() * sizeof(float);
-  RETURN_IF_ERROR(backend_->CopyToHost(grad.data(), it->second.grad->data(), bytes, ctx_));
-  RETURN_IF_ERROR(backend_->Synchronize(ctx_));
-  bool all_zero = true;
-  for (size_t i = 0; i < grad.size(); ++i) {
-    grad[i] -= part[i];  // exactly 0 where nothing was accumulated since the read
-    all_zero = all_zero && grad[i] == 0.0f;
-  }
-  RETURN_IF_ERROR(backend_->CopyFromHost(it->second.grad->data(), grad.data(), bytes, ctx_));
-  RETURN_IF_ERROR(backend_->Synchronize(ctx_));
-  it->second.grad_dirty = !all_zero;
-  return absl::OkStatus();
 }
 
 absl::Status Worker::Warm(const Model& model) {
@@ -381,6 +345,7 @@ absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batc
       grads.grad_weight = {replica.grad->data(), DType::kFloat32, {plan.weight_numel()}};
       grads.accumulate_grad_weight = true;
       replica.grad_dirty = true;
+      ++replica.grad_accumulations;
     }
   }
 

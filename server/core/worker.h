@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -51,15 +52,8 @@ class Worker {
   // Returns once the batcher is shut down and drained and the last launch has finished.
   void Join();
 
-  // This worker's part of `model`'s gradient buffer, copied to the host (zeros when it has none);
-  // zeroed afterwards when `zero` is set. On a lost device: DATA_LOSS if the part held
-  // accumulations (see GradientReadable), else zeros; ZeroGradient there forgets the lost part.
-  absl::StatusOr<std::vector<float>> ReadGradient(const Model& model, bool zero);
+  // Zeroes this worker's part of `model`'s gradient buffer; on a lost device the part is forgotten.
   absl::Status ZeroGradient(const Model& model);
-  // Takes `part` (what ReadGradient returned earlier) out of this worker's part of the buffer, in
-  // one step under the lock: what was accumulated since the read stays (an SGD step zeroes the
-  // gradient it applied, never a later accumulation).
-  absl::Status SubtractGradient(const Model& model, const std::vector<float>& part);
   // Prepares the plan and uploads the current weights now, so that the first request does not pay.
   absl::Status Warm(const Model& model);
   // Frees the replica of a deleted model.
@@ -72,12 +66,40 @@ class Worker {
   // so a race with the worker's own thread costs a wait, never correctness.
   bool TryClaim() {
     int idle = 0;
-    return busy_.compare_exchange_strong(idle, 1);
+    if (!busy_.compare_exchange_strong(idle, 1)) return false;
+    device_load_->fetch_add(1);
+    return true;
   }
   void Release() {
     busy_.fetch_sub(1);
+    device_load_->fetch_sub(1);
     batcher_->Wake();
   }
+
+  // ---- several devices (least-loaded dispatch: batcher.h, Next) ----
+  // Launches running or claimed on this worker's device, over its workers: the core gives the
+  // workers of one device the same counter before Start().
+  // Also registers the worker with the batcher (least-loaded dispatch looks at every registered worker).
+  void ShareDeviceLoad(std::shared_ptr<std::atomic<int>> load) {
+    device_load_ = std::move(load);
+    batcher_->RegisterWorker(&busy_, device_load_.get());
+  }
+  int device_load() const { return device_load_->load(); }
+
+  // ---- the model's gradient summed over devices (gradient_sum.h; worker_gradient.cc) ----
+  // Copies this worker's part of `model`'s gradient buffer into `dst` (memory of `to`, ordered on
+  // `to_ctx`), directly where the backends can (CopyAcrossBackends). nullopt when the worker holds
+  // no part (nothing accumulated on it, or its device is lost with nothing accumulated: DATA_LOSS
+  // when it held some, as GradientReadable). `accumulations` gets the part's count of launches
+  // that added to it, for TakeOutGradient.
+  absl::StatusOr<std::optional<CopyPath>> CopyGradientTo(const Model& model, Backend& to, void* dst,
+                                                         const ExecutionContext& to_ctx,
+                                                         std::vector<char>& host_staging, uint64_t& accumulations);
+  // Takes `part` (what CopyGradientTo copied when the count was `accumulations`; memory of `from`)
+  // out of this worker's part, in one step under the lock: zeroed when nothing was added since,
+  // else `part` is subtracted (an SGD step zeroes the gradient it applied, never a later one).
+  absl::Status TakeOutGradient(const Model& model, uint64_t accumulations, Backend& from, const void* part,
+                               const ExecutionContext& from_ctx, std::vector<char>& host_staging);
 
  private:
   struct Replica {
@@ -87,6 +109,7 @@ class Worker {
     bool loaded = false;
     std::unique_ptr<BackendBuffer> grad;  // allocated on first accumulation
     bool grad_dirty = false;              // accumulated into since it was last zeroed
+    uint64_t grad_accumulations = 0;      // launches that added to grad (TakeOutGradient)
   };
   // A growable buffer, in device memory (Allocate) or in host memory the device copies at full
   // speed (AllocateHost).
@@ -115,6 +138,7 @@ class Worker {
   void* stream_ = nullptr;  // owned CUDA stream (nullptr on CPU)
 
   std::atomic<int> busy_{0};  // launches running or claimed
+  std::shared_ptr<std::atomic<int>> device_load_ = std::make_shared<std::atomic<int>>(0);  // over the device's workers
   std::mutex mu_;  // replicas_ and staging, held for each launch
   std::map<uint64_t, Replica> replicas_;  // by Model::instance_id()
   int failures_logged_ = 0;               // failed launches written to stderr (the first few)

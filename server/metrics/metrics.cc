@@ -96,6 +96,19 @@ Metrics::Metrics()
                           .Help("Time to build one model's plan (CreateModel, and each stored model at start-up)")
                           .Register(*registry_)
                           .Add({}, time_buckets_);
+  device_requests_ = &prometheus::BuildCounter()
+                          .Name("tp_device_requests_total")
+                          .Help("Requests launched on a device (each worker of the device counts here)")
+                          .Register(*registry_);
+  device_samples_ = &prometheus::BuildCounter()
+                         .Name("tp_device_samples_total")
+                         .Help("Samples launched on a device")
+                         .Register(*registry_);
+  gradient_copies_ = &prometheus::BuildCounter()
+                          .Name("tp_gradient_copies_total")
+                          .Help("One device's part of a model's gradient moved to the device that sums the parts, "
+                                "by path: peer (directly, e.g. a CUDA peer copy) or host (staged through host memory)")
+                          .Register(*registry_);
 }
 
 Metrics::~Metrics() = default;
@@ -186,6 +199,8 @@ void Metrics::OnBatch(const std::string& model, const std::string& device, int64
     AddModelSeries(batch_requests_, model, {{"model", label}, {"device", device}}, size_buckets_).Observe(requests);
   }
   compute_time_.Add({{"device", device}}, time_buckets_).Observe(compute_seconds);
+  device_requests_->Add({{"device", device}}).Increment(requests);
+  device_samples_->Add({{"device", device}}).Increment(static_cast<double>(batch));
 }
 
 void Metrics::OnLaunchStages(const std::string& device, double gather_seconds, double device_seconds,
@@ -223,5 +238,9 @@ void Metrics::OnMemoryBudget(int64_t used_bytes, int64_t limit_bytes) {
 }
 
 void Metrics::OnPlanBuilt(double seconds) { plan_build_time_->Observe(seconds); }
+
+void Metrics::OnGradientCopy(const std::string& from, const std::string& to, const char* path) {
+  gradient_copies_->Add({{"from", from}, {"to", to}, {"path", path}}).Increment();
+}
 
 }  // namespace tpserve::server

@@ -15,6 +15,10 @@
 //   tp_device_lost{device}                            gauge      1 once the device faulted (restart)
 //   tp_memory_budget_used_bytes / _limit_bytes        gauge      the memory budget (memory_budget.h)
 //   tp_plan_build_seconds                             histogram  one model plan built (create, start-up)
+//   tp_device_requests_total{device}                  counter    requests launched on the device
+//   tp_device_samples_total{device}                   counter    samples launched on the device
+//   tp_gradient_copies_total{from,to,path}            counter    gradient parts moved to the summing
+//                                                                device (path: peer | host)
 // Time buckets grow by 1.5x from 50 us to past 10 s. Labels are bounded: method names, model
 // names (only of models that exist, "-" otherwise; a model's series go when it is deleted), devices
 // (a device's name, "all" for a call on every device's state, "none" for one that reached no
@@ -81,6 +85,7 @@ class Metrics final : public CoreObserver {
   void OnModelRemoved(const std::string& model) override;
   void OnMemoryBudget(int64_t used_bytes, int64_t limit_bytes) override;
   void OnPlanBuilt(double seconds) override;
+  void OnGradientCopy(const std::string& from, const std::string& to, const char* path) override;
 
  private:
   // The label value for `model` ("-" unless it exists); with models_mu_ held.
@@ -120,6 +125,10 @@ class Metrics final : public CoreObserver {
   prometheus::Gauge* memory_budget_used_ = nullptr;
   prometheus::Gauge* memory_budget_limit_ = nullptr;
   prometheus::Histogram* plan_build_time_ = nullptr;
+  // Several devices (issue 23).
+  prometheus::Family<prometheus::Counter>* device_requests_ = nullptr;
+  prometheus::Family<prometheus::Counter>* device_samples_ = nullptr;
+  prometheus::Family<prometheus::Counter>* gradient_copies_ = nullptr;
 };
 
 }  // namespace tpserve::server

@@ -61,6 +61,19 @@ TEST(BackendFactoryTest, CpuBackend_HasNoStreamsOfItsOwn) {
   (*cpu)->DestroyStream(*stream);
 }
 
+// cpu:N: CPU backends named as distinct devices (stand-ins for several GPUs in tests).
+TEST(BackendFactoryTest, CpuN_NamesTheBackendAsItsOwnDevice) {
+  absl::StatusOr<std::unique_ptr<Backend>> zero = MakeBackend("cpu:0"), one = MakeBackend("cpu:1");
+  ASSERT_TRUE(zero.ok() && one.ok()) << zero.status() << " " << one.status();
+  EXPECT_EQ((*zero)->name(), "cpu:0");
+  EXPECT_EQ((*one)->name(), "cpu:1");
+  EXPECT_EQ((*one)->memory_space(), MemorySpace::kHost);
+  absl::Status bad = MakeBackend("cpu:x").status();
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.message().find("expected cpu:<index>"), std::string::npos) << bad;
+  EXPECT_EQ(MakeBackend("cpu:-1").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(BackendFactoryTest, BadNames_AreRefusedWithTheExpectedSpelling) {
   EXPECT_EQ(MakeBackend("gpu").status().code(), absl::StatusCode::kInvalidArgument);
   absl::Status status = MakeBackend("cuda:x").status();

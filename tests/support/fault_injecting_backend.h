@@ -6,9 +6,11 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "kernels/core/backend.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -24,6 +26,12 @@ struct FakeDevice {
   std::atomic<bool> faulted{false};
   // Every launch takes at least this long (a slow device: work in flight that a test can act on).
   std::atomic<int> launch_delay_ms{0};
+  // Copies from another host-memory backend are direct (CopyFromPeer, as CUDA peers); false: they
+  // stage through the host (CopyAcrossBackends' fallback, as devices without a peer path).
+  std::atomic<bool> direct_copies{false};
+  // Every CopyFromHost: (source, bytes), for tests that count host copies.
+  std::mutex copies_mu;
+  std::vector<std::pair<const void*, size_t>> host_copies;
 };
 
 class FaultInjectingBackend final : public Backend {
@@ -61,12 +69,27 @@ class FaultInjectingBackend final : public Backend {
     return inner_.AllocateHost(bytes);
   }
   absl::Status CopyFromHost(void* dst, const void* host_src, size_t bytes, const ExecutionContext& ctx) override {
+    {
+      std::lock_guard<std::mutex> lock(device_->copies_mu);
+      device_->host_copies.emplace_back(host_src, bytes);
+    }
     return inner_.CopyFromHost(dst, host_src, bytes, ctx);
   }
   absl::Status CopyToHost(void* host_dst, const void* src, size_t bytes, const ExecutionContext& ctx) override {
     return inner_.CopyToHost(host_dst, src, bytes, ctx);
   }
   absl::Status Synchronize(const ExecutionContext& ctx) override { return inner_.Synchronize(ctx); }
+  absl::Status CopyFromPeer(void* dst, const Backend& from, const void* src, size_t bytes,
+                            const ExecutionContext& from_ctx) override {
+    if (!device_->direct_copies.load()) return Backend::CopyFromPeer(dst, from, src, bytes, from_ctx);
+    return inner_.CopyFromPeer(dst, from, src, bytes, from_ctx);
+  }
+  absl::Status AddScaled(float* y, const float* x, int64_t n, float alpha, const ExecutionContext& ctx) override {
+    return inner_.AddScaled(y, x, n, alpha, ctx);
+  }
+  absl::Status FillZero(void* dst, size_t bytes, const ExecutionContext& ctx) override {
+    return inner_.FillZero(dst, bytes, ctx);
+  }
   // A device fault stays: the context is poisoned even if the test clears the switch.
   absl::Status CheckDevice() override {
     if (device_->faulted.load()) return absl::InternalError("injected device fault (illegal address)");
