@@ -9,8 +9,9 @@ namespace {
 
 absl::Status CheckSizes(const GraphBatch& batch) {
   const int64_t num_nodes = batch.num_nodes();
-  if (batch.num_graphs < 0) {
-    return absl::InvalidArgumentError(absl::StrFormat("num_graphs must be >= 0, got %d", batch.num_graphs));
+  if (batch.num_graphs < 0 || batch.num_graphs > kMaxGraphs) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("num_graphs must be in [0, %d], got %d", kMaxGraphs, batch.num_graphs));
   }
   if (static_cast<int64_t>(batch.positions.size()) != 3 * num_nodes) {
     return absl::InvalidArgumentError(absl::StrFormat(

@@ -25,10 +25,14 @@ struct GraphBatch {
   int64_t num_edges() const { return static_cast<int64_t>(edge_src.size()); }
 };
 
+// At most this many graphs per batch (the outputs are num_graphs * num_targets values, allocated
+// before any node is read: a bound keeps a bad request from allocating without limit).
+inline constexpr int32_t kMaxGraphs = 1 << 20;
+
 // OK for a well-formed batch; otherwise INVALID_ARGUMENT naming what is wrong: a size mismatch
 // (positions not 3 per node, edge_src/edge_dst or graph_index of the wrong length), an unknown
 // species (with the node), a NaN or infinite position (with the node), an edge index out of range
-// (with the edge position and the index), a graph_index out of range, num_graphs < 0.
+// (with the edge position and the index), a graph_index out of range, num_graphs outside [0, kMaxGraphs].
 // Graphs without nodes and nodes without edges are allowed (they contribute zero / self terms).
 absl::Status ValidateGraphBatch(const GraphBatch& batch, int num_elements = 5);
 

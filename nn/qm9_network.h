@@ -77,6 +77,11 @@ class Qm9Network {
   // e3nn prints them; for the docs and the reference tool.
   std::vector<std::string> LayerIrreps() const;
 
+  // Node features after each Conv+Gate layer ([layers-1] entries of [num_nodes * dim]), for
+  // comparing layer by layer with the reference; float64 only.
+  absl::StatusOr<std::vector<std::vector<double>>> LayerFeatures(const std::vector<double>& params,
+                                                                 const GraphBatch& batch) const;
+
   // Per-graph outputs, [num_graphs * num_targets] (graph-major). INVALID_ARGUMENT for a bad batch
   // or a params vector of the wrong size.
   absl::StatusOr<std::vector<double>> Predict(const std::vector<double>& params, const GraphBatch& batch) const;

@@ -187,8 +187,9 @@ def patch_normalize2mom(model):
             module.cst = exact[name]
             module._is_id = False
             patched += 1
-    if patched == 0 or set(mc) != set(exact):
-        fail(f"found {patched} normalize2mom modules for {sorted(mc)}; expected gelu, tanh and sigmoid")
+    # gelu is always there (radial MLP); tanh only once odd scalars appear, sigmoid once l > 0 is gated
+    if patched == 0 or "gelu" not in mc:
+        fail(f"found {patched} normalize2mom modules for {sorted(mc)}; expected at least gelu")
     for module in model.modules():  # the patch took: each module now computes cst * f exactly
         if isinstance(module, normalize2mom):
             name = torch_fn[module.f]
