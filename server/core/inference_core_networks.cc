@@ -134,8 +134,8 @@ absl::StatusOr<NetworkPrediction> InferenceCore::Predict(const std::string& name
 absl::StatusOr<NetworkTrainResult> InferenceCore::TrainStep(const std::string& name, const nn::GraphBatch& graphs,
                                                             const std::vector<double>& targets, double learning_rate,
                                                             double momentum, uint64_t expected_version) {
-  if (!std::isfinite(learning_rate) || learning_rate < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("learning_rate: expected a finite number >= 0, got ", learning_rate));
+  if (!std::isfinite(learning_rate) || learning_rate <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("learning_rate: expected a finite number > 0, got ", learning_rate));
   }
   if (!(momentum >= 0 && momentum < 1)) {
     return absl::InvalidArgumentError(absl::StrCat("momentum: expected a number in [0, 1), got ", momentum));

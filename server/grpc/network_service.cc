@@ -52,10 +52,9 @@ grpc::Status NetworkServiceImpl::TrainStep(grpc::ServerContext* context, const t
       wire::DecodeDoubles(request->targets(), "targets", {graphs->num_graphs, num_targets});
   if (!targets.ok()) return scope.Finish(targets.status());
   scope.MarkStage("read");
-  const double learning_rate = request->learning_rate() == 0 ? 1e-2 : request->learning_rate();
-  const double momentum = request->has_momentum() ? request->momentum() : 0.9;
-  absl::StatusOr<NetworkTrainResult> result = env_.core->TrainStep(request->model(), *graphs, *targets, learning_rate,
-                                                                   momentum, request->expected_version());
+  absl::StatusOr<NetworkTrainResult> result =
+      env_.core->TrainStep(request->model(), *graphs, *targets, request->learning_rate(), request->momentum(),
+                           request->expected_version());
   if (!result.ok()) return scope.Finish(result.status());
   scope.MarkStage("core");
   scope.set_device("cpu");

@@ -238,6 +238,11 @@ TEST(NetworkModelTest, BadGraphsAndLimits_AreInvalidArgumentNamingWhatIsWrong) {
   train.set_momentum(1.5);
   status = Train(stubs, train, &trained);
   EXPECT_NE(status.error_message().find("momentum"), std::string::npos) << status.error_message();
+  train = TrainRequest("m", batch);
+  train.set_learning_rate(0);
+  status = Train(stubs, train, &trained);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("learning_rate"), std::string::npos) << status.error_message();
   EXPECT_EQ(server->core().GetModel("m")->version, 1u);
 }
 
