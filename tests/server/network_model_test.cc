@@ -3,6 +3,8 @@
 // generated molecules; results equal the network library's own), bad graphs, limits, the wrong
 // kind both ways, concurrent steps, and parameters and velocity surviving a restart of tpserve.
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -379,6 +381,54 @@ TEST(NetworkModelTest, RestartOfTpserve_KeepsParametersAndVelocity) {
   nn::SgdMomentumStep(parameters, velocity, step.gradient, {1e-2, 0.9});
   ASSERT_TRUE(Predict(stubs, PredictRequest("m", batch.graphs), &predicted).ok());
   ExpectNear(wire::TensorToDoubles(predicted.outputs()), *network.Predict(parameters, batch.graphs), 1e-10);
+}
+
+TEST(NetworkModelTest, RepositoryState_RoundTripsAndDamageIsNamed) {
+  TempDir dir;
+  server::ModelRepository repository(dir.path());
+  ASSERT_TRUE(repository.Init().ok());
+  server::StoredNetwork network{"n", {2, 8, 3, 5, 4}, 1, {1.5, -2.25, 3.0}, {0.0, 0.0, 0.0}};
+  ASSERT_TRUE(repository.CreateNetwork(network).ok());
+  ASSERT_EQ(repository.CreateNetwork(network).code(), absl::StatusCode::kAlreadyExists);
+  ASSERT_TRUE(repository.WriteNetworkState("n", network.spec, 2, {1.0, 2.0, 3.0}, {0.5, -0.5, 0.25}).ok());
+  absl::StatusOr<server::RepositoryContents> contents = repository.Scan();
+  ASSERT_TRUE(contents.ok()) << contents.status();
+  ASSERT_EQ(contents->networks.size(), 1u);
+  EXPECT_TRUE(contents->models.empty());
+  const server::StoredNetwork& loaded = contents->networks[0];
+  EXPECT_EQ(loaded.version, 2u);
+  EXPECT_TRUE(loaded.spec == network.spec);
+  EXPECT_EQ(loaded.parameters, (std::vector<double>{1.0, 2.0, 3.0}));
+  EXPECT_EQ(loaded.velocity, (std::vector<double>{0.5, -0.5, 0.25}));
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/n/state-v1.bin")) << "the old state is unlinked";
+
+  // A flipped byte fails the checksum, named with its file; the server refuses to start.
+  {
+    std::fstream state(dir.path() + "/n/state-v2.bin", std::ios::in | std::ios::out | std::ios::binary);
+    state.seekp(9);
+    state.put('\x7f');
+  }
+  contents = repository.Scan();
+  ASSERT_TRUE(contents.ok());
+  ASSERT_EQ(contents->damaged.size(), 1u);
+  EXPECT_NE(contents->damaged[0].why.message().find("state-v2.bin fails its checksum"), std::string::npos)
+      << contents->damaged[0].why;
+  server::CoreConfig config;
+  config.model_dir = dir.path();
+  std::vector<std::unique_ptr<Backend>> backends;
+  backends.push_back(std::make_unique<CpuBackend>(CpuBackendOptions{1}));
+  auto refused = server::InferenceCore::Create(config, std::move(backends), nullptr,
+                                               std::make_unique<CpuBackend>(CpuBackendOptions{1}));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kDataLoss);
+  // Parameters that do not fit the spec are damage too (3 stored, the network needs many more).
+  ASSERT_TRUE(repository.Remove("n").ok());
+  ASSERT_TRUE(repository.CreateNetwork(network).ok());
+  backends.clear();
+  backends.push_back(std::make_unique<CpuBackend>(CpuBackendOptions{1}));
+  refused = server::InferenceCore::Create(config, std::move(backends), nullptr,
+                                          std::make_unique<CpuBackend>(CpuBackendOptions{1}));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(refused.status().message().find("3 parameters on disk"), std::string::npos) << refused.status();
 }
 
 }  // namespace
