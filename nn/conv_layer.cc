@@ -51,27 +51,13 @@ EdgeProduct BuildEdgeProduct(const Irreps& irreps_in, const Irreps& irreps_sh, c
   return product;
 }
 
-// A plan that no backend prepared: lets a layer be described (sizes, FLOPs) without a backend.
-class UnpreparedPlan final : public PreparedPlan {
- public:
-  explicit UnpreparedPlan(TensorProductPlan plan) : PreparedPlan(std::move(plan)) {}
-};
-
-absl::StatusOr<std::shared_ptr<const PreparedPlan>> PreparePlan(Backend* backend,
-                                                               absl::StatusOr<TensorProductPlan> plan) {
-  if (!plan.ok()) return plan.status();
-  if (backend == nullptr) return std::shared_ptr<const PreparedPlan>(new UnpreparedPlan(*std::move(plan)));
-  ASSIGN_OR_RETURN(std::unique_ptr<PreparedPlan> prepared, backend->Prepare(*plan));
-  return std::shared_ptr<const PreparedPlan>(std::move(prepared));
-}
-
 }  // namespace
 
 absl::StatusOr<ConvLayer> ConvLayer::Create(const ConvLayerOptions& options, Backend* backend) {
   const EdgeProduct edge = BuildEdgeProduct(options.irreps_in, options.irreps_sh, options.irreps_out);
   TensorProductOptions per_edge;
   per_edge.weight_sharing = WeightSharing::kPerSample;
-  ASSIGN_OR_RETURN(auto tp, PreparePlan(backend, TensorProductPlan::FromInstructions(
+  ASSIGN_OR_RETURN(auto tp, PreparePlanOn(backend, TensorProductPlan::FromInstructions(
                                                      options.irreps_in, options.irreps_sh, edge.irreps_mid,
                                                      edge.instructions, per_edge)));
   std::vector<int> sizes = {options.num_basis};
@@ -80,12 +66,18 @@ absl::StatusOr<ConvLayer> ConvLayer::Create(const ConvLayerOptions& options, Bac
   ConvLayer layer(options, RadialMlp(sizes));
   layer.backend_ = backend;
   layer.tp_ = std::move(tp);
-  ASSIGN_OR_RETURN(layer.sc_, PreparePlan(backend, TensorProductPlan::FullyConnected(
-                                                       options.irreps_in, options.irreps_attr, options.irreps_out)));
-  ASSIGN_OR_RETURN(layer.lin1_, PreparePlan(backend, TensorProductPlan::FullyConnected(
-                                                         options.irreps_in, options.irreps_attr, options.irreps_in)));
-  ASSIGN_OR_RETURN(layer.lin2_, PreparePlan(backend, TensorProductPlan::FullyConnected(
-                                                         edge.irreps_mid, options.irreps_attr, options.irreps_out)));
+  const int num_elements = options.irreps_attr.size() == 1 ? options.irreps_attr[0].mul : 0;
+  if (num_elements == 0 || options.irreps_attr[0].ir != Irrep{0, 1}) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ConvLayer: node attributes must be one-hot scalars (N x 0e), got ",
+                     options.irreps_attr.ToString()));
+  }
+  ASSIGN_OR_RETURN(layer.sc_, SpeciesFctp::Create(options.irreps_in, num_elements, options.irreps_out,
+                                                  options.attr_value, backend));
+  ASSIGN_OR_RETURN(layer.lin1_, SpeciesFctp::Create(options.irreps_in, num_elements, options.irreps_in,
+                                                    options.attr_value, backend));
+  ASSIGN_OR_RETURN(layer.lin2_, SpeciesFctp::Create(edge.irreps_mid, num_elements, options.irreps_out,
+                                                    options.attr_value, backend));
   int64_t offset = 0;
   auto add = [&](std::string name, std::vector<int64_t> shape) {
     int64_t numel = 1;
@@ -94,10 +86,10 @@ absl::StatusOr<ConvLayer> ConvLayer::Create(const ConvLayerOptions& options, Bac
     layer.blocks_.push_back({std::move(name), offset, numel, std::move(shape)});
     offset += numel;
   };
-  add("sc", {layer.sc_->plan().weight_numel()});
-  add("lin1", {layer.lin1_->plan().weight_numel()});
+  add("sc", {layer.sc_.plan().weight_numel()});
+  add("lin1", {layer.lin1_.plan().weight_numel()});
   for (int k = 0; k < layer.mlp_.num_matrices(); ++k) add(absl::StrCat("radial.w", k), {sizes[k], sizes[k + 1]});
-  add("lin2", {layer.lin2_->plan().weight_numel()});
+  add("lin2", {layer.lin2_.plan().weight_numel()});
   return layer;
 }
 
@@ -112,48 +104,15 @@ int64_t ConvLayer::BlockOffset(const std::string& name) const {
   return -1;
 }
 
-namespace {
-
-// out = FCTP(weights; x, attr) over `rows` nodes; zero when the product has no paths.
-template <class T>
-absl::Status FctpForward(Backend* backend, const PreparedPlan& fctp, const T* weights, const T* x, const T* attr,
-                         int64_t rows, T* out) {
-  const TensorProductPlan& plan = fctp.plan();
-  if (plan.weight_numel() == 0 || rows == 0) {
-    std::fill_n(out, rows * plan.dim_out(), T(0));
-    return absl::OkStatus();
-  }
-  return backend->Forward(fctp, InView(weights, {plan.weight_numel()}), InView(x, {rows, plan.dim_in1()}),
-                          InView(attr, {rows, plan.dim_in2()}), OutView(out, {rows, plan.dim_out()}), {});
-}
-
-// grad_weights += and grad_x = (when not null) of FCTP(weights; x, attr) for grad_out.
-template <class T>
-absl::Status FctpBackward(Backend* backend, const PreparedPlan& fctp, const T* weights, const T* x, const T* attr,
-                          int64_t rows, const T* grad_out, T* grad_weights, T* grad_x) {
-  const TensorProductPlan& plan = fctp.plan();
-  if (plan.weight_numel() == 0 || rows == 0) {
-    if (grad_x) std::fill_n(grad_x, rows * plan.dim_in1(), T(0));
-    return absl::OkStatus();
-  }
-  GradientOutputs grads;
-  grads.grad_weight = OutView(grad_weights, {plan.weight_numel()});
-  grads.accumulate_grad_weight = true;
-  if (grad_x) grads.grad_x1 = OutView(grad_x, {rows, plan.dim_in1()});
-  return backend->Backward(fctp, InView(weights, {plan.weight_numel()}), InView(x, {rows, plan.dim_in1()}),
-                           InView(attr, {rows, plan.dim_in2()}), InView(grad_out, {rows, plan.dim_out()}), grads,
-                           {});
-}
-
-}  // namespace
 
 template <class T>
 absl::Status ConvLayer::Forward(const T* params, const ConvInputs<T>& in, ConvCache<T>* cache, T* out) const {
   const int64_t n = in.num_nodes, e = in.num_edges;
   const int64_t dim_in = irreps_in().dim(), dim_out = irreps_out().dim(), dim_mid = irreps_mid().dim();
   std::vector<T> sc(n * dim_out), h(n * dim_in), lin2(n * dim_out);
-  RETURN_IF_ERROR(FctpForward(backend_, *sc_, params + BlockOffset("sc"), in.x, in.attr, n, sc.data()));
-  RETURN_IF_ERROR(FctpForward(backend_, *lin1_, params + BlockOffset("lin1"), in.x, in.attr, n, h.data()));
+  RETURN_IF_ERROR(sc_.Forward(backend_, params + BlockOffset("sc"), in.x, in.attr, in.nodes_by_species, n, sc.data()));
+  RETURN_IF_ERROR(
+      lin1_.Forward(backend_, params + BlockOffset("lin1"), in.x, in.attr, in.nodes_by_species, n, h.data()));
   cache->h_src.resize(e * dim_in);
   for (int64_t edge = 0; edge < e; ++edge) {
     std::copy_n(h.data() + int64_t{in.edge_src[edge]} * dim_in, dim_in, cache->h_src.data() + edge * dim_in);
@@ -175,8 +134,8 @@ absl::Status ConvLayer::Forward(const T* params, const ConvInputs<T>& in, ConvCa
       for (int64_t k = 0; k < dim_mid; ++k) dst[k] += message[k] * norm;
     }
   }
-  RETURN_IF_ERROR(
-      FctpForward(backend_, *lin2_, params + BlockOffset("lin2"), cache->agg.data(), in.attr, n, lin2.data()));
+  RETURN_IF_ERROR(lin2_.Forward(backend_, params + BlockOffset("lin2"), cache->agg.data(), in.attr,
+                                in.nodes_by_species, n, lin2.data()));
   const T c_sc = static_cast<T>(kCosPi8), c_conv = static_cast<T>(kSinPi8);
   for (int64_t k = 0; k < n * dim_out; ++k) out[k] = c_sc * sc[k] + c_conv * lin2[k];
   return absl::OkStatus();
@@ -195,10 +154,10 @@ absl::Status ConvLayer::Backward(const T* params, const ConvInputs<T>& in, const
   }
   std::vector<T> grad_x_sc(grad_x ? n * dim_in : 0), grad_agg(n * dim_mid), grad_h(n * dim_in, T(0));
   const int64_t sc = BlockOffset("sc"), lin1 = BlockOffset("lin1"), lin2 = BlockOffset("lin2");
-  RETURN_IF_ERROR(FctpBackward(backend_, *sc_, params + sc, in.x, in.attr, n, grad_sc.data(), grad_params + sc,
-                               grad_x ? grad_x_sc.data() : nullptr));
-  RETURN_IF_ERROR(FctpBackward(backend_, *lin2_, params + lin2, cache.agg.data(), in.attr, n, grad_lin2.data(),
-                               grad_params + lin2, grad_agg.data()));
+  RETURN_IF_ERROR(sc_.Backward(backend_, params + sc, in.x, in.attr, in.nodes_by_species, n, grad_sc.data(),
+                               grad_params + sc, grad_x ? grad_x_sc.data() : nullptr));
+  RETURN_IF_ERROR(lin2_.Backward(backend_, params + lin2, cache.agg.data(), in.attr, in.nodes_by_species, n,
+                                 grad_lin2.data(), grad_params + lin2, grad_agg.data()));
   if (e > 0) {
     const int64_t weight_numel = tp_->plan().weight_numel();
     const T norm = T(1) / std::sqrt(static_cast<T>(options_.num_neighbors));
@@ -221,8 +180,8 @@ absl::Status ConvLayer::Backward(const T* params, const ConvInputs<T>& in, const
     mlp_.Backward(params + BlockOffset("radial.w0"), cache.mlp, e, grad_weights.data(),
                   grad_params + BlockOffset("radial.w0"));
   }
-  RETURN_IF_ERROR(
-      FctpBackward(backend_, *lin1_, params + lin1, in.x, in.attr, n, grad_h.data(), grad_params + lin1, grad_x));
+  RETURN_IF_ERROR(lin1_.Backward(backend_, params + lin1, in.x, in.attr, in.nodes_by_species, n, grad_h.data(),
+                                 grad_params + lin1, grad_x));
   if (grad_x) {
     for (int64_t k = 0; k < n * dim_in; ++k) grad_x[k] += grad_x_sc[k];
   }

@@ -8,9 +8,10 @@
 // out (or ir = 0e), each to its own entry of irreps_mid; irreps_mid is then sorted (e3nn's sort, not
 // simplified) and the instructions renumbered, keeping their order (and so the weight layout).
 //
-// All tensor products run through the Backend (host memory); gather, scatter, the MLP and the
-// combination are host loops. Parameters of the layer, back to back: sc, lin1, the MLP's matrices,
-// lin2 (a block with no weights is left out).
+// All tensor products run through the Backend (host memory); the FCTPs per species (their second
+// input is one-hot: species_fctp.h); gather, scatter, the MLP and the combination are host loops.
+// Parameters of the layer, back to back: sc, lin1, the MLP's matrices, lin2 (a block with no
+// weights is left out).
 #pragma once
 
 #include <cstdint>
@@ -24,6 +25,7 @@
 #include "kernels/core/irreps.h"
 #include "kernels/core/plan.h"
 #include "nn/mlp.h"
+#include "nn/species_fctp.h"
 
 namespace tpserve::nn {
 
@@ -32,6 +34,7 @@ struct ConvLayerOptions {
   std::vector<int> radial_hidden;  // hidden widths of the radial MLP (e.g. {64, 64})
   int num_basis = 10;
   double num_neighbors = 2.1;
+  double attr_value = 1.0;  // the nonzero entry of the one-hot attributes (irreps_attr = num_elements x 0e)
 };
 
 // A block of a layer's parameters, relative to the layer's first parameter.
@@ -50,6 +53,9 @@ struct ConvInputs {
   const int32_t* edge_dst = nullptr;
   const T* edge_sh = nullptr;    // [num_edges, irreps_sh.dim]
   const T* edge_basis = nullptr; // [num_edges, num_basis]
+  // Nodes grouped by species: the FCTPs run per species (species_fctp.h). nullptr: the dense
+  // products with attr (same result, num_elements times the work; kept for checking).
+  const NodesBySpecies* nodes_by_species = nullptr;
 };
 
 // What Backward needs from Forward.
@@ -70,10 +76,10 @@ class ConvLayer {
   const Irreps& irreps_in() const { return options_.irreps_in; }
   const Irreps& irreps_out() const { return options_.irreps_out; }
   const Irreps& irreps_mid() const { return tp_->plan().irreps_out(); }
-  const TensorProductPlan& sc_plan() const { return sc_->plan(); }
-  const TensorProductPlan& lin1_plan() const { return lin1_->plan(); }
+  const TensorProductPlan& sc_plan() const { return sc_.plan(); }
+  const TensorProductPlan& lin1_plan() const { return lin1_.plan(); }
   const TensorProductPlan& tp_plan() const { return tp_->plan(); }
-  const TensorProductPlan& lin2_plan() const { return lin2_->plan(); }
+  const TensorProductPlan& lin2_plan() const { return lin2_.plan(); }
   const RadialMlp& mlp() const { return mlp_; }
 
   const std::vector<LayerParameterBlock>& parameter_blocks() const { return blocks_; }
@@ -94,7 +100,8 @@ class ConvLayer {
   ConvLayerOptions options_;
   RadialMlp mlp_;
   Backend* backend_ = nullptr;
-  std::shared_ptr<const PreparedPlan> sc_, lin1_, tp_, lin2_;
+  SpeciesFctp sc_, lin1_, lin2_;
+  std::shared_ptr<const PreparedPlan> tp_;
   std::vector<LayerParameterBlock> blocks_;
 };
 

@@ -51,6 +51,7 @@ absl::StatusOr<std::shared_ptr<Qm9NetworkStructure>> BuildQm9Structure(const Qm9
   options.radial_hidden.assign(config.radial_layers, config.radial_hidden);
   options.num_basis = config.num_basis;
   options.num_neighbors = config.num_neighbors;
+  options.attr_value = std::sqrt(static_cast<double>(config.num_elements));
   Irreps irreps = s->irreps_attr;
   for (int layer = 0; layer < config.layers; ++layer) {
     options.irreps_in = irreps;

@@ -107,7 +107,14 @@ class Qm9Network {
 
 // Floating-point operations of one training step (forward, backward, SGD update) on a batch of
 // num_nodes nodes and num_edges directed edges, counting a multiply-add as 2 FLOPs: the tensor
-// products' GEMM-shaped work, the radial MLP, gates and the optimizer; the floor of issue 19.
+// products' GEMM-shaped work, the radial MLP and the optimizer (elementwise work is left out); the
+// floor of issue 19. 0 for an invalid config. nn/README.md lists the figures of the four shapes.
 double TrainingStepFlops(const Qm9NetworkConfig& config, int64_t num_nodes, int64_t num_edges);
+// FLOPs of one forward pass (Predict), counted the same way.
+double PredictFlops(const Qm9NetworkConfig& config, int64_t num_nodes, int64_t num_edges);
+// Bytes a training step must move at least: 8 accesses per parameter (forward read, backward read,
+// gradient write; SGD reads parameter, velocity, gradient and writes parameter, velocity) of
+// bytes_per_value each (4: fp32, 8: fp64), plus the batch in and the predictions out.
+double TrainingStepBytes(const Qm9NetworkConfig& config, int64_t num_nodes, int64_t num_edges, int bytes_per_value);
 
 }  // namespace tpserve::nn

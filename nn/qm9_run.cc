@@ -15,6 +15,7 @@ namespace {
 template <class T>
 struct ForwardState {
   std::vector<T> attr, edge_sh, edge_basis;
+  NodesBySpecies nodes_by_species;
   std::vector<std::vector<T>> layer_inputs;  // input of conv l (layer_inputs[0] = attr)
   std::vector<std::vector<T>> conv_outputs;  // output of conv l (the gate's input for l < layers-1)
   std::vector<ConvCache<T>> caches;
@@ -22,9 +23,7 @@ struct ForwardState {
 };
 
 template <class T>
-ConvInputs<T> LayerInputs(const Qm9NetworkStructure& s, const GraphBatch& batch, const ForwardState<T>& state,
-                          size_t layer) {
-  (void)s;
+ConvInputs<T> LayerInputs(const GraphBatch& batch, const ForwardState<T>& state, size_t layer) {
   ConvInputs<T> in;
   in.num_nodes = batch.num_nodes();
   in.num_edges = batch.num_edges();
@@ -34,6 +33,7 @@ ConvInputs<T> LayerInputs(const Qm9NetworkStructure& s, const GraphBatch& batch,
   in.edge_dst = batch.edge_dst.data();
   in.edge_sh = state.edge_sh.data();
   in.edge_basis = state.edge_basis.data();
+  in.nodes_by_species = &state.nodes_by_species;
   return in;
 }
 
@@ -43,7 +43,11 @@ void Embed(const Qm9NetworkConfig& config, const GraphBatch& batch, ForwardState
   const int64_t n = batch.num_nodes(), e = batch.num_edges();
   state->attr.assign(n * config.num_elements, T(0));
   const T one_hot = std::sqrt(static_cast<T>(config.num_elements));
-  for (int64_t node = 0; node < n; ++node) state->attr[node * config.num_elements + batch.species[node]] = one_hot;
+  state->nodes_by_species.assign(config.num_elements, {});
+  for (int64_t node = 0; node < n; ++node) {
+    state->attr[node * config.num_elements + batch.species[node]] = one_hot;
+    state->nodes_by_species[batch.species[node]].push_back(static_cast<int32_t>(node));
+  }
   std::vector<T> vectors(e * 3), lengths(e);
   for (int64_t edge = 0; edge < e; ++edge) {
     T squared = 0;
@@ -76,7 +80,7 @@ absl::Status RunForward(const Qm9NetworkStructure& s, const std::vector<T>& para
   state->layer_inputs[0] = state->attr;
   for (size_t l = 0; l < layers; ++l) {
     state->conv_outputs[l].resize(n * s.convs[l].irreps_out().dim());
-    RETURN_IF_ERROR(s.convs[l].Forward(params.data() + s.layer_offsets[l], LayerInputs(s, batch, *state, l),
+    RETURN_IF_ERROR(s.convs[l].Forward(params.data() + s.layer_offsets[l], LayerInputs(batch, *state, l),
                                        &state->caches[l], state->conv_outputs[l].data()));
     if (l + 1 < layers) {
       state->layer_inputs[l + 1].resize(n * s.gates[l].irreps_out().dim());
@@ -85,10 +89,10 @@ absl::Status RunForward(const Qm9NetworkStructure& s, const std::vector<T>& para
   }
   state->predictions.assign(int64_t{batch.num_graphs} * config.num_targets, T(0));
   const std::vector<T>& out = state->conv_outputs.back();
+  const int num_targets = config.num_targets;
   for (int64_t node = 0; node < n; ++node) {
-    for (int t = 0; t < config.num_targets; ++t) {
-      state->predictions[int64_t{batch.graph_index[node]} * config.num_targets + t] += out[node * config.num_targets + t];
-    }
+    T* graph = state->predictions.data() + int64_t{batch.graph_index[node]} * num_targets;
+    for (int t = 0; t < num_targets; ++t) graph[t] += out[node * num_targets + t];
   }
   return absl::OkStatus();
 }
@@ -107,7 +111,7 @@ absl::Status RunBackward(const Qm9NetworkStructure& s, const std::vector<T>& par
   }
   for (size_t l = s.convs.size(); l-- > 0;) {
     std::vector<T> grad_x(l > 0 ? n * s.convs[l].irreps_in().dim() : 0);
-    RETURN_IF_ERROR(s.convs[l].Backward(params.data() + s.layer_offsets[l], LayerInputs(s, batch, state, l),
+    RETURN_IF_ERROR(s.convs[l].Backward(params.data() + s.layer_offsets[l], LayerInputs(batch, state, l),
                                         state.caches[l], grad_y.data(), grad->data() + s.layer_offsets[l],
                                         l > 0 ? grad_x.data() : nullptr));
     if (l == 0) break;
@@ -120,8 +124,8 @@ absl::Status RunBackward(const Qm9NetworkStructure& s, const std::vector<T>& par
 template <class T>
 absl::Status CheckCall(const Qm9NetworkStructure& s, const std::vector<T>& params, const GraphBatch& batch) {
   if (static_cast<int64_t>(params.size()) != s.num_parameters) {
-    return absl::InvalidArgumentError(absl::StrFormat("params: expected %d values (the network's num_parameters), got %d",
-                                                      s.num_parameters, params.size()));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "params: expected %d values (the network's num_parameters), got %d", s.num_parameters, params.size()));
   }
   return ValidateGraphBatch(batch, s.config.num_elements);
 }

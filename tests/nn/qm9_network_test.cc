@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <functional>
+#include <thread>
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -72,7 +73,7 @@ void CheckGradientByFiniteDifferences(const Qm9Network& network, std::mt19937_64
   auto predictions = network.Predict(params, batch);
   ASSERT_TRUE(predictions.ok()) << predictions.status();
   std::vector<double> targets = *predictions;
-  for (size_t i = 0; i < targets.size(); ++i) targets[i] += (i % 2 ? 50.0 : -50.0);
+  for (size_t i = 0; i < targets.size(); ++i) targets[i] += (i % 2 ? 100.0 : -100.0);
   auto result = network.LossGradient(params, batch, targets);
   ASSERT_TRUE(result.ok()) << result.status();
   const double h = 1e-5;
@@ -246,6 +247,39 @@ TEST_F(Qm9NetworkTest, EmptyGraphsAndEdgelessNodes_GiveFiniteOutputs) {
   for (double g : result->gradient) EXPECT_TRUE(std::isfinite(g));
 }
 
+TEST_F(Qm9NetworkTest, ConcurrentCallsOnOneNetwork_GiveTheSequentialResults) {
+  CpuBackend backend(CpuBackendOptions{2});
+  auto network = Qm9Network::Create(TinyConfig(2, 4, 3), &backend);
+  ASSERT_TRUE(network.ok()) << network.status();
+  std::mt19937_64 rng(9);
+  std::vector<GraphBatch> batches;
+  std::vector<std::vector<double>> params, targets;
+  std::vector<LossAndGradient<double>> sequential;
+  for (int i = 0; i < 4; ++i) {
+    batches.push_back(RandomChainBatch(rng, 2, 6));
+    params.push_back(network->InitialParameters(100 + i));
+    targets.push_back(tpserve::testing::RandomNormal(8, rng));
+    auto result = network->LossGradient(params[i], batches[i], targets[i]);
+    ASSERT_TRUE(result.ok()) << result.status();
+    sequential.push_back(*std::move(result));
+  }
+  std::vector<absl::StatusOr<LossAndGradient<double>>> concurrent(4, absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  const Qm9Network copy = *network;  // copies share the structure
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] {
+      concurrent[i] = (i % 2 ? copy : *network).LossGradient(params[i], batches[i], targets[i]);
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(concurrent[i].ok()) << concurrent[i].status();
+    // equal up to rounding: the CPU backend's threads take paths in varying order
+    EXPECT_NEAR(concurrent[i]->loss, sequential[i].loss, 1e-13 * std::abs(sequential[i].loss)) << i;
+    EXPECT_LT(tpserve::testing::RelativeError(concurrent[i]->gradient, sequential[i].gradient), 1e-14) << i;
+  }
+}
+
 TEST(SgdMomentumTest, Step_FollowsTorchSemantics) {
   std::vector<double> params = {1.0, -2.0}, velocity;
   const SgdMomentumOptions options{0.1, 0.9};
@@ -279,8 +313,17 @@ TEST(TrainingStepFlopsTest, GrowsWithTheBatchAndTheWidth) {
   const double base = TrainingStepFlops(config, 486, 950);
   EXPECT_GT(base, 1e9);
   EXPECT_GT(TrainingStepFlops(config, 972, 1900), 1.9 * base);
+  const double predict = PredictFlops(config, 486, 950);
+  EXPECT_GT(base, 2.5 * predict);  // backward costs about twice the forward pass
+  EXPECT_LT(base, 3.5 * predict);
+  const double bytes = TrainingStepBytes(config, 486, 950, 4);
+  auto network = Qm9Network::Create(config, nullptr);
+  EXPECT_FALSE(network.ok());  // (Create needs a backend; the floors do not)
   config.mul = 256;
   EXPECT_GT(TrainingStepFlops(config, 486, 950), 3 * base);
+  EXPECT_GT(TrainingStepBytes(config, 486, 950, 4), 3 * bytes);
+  config.lmax = 7;
+  EXPECT_EQ(TrainingStepFlops(config, 486, 950), 0);
 }
 
 }  // namespace
