@@ -72,6 +72,8 @@ ABSL_FLAG(bool, metrics_auth, false, "/metrics requires 'Authorization: Bearer <
 ABSL_FLAG(bool, metrics_tls, false, "/metrics over HTTPS with --tls_cert/--tls_key");
 // ---- limits against clients that exhaust the server (docs/SERVER.md, "Limits") ----
 ABSL_FLAG(int64_t, max_paths, 16384, "paths a created model may have; more: INVALID_ARGUMENT before any work");
+ABSL_FLAG(int64_t, max_graph_nodes, 100000, "network models: most nodes in one Predict/TrainStep request");
+ABSL_FLAG(int64_t, max_graph_edges, 1000000, "network models: most directed edges in one Predict/TrainStep request");
 ABSL_FLAG(int64_t, max_memory_bytes, 0,
           "memory budget for weights, uploads, unread results, downloads, gradients (0: half of RAM); "
           "past it: RESOURCE_EXHAUSTED");
@@ -179,6 +181,8 @@ absl::StatusOr<ServerConfig> LoadConfig() {
   // ---- limits ----
   take("max_paths", c.core.max_paths, absl::GetFlag(FLAGS_max_paths));
   take("max_memory_bytes", c.core.max_memory_bytes, absl::GetFlag(FLAGS_max_memory_bytes));
+  take("max_graph_nodes", c.core.max_graph_nodes, absl::GetFlag(FLAGS_max_graph_nodes));
+  take("max_graph_edges", c.core.max_graph_edges, absl::GetFlag(FLAGS_max_graph_edges));
   take("upload_idle_seconds", c.transport.upload_idle_seconds, absl::GetFlag(FLAGS_upload_idle_seconds));
   take("idle_release_seconds", c.transport.idle_release_seconds, absl::GetFlag(FLAGS_idle_release_seconds));
   take("max_open_watch_streams", c.transport.max_open_watch_streams, absl::GetFlag(FLAGS_max_open_watch_streams));
@@ -194,6 +198,9 @@ absl::StatusOr<ServerConfig> LoadConfig() {
        absl::GetFlag(FLAGS_max_connection_age_seconds));
   take("max_connection_age_grace_seconds", c.transport.max_connection_age_grace_seconds,
        absl::GetFlag(FLAGS_max_connection_age_grace_seconds));
+  if (c.core.max_graph_nodes < 1 || c.core.max_graph_edges < 0) {
+    return absl::InvalidArgumentError("--max_graph_nodes: expected >= 1; --max_graph_edges: expected >= 0");
+  }
   if (c.core.max_paths < 1 || c.core.max_memory_bytes < 0) {
     return absl::InvalidArgumentError("--max_paths: expected >= 1; --max_memory_bytes: expected >= 0 (0: half of RAM)");
   }
@@ -266,7 +273,13 @@ int Main() {
     return 2;
   }
   if (!injected->empty()) std::cerr << "tpserve: warning: " << *injected << "\n";
-  auto core = InferenceCore::Create(config->core, *std::move(backends), &metrics);
+  // Network models run on a CPU backend of their own, whatever serves the tensor products.
+  auto network_backend = MakeBackend("cpu");
+  if (!network_backend.ok()) {
+    std::cerr << "tpserve: " << network_backend.status() << "\n";
+    return 1;
+  }
+  auto core = InferenceCore::Create(config->core, *std::move(backends), &metrics, *std::move(network_backend));
   if (!core.ok()) {
     // A damaged repository: one line naming the file and what is wrong.
     std::cerr << "tpserve: " << core.status().message()

@@ -81,6 +81,8 @@ absl::Status ApplyConfigFile(const std::string& path, ServerConfig* config) {
       // ---- limits ----
       else if (key == "max_paths") config->core.max_paths = value.get<int64_t>();
       else if (key == "max_memory_bytes") config->core.max_memory_bytes = value.get<int64_t>();
+      else if (key == "max_graph_nodes") config->core.max_graph_nodes = value.get<int64_t>();
+      else if (key == "max_graph_edges") config->core.max_graph_edges = value.get<int64_t>();
       else if (key == "upload_idle_seconds") config->transport.upload_idle_seconds = value.get<double>();
       else if (key == "idle_release_seconds") config->transport.idle_release_seconds = value.get<double>();
       else if (key == "max_open_watch_streams") config->transport.max_open_watch_streams = value.get<int64_t>();

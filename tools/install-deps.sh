@@ -7,7 +7,7 @@ packages=(
   libabsl-dev libgrpc++-dev libgrpc-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
   prometheus-cpp-dev libopenblas-dev nlohmann-json3-dev libssl-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
-  openssl curl python3
+  openssl curl python3 zlib1g-dev
 )
 # What only the tests need: the deployment files' checks (deploy/validate/run.sh: YAML, shell,
 # Prometheus config), the Python client tests, and Node.js + npm for the Node client tests (any

@@ -46,6 +46,11 @@ remote commands (--server HOST:PORT required):
   get-weights|get-grad --model M --out F.npy;  put-weights --model M --weights W.npy [--expected-version V (0: any)]
   sgd-step --model M --lr LR [--zero-grad]
   health [--service NAME]   exit 0 only while the server (or NAME) is SERVING (no token needed)
+  qm9 create NAME --lmax L --mul M [--layers N (6)] [--seed K (0)]     a QM9 network model
+  qm9 train NAME (--data PATH | --generate N) --steps S [--batch B (27)] [--lr X (1e-2)] [--momentum X (0.9)]
+          [--seed K (0): of generated molecules] [--targets mu,alpha,homo,lumo]   prints the loss per step
+  qm9 predict NAME (--data PATH | --generate N) [--batch B (27)] [--out F.npy]   per-molecule outputs
+      --data: an .npz, an .sdf (+ PATH.csv) or a directory holding one (README, "QM9 data")
   connection flags: --token T ($TPSERVE_TOKEN) --tls (off) --tls-ca PEM (system roots) --tls-server-name N
                     --tls-cert PEM --tls-key PEM (client certificate, for servers with --tls_client_ca)
                     --timeout S (0: none) --precision fp32|tf32|bf16 (fp32)

@@ -15,6 +15,7 @@
 #include "client/lib/tp_client.h"
 #include "client/npy.h"
 #include "client/tpctl/args.h"
+#include "client/tpctl/qm9_commands.h"
 #include "kernels/core/status_macros.h"
 
 namespace tpserve {
@@ -93,6 +94,12 @@ absl::Status WriteFloats(const std::string& path, const std::vector<float>& valu
 }
 
 void PrintModel(const tp::v1::ModelInfo& m) {
+  if (m.kind() == "qm9") {
+    std::cout << absl::StrFormat("%s  kind qm9  lmax %d  mul %d  layers %d  parameters %d  version %d  fnv1a64 %016x\n",
+                                 m.name(), m.qm9().lmax(), m.qm9().mul(), m.qm9().layers(), m.weight_numel(),
+                                 m.version(), m.weights_fnv1a64());
+    return;
+  }
   std::cout << absl::StrFormat("%s  version %d  weights %d  in1 %s  in2 %s  out %s  paths %d  fnv1a64 %016x\n",
                                m.name(), m.version(), m.weight_numel(), m.spec().irreps_in1(),
                                m.spec().irreps_in2(), m.spec().irreps_out(), m.num_paths(), m.weights_fnv1a64());
@@ -284,6 +291,7 @@ absl::Status Run(const std::string& command, const std::vector<std::string>& arg
     }
     return absl::OkStatus();
   }
+  if (command == "qm9") return RunQm9Command(argv, kConnectionFlags, Connect);
   if (command == "sgd-step") {
     ASSIGN_OR_RETURN(CommandArgs args, CommandArgs::Parse(argv, With({"model", "lr"}), {"tls", "zero-grad"}));
     ASSIGN_OR_RETURN(auto client, Connect(args));

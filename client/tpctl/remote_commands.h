@@ -9,6 +9,7 @@
 //                (DIR/grad_x1.npy, grad_x2.npy with --grad-out; out.npy with --loss; grad_weight.npy)
 //   get-weights  --model N --out W.npy      put-weights --model N --weights W.npy [--expected-version V]
 //   get-grad     --model N --out G.npy      zero-grad --model N      sgd-step --model N --lr X [--zero-grad]
+//   qm9          create|train|predict NAME ...: network models (qm9_commands.h)
 //   health       [--service NAME]   grpc.health.v1 Check ("" = the server); prints the status,
 //                exits 0 only for SERVING (1 for NOT_SERVING or no answer, 2 for an unknown service)
 //   eval --server ...  the local eval's flags and outputs, computed by the service (on a temporary

@@ -34,6 +34,10 @@ struct CoreConfig {
   int64_t max_paths = 16384;
   // The memory budget (memory_budget.h); 0: half of RAM (or of the cgroup's limit).
   int64_t max_memory_bytes = 0;
+  // Network models (Predict, TrainStep): most nodes and directed edges in one request's graphs
+  // (more: INVALID_ARGUMENT naming the limit).
+  int64_t max_graph_nodes = 100000;
+  int64_t max_graph_edges = 1000000;
 
   std::string DebugString() const;
 };

@@ -124,13 +124,15 @@ InferenceCore::InferenceCore(CoreConfig config, CoreObserver* observer)
 
 absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(CoreConfig config,
                                                                      std::vector<std::unique_ptr<Backend>> backends,
-                                                                     CoreObserver* observer) {
+                                                                     CoreObserver* observer,
+                                                                     std::unique_ptr<Backend> network_backend) {
   if (backends.empty()) return absl::InvalidArgumentError("the inference core needs at least one backend");
   if (config.max_batch_size < 1 || config.max_queued_requests < 1 || config.max_queue_delay_us < 0) {
     return absl::InvalidArgumentError(
         "max_batch_size and max_queued_requests must be >= 1, max_queue_delay_us >= 0");
   }
   std::unique_ptr<InferenceCore> core(new InferenceCore(std::move(config), observer));
+  core->network_backend_ = std::move(network_backend);
   RETURN_IF_ERROR(core->repository_.Init());
   ASSIGN_OR_RETURN(RepositoryContents stored, core->repository_.Scan());
   std::vector<DamagedModel> damaged = std::move(stored.damaged);
@@ -159,6 +161,12 @@ absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(CoreConfig 
     model->HoldMemory(std::move(memory));
     core->models_[m.name] = std::move(model);
   }
+  for (StoredNetwork& n : stored.networks) {
+    const std::string name = n.name;
+    if (absl::Status added = core->AddStoredNetwork(std::move(n)); !added.ok()) {
+      damaged.push_back(DamagedModel{name, core->config_.model_dir + "/" + name, added});
+    }
+  }
   std::sort(damaged.begin(), damaged.end(),
             [](const DamagedModel& a, const DamagedModel& b) { return a.name < b.name; });
   for (const DamagedModel& d : damaged) {
@@ -170,6 +178,7 @@ absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(CoreConfig 
               << aside << "\n";
   }
   for (const auto& [name, model] : core->models_) core->observer_->OnModelAdded(name);
+  for (const auto& [name, model] : core->networks_) core->observer_->OnModelAdded(name);
   core->batcher_ = std::make_unique<Batcher>(BatcherConfig{core->config_.max_batch_size,
                                                            core->config_.max_queue_delay_us,
                                                            core->config_.max_queued_requests,
@@ -265,7 +274,7 @@ std::vector<std::string> InferenceCore::devices() const {
 absl::StatusOr<std::shared_ptr<Model>> InferenceCore::FindModel(const std::string& name) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = models_.find(name);
-  if (it == models_.end()) return NotFound(name);
+  if (it == models_.end()) return networks_.count(name) ? WrongKind(name, kTensorProductKind) : NotFound(name);
   return it->second;
 }
 
@@ -313,7 +322,9 @@ absl::StatusOr<ModelInfo> InferenceCore::CreateModel(const std::string& name, Te
   std::lock_guard<std::mutex> create_lock(create_mu_);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (models_.count(name)) return absl::AlreadyExistsError(absl::StrCat("model '", name, "' already exists"));
+    if (models_.count(name) || networks_.count(name)) {
+      return absl::AlreadyExistsError(absl::StrCat("model '", name, "' already exists"));
+    }
   }
   std::vector<float> initial = weights.has_value() ? *std::move(weights) : SeededWeights(plan.weight_numel(), seed);
   WeightsSnapshot snapshot = MakeSnapshot(1, std::move(initial));
@@ -341,6 +352,9 @@ absl::StatusOr<ModelInfo> InferenceCore::CreateModel(const std::string& name, Te
 }
 
 absl::StatusOr<ModelInfo> InferenceCore::GetModel(const std::string& name) const {
+  if (absl::StatusOr<std::shared_ptr<NetworkModel>> network = FindNetworkModel(name); network.ok()) {
+    return (*network)->Info();
+  }
   ASSIGN_OR_RETURN(std::shared_ptr<Model> model, FindModel(name));
   return model->Info();
 }
@@ -349,11 +363,25 @@ std::vector<ModelInfo> InferenceCore::ListModels() const {
   std::vector<ModelInfo> infos;
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& [name, model] : models_) infos.push_back(model->Info());
+  for (const auto& [name, model] : networks_) infos.push_back(model->Info());
+  std::sort(infos.begin(), infos.end(), [](const ModelInfo& a, const ModelInfo& b) { return a.name < b.name; });
   return infos;
 }
 
 absl::Status InferenceCore::DeleteModel(const std::string& name) {
   std::lock_guard<std::mutex> create_lock(create_mu_);
+  if (absl::StatusOr<std::shared_ptr<NetworkModel>> network = FindNetworkModel(name); network.ok()) {
+    // After any training step in progress (it commits to this model's directory).
+    std::lock_guard<std::mutex> update_lock((*network)->update_mutex());
+    RETURN_IF_ERROR(repository_.Remove(name));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      networks_.erase(name);
+    }
+    (*network)->MarkDeleted();
+    observer_->OnModelRemoved(name);
+    return absl::OkStatus();
+  }
   ASSIGN_OR_RETURN(std::shared_ptr<Model> model, FindModel(name));
   std::lock_guard<std::mutex> update_lock(model->update_mutex());
   RETURN_IF_ERROR(repository_.Remove(name));
@@ -576,12 +604,13 @@ std::string CoreConfig::DebugString() const {
   return absl::StrFormat(
       "model_dir=%s skip_damaged_models=%s max_batch_size=%d max_queue_delay_us=%d max_queued_requests=%d "
       "max_queued_bytes=%d non_finite=%s max_inline_grad_bytes=%d max_pinned_host_bytes=%d max_paths=%d "
-      "max_memory_bytes=%s",
+      "max_memory_bytes=%s max_graph_nodes=%d max_graph_edges=%d",
       model_dir.empty() ? "(memory)" : model_dir, skip_damaged_models ? "on" : "off", max_batch_size,
       max_queue_delay_us, max_queued_requests, max_queued_bytes, reject_non_finite ? "reject" : "pass",
       max_inline_grad_bytes, max_pinned_host_bytes, max_paths,
       max_memory_bytes > 0 ? absl::StrCat(max_memory_bytes)
-                           : absl::StrCat(MemoryBudget::DefaultLimitBytes(), " (half of RAM)"));
+                           : absl::StrCat(MemoryBudget::DefaultLimitBytes(), " (half of RAM)"),
+      max_graph_nodes, max_graph_edges);
 }
 
 }  // namespace tpserve::server

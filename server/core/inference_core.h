@@ -26,6 +26,7 @@
 #include "server/core/memory_budget.h"
 #include "server/core/model.h"
 #include "server/core/model_repository.h"
+#include "server/core/network_model.h"
 #include "server/core/observer.h"
 #include "server/core/request.h"
 #include "server/core/worker.h"
@@ -50,9 +51,12 @@ class InferenceCore {
  public:
   // One worker per backend (one per GPU, or a single CPU backend). Loads every model of the
   // repository named by config.model_dir. `observer` may be null; it must outlive the core.
+  // `network_backend` (a host-memory backend: the CPU backend) runs the network models; without
+  // one they cannot be created, and a stored one counts as damaged.
   static absl::StatusOr<std::unique_ptr<InferenceCore>> Create(CoreConfig config,
                                                                std::vector<std::unique_ptr<Backend>> backends,
-                                                               CoreObserver* observer);
+                                                               CoreObserver* observer,
+                                                               std::unique_ptr<Backend> network_backend = nullptr);
   ~InferenceCore();
 
   const CoreConfig& config() const { return config_; }
@@ -72,7 +76,10 @@ class InferenceCore {
                                         std::optional<std::vector<float>> weights, uint64_t seed);
   absl::StatusOr<ModelInfo> CreateModel(const std::string& name, TensorProductPlan plan,
                                         std::optional<std::vector<float>> weights, uint64_t seed);
+  // Models of both kinds (a network model's ModelInfo has kind "qm9").
   absl::StatusOr<ModelInfo> GetModel(const std::string& name) const;
+  // A tensor-product model: NOT_FOUND, or FAILED_PRECONDITION naming the kind when `name` is a
+  // network model (so Forward, Backward, weight and gradient calls refuse one).
   absl::StatusOr<std::shared_ptr<Model>> FindModel(const std::string& name) const;
   std::vector<ModelInfo> ListModels() const;
   absl::Status DeleteModel(const std::string& name);
@@ -94,6 +101,25 @@ class InferenceCore {
   // weights are saved, then swapped in, then (zero_gradient) the gradient that went into them is
   // taken out of the buffer; a failed save leaves weights, version and gradient as they were.
   absl::StatusOr<ModelInfo> SgdStep(const std::string& name, double learning_rate, bool zero_gradient);
+
+  // ---- network models (kind "qm9", network_model.h) ------------------------------------
+  // Runs on the calling thread on the network backend (the batcher and workers launch tensor
+  // products on devices; a network call is a whole forward/backward pass on the host).
+  // Seeded initialization (e3nn's N(0, 1)) and zero velocity, durable before it returns.
+  absl::StatusOr<ModelInfo> CreateNetworkModel(const std::string& name, const NetworkSpec& spec, uint64_t seed);
+  // NOT_FOUND, or FAILED_PRECONDITION naming the kind when `name` is a tensor-product model.
+  absl::StatusOr<std::shared_ptr<NetworkModel>> FindNetworkModel(const std::string& name) const;
+  // INVALID_ARGUMENT for a graph batch past max_graph_nodes / max_graph_edges (naming the limit)
+  // or failing nn::ValidateGraphBatch (naming what is wrong).
+  absl::Status ValidateGraphs(const nn::GraphBatch& graphs, int num_elements = 5) const;
+  // Per-graph outputs at the model's current version.
+  absl::StatusOr<NetworkPrediction> Predict(const std::string& name, const nn::GraphBatch& graphs);
+  // One SGD-with-momentum step on the L1 loss, all or nothing: steps on one model run one at a
+  // time; the new parameters and velocity are saved, then swapped in (Predict sees the old or the
+  // new version, never a mix). expected_version 0: unconditional.
+  absl::StatusOr<NetworkTrainResult> TrainStep(const std::string& name, const nn::GraphBatch& graphs,
+                                               const std::vector<double>& targets, double learning_rate,
+                                               double momentum, uint64_t expected_version);
 
   // ---- compute -------------------------------------------------------------------------
   // Checks a request against its model (NOT_FOUND, INVALID_ARGUMENT naming expected shapes).
@@ -155,8 +181,16 @@ class InferenceCore {
   std::unique_ptr<MemoryBudget> budget_;
   int host_workers_ = 0;  // workers whose replicas live in host memory (see ModelMemoryBytes)
 
-  mutable std::mutex mu_;  // models_
+  absl::Status AddStoredNetwork(StoredNetwork stored);
+  // FAILED_PRECONDITION naming the kind that `name` has instead (call with mu_ held).
+  absl::Status WrongKind(const std::string& name, const char* wanted) const;
+  // Budget bytes a network model holds while it exists: parameters and velocity.
+  static int64_t NetworkMemoryBytes(int64_t num_parameters) { return num_parameters * 2 * int64_t{sizeof(double)}; }
+
+  mutable std::mutex mu_;  // models_, networks_ (one namespace: a name is one model of one kind)
   std::map<std::string, std::shared_ptr<Model>> models_;
+  std::map<std::string, std::shared_ptr<NetworkModel>> networks_;
+  std::unique_ptr<Backend> network_backend_;
   std::mutex create_mu_;  // serializes create/delete with their disk writes
   std::atomic<bool> shut_down_{false};
 

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/core/plan.h"
 #include "server/core/memory_budget.h"
+#include "server/core/network_spec.h"
 
 namespace tpserve::server {
 
@@ -34,6 +35,9 @@ struct WeightsSnapshot {
 // What clients see of a model.
 struct ModelInfo {
   std::string name;
+  std::string kind = kTensorProductKind;  // or kQm9Kind: `network` applies, and weight_numel counts
+                                          // its float64 parameters (dims and paths are 0)
+  NetworkSpec network;
   ModelSpec spec;  // normalized to e3nn's printing
   int64_t weight_numel = 0, dim_in1 = 0, dim_in2 = 0, dim_out = 0;
   int num_paths = 0;

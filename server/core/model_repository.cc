@@ -88,6 +88,32 @@ std::string ConfigJson(const std::string& name, const ModelSpec& spec, uint64_t 
   return config.dump(2) + "\n";
 }
 
+std::string StateFileName(uint64_t version) { return absl::StrCat("state-v", version, ".bin"); }
+
+// Parameters then velocity, as the state file holds them.
+std::vector<double> StateBytes(const std::vector<double>& parameters, const std::vector<double>& velocity) {
+  std::vector<double> state(parameters);
+  state.insert(state.end(), velocity.begin(), velocity.end());
+  return state;
+}
+
+std::string NetworkConfigJson(const std::string& name, const NetworkSpec& spec, uint64_t version,
+                              int64_t num_parameters, uint64_t fnv) {
+  nlohmann::json config = {{"format", 1},
+                           {"kind", kQm9Kind},
+                           {"name", name},
+                           {"lmax", spec.lmax},
+                           {"mul", spec.mul},
+                           {"layers", spec.layers},
+                           {"num_elements", spec.num_elements},
+                           {"num_targets", spec.num_targets},
+                           {"version", version},
+                           {"num_parameters", num_parameters},
+                           {"state_file", StateFileName(version)},
+                           {"state_fnv1a64", fnv}};
+  return config.dump(2) + "\n";
+}
+
 std::string Nonce() {
   static std::atomic<uint64_t> counter{0};
   return absl::StrCat(::getpid(), "-", counter.fetch_add(1));
@@ -95,19 +121,20 @@ std::string Nonce() {
 
 // The only weights file names the repository writes: a config.json naming anything else (such
 // as "../x") is damaged, and nothing outside the model's directory is ever read.
-bool IsWeightsFileName(const std::string& file) {
-  if (!absl::StartsWith(file, "weights-v") || !absl::EndsWith(file, ".bin")) return false;
-  const std::string digits = file.substr(9, file.size() - 9 - 4);
+bool IsVersionedFileName(const std::string& file, const std::string& prefix) {
+  if (!absl::StartsWith(file, prefix) || !absl::EndsWith(file, ".bin")) return false;
+  const std::string digits = file.substr(prefix.size(), file.size() - prefix.size() - 4);
   return !digits.empty() && digits.size() <= 20 &&
          std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
+
+bool IsWeightsFileName(const std::string& file) { return IsVersionedFileName(file, "weights-v"); }
 
 absl::Status Damaged(const std::string& name, const std::string& what) {
   return absl::DataLossError(absl::StrCat("model '", name, "': ", what));
 }
 
-absl::StatusOr<StoredModel> LoadOne(const std::string& dir, const std::string& name) {
-  const std::string config_path = dir + "/config.json";
+absl::StatusOr<nlohmann::json> ReadConfig(const std::string& config_path, const std::string& name) {
   std::ifstream in(config_path);
   if (!in) return Damaged(name, absl::StrCat(config_path, " is missing or unreadable"));
   std::stringstream text;
@@ -117,6 +144,76 @@ absl::StatusOr<StoredModel> LoadOne(const std::string& dir, const std::string& n
     return Damaged(name, absl::StrCat(config_path, " is not a JSON object",
                                       text.str().empty() ? " (the file is empty)" : ""));
   }
+  return config;
+}
+
+// Removes what an interrupted commit left: other versions of `prefix` files and temp files.
+void RemoveOrphans(const std::string& dir, const std::string& current, const std::string& prefix) {
+  std::error_code error;
+  for (fs::directory_iterator it(dir, error), end; !error && it != end; it.increment(error)) {
+    std::string file = it->path().filename().string();
+    if (file != current && (absl::StartsWith(file, prefix) || absl::EndsWith(file, ".tmp"))) {
+      std::error_code ignored;
+      fs::remove(it->path(), ignored);
+    }
+  }
+}
+
+absl::StatusOr<StoredNetwork> LoadNetwork(const std::string& dir, const std::string& name,
+                                          const nlohmann::json& config) {
+  const std::string config_path = dir + "/config.json";
+  StoredNetwork network;
+  std::string state_file;
+  int64_t num_parameters = 0;
+  uint64_t fnv = 0;
+  try {
+    network.name = config.at("name").get<std::string>();
+    network.spec.lmax = config.at("lmax").get<int>();
+    network.spec.mul = config.at("mul").get<int>();
+    network.spec.layers = config.at("layers").get<int>();
+    network.spec.num_elements = config.at("num_elements").get<int>();
+    network.spec.num_targets = config.at("num_targets").get<int>();
+    network.version = config.at("version").get<uint64_t>();
+    num_parameters = config.at("num_parameters").get<int64_t>();
+    state_file = config.at("state_file").get<std::string>();
+    fnv = config.at("state_fnv1a64").get<uint64_t>();
+  } catch (const std::exception& e) {
+    return Damaged(name, absl::StrCat(config_path, ": ", e.what()));
+  }
+  if (network.name != name) return Damaged(name, absl::StrCat(config_path, " names model '", network.name, "'"));
+  if (!IsVersionedFileName(state_file, "state-v")) {
+    return Damaged(name, absl::StrCat(config_path, ": state_file '", state_file,
+                                      "' is not a file name of the form state-v<N>.bin"));
+  }
+  if (num_parameters < 1 || num_parameters > kMaxServedWeightNumel) {
+    return Damaged(name, absl::StrCat(config_path, ": num_parameters ", num_parameters, " is outside [1, ",
+                                      kMaxServedWeightNumel, "]"));
+  }
+  const std::string state_path = dir + "/" + state_file;
+  const int64_t expected_bytes = num_parameters * 2 * int64_t{sizeof(double)};
+  struct stat state_stat {};
+  if (::stat(state_path.c_str(), &state_stat) != 0 || !S_ISREG(state_stat.st_mode)) {
+    return Damaged(name, absl::StrCat(state_path, " is missing (config.json names it)"));
+  }
+  if (state_stat.st_size != expected_bytes) {
+    return Damaged(name, absl::StrCat(state_path, " holds ", state_stat.st_size, " bytes, expected ", expected_bytes,
+                                      " (", num_parameters, " float64 parameters and as many velocities)"));
+  }
+  std::vector<double> state(static_cast<size_t>(2 * num_parameters));
+  std::ifstream in(state_path, std::ios::binary);
+  in.read(reinterpret_cast<char*>(state.data()), expected_bytes);
+  if (!in || in.gcount() != expected_bytes) return Damaged(name, absl::StrCat(state_path, " cannot be read"));
+  if (Fnv1a64(state.data(), static_cast<size_t>(expected_bytes)) != fnv) {
+    return Damaged(name, absl::StrCat(state_path, " fails its checksum (state_fnv1a64 in config.json)"));
+  }
+  network.parameters.assign(state.begin(), state.begin() + num_parameters);
+  network.velocity.assign(state.begin() + num_parameters, state.end());
+  RemoveOrphans(dir, state_file, "state-v");
+  return network;
+}
+
+absl::StatusOr<StoredModel> LoadOne(const std::string& dir, const std::string& name, const nlohmann::json& config) {
+  const std::string config_path = dir + "/config.json";
   StoredModel model;
   std::string weights_file;
   int64_t weight_numel = 0;
@@ -164,14 +261,7 @@ absl::StatusOr<StoredModel> LoadOne(const std::string& dir, const std::string& n
     return Damaged(name, absl::StrCat(weights_path, " fails its checksum (weights_fnv1a64 in config.json)"));
   }
   // Orphans of an interrupted weight commit: other versions and temp files, nothing else.
-  std::error_code error;
-  for (fs::directory_iterator it(dir, error), end; !error && it != end; it.increment(error)) {
-    std::string file = it->path().filename().string();
-    if (file != weights_file && (absl::StartsWith(file, "weights-v") || absl::EndsWith(file, ".tmp"))) {
-      std::error_code ignored;
-      fs::remove(it->path(), ignored);
-    }
-  }
+  RemoveOrphans(dir, weights_file, "weights-v");
   return model;
 }
 
@@ -214,7 +304,24 @@ absl::StatusOr<RepositoryContents> ModelRepository::Scan() {
   std::sort(names.begin(), names.end());
   for (const std::string& name : names) {
     const std::string dir = root_ + "/" + name;
-    absl::StatusOr<StoredModel> model = LoadOne(dir, name);
+    absl::StatusOr<nlohmann::json> config = ReadConfig(dir + "/config.json", name);
+    if (!config.ok()) {
+      contents.damaged.push_back(DamagedModel{name, dir, config.status()});
+      continue;
+    }
+    const auto kind = config->find("kind");
+    if (kind != config->end() && *kind == kQm9Kind) {
+      absl::StatusOr<StoredNetwork> network = LoadNetwork(dir, name, *config);
+      if (network.ok()) contents.networks.push_back(*std::move(network));
+      else contents.damaged.push_back(DamagedModel{name, dir, network.status()});
+      continue;
+    }
+    if (kind != config->end() && *kind != kTensorProductKind) {
+      contents.damaged.push_back(DamagedModel{
+          name, dir, Damaged(name, absl::StrCat(dir, "/config.json: kind ", kind->dump(), "; expected \"tp\" or \"qm9\""))});
+      continue;
+    }
+    absl::StatusOr<StoredModel> model = LoadOne(dir, name, *config);
     if (model.ok()) contents.models.push_back(*std::move(model));
     else contents.damaged.push_back(DamagedModel{name, dir, model.status()});
   }
@@ -278,6 +385,48 @@ absl::Status ModelRepository::WriteWeights(const std::string& name, const ModelS
       fs::remove(entry.path(), ignored);
     }
   }
+  return absl::OkStatus();
+}
+
+absl::Status ModelRepository::CreateNetwork(const StoredNetwork& network) {
+  if (!persistent()) return absl::OkStatus();
+  std::string final_dir = root_ + "/" + network.name;
+  if (fs::exists(final_dir)) return absl::AlreadyExistsError(absl::StrCat("model '", network.name, "' exists"));
+  std::string tmp_dir = absl::StrCat(root_, "/.tmp-", network.name, "-", Nonce());
+  if (::mkdir(tmp_dir.c_str(), 0755) != 0) return ErrnoError("mkdir", tmp_dir);
+  const std::vector<double> state = StateBytes(network.parameters, network.velocity);
+  const size_t bytes = state.size() * sizeof(double);
+  std::string config = NetworkConfigJson(network.name, network.spec, network.version,
+                                         static_cast<int64_t>(network.parameters.size()), Fnv1a64(state.data(), bytes));
+  absl::Status status = WriteAndSync(tmp_dir + "/" + StateFileName(network.version), state.data(), bytes);
+  if (status.ok()) status = WriteAndSync(tmp_dir + "/config.json", config.data(), config.size());
+  if (status.ok()) status = FsyncPath(tmp_dir, true);
+  if (status.ok() && ::rename(tmp_dir.c_str(), final_dir.c_str()) != 0) {
+    status = errno == ENOTEMPTY || errno == EEXIST
+                 ? absl::AlreadyExistsError(absl::StrCat("model '", network.name, "' exists"))
+                 : ErrnoError("rename", tmp_dir);
+  }
+  if (!status.ok()) {
+    std::error_code ignored;
+    fs::remove_all(tmp_dir, ignored);
+    return status;
+  }
+  return FsyncPath(root_, true);
+}
+
+absl::Status ModelRepository::WriteNetworkState(const std::string& name, const NetworkSpec& spec, uint64_t version,
+                                                const std::vector<double>& parameters,
+                                                const std::vector<double>& velocity) {
+  if (!persistent()) return absl::OkStatus();
+  std::string dir = root_ + "/" + name;
+  const std::string state_file = StateFileName(version);
+  const std::vector<double> state = StateBytes(parameters, velocity);
+  const size_t bytes = state.size() * sizeof(double);
+  RETURN_IF_ERROR(WriteFileAtomic(dir, state_file, state.data(), bytes));
+  std::string config = NetworkConfigJson(name, spec, version, static_cast<int64_t>(parameters.size()),
+                                         Fnv1a64(state.data(), bytes));
+  RETURN_IF_ERROR(WriteFileAtomic(dir, "config.json", config.data(), config.size()));
+  RemoveOrphans(dir, state_file, "state-v");
   return absl::OkStatus();
 }
 

@@ -5,11 +5,20 @@
 //   <name>/config.json           {"name", "irreps_in1", "irreps_in2", "irreps_out", "version",
 //                                  "weight_numel", "weights_file", "weights_fnv1a64", "format": 1}
 //   <name>/weights-v<N>.bin      weight_numel float32, little-endian, e3nn's flat layout
+// or, for a network model (kind "qm9", network_spec.h):
+//   <name>/config.json           {"format": 1, "kind": "qm9", "name", "lmax", "mul", "layers",
+//                                  "num_elements", "num_targets", "version", "num_parameters",
+//                                  "state_file", "state_fnv1a64"}
+//   <name>/state-v<N>.bin        num_parameters float64 parameters, then num_parameters float64
+//                                momentum velocities, little-endian (one file: the two always
+//                                change together, so one rename commits both)
+// A config.json without "kind" is a tensor-product model (every model written before network
+// models existed).
 // Commit protocol (every step that publishes is a rename after fsync, then an fsync of the
 // directory, so a reader after a crash sees either the old or the new file, complete):
 //   create:  write both files into .tmp-<name>-<nonce>/, fsync them and the directory, rename the
 //            directory to <name>, fsync root.
-//   weights: write weights-v<N>.bin (temp + fsync + rename + fsync dir), then config.json pointing
+//   weights (and network state, the same with state-v<N>.bin): write weights-v<N>.bin (temp + fsync + rename + fsync dir), then config.json pointing
 //            at it (same), then unlink the previous weights file. A crash between the two leaves
 //            config.json naming the old, intact file; the orphan is removed at the next load.
 //   delete:  rename <name> to .deleted-<name>-<nonce>, fsync root, then remove it.
@@ -26,6 +35,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/core/model.h"
+#include "server/core/network_spec.h"
 
 namespace tpserve::server {
 
@@ -37,6 +47,15 @@ struct StoredModel {
   uint64_t weights_fnv1a64 = 0;
 };
 
+// A network model as stored: its spec, and its parameters and optimizer state at one version.
+struct StoredNetwork {
+  std::string name;
+  NetworkSpec spec;
+  uint64_t version = 0;
+  std::vector<double> parameters;
+  std::vector<double> velocity;  // the same length as parameters (zeros before the first step)
+};
+
 // A model directory that cannot be loaded: `why` (DATA_LOSS) names the file and what is wrong.
 struct DamagedModel {
   std::string name;
@@ -46,6 +65,7 @@ struct DamagedModel {
 
 struct RepositoryContents {
   std::vector<StoredModel> models;    // sorted by name
+  std::vector<StoredNetwork> networks;  // sorted by name
   std::vector<DamagedModel> damaged;  // sorted by name
 };
 
@@ -59,7 +79,7 @@ class ModelRepository {
   // Creates root if needed and removes leftovers of interrupted writes (.tmp-*, .deleted-*).
   // FAILED_PRECONDITION when root exists but is not a directory.
   absl::Status Init();
-  // Every committed model, sorted by name. A model whose files fail their checks is an error
+  // Every committed tensor-product model, sorted by name. A model whose files fail their checks is an error
   // naming it (the server refuses to start rather than serve wrong weights).
   absl::StatusOr<std::vector<StoredModel>> LoadAll();
   // Every model directory, loaded or reported damaged; an error only when root cannot be read.
@@ -73,6 +93,11 @@ class ModelRepository {
   // Commits `weights` as `version` of an existing model.
   absl::Status WriteWeights(const std::string& name, const ModelSpec& spec, uint64_t version,
                             const std::vector<float>& weights, uint64_t weights_fnv1a64);
+  // Network models: created, and their state committed, with the same protocol as weights.
+  // Remove works for both kinds.
+  absl::Status CreateNetwork(const StoredNetwork& network);
+  absl::Status WriteNetworkState(const std::string& name, const NetworkSpec& spec, uint64_t version,
+                                 const std::vector<double>& parameters, const std::vector<double>& velocity);
   absl::Status Remove(const std::string& name);
 
  private:

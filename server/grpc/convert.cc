@@ -58,6 +58,15 @@ void ToProto(const ModelInfo& info, tp::v1::ModelInfo* out) {
   out->set_num_paths(info.num_paths);
   out->set_version(info.version);
   out->set_weights_fnv1a64(info.weights_fnv1a64);
+  out->set_kind(info.kind);
+  if (info.kind == kQm9Kind) {
+    tp::v1::Qm9Spec* qm9 = out->mutable_qm9();
+    qm9->set_lmax(info.network.lmax);
+    qm9->set_mul(info.network.mul);
+    qm9->set_layers(info.network.layers);
+    qm9->set_num_elements(info.network.num_elements);
+    qm9->set_num_targets(info.network.num_targets);
+  }
 }
 
 ModelSpec FromProto(const tp::v1::ModelSpec& spec) {

@@ -21,6 +21,7 @@
 #include "server/grpc/compute_service.h"
 #include "server/grpc/health_service.h"
 #include "server/grpc/kserve_service.h"
+#include "server/grpc/network_service.h"
 #include "server/grpc/model_service.h"
 #include "server/tls/server_tls.h"
 #include "kernels/core/status_macros.h"
@@ -126,9 +127,11 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportCon
       std::max<int64_t>(1, std::min<int64_t>(config.max_open_watch_streams, config.max_threads / 4)));
   server->model_service_ = std::make_unique<ModelServiceImpl>(server->env_);
   server->compute_service_ = std::make_unique<ComputeServiceImpl>(server->env_);
+  server->network_service_ = std::make_unique<NetworkServiceImpl>(server->env_);
   server->health_service_ = std::make_unique<HealthServiceImpl>(
       std::vector<std::string>{tp::v1::ModelService::service_full_name(),
                                tp::v1::TensorProductService::service_full_name(),
+                               tp::v1::NetworkService::service_full_name(),
                                inference::GRPCInferenceService::service_full_name()},
       server->watch_streams_.get());
   server->kserve_service_ = std::make_unique<KserveServiceImpl>(server->env_);
@@ -196,6 +199,7 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const TransportCon
   builder.SetResourceQuota(quota);
   builder.RegisterService(server->model_service_.get());
   builder.RegisterService(server->compute_service_.get());
+  builder.RegisterService(server->network_service_.get());
   builder.RegisterService(server->health_service_.get());
   builder.RegisterService(server->kserve_service_.get());
   server->server_ = builder.BuildAndStart();

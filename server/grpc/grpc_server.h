@@ -57,6 +57,7 @@ class ModelServiceImpl;
 class ComputeServiceImpl;
 class HealthServiceImpl;
 class KserveServiceImpl;
+class NetworkServiceImpl;
 
 class GrpcServer {
  public:
@@ -88,6 +89,7 @@ class GrpcServer {
   std::unique_ptr<HealthServiceImpl> health_service_;
   std::unique_ptr<OpenStreamLimit> watch_streams_;
   std::unique_ptr<Housekeeper> housekeeper_;
+  std::unique_ptr<NetworkServiceImpl> network_service_;  // tp.v1.NetworkService (network models)
   std::unique_ptr<KserveServiceImpl> kserve_service_;  // inference.GRPCInferenceService (KServe v2)
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;

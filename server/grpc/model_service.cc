@@ -91,6 +91,7 @@ grpc::Status ModelServiceImpl::CreateModel(grpc::ServerContext* context, grpc::S
   }
   const tp::v1::CreateModelHeader header = message.header();
   if (auto s = ValidateModelName(header.name()); !s.ok()) return scope.Finish(s);
+  if (header.has_qm9()) return scope.Finish(CreateNetworkModel(header, reader, &scope, response));
   // Built once, here (the core takes it as is); the build stops when the client goes away.
   absl::StatusOr<TensorProductPlan> plan = env_.core->BuildPlan(FromProto(header.spec()), CallEnded(context));
   if (!plan.ok()) return scope.Finish(plan.status());
@@ -129,6 +130,38 @@ grpc::Status ModelServiceImpl::CreateModel(grpc::ServerContext* context, grpc::S
   scope.set_device("all");  // its replicas went to every device
   ToProto(*info, response);
   return scope.Finish(grpc::Status::OK);
+}
+
+// A network model (kind "qm9"): seeded parameters only; nothing may follow the header.
+absl::Status ModelServiceImpl::CreateNetworkModel(const tp::v1::CreateModelHeader& header,
+                                                  grpc::ServerReader<grpc::ByteBuffer>* reader, RpcScope* scope,
+                                                  tp::v1::ModelInfo* response) {
+  const tp::v1::ModelSpec& irreps = header.spec();
+  if (!irreps.irreps_in1().empty() || !irreps.irreps_in2().empty() || !irreps.irreps_out().empty()) {
+    return absl::InvalidArgumentError("CreateModel: set either spec (a tensor-product model) or qm9 (a network model)");
+  }
+  if (header.init_case() == tp::v1::CreateModelHeader::kUpload) {
+    return absl::InvalidArgumentError("CreateModel: a qm9 network model starts from seeded parameters (upload is "
+                                      "for tensor-product weights)");
+  }
+  tp::v1::CreateModelRequest extra;
+  grpc::Status malformed;
+  if (ReadMessage(reader, &extra, &malformed)) {
+    return absl::InvalidArgumentError("CreateModel: nothing may follow the header of a qm9 network model");
+  }
+  if (!malformed.ok()) return absl::InvalidArgumentError(malformed.error_message());
+  NetworkSpec spec;
+  spec.lmax = header.qm9().lmax();
+  spec.mul = header.qm9().mul();
+  if (header.qm9().layers() != 0) spec.layers = header.qm9().layers();
+  if (header.qm9().num_elements() != 0) spec.num_elements = header.qm9().num_elements();
+  if (header.qm9().num_targets() != 0) spec.num_targets = header.qm9().num_targets();
+  absl::StatusOr<ModelInfo> info = env_.core->CreateNetworkModel(header.name(), spec, header.seed());
+  if (!info.ok()) return info.status();
+  scope->set_model(info->name);
+  scope->set_device("cpu");
+  ToProto(*info, response);
+  return absl::OkStatus();
 }
 
 grpc::Status ModelServiceImpl::GetModel(grpc::ServerContext* context, const tp::v1::GetModelRequest* request,

@@ -33,6 +33,10 @@ class ModelServiceImpl final : public grpc::Service {
                        tp::v1::ModelInfo* response);
 
  private:
+  absl::Status CreateNetworkModel(const tp::v1::CreateModelHeader& header,
+                                  grpc::ServerReader<grpc::ByteBuffer>* reader, RpcScope* scope,
+                                  tp::v1::ModelInfo* response);
+
   const ServiceEnv& env_;
 };
 

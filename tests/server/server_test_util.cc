@@ -38,7 +38,8 @@ std::unique_ptr<TestServer> TestServer::Start(server::CoreConfig core, server::T
   auto test_server = std::unique_ptr<TestServer>(new TestServer());
   test_server->metrics_ = std::make_unique<server::Metrics>();
   if (backends.empty()) backends.push_back(std::make_unique<CpuBackend>(CpuBackendOptions{2}));
-  auto created = server::InferenceCore::Create(core, std::move(backends), test_server->metrics_.get());
+  auto created = server::InferenceCore::Create(core, std::move(backends), test_server->metrics_.get(),
+                                               std::make_unique<CpuBackend>(CpuBackendOptions{2}));
   EXPECT_TRUE(created.ok()) << created.status();
   if (!created.ok()) return nullptr;
   test_server->core_ = *std::move(created);

@@ -1,0 +1,86 @@
+// A network model (kind "qm9"): a named QM9 network (nn/qm9_network.h) with its parameters and
+// optimizer state, an immutable versioned snapshot swapped atomically by every training step, so
+// that a Predict reads one consistent version without waiting for a step in progress.
+//
+// Parameters and momentum velocity are float64: the CPU backend computes the network in float64
+// (matching e3nn's float64 reference to rounding), the state is small next to a batch's
+// activations (lmax 1, mul 128: a few MB), and an SGD update in float64 loses nothing to rounding
+// over many steps. The CUDA network (future work) would take a float32 copy per version.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "nn/graph_batch.h"
+#include "nn/qm9_network.h"
+#include "server/core/memory_budget.h"
+#include "server/core/model.h"
+#include "server/core/network_spec.h"
+
+namespace tpserve::server {
+
+// The spec as the network library's config (the architecture's other fields at their defaults).
+nn::Qm9NetworkConfig NetworkConfigFor(const NetworkSpec& spec);
+// INVALID_ARGUMENT naming the field: the network's own checks (lmax 1 or 2, ...) and the
+// server's bounds (mul <= kMaxNetworkMul, layers <= kMaxNetworkLayers).
+absl::Status ValidateNetworkSpec(const NetworkSpec& spec);
+inline constexpr int kMaxNetworkMul = 1024;
+inline constexpr int kMaxNetworkLayers = 32;
+
+// Parameters and optimizer state at one version.
+struct NetworkState {
+  uint64_t version = 0;
+  std::shared_ptr<const std::vector<double>> parameters;
+  std::shared_ptr<const std::vector<double>> velocity;  // SGD momentum, same length
+  uint64_t parameters_fnv1a64 = 0;  // checksum of the parameters' float64 little-endian bytes
+};
+NetworkState MakeNetworkState(uint64_t version, std::vector<double> parameters, std::vector<double> velocity);
+
+class NetworkModel {
+ public:
+  NetworkModel(std::string name, NetworkSpec spec, nn::Qm9Network network, NetworkState state);
+
+  const std::string& name() const { return name_; }
+  const NetworkSpec& spec() const { return spec_; }
+  const nn::Qm9Network& network() const { return network_; }
+
+  NetworkState state() const;
+  void SetState(NetworkState state);
+  ModelInfo Info() const;
+
+  // Serializes training steps (and delete) of this model.
+  std::mutex& update_mutex() { return update_mu_; }
+  void MarkDeleted() { deleted_.store(true); }
+  bool deleted() const { return deleted_.load(); }
+  void HoldMemory(MemoryBudget::Reservation reservation) { memory_ = std::move(reservation); }
+
+ private:
+  const std::string name_;
+  const NetworkSpec spec_;
+  const nn::Qm9Network network_;
+  mutable std::mutex mu_;
+  NetworkState state_;
+  std::mutex update_mu_;
+  std::atomic<bool> deleted_{false};
+  MemoryBudget::Reservation memory_;
+};
+
+// Results of the network calls (InferenceCore::Predict, InferenceCore::TrainStep).
+struct NetworkPrediction {
+  std::vector<double> outputs;  // [num_graphs * num_targets]
+  int num_targets = 0;
+  uint64_t version = 0;
+};
+struct NetworkTrainResult {
+  double loss = 0;
+  std::vector<double> predictions;  // before the update, [num_graphs * num_targets]
+  int num_targets = 0;
+  uint64_t version = 0;  // committed by this step
+};
+
+}  // namespace tpserve::server
