@@ -24,6 +24,8 @@ struct FakeDevice {
   std::atomic<bool> faulted{false};
   // Every launch takes at least this long (a slow device: work in flight that a test can act on).
   std::atomic<int> launch_delay_ms{0};
+  // Host-to-device copies made (what a staging layout saves).
+  std::atomic<int> copies_from_host{0};
 };
 
 class FaultInjectingBackend final : public Backend {
@@ -61,6 +63,7 @@ class FaultInjectingBackend final : public Backend {
     return inner_.AllocateHost(bytes);
   }
   absl::Status CopyFromHost(void* dst, const void* host_src, size_t bytes, const ExecutionContext& ctx) override {
+    device_->copies_from_host.fetch_add(1);
     return inner_.CopyFromHost(dst, host_src, bytes, ctx);
   }
   absl::Status CopyToHost(void* host_dst, const void* src, size_t bytes, const ExecutionContext& ctx) override {
