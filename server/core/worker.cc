@@ -191,7 +191,7 @@ void Worker::DropModel(const Model& model) {
   ReportMemory();
 }
 
-void Worker::Execute(Batch batch) {
+void Worker::DropAbandoned(Batch& batch) {
   // Nobody waits for these any more: answered without a launch, so they change nothing (a gradient
   // accumulation included). The batcher drops such requests while they queue; this catches those
   // that tripped on their way to a launch, and those run on the caller's thread.
@@ -207,6 +207,10 @@ void Worker::Execute(Batch batch) {
                           : absl::DeadlineExceededError("deadline passed before the launch"));
     it = batch.erase(it);
   }
+}
+
+void Worker::Execute(Batch batch) {
+  DropAbandoned(batch);
   if (batch.empty()) return;
   auto start = std::chrono::steady_clock::now();
   absl::Time launch_time = absl::Now();

@@ -103,6 +103,8 @@ class Worker {
   // the device, compute, copy the outputs back, scatter them into each request's result.
   using Batch = std::vector<std::unique_ptr<PendingRequest>>;
   struct Launch;
+  // Answers and removes the requests whose caller gave up or whose deadline passed.
+  void DropAbandoned(Batch& batch);
   absl::Status RunBatch(Batch& batch, Replica& replica, std::vector<InferenceResult>& results);
   Launch PlanLaunch(const Batch& batch) const;
   absl::Status StageInputs(const Batch& batch, const Launch& launch, double* gather_seconds);
