@@ -48,7 +48,7 @@ one_round() {
     [ -n "$p50" ] || p50="?"
     echo "$name c=$c round $round p50_ms $p50" | tee -a "$OUT/rounds.txt"
   done
-  kill -INT "$server"; wait "$server"
+  kill -TERM "$server"; wait "$server"  # TERM: a background job of a script ignores INT
 }
 
 : > "$OUT/rounds.txt"
