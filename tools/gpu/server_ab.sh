@@ -34,7 +34,8 @@ with_libs() {  # with_libs DIR PROGRAM ARGS...: a program of DIR with DIR's libr
 one_round() {
   local name=$1 dir=$2 round=$3 log="$OUT/server-$1-$3.log"
   # shellcheck disable=SC2086
-  with_libs "$dir" tpserve $SERVER_FLAGS --listen "127.0.0.1:$PORT" --metrics_address "127.0.0.1:$METRICS_PORT" \
+  # Not through with_libs: started by `env` directly, $! is the server itself (env execs it).
+  env LD_LIBRARY_PATH="$dir/libs:$dir/lib:/usr/local/cuda/lib64" "$dir/bin/tpserve" $SERVER_FLAGS --listen "127.0.0.1:$PORT" --metrics_address "127.0.0.1:$METRICS_PORT" \
     --demo_model seed > "$log" 2>&1 &
   local server=$!
   for _ in $(seq 300); do grep -q "serving on port" "$log" && break; sleep 0.1; done
