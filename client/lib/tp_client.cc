@@ -8,7 +8,8 @@
 #include "client/lib/borrowed_wire.h"
 #include "client/lib/channel_target.h"
 #include "grpc/impl/codegen/grpc_types.h"
-#include "grpcpp/impl/codegen/client_unary_call.h"
+#include "google/protobuf/descriptor.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "wire/channel_tuning.h"
 #include "wire/tensor_bytes.h"
 
@@ -96,25 +97,42 @@ absl::StatusOr<std::unique_ptr<TpClient>> TpClient::Connect(const ClientOptions&
   client->models_ = tp::v1::ModelService::NewStub(client->channel_);
   client->compute_ = tp::v1::TensorProductService::NewStub(client->channel_);
   client->health_ = grpc::health::v1::Health::NewStub(client->health_channel_);
-  const std::string service = absl::StrCat("/", tp::v1::TensorProductService::service_full_name(), "/");
-  client->forward_name_ = service + "Forward";
-  client->echo_name_ = service + "Echo";
-  client->forward_method_ = std::make_unique<grpc::internal::RpcMethod>(
-      client->forward_name_.c_str(), grpc::internal::RpcMethod::NORMAL_RPC, client->channel_);
-  client->echo_method_ = std::make_unique<grpc::internal::RpcMethod>(
-      client->echo_name_.c_str(), grpc::internal::RpcMethod::NORMAL_RPC, client->channel_);
+  // The paths from the generated code (its service name, its descriptor's method names).
+  const google::protobuf::ServiceDescriptor* service = google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(
+      tp::v1::TensorProductService::service_full_name());
+  auto path = [service](const char* method) {
+    const google::protobuf::MethodDescriptor* found = service != nullptr ? service->FindMethodByName(method) : nullptr;
+    return found != nullptr ? absl::StrCat("/", service->full_name(), "/", found->name()) : std::string();
+  };
+  client->forward_path_ = path("Forward");
+  client->echo_path_ = path("Echo");
+  if (client->forward_path_.empty() || client->echo_path_.empty()) {
+    return absl::InternalError("tp.v1.TensorProductService's generated descriptor lacks Forward or Echo");
+  }
   return client;
 }
 
 template <class Response>
-absl::StatusOr<Response> TpClient::CallEncoded(const grpc::internal::RpcMethod& method,
-                                               const grpc::ByteBuffer& request) {
+absl::StatusOr<Response> TpClient::CallEncoded(const std::string& method, const grpc::ByteBuffer& request) {
   auto context = NewContext();
+  // A blocking call as a generated stub makes it: started, then waited for on a completion queue
+  // of its own on this thread; gRPC parses the response into Response.
+  grpc::TemplatedGenericStub<grpc::ByteBuffer, Response> stub(channel_);
+  grpc::CompletionQueue cq;
+  std::unique_ptr<grpc::ClientAsyncResponseReader<Response>> call =
+      stub.PrepareUnaryCall(context.get(), method, request, &cq);
+  if (call == nullptr) return absl::InternalError(absl::StrCat("gRPC could not start a call of ", method));
+  call->StartCall();
   Response response;
-  absl::Status status = FromGrpc(
-      grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, Response>(channel_.get(), method, context.get(), request,
-                                                                    &response));
-  if (!status.ok()) return status;
+  grpc::Status status;
+  call->Finish(&response, &status, /*tag=*/&response);
+  void* tag = nullptr;
+  bool ok = false;
+  cq.Next(&tag, &ok);  // the call's one event: finished
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  if (absl::Status s = FromGrpc(status); !s.ok()) return s;
   return response;
 }
 
@@ -243,7 +261,7 @@ absl::StatusOr<std::vector<float>> TpClient::DownloadWeights(const std::string& 
 
 absl::StatusOr<tp::v1::ForwardResponse> TpClient::Forward(const tp::v1::ForwardRequest& request) {
   SliceLoans loans;  // waits, when it goes, for gRPC to release every slice of `request`
-  return CallEncoded<tp::v1::ForwardResponse>(*forward_method_, EncodeForwardRequest(request, loans));
+  return CallEncoded<tp::v1::ForwardResponse>(forward_path_, EncodeForwardRequest(request, loans));
 }
 
 absl::StatusOr<tp::v1::BackwardResponse> TpClient::Backward(const tp::v1::BackwardRequest& request) {
@@ -290,7 +308,7 @@ absl::StatusOr<tp::v1::BackwardResponse> TpClient::BackwardChunked(const tp::v1:
 
 absl::StatusOr<tp::v1::EchoResponse> TpClient::Echo(const tp::v1::EchoRequest& request) {
   SliceLoans loans;
-  return CallEncoded<tp::v1::EchoResponse>(*echo_method_, EncodeEchoRequest(request, loans));
+  return CallEncoded<tp::v1::EchoResponse>(echo_path_, EncodeEchoRequest(request, loans));
 }
 
 TpClient::Stream TpClient::OpenStream() {

@@ -103,9 +103,10 @@ class TpClient {
 
  private:
   explicit TpClient(ClientOptions options) : options_(std::move(options)) {}
-  // A unary call of `method` with request bytes already encoded (borrowed_wire.h).
+  // A unary call of `method` (a full path, "/tp.v1.TensorProductService/Forward") with request
+  // bytes already encoded (borrowed_wire.h), through gRPC's generic stub.
   template <class Response>
-  absl::StatusOr<Response> CallEncoded(const grpc::internal::RpcMethod& method, const grpc::ByteBuffer& request);
+  absl::StatusOr<Response> CallEncoded(const std::string& method, const grpc::ByteBuffer& request);
   absl::StatusOr<std::vector<float>> ReadChunks(grpc::ClientReader<tp::v1::WeightsChunk>& reader,
                                                 grpc::ClientContext& context, const char* what);
 
@@ -116,8 +117,7 @@ class TpClient {
   std::unique_ptr<tp::v1::ModelService::Stub> models_;
   std::unique_ptr<tp::v1::TensorProductService::Stub> compute_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
-  std::string forward_name_, echo_name_;  // "/tp.v1.TensorProductService/Forward", ".../Echo"
-  std::unique_ptr<grpc::internal::RpcMethod> forward_method_, echo_method_;
+  std::string forward_path_, echo_path_;  // "/tp.v1.TensorProductService/Forward", ".../Echo"
 };
 
 }  // namespace tpserve::client

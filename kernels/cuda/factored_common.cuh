@@ -106,4 +106,16 @@ __device__ __forceinline__ void FillCBlock(const TpGemmArgs& args, const TpGemmP
   }
 }
 
+// One sample's x1 values of path row pp, a[s] = x1[z, a_offset + pp * S + s] for s < S (`row` points
+// at the sample's path block), into registers; zeros past the path's rows (pp >= p_end), past S
+// and for a sample past the batch (!live), so the Pz loops run fixed kMaxS steps. Both factored
+// kernels load x1 one row ahead with it. A function of its own, forced inline with the array by
+// reference: the array stays in registers (a lambda capturing it by reference put it in local
+// memory; ptxas -v shows the same registers and spills as the macro this replaced).
+template <int kMaxS>
+__device__ __forceinline__ void LoadA(float (&a)[kMaxS], const float* row, int pp, int p_end, int S, bool live) {
+#pragma unroll
+  for (int s = 0; s < kMaxS; ++s) a[s] = live && pp < p_end && s < S ? __ldg(row + pp * S + s) : 0.f;
+}
+
 }  // namespace tpserve::cuda::factored

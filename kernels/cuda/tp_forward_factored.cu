@@ -124,10 +124,7 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
   const float* pz_a = args.a + static_cast<long long>(z0 + pz_zl) * args.a_row_stride + path.a_offset;
   const int S = path.S;
   float a_next[kMaxS];
-  // Macros, not lambdas: a lambda capturing a_next by reference put it in local memory.
-#define TP_LOAD_A(pp)                                                                             \
-  _Pragma("unroll") for (int s = 0; s < kMaxS; ++s) a_next[s] =                                   \
-      pz_live && (pp) < p_end && s < S ? __ldg(pz_a + (pp) * S + s) : 0.f;
+  // A macro, not a lambda: a lambda capturing a_next by reference put it in local memory.
 #define TP_COMPUTE_PZ(buf)                                                                        \
   if (pz_thread) {                                                                                \
     const float* c = sC + pz_r * (kMaxS * kMaxR);                                                 \
@@ -138,10 +135,10 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
       P[t * kMaxR] = acc;                                                                         \
     }                                                                                             \
   }
-  TP_LOAD_A(p_begin);
+  factored::LoadA<kMaxS>(a_next, pz_a, p_begin, p_end, S, pz_live);
   __syncthreads();  // sC complete
   TP_COMPUTE_PZ(0);
-  TP_LOAD_A(p_begin + 1);
+  factored::LoadA<kMaxS>(a_next, pz_a, p_begin + 1, p_end, S, pz_live);
 
   float y[kT][kNt][4];
   float o[2][kNt][2][kR];  // [row half][n8 tile][column parity][r]
@@ -225,7 +222,7 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
       // Pz of the next p into the other buffer: its last reader (p - 1) passed the barrier above.
       if (p + 1 < p_end) {
         TP_COMPUTE_PZ((p + 1 - p_begin) & 1);
-        TP_LOAD_A(p + 2);
+        factored::LoadA<kMaxS>(a_next, pz_a, p + 2, p_end, S, pz_live);
       }
     }
     const float* w_lane = sW + stage * (kTileK * kLdw) + t4 * kLdw + warp_n0 + g;
@@ -283,7 +280,6 @@ __device__ __forceinline__ void FactoredBlock(const TpGemmArgs& args, const TpGe
   }
 }
 
-#undef TP_LOAD_A
 #undef TP_COMPUTE_PZ
 
 template <Mode kMode, int kNt>

@@ -124,9 +124,6 @@ __device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmP
   const float* pz_a = args.a + static_cast<long long>(z0 + pz_zl) * args.a_row_stride + path.a_offset;
   const int S = path.S;
   float a_next[kMaxS];
-#define TP_LOAD_A(pp)                                                                             \
-  _Pragma("unroll") for (int s = 0; s < kMaxS; ++s) a_next[s] =                                   \
-      pz_live && (pp) < p_end && s < S ? __ldg(pz_a + (pp) * S + s) : 0.f;
 #define TP_COMPUTE_PZ(buf)                                                                        \
   _Pragma("unroll") for (int rr = 0; rr < kR; rr += 4) {                                          \
     const int r = rr + pz_part;                                                                   \
@@ -140,10 +137,10 @@ __device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmP
       }                                                                                           \
     }                                                                                             \
   }
-  TP_LOAD_A(p_begin);
+  factored::LoadA<kMaxS>(a_next, pz_a, p_begin, p_end, S, pz_live);
   __syncthreads();  // sC and the x2 planes complete
   TP_COMPUTE_PZ(0);
-  TP_LOAD_A(p_begin + 1);
+  factored::LoadA<kMaxS>(a_next, pz_a, p_begin + 1, p_end, S, pz_live);
 
   float y[kAcc];
   float o[2][8][kR];  // [column half][sample slot][r]
@@ -176,7 +173,7 @@ __device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmP
     ring.IssueNext();
     if (kc == 0 && p + 1 < p_end) {
       TP_COMPUTE_PZ((p + 1 - p_begin) & 1);
-      TP_LOAD_A(p + 2);
+      factored::LoadA<kMaxS>(a_next, pz_a, p + 2, p_end, S, pz_live);
     }
     const float* w_k = w_lane + stage * (kTileK * kLdw);
     const uint64_t tile_steps = kc * (kTileK / 8) * kStepDesc;
@@ -267,7 +264,6 @@ __device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmP
   }
 }
 
-#undef TP_LOAD_A
 #undef TP_COMPUTE_PZ
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL

@@ -6,7 +6,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
-#include <future>
+#include <condition_variable>
+#include <optional>
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
@@ -30,12 +31,13 @@ absl::Status NotFound(const std::string& name) {
 }
 
 // INVALID_ARGUMENT naming the expected [batch, dim] when `t` is not exactly that.
-absl::Status CheckMatrix(const HostTensor& t, const char* what, int64_t batch, int64_t dim, const char* dim_name) {
+absl::Status CheckMatrix(const HostTensor& t, const char* what, int64_t batch, int64_t dim, const char* dim_name,
+                         bool check_size) {
   if (t.shape.size() != 2 || t.shape[0] != batch || t.shape[1] != dim) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": expected shape [", batch, ", ", dim, "] ([batch, ",
                                                    dim_name, "]), got ", ShapeString(t.shape)));
   }
-  if (static_cast<int64_t>(t.size()) != batch * dim) {
+  if (check_size && static_cast<int64_t>(t.size()) != batch * dim) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": holds ", t.size(), " values, expected ", batch * dim));
   }
   return absl::OkStatus();
@@ -505,6 +507,10 @@ absl::StatusOr<ModelInfo> InferenceCore::SgdStep(const std::string& name, double
 }
 
 absl::Status InferenceCore::ValidateShapes(const InferenceRequest& r, const Model& model) const {
+  return CheckShapes(r, model, /*check_sizes=*/true);
+}
+
+absl::Status InferenceCore::CheckShapes(const InferenceRequest& r, const Model& model, bool check_sizes) const {
   const TensorProductPlan& plan = model.plan();
   int64_t batch = r.x1.rows();
   if (r.x1.shape.size() != 2) {
@@ -515,11 +521,11 @@ absl::Status InferenceCore::ValidateShapes(const InferenceRequest& r, const Mode
     return absl::InvalidArgumentError(absl::StrCat("batch ", batch, ": expected 1 to ", config_.max_batch_size,
                                                    " samples (the server's max_batch_size)"));
   }
-  RETURN_IF_ERROR(CheckMatrix(r.x1, "x1", batch, plan.dim_in1(), "dim_in1"));
-  RETURN_IF_ERROR(CheckMatrix(r.x2, "x2", batch, plan.dim_in2(), "dim_in2"));
+  RETURN_IF_ERROR(CheckMatrix(r.x1, "x1", batch, plan.dim_in1(), "dim_in1", check_sizes));
+  RETURN_IF_ERROR(CheckMatrix(r.x2, "x2", batch, plan.dim_in2(), "dim_in2", check_sizes));
   if (r.op == Op::kBackward) {
     if (r.grad_out.present()) {
-      RETURN_IF_ERROR(CheckMatrix(r.grad_out, "grad_out", batch, plan.dim_out(), "dim_out"));
+      RETURN_IF_ERROR(CheckMatrix(r.grad_out, "grad_out", batch, plan.dim_out(), "dim_out", check_sizes));
       if (r.want_out) {
         return absl::InvalidArgumentError("want_out: only with a named loss (with grad_out, out is not computed)");
       }
@@ -544,9 +550,44 @@ absl::Status InferenceCore::Validate(const InferenceRequest& r, const Model& mod
   return absl::OkStatus();
 }
 
+absl::Status InferenceCore::LeaseBuffers(InferenceRequest& request, unsigned parts, CallBuffers* buffers) const {
+  ASSIGN_OR_RETURN(buffers->model_, FindModel(request.model));
+  const Model& model = *buffers->model_;
+  // Shapes before anything is allocated: an x1 of [4096, 0] must not buy batch x dim_out floats.
+  RETURN_IF_ERROR(CheckShapes(request, model, /*check_sizes=*/(parts & kLeaseInputs) == 0));
+  const TensorProductPlan& plan = model.plan();
+  const int64_t batch = request.x1.rows();
+  const StagingWants want = StagingWantsOf(request);
+  buffers->layout_ = StagingLayout::For(batch, plan.dim_in1(), plan.dim_in2(), plan.dim_out(), want);
+  if ((parts & kLeaseInputs) != 0) {
+    buffers->in_ = host_pool_->Acquire(static_cast<size_t>(buffers->layout_.in_floats) * sizeof(float));
+    buffers->has_grad_out_ = want.grad_out;
+    const bool pinned = buffers->in_->pinned();
+    auto borrow = [&](HostTensor& t, float* values) {
+      t = HostTensor::Borrow(std::move(t.shape), values, static_cast<size_t>(t.numel()));
+      t.pinned = pinned;
+    };
+    borrow(request.x1, buffers->x1());
+    borrow(request.x2, buffers->x2());
+    if (want.grad_out) borrow(request.grad_out, buffers->grad_out());
+  }
+  if ((parts & kLeaseOut) != 0 && request.op == Op::kForward) {
+    buffers->out_floats_ = static_cast<size_t>(batch * plan.dim_out());
+    buffers->out_ = host_pool_->Acquire(buffers->out_floats_ * sizeof(float));
+    request.out_into = buffers->out();
+    request.out_into_size = buffers->out_floats_;
+    request.out_into_pinned = buffers->out_->pinned();
+  }
+  request.buffers = buffers;
+  return absl::OkStatus();
+}
+
 void InferenceCore::Submit(InferenceRequest request, ResultCallback done, Dispatch dispatch) {
-  absl::StatusOr<std::shared_ptr<Model>> model = FindModel(request.model);
+  // A request with leased buffers carries its model (looked up once, by LeaseBuffers).
+  absl::StatusOr<std::shared_ptr<Model>> model =
+      request.buffers != nullptr ? request.buffers->model() : FindModel(request.model);
   if (!model.ok()) return done(model.status());
+  if ((*model)->deleted()) return done(NotFound(request.model));
   if (absl::Status status = Validate(request, **model); !status.ok()) return done(status);
   auto pending = std::make_unique<PendingRequest>();
   pending->batch = request.x1.rows();
@@ -591,13 +632,50 @@ std::vector<Worker*> InferenceCore::WorkersByDeviceLoad() const {
   return workers;
 }
 
-absl::StatusOr<InferenceResult> InferenceCore::Run(InferenceRequest request, Dispatch dispatch) {
-  auto promise = std::make_shared<std::promise<absl::StatusOr<InferenceResult>>>();
-  std::future<absl::StatusOr<InferenceResult>> future = promise->get_future();
+absl::StatusOr<InferenceResult> InferenceCore::Run(InferenceRequest request, Dispatch dispatch,
+                                                   const CallerWatch* watch) {
+  struct Waiter {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::optional<absl::StatusOr<InferenceResult>> result;
+  };
+  auto waiter = std::make_shared<Waiter>();
+  std::shared_ptr<std::atomic<bool>> cancelled;
+  if (watch != nullptr) {
+    request.deadline = watch->deadline;
+    cancelled = std::make_shared<std::atomic<bool>>(false);
+    request.cancelled = cancelled;
+  }
+  const bool changes_state = request.op == Op::kBackward && request.weight_grad == WeightGradMode::kAccumulate;
   Submit(
       std::move(request),
-      [promise](absl::StatusOr<InferenceResult> result) { promise->set_value(std::move(result)); }, dispatch);
-  return future.get();
+      [waiter](absl::StatusOr<InferenceResult> result) {
+        std::lock_guard<std::mutex> lock(waiter->mu);
+        waiter->result = std::move(result);
+        waiter->cv.notify_one();
+      },
+      dispatch);
+  std::unique_lock<std::mutex> lock(waiter->mu);
+  std::optional<absl::Status> gave_up;
+  while (!waiter->result.has_value()) {
+    if (watch == nullptr || !watch->gave_up) {
+      waiter->cv.wait(lock, [&] { return waiter->result.has_value(); });
+      break;
+    }
+    // The callback wakes us; the timeout only bounds how late we notice that the caller gave up.
+    waiter->cv.wait_for(lock, std::chrono::milliseconds(20));
+    if (!waiter->result.has_value() && !gave_up.has_value() && watch->gave_up()) {
+      // Queued: the batcher drops it at its next look. Running: it finishes. Either way the
+      // callback comes soon, and the request may borrow the caller's memory until then.
+      cancelled->store(true);
+      gave_up = absl::Now() >= watch->deadline ? absl::DeadlineExceededError("deadline exceeded")
+                                               : absl::CancelledError("cancelled by the client");
+    }
+  }
+  // A launch that added to the gradient buffer is answered OK (that is what happened), never with
+  // the status of a caller that gave up meanwhile (docs/SERVER.md, "Calls that fail on the client").
+  if (gave_up.has_value() && !(changes_state && waiter->result->ok())) return *gave_up;
+  return *std::move(waiter->result);
 }
 
 std::string CoreConfig::DebugString() const {

@@ -21,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/core/backend.h"
 #include "server/core/batcher.h"
+#include "server/core/call_buffers.h"
 #include "server/core/config.h"
 #include "server/core/host_pool.h"
 #include "server/core/memory_budget.h"
@@ -130,11 +131,29 @@ class InferenceCore {
   // `done` is called exactly once: inline with an admission error, later with the result (or
   // inline with it, when kCallerMayRun ran the launch on the calling thread).
   void Submit(InferenceRequest request, ResultCallback done, Dispatch dispatch = Dispatch::kQueue);
-  // Submit and wait.
-  absl::StatusOr<InferenceResult> Run(InferenceRequest request, Dispatch dispatch = Dispatch::kQueue);
+  // What a caller that waits for its result (Run) tells the core about itself.
+  struct CallerWatch {
+    absl::Time deadline = absl::InfiniteFuture();  // set as the request's deadline
+    // Asked while waiting (every 20 ms); true once the caller gave up (a cancelled RPC).
+    std::function<bool()> gave_up;
+  };
+  // Submit and wait. With `watch`: once the caller gives up, the request is marked cancelled (the
+  // batcher drops it if still queued) and Run returns CANCELLED (DEADLINE_EXCEEDED past the
+  // deadline) when the core is done with it (the request may borrow the caller's memory until
+  // then); except that a gradient accumulation whose launch ran returns its result (it was applied).
+  absl::StatusOr<InferenceResult> Run(InferenceRequest request, Dispatch dispatch = Dispatch::kQueue,
+                                      const CallerWatch* watch = nullptr);
 
-  // Page-locked host memory for a call's tensors (see host_pool.h): a request whose x1/x2 lie in
-  // such leases (HostTensor::pinned), and whose out_into is one, skips the workers' staging copies.
+  // For a transport that reads a call's tensor bytes itself: looks up `request`'s model, checks
+  // its shapes (x1, x2 and grad_out with shapes set and no values yet) and leases page-locked
+  // buffers in the workers' staging layout into `buffers` (call_buffers.h). Then `request` borrows
+  // them: with kLeaseInputs its x1, x2 (and grad_out) point into them, for the transport to write
+  // their values; with kLeaseOut (a Forward) its out is written into them. One lookup of the
+  // model: Submit uses the one the buffers carry. NOT_FOUND / INVALID_ARGUMENT as Validate.
+  enum LeaseParts : unsigned { kLeaseInputs = 1, kLeaseOut = 2 };
+  absl::Status LeaseBuffers(InferenceRequest& request, unsigned parts, CallBuffers* buffers) const;
+
+  // Page-locked host memory (host_pool.h), which LeaseBuffers hands out.
   HostPool& host_pool() const { return *host_pool_; }
 
   // The server's memory budget: the core reserves models' weights, gradient sums and SGD steps'
@@ -170,6 +189,8 @@ class InferenceCore {
   // Budget bytes a model holds while it exists: its weights, plus weights and gradient buffer of
   // each worker that keeps them in host memory (CPU backends).
   int64_t ModelMemoryBytes(const TensorProductPlan& plan) const;
+  // ValidateShapes; with `check_sizes` off, the values held are not counted (LeaseBuffers).
+  absl::Status CheckShapes(const InferenceRequest& request, const Model& model, bool check_sizes) const;
 
   const CoreConfig config_;
   CoreObserver* observer_;

@@ -14,17 +14,11 @@
 #include "absl/time/time.h"
 #include "kernels/core/backend.h"
 #include "server/core/host_tensor.h"
+#include "server/core/staging_layout.h"
 
 namespace tpserve::server {
 
-// Each tensor's region in a worker's staging buffers starts on a 256-byte boundary, as a fresh
-// allocation would (the kernels load rows with vector loads). A lone request whose x2 lies
-// AlignStagingRegion(x1's elements) floats after its x1 in one page-locked buffer goes to the
-// device in one copy (the transport lays unary Forward's tensors out so).
-inline constexpr int64_t kStagingAlignFloats = 64;
-inline int64_t AlignStagingRegion(int64_t floats) {
-  return (floats + kStagingAlignFloats - 1) / kStagingAlignFloats * kStagingAlignFloats;
-}
+class CallBuffers;  // call_buffers.h
 
 enum class Op : uint8_t { kForward, kBackward };
 
@@ -49,11 +43,24 @@ struct InferenceRequest {
   float* out_into = nullptr;
   size_t out_into_size = 0;  // floats there; a result that does not fit it is returned as usual
   bool out_into_pinned = false;  // out_into is page-locked: the device copies the result straight there
+  // Set by InferenceCore::LeaseBuffers: x1, x2 (grad_out) and out_into lie in these page-locked
+  // buffers, in the workers' staging layout, and they carry the request's model (call_buffers.h).
+  const CallBuffers* buffers = nullptr;
 
   // Dropped with DEADLINE_EXCEEDED / CANCELLED if still queued when these trip.
   absl::Time deadline = absl::InfiniteFuture();
   std::shared_ptr<std::atomic<bool>> cancelled;
 };
+
+// The tensors a launch of `r` moves to and from the device (the staging layout's regions).
+inline StagingWants StagingWantsOf(const InferenceRequest& r) {
+  StagingWants want;
+  want.grad_out = r.op == Op::kBackward && r.grad_out.present();
+  want.out = r.op == Op::kForward || (r.want_out && !want.grad_out);
+  want.grad_x1 = r.op == Op::kBackward && r.want_grad_x1;
+  want.grad_x2 = r.op == Op::kBackward && r.want_grad_x2;
+  return want;
+}
 
 struct InferenceResult {
   HostTensor out;          // forward, or backward with want_out

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "kernels/core/status_macros.h"
+#include "server/core/call_buffers.h"
 
 namespace tpserve::server {
 namespace {
@@ -154,7 +155,7 @@ void Worker::DropModel(const Model& model) {
   ReportMemory();
 }
 
-void Worker::Execute(std::vector<std::unique_ptr<PendingRequest>> batch) {
+void Worker::DropAbandoned(Batch& batch) {
   // Nobody waits for these any more: answered without a launch, so they change nothing (a gradient
   // accumulation included). The batcher drops such requests while they queue; this catches those
   // that tripped on their way to a launch, and those run on the caller's thread.
@@ -170,6 +171,10 @@ void Worker::Execute(std::vector<std::unique_ptr<PendingRequest>> batch) {
                           : absl::DeadlineExceededError("deadline passed before the launch"));
     it = batch.erase(it);
   }
+}
+
+void Worker::Execute(Batch batch) {
+  DropAbandoned(batch);
   if (batch.empty()) return;
   auto start = std::chrono::steady_clock::now();
   absl::Time launch_time = absl::Now();
@@ -244,49 +249,51 @@ void Worker::Execute(std::vector<std::unique_ptr<PendingRequest>> batch) {
   }
 }
 
-absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batch, Replica& replica,
-                              std::vector<InferenceResult>& results) {
-  const InferenceRequest& head = batch.front()->request;
-  const TensorProductPlan& plan = batch.front()->model->plan();
-  const int64_t dim_in1 = plan.dim_in1(), dim_in2 = plan.dim_in2(), dim_out = plan.dim_out();
+// What one launch moves where: the staging layout of its merged samples, and whether its inputs
+// and `out` skip the worker's pinned staging (they lie in page-locked memory of their own).
+struct Worker::Launch {
+  const InferenceRequest* head = nullptr;  // the requests agree on everything the launch reads
+  const TensorProductPlan* plan = nullptr;
   int64_t samples = 0;
-  for (const auto& pending : batch) samples += pending->batch;
-  const size_t f = sizeof(float);
-  const bool explicit_grad_out = head.op == Op::kBackward && head.grad_out.present();
-  const bool want_out = head.op == Op::kForward || (head.want_out && !explicit_grad_out);
-  const bool want_grad_x1 = head.op == Op::kBackward && head.want_grad_x1;
-  const bool want_grad_x2 = head.op == Op::kBackward && head.want_grad_x2;
+  StagingWants want;
+  StagingLayout layout;
+  bool direct_in = false, direct_out = false;
+};
 
-  // Where each tensor lives in the staging buffers (offsets in floats; host and device alike).
-  const int64_t x1_at = 0, x2_at = AlignStagingRegion(samples * dim_in1);
-  const int64_t grad_out_at = x2_at + AlignStagingRegion(samples * dim_in2);
-  const int64_t in_floats = grad_out_at + (explicit_grad_out ? samples * dim_out : 0);
-  const int64_t out_at = 0, grad_x1_at = AlignStagingRegion(want_out ? samples * dim_out : 0);
-  const int64_t grad_x2_at = grad_x1_at + AlignStagingRegion(want_grad_x1 ? samples * dim_in1 : 0);
-  const int64_t out_floats = grad_x2_at + (want_grad_x2 ? samples * dim_in2 : 0);
-  // Inputs that already lie in page-locked memory (HostPool leases) go to the device from there,
-  // request by request; any other batch is gathered into this worker's pinned staging first.
-  // Likewise `out` goes straight into page-locked result buffers when every request has one.
-  bool direct_in = true, direct_out = want_out && !want_grad_x1 && !want_grad_x2;
+Worker::Launch Worker::PlanLaunch(const Batch& batch) const {
+  Launch launch;
+  launch.head = &batch.front()->request;
+  launch.plan = &batch.front()->model->plan();
+  for (const auto& pending : batch) launch.samples += pending->batch;
+  launch.want = StagingWantsOf(*launch.head);
+  const TensorProductPlan& plan = *launch.plan;
+  launch.layout = StagingLayout::For(launch.samples, plan.dim_in1(), plan.dim_in2(), plan.dim_out(), launch.want);
+  // Inputs that already lie in page-locked memory (leased buffers) go to the device from there;
+  // any other batch is gathered into this worker's pinned staging first. Likewise `out` goes
+  // straight into page-locked result buffers when every request has one.
+  launch.direct_in = true;
+  launch.direct_out = launch.want.out && !launch.want.grad_x1 && !launch.want.grad_x2;
   for (const auto& pending : batch) {
     const InferenceRequest& r = pending->request;
-    direct_in = direct_in && r.x1.pinned && r.x2.pinned && (!explicit_grad_out || r.grad_out.pinned);
-    direct_out = direct_out && r.out_into != nullptr && r.out_into_pinned &&
-                 r.out_into_size == static_cast<size_t>(pending->batch * dim_out);
+    launch.direct_in = launch.direct_in && r.x1.pinned && r.x2.pinned && (!launch.want.grad_out || r.grad_out.pinned);
+    launch.direct_out = launch.direct_out && r.out_into != nullptr && r.out_into_pinned &&
+                        r.out_into_size == static_cast<size_t>(pending->batch * plan.dim_out());
   }
-  RETURN_IF_ERROR(EnsureStaging(device_in_, in_floats * f));
-  if (!direct_in) RETURN_IF_ERROR(EnsureStaging(host_in_, in_floats * f));
-  RETURN_IF_ERROR(EnsureStaging(device_out_, std::max<int64_t>(out_floats, 1) * f));
-  if (!direct_out) RETURN_IF_ERROR(EnsureStaging(host_out_, std::max<int64_t>(out_floats, 1) * f));
+  return launch;
+}
 
-  // Inputs, each request's rows at their place in the staging layout: gathered back to back into
-  // pinned memory (each request's values read once, straight from where the transport left them)
-  // for one copy to the device, or copied to the device from their own page-locked memory.
+absl::Status Worker::StageInputs(const Batch& batch, const Launch& launch, double* gather_seconds) {
+  constexpr size_t f = sizeof(float);
+  const StagingLayout& l = launch.layout;
+  const TensorProductPlan& plan = *launch.plan;
+  // Each request's rows at their place in the layout: gathered back to back into pinned memory
+  // (each request's values read once, straight from where the transport left them) for one copy
+  // to the device, or copied to the device from their own page-locked memory.
   auto place_inputs = [&](const std::function<absl::Status(int64_t at, const HostTensor&)>& copy) -> absl::Status {
-    for (const auto& [member, at, dim] : {std::tuple{&InferenceRequest::x1, x1_at, dim_in1},
-                                          std::tuple{&InferenceRequest::x2, x2_at, dim_in2},
-                                          std::tuple{&InferenceRequest::grad_out, grad_out_at, dim_out}}) {
-      if (member == &InferenceRequest::grad_out && !explicit_grad_out) continue;
+    for (const auto& [member, at, dim] : {std::tuple{&InferenceRequest::x1, l.x1_at, plan.dim_in1()},
+                                          std::tuple{&InferenceRequest::x2, l.x2_at, plan.dim_in2()},
+                                          std::tuple{&InferenceRequest::grad_out, l.grad_out_at, plan.dim_out()}}) {
+      if (member == &InferenceRequest::grad_out && !launch.want.grad_out) continue;
       int64_t offset = at;
       for (const auto& pending : batch) {
         RETURN_IF_ERROR(copy(offset, pending->request.*member));
@@ -296,7 +303,7 @@ absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batc
     return absl::OkStatus();
   };
   const auto gather_start = std::chrono::steady_clock::now();
-  if (!direct_in) {
+  if (!launch.direct_in) {
     // One copy for all inputs: starting each tensor's copy right after its gather was measured
     // slower on the H100 host (gather 0.045 -> 0.10 ms, device part only 0.02 ms shorter).
     RETURN_IF_ERROR(place_inputs([&](int64_t at, const HostTensor& t) {
@@ -304,32 +311,43 @@ absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batc
       return absl::OkStatus();
     }));
   }
-  const double gather_seconds = SecondsSince(gather_start);
-  const auto device_start = std::chrono::steady_clock::now();
-  const InferenceRequest& first = batch.front()->request;
-  if (direct_in && batch.size() == 1 && !explicit_grad_out && first.x2.values() == first.x1.values() + x2_at) {
-    // x1 and x2 in one lease, laid out as in device_in_ (the transport aligns x2 alike): one copy.
-    RETURN_IF_ERROR(
-        backend_->CopyFromHost(device_in_.floats(), first.x1.values(), (x2_at + first.x2.size()) * f, ctx_));
-  } else if (direct_in) {
-    RETURN_IF_ERROR(place_inputs([&](int64_t at, const HostTensor& t) {
-      return backend_->CopyFromHost(device_in_.floats() + at, t.values(), t.size() * f, ctx_);
-    }));
-  } else {
-    RETURN_IF_ERROR(backend_->CopyFromHost(device_in_.floats(), host_in_.floats(), in_floats * f, ctx_));
+  *gather_seconds = SecondsSince(gather_start);
+  const CallBuffers* leased = batch.front()->request.buffers;
+  if (launch.direct_in && batch.size() == 1 && leased != nullptr && leased->inputs_pinned() &&
+      leased->layout().in_floats == l.in_floats) {
+    // A lone request whose inputs the core leased (LeaseBuffers): they lie as in device_in_, so
+    // one copy moves them all.
+    return backend_->CopyFromHost(device_in_.floats(), leased->inputs(), l.in_floats * f, ctx_);
   }
+  if (launch.direct_in) {
+    return place_inputs([&](int64_t at, const HostTensor& t) {
+      return backend_->CopyFromHost(device_in_.floats() + at, t.values(), t.size() * f, ctx_);
+    });
+  }
+  return backend_->CopyFromHost(device_in_.floats(), host_in_.floats(), l.in_floats * f, ctx_);
+}
 
+absl::Status Worker::Compute(const Launch& launch, Replica& replica) {
+  constexpr size_t f = sizeof(float);
+  const InferenceRequest& head = *launch.head;
+  const TensorProductPlan& plan = *launch.plan;
+  const StagingLayout& l = launch.layout;
+  const int64_t samples = launch.samples;
   ConstTensorView weight{replica.weights->data(), DType::kFloat32, {plan.weight_numel()}};
-  ConstTensorView x1{device_in_.floats() + x1_at, DType::kFloat32, {samples, dim_in1}};
-  ConstTensorView x2{device_in_.floats() + x2_at, DType::kFloat32, {samples, dim_in2}};
+  ConstTensorView x1{device_in_.floats() + l.x1_at, DType::kFloat32, {samples, plan.dim_in1()}};
+  ConstTensorView x2{device_in_.floats() + l.x2_at, DType::kFloat32, {samples, plan.dim_in2()}};
   ExecutionContext ctx = ctx_;
   ctx.precision = head.precision;
 
   TensorView out;
-  if (want_out) out = {device_out_.floats() + out_at, DType::kFloat32, {samples, dim_out}};
+  if (launch.want.out) out = {device_out_.floats() + l.out_at, DType::kFloat32, {samples, plan.dim_out()}};
   GradientOutputs grads;
-  if (want_grad_x1) grads.grad_x1 = {device_out_.floats() + grad_x1_at, DType::kFloat32, {samples, dim_in1}};
-  if (want_grad_x2) grads.grad_x2 = {device_out_.floats() + grad_x2_at, DType::kFloat32, {samples, dim_in2}};
+  if (launch.want.grad_x1) {
+    grads.grad_x1 = {device_out_.floats() + l.grad_x1_at, DType::kFloat32, {samples, plan.dim_in1()}};
+  }
+  if (launch.want.grad_x2) {
+    grads.grad_x2 = {device_out_.floats() + l.grad_x2_at, DType::kFloat32, {samples, plan.dim_in2()}};
+  }
   if (head.op == Op::kBackward) {
     size_t weight_bytes = static_cast<size_t>(plan.weight_numel()) * f;
     if (head.weight_grad == WeightGradMode::kReturn) {
@@ -349,35 +367,43 @@ absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batc
     }
   }
 
-  if (head.op == Op::kForward) {
-    RETURN_IF_ERROR(backend_->Forward(*replica.prepared, weight, x1, x2, out, ctx));
-  } else if (explicit_grad_out) {
-    ConstTensorView grad_out{device_in_.floats() + grad_out_at, DType::kFloat32, {samples, dim_out}};
-    RETURN_IF_ERROR(backend_->Backward(*replica.prepared, weight, x1, x2, grad_out, grads, ctx));
-  } else {
-    RETURN_IF_ERROR(backend_->LossGradient(*replica.prepared, *head.loss, weight, x1, x2, out, grads, ctx));
+  if (head.op == Op::kForward) return backend_->Forward(*replica.prepared, weight, x1, x2, out, ctx);
+  if (launch.want.grad_out) {
+    ConstTensorView grad_out{device_in_.floats() + l.grad_out_at, DType::kFloat32, {samples, plan.dim_out()}};
+    return backend_->Backward(*replica.prepared, weight, x1, x2, grad_out, grads, ctx);
   }
+  return backend_->LossGradient(*replica.prepared, *head.loss, weight, x1, x2, out, grads, ctx);
+}
 
-  // Outputs: one copy back into pinned memory, then each request's rows into its result.
-  if (direct_out) {
-    const float* src = device_out_.floats() + out_at;
+absl::Status Worker::CopyOutputsBack(const Batch& batch, const Launch& launch, std::vector<InferenceResult>& results) {
+  constexpr size_t f = sizeof(float);
+  const StagingLayout& l = launch.layout;
+  // One copy back into pinned memory (each request's rows go to its result after), or `out`
+  // straight into each request's page-locked result buffer.
+  if (launch.direct_out) {
+    const float* src = device_out_.floats() + l.out_at;
     for (const auto& pending : batch) {
       const InferenceRequest& r = pending->request;
       RETURN_IF_ERROR(backend_->CopyToHost(r.out_into, src, r.out_into_size * f, ctx_));
       src += r.out_into_size;
     }
-  } else if (out_floats > 0) {
-    RETURN_IF_ERROR(backend_->CopyToHost(host_out_.floats(), device_out_.floats(), out_floats * f, ctx_));
+  } else if (l.out_floats > 0) {
+    RETURN_IF_ERROR(backend_->CopyToHost(host_out_.floats(), device_out_.floats(), l.out_floats * f, ctx_));
   }
+  const InferenceRequest& head = *launch.head;
   if (head.op == Op::kBackward && head.weight_grad == WeightGradMode::kReturn) {
     // Only unmerged launches return the weight gradient (the batcher never merges them).
+    const int64_t weight_numel = launch.plan->weight_numel();
     HostTensor& g = results.front().grad_weight;
-    g = HostTensor::Zeros({plan.weight_numel()});
-    RETURN_IF_ERROR(backend_->CopyToHost(g.data.data(), grad_weight_.floats(), plan.weight_numel() * f, ctx_));
+    g = HostTensor::Zeros({weight_numel});
+    RETURN_IF_ERROR(backend_->CopyToHost(g.data.data(), grad_weight_.floats(), weight_numel * f, ctx_));
   }
-  RETURN_IF_ERROR(backend_->Synchronize(ctx_));
-  const double device_seconds = SecondsSince(device_start);
-  const auto scatter_start = std::chrono::steady_clock::now();
+  return backend_->Synchronize(ctx_);
+}
+
+void Worker::ScatterOutputs(const Batch& batch, const Launch& launch, std::vector<InferenceResult>& results) const {
+  const StagingLayout& l = launch.layout;
+  const TensorProductPlan& plan = *launch.plan;
   auto scatter = [&](int64_t at, int64_t dim, HostTensor InferenceResult::*member) {
     const float* src = host_out_.floats() + at;
     for (size_t i = 0; i < batch.size(); ++i) {
@@ -386,7 +412,7 @@ absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batc
       const InferenceRequest& request = batch[i]->request;
       float* into = member == &InferenceResult::out ? request.out_into : nullptr;
       if (into != nullptr && static_cast<size_t>(n * dim) == request.out_into_size) {  // straight into the caller's buffer (a unary response's bytes)
-        std::memcpy(into, src, n * dim * f);
+        std::memcpy(into, src, n * dim * sizeof(float));
         t = HostTensor::Borrow({n, dim}, into, static_cast<size_t>(n * dim));
       } else {
         t.shape = {n, dim};
@@ -395,16 +421,33 @@ absl::Status Worker::RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batc
       src += n * dim;
     }
   };
-  if (direct_out) {
+  if (launch.direct_out) {
     for (size_t i = 0; i < batch.size(); ++i) {
       const InferenceRequest& r = batch[i]->request;
-      results[i].out = HostTensor::Borrow({batch[i]->batch, dim_out}, r.out_into, r.out_into_size);
+      results[i].out = HostTensor::Borrow({batch[i]->batch, plan.dim_out()}, r.out_into, r.out_into_size);
     }
-  } else if (want_out) {
-    scatter(out_at, dim_out, &InferenceResult::out);
+  } else if (launch.want.out) {
+    scatter(l.out_at, plan.dim_out(), &InferenceResult::out);
   }
-  if (want_grad_x1) scatter(grad_x1_at, dim_in1, &InferenceResult::grad_x1);
-  if (want_grad_x2) scatter(grad_x2_at, dim_in2, &InferenceResult::grad_x2);
+  if (launch.want.grad_x1) scatter(l.grad_x1_at, plan.dim_in1(), &InferenceResult::grad_x1);
+  if (launch.want.grad_x2) scatter(l.grad_x2_at, plan.dim_in2(), &InferenceResult::grad_x2);
+}
+
+absl::Status Worker::RunBatch(Batch& batch, Replica& replica, std::vector<InferenceResult>& results) {
+  constexpr size_t f = sizeof(float);
+  const Launch launch = PlanLaunch(batch);
+  RETURN_IF_ERROR(EnsureStaging(device_in_, launch.layout.in_floats * f));
+  if (!launch.direct_in) RETURN_IF_ERROR(EnsureStaging(host_in_, launch.layout.in_floats * f));
+  RETURN_IF_ERROR(EnsureStaging(device_out_, std::max<int64_t>(launch.layout.out_floats, 1) * f));
+  if (!launch.direct_out) RETURN_IF_ERROR(EnsureStaging(host_out_, std::max<int64_t>(launch.layout.out_floats, 1) * f));
+  double gather_seconds = 0;
+  const auto device_start = std::chrono::steady_clock::now();
+  RETURN_IF_ERROR(StageInputs(batch, launch, &gather_seconds));
+  RETURN_IF_ERROR(Compute(launch, replica));
+  RETURN_IF_ERROR(CopyOutputsBack(batch, launch, results));
+  const double device_seconds = SecondsSince(device_start) - gather_seconds;
+  const auto scatter_start = std::chrono::steady_clock::now();
+  ScatterOutputs(batch, launch, results);
   if (observer_ != nullptr) observer_->OnLaunchStages(device_, gather_seconds, device_seconds, SecondsSince(scatter_start));
   return absl::OkStatus();
 }

@@ -122,8 +122,18 @@ class Worker {
   void Loop();
   absl::StatusOr<Replica*> ReplicaFor(const Model& model, const WeightsSnapshot& weights);
   absl::Status EnsureStaging(Staging& staging, size_t bytes);
-  absl::Status RunBatch(std::vector<std::unique_ptr<PendingRequest>>& batch, Replica& replica,
-                        std::vector<InferenceResult>& results);
+  // One launch of `batch` on `replica`, in steps: plan where its tensors go, stage the inputs on
+  // the device, compute, copy the outputs back, scatter them into each request's result.
+  using Batch = std::vector<std::unique_ptr<PendingRequest>>;
+  struct Launch;
+  // Answers and removes the requests whose caller gave up or whose deadline passed.
+  void DropAbandoned(Batch& batch);
+  absl::Status RunBatch(Batch& batch, Replica& replica, std::vector<InferenceResult>& results);
+  Launch PlanLaunch(const Batch& batch) const;
+  absl::Status StageInputs(const Batch& batch, const Launch& launch, double* gather_seconds);
+  absl::Status Compute(const Launch& launch, Replica& replica);
+  absl::Status CopyOutputsBack(const Batch& batch, const Launch& launch, std::vector<InferenceResult>& results);
+  void ScatterOutputs(const Batch& batch, const Launch& launch, std::vector<InferenceResult>& results) const;
   void ReportMemory();
   absl::Status GradientReadableLocked(const Model& model);  // with mu_ held
   // Retired by MarkLost (the only writer of Batcher::kRetired into busy_, under mu_).

@@ -15,10 +15,11 @@ namespace tpserve::server {
 // host a unary Echo of the seed's sizes took p50 0.57-0.63 ms instead of 0.42-0.49 ms
 // (grpc-echo-probe, docs/BENCHMARKS.md). The price: a Stream holds two threads while open.
 //
-// The methods are registered by hand (as the generated TensorProductService::Service would, with
-// the same names and wire messages) because Forward is served from the message's bytes: x1 and x2
-// are read from gRPC's receive buffer straight into page-locked memory that the device copies
-// from, and `out` is sent from the page-locked buffer the device copied it into (forward_wire.h).
+// The methods are registered by hand (sync_methods.h: the generated service's names and wire
+// messages) because Forward is served from the message's bytes: x1 and x2 are read from gRPC's
+// receive buffer straight into page-locked buffers the core leases for the call
+// (InferenceCore::LeaseBuffers), which the device copies from, and `out` is sent from the leased
+// buffer the device copied it into (forward_wire.h).
 // Through the generated handler the same call made four more copies of its tensors (into the
 // request message, into the worker's staging, out of it, into the response message). The other
 // methods parse their requests so that one that does not parse is INVALID_ARGUMENT, as Forward's
@@ -32,10 +33,7 @@ class ComputeServiceImpl final : public grpc::Service {
                         tp::v1::BackwardResponse* response);
   grpc::Status BackwardChunked(grpc::ServerContext* context, const tp::v1::BackwardRequest* request,
                                grpc::ServerWriter<tp::v1::BackwardResponse>* writer);
-  // Requests are admitted as they arrive (so several can be batched or in flight at once) and
-  // answered strictly in arrival order; at most stream_max_in_flight are outstanding. At most
-  // max_streams are open at once: one more answers RESOURCE_EXHAUSTED before it reads anything,
-  // so that streams cannot take every thread from unary callers.
+  // Served by a StreamHandler (stream_handler.h).
   grpc::Status Stream(grpc::ServerContext* context,
                       grpc::ServerReaderWriter<tp::v1::StreamResponse, grpc::ByteBuffer>* stream);
   grpc::Status Echo(grpc::ServerContext* context, const tp::v1::EchoRequest* request,

@@ -1,8 +1,5 @@
 #include "server/grpc/convert.h"
 
-#include <condition_variable>
-#include <mutex>
-#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -200,48 +197,15 @@ void ToProto(const InferenceResult& result, tp::v1::DType dtype, bool inline_gra
   out->set_device(result.device);
 }
 
-absl::StatusOr<InferenceResult> RunForRpc(InferenceCore& core, InferenceRequest request,
-                                          grpc::ServerContext* context) {
-  struct Waiter {
-    std::mutex mu;
-    std::condition_variable cv;
-    std::optional<absl::StatusOr<InferenceResult>> result;
-  };
-  auto waiter = std::make_shared<Waiter>();
-  auto deadline = context->deadline();
+InferenceCore::CallerWatch WatchOf(grpc::ServerContext* context) {
+  InferenceCore::CallerWatch watch;
+  const auto deadline = context->deadline();
+  // No deadline reads as a time far in the future.
   if (deadline < std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) {
-    request.deadline = absl::FromChrono(deadline);
+    watch.deadline = absl::FromChrono(deadline);
   }
-  auto cancelled = std::make_shared<std::atomic<bool>>(false);
-  request.cancelled = cancelled;
-  const bool changes_state = request.op == Op::kBackward && request.weight_grad == WeightGradMode::kAccumulate;
-  // This thread waits for the result anyway: let it run the launch when a worker is idle.
-  core.Submit(
-      std::move(request),
-      [waiter](absl::StatusOr<InferenceResult> result) {
-        std::lock_guard<std::mutex> lock(waiter->mu);
-        waiter->result = std::move(result);
-        waiter->cv.notify_one();
-      },
-      InferenceCore::Dispatch::kCallerMayRun);
-  std::unique_lock<std::mutex> lock(waiter->mu);
-  std::optional<absl::Status> gave_up;
-  while (!waiter->result.has_value()) {
-    // The callback wakes us; the timeout only bounds how late we notice a cancellation.
-    waiter->cv.wait_for(lock, std::chrono::milliseconds(20));
-    if (!waiter->result.has_value() && !gave_up.has_value() && context->IsCancelled()) {
-      // Queued: the batcher drops it at its next look. Running: it finishes. Either way the
-      // callback comes soon, and the request may borrow this RPC's message until then.
-      cancelled->store(true);
-      bool past_deadline = std::chrono::system_clock::now() >= deadline;
-      gave_up = past_deadline ? absl::DeadlineExceededError("deadline exceeded")
-                              : absl::CancelledError("cancelled by the client");
-    }
-  }
-  // A launch that added to the gradient buffer is answered OK (that is what happened), never with
-  // the status of a client that gave up meanwhile (docs/SERVER.md, "Calls that fail on the client").
-  if (gave_up.has_value() && !(changes_state && waiter->result->ok())) return *gave_up;
-  return *std::move(waiter->result);
+  watch.gave_up = [context] { return context->IsCancelled(); };
+  return watch;
 }
 
 }  // namespace tpserve::server

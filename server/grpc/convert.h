@@ -25,7 +25,7 @@ void ToProto(const ModelInfo& info, tp::v1::ModelInfo* out);
 ModelSpec FromProto(const tp::v1::ModelSpec& spec);
 
 // Decode::kBorrow: the request's float32 tensors point into `request`, which must then outlive
-// the core's result callback (RunForRpc waits for it).
+// the core's result callback (InferenceCore::Run waits for it).
 absl::StatusOr<InferenceRequest> FromProto(const tp::v1::ForwardRequest& request,
                                            wire::Decode mode = wire::Decode::kCopy);
 absl::StatusOr<InferenceRequest> FromProto(const tp::v1::BackwardRequest& request,
@@ -42,11 +42,8 @@ void ToProto(const InferenceResult& result, tp::v1::DType dtype, tp::v1::Forward
 void ToProto(const InferenceResult& result, tp::v1::DType dtype, bool inline_grad_weight,
              tp::v1::BackwardResponse* out);
 
-// Runs a request on the core within the RPC's deadline. When the client cancels or the deadline
-// passes, marks the request cancelled (the batcher drops it if still queued) and returns that
-// status once the core is done with the request (which may borrow the RPC's message); except that
-// a gradient accumulation whose launch ran is answered with its result (it was applied).
-absl::StatusOr<InferenceResult> RunForRpc(InferenceCore& core, InferenceRequest request,
-                                          grpc::ServerContext* context);
+// What the core's Run watches while this RPC waits for its result: the call's deadline, and
+// whether the client cancelled.
+InferenceCore::CallerWatch WatchOf(grpc::ServerContext* context);
 
 }  // namespace tpserve::server

@@ -7,9 +7,20 @@
 #include "server/grpc/convert.h"
 #include "server/grpc/forward_wire.h"
 #include "server/grpc/kserve_convert.h"
+#include "server/grpc/sync_methods.h"
 #include "server/grpc/tensor_codec.h"
 
 namespace tpserve::server {
+
+// A request's raw FP32 inputs where gRPC received them: their bytes are copied once, into the
+// buffers the core leases for the call (Infer).
+struct RawInputs {
+  std::vector<grpc::Slice> slices;
+  std::vector<absl::string_view> pieces;
+  std::vector<wire::WireBytes> bytes;  // one per input, in order
+  std::vector<HostTensor> shapes;      // each input's shape, no values yet
+};
+
 namespace {
 
 constexpr char kServerName[] = "tpserve";
@@ -52,91 +63,62 @@ constexpr int kRawOutputContentsField = 6;
 enum class Read { kParsed, kParsedWithRawInputs, kLeftToProtobuf };
 
 // The request from gRPC's buffer: everything but raw_input_contents parsed by protobuf into
-// `message`; raw inputs that are all FP32 copied straight into one page-locked lease, each at a
-// staging-aligned offset after the previous (x1 then x2, as the worker lays them out: one copy
-// moves both to the device), and borrowed by `raw_inputs`. kLeftToProtobuf for anything else
-// (other datatypes, sizes that do not match, malformed bytes): the caller parses it whole.
-Read ReadModelInfer(const grpc::ByteBuffer& request, HostPool& pool, inference::ModelInferRequest* message,
-                    std::vector<HostTensor>* raw_inputs, std::unique_ptr<HostLease>* lease) {
-  std::vector<grpc::Slice> slices;
-  if (!request.Dump(&slices).ok()) return Read::kLeftToProtobuf;
-  std::vector<absl::string_view> pieces;
-  pieces.reserve(slices.size());
-  for (const grpc::Slice& slice : slices) pieces.emplace_back(reinterpret_cast<const char*>(slice.begin()), slice.size());
+// `message`; raw inputs that are all FP32 of their shapes' sizes left where they are, in `raw`.
+// kLeftToProtobuf for anything else (other datatypes, sizes that do not match, malformed bytes):
+// the caller parses it whole.
+Read ReadModelInfer(const grpc::ByteBuffer& request, inference::ModelInferRequest* message, RawInputs* raw) {
+  if (!request.Dump(&raw->slices).ok()) return Read::kLeftToProtobuf;
+  raw->pieces.reserve(raw->slices.size());
+  for (const grpc::Slice& slice : raw->slices) {
+    raw->pieces.emplace_back(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  }
   std::string rest;
-  std::vector<wire::WireBytes> raw;
-  if (!wire::SplitOutField(pieces, kRawInputContentsField, &rest, &raw)) return Read::kLeftToProtobuf;
+  if (!wire::SplitOutField(raw->pieces, kRawInputContentsField, &rest, &raw->bytes)) return Read::kLeftToProtobuf;
   if (!message->ParseFromString(rest)) return Read::kLeftToProtobuf;
-  if (raw.empty()) return Read::kParsed;  // typed contents: `rest` was the whole message
-  if (static_cast<int>(raw.size()) != message->inputs_size()) return Read::kLeftToProtobuf;
-  std::vector<size_t> offsets(raw.size());
-  size_t total = 0;
-  for (size_t i = 0; i < raw.size(); ++i) {
+  if (raw->bytes.empty()) return Read::kParsed;  // typed contents: `rest` was the whole message
+  if (static_cast<int>(raw->bytes.size()) != message->inputs_size()) return Read::kLeftToProtobuf;
+  raw->shapes.clear();
+  for (size_t i = 0; i < raw->bytes.size(); ++i) {
     const auto& input = message->inputs(static_cast<int>(i));
-    const int64_t numel = wire::ShapeElements(std::vector<int64_t>(input.shape().begin(), input.shape().end()));
+    HostTensor shape;
+    shape.shape.assign(input.shape().begin(), input.shape().end());
+    const int64_t numel = wire::ShapeElements(shape.shape);
     if (input.datatype() != "FP32" || input.shape().empty() || numel < 0 ||
-        raw[i].size != static_cast<size_t>(numel) * sizeof(float)) {
+        raw->bytes[i].size != static_cast<size_t>(numel) * sizeof(float)) {
       return Read::kLeftToProtobuf;
     }
-    offsets[i] = total;
-    total += static_cast<size_t>(AlignStagingRegion(numel)) * sizeof(float);
-  }
-  *lease = pool.Acquire(total);
-  char* base = static_cast<char*>((*lease)->data());
-  raw_inputs->clear();
-  for (size_t i = 0; i < raw.size(); ++i) {
-    const auto& input = message->inputs(static_cast<int>(i));
-    wire::CopyWireBytes(pieces, raw[i], base + offsets[i]);
-    HostTensor tensor = HostTensor::Borrow({input.shape().begin(), input.shape().end()},
-                                           reinterpret_cast<const float*>(base + offsets[i]),
-                                           raw[i].size / sizeof(float));
-    tensor.pinned = (*lease)->pinned();
-    raw_inputs->push_back(std::move(tensor));
+    raw->shapes.push_back(std::move(shape));
   }
   return Read::kParsedWithRawInputs;
 }
 
-}  // namespace
-
-template <typename Request, typename Response>
-void KserveServiceImpl::AddUnary(const char* path, UnaryHandler<Request, Response> handler) {
-  using Message = grpc::protobuf::MessageLite;
-  AddMethod(new grpc::internal::RpcServiceMethod(
-      path, grpc::internal::RpcMethod::NORMAL_RPC,
-      new grpc::internal::RpcMethodHandler<KserveServiceImpl, Request, Response, Message, Message>(
-          [handler](KserveServiceImpl* self, grpc::ServerContext* context, const Request* request,
-                    Response* response) { return (self->*handler)(context, request, response); },
-          this)));
+// Copies each raw input's bytes to where the core leased it (by the input's name).
+void CopyRawInputs(const inference::ModelInferRequest& request, const RawInputs& raw, const CallBuffers& buffers) {
+  for (size_t i = 0; i < raw.bytes.size(); ++i) {
+    const std::string& name = request.inputs(static_cast<int>(i)).name();
+    float* into = name == kserve::kInputX1   ? buffers.x1()
+                  : name == kserve::kInputX2 ? buffers.x2()
+                                             : buffers.grad_out();
+    if (into != nullptr) wire::CopyWireBytes(raw.pieces, raw.bytes[i], into);  // else Validate names it
+  }
 }
 
-// gRPC keeps the method names' pointers: literals only.
+}  // namespace
+
 KserveServiceImpl::KserveServiceImpl(const ServiceEnv& env) : env_(env) {
   using Self = KserveServiceImpl;
-  using Message = grpc::protobuf::MessageLite;
-  AddUnary("/inference.GRPCInferenceService/ServerLive", &Self::ServerLive);
-  AddUnary("/inference.GRPCInferenceService/ServerReady", &Self::ServerReady);
-  AddUnary("/inference.GRPCInferenceService/ModelReady", &Self::ModelReady);
-  AddUnary("/inference.GRPCInferenceService/ServerMetadata", &Self::ServerMetadata);
-  AddUnary("/inference.GRPCInferenceService/ModelMetadata", &Self::ModelMetadata);
-  AddMethod(new grpc::internal::RpcServiceMethod(
-      "/inference.GRPCInferenceService/ModelInfer", grpc::internal::RpcMethod::NORMAL_RPC,
-      new grpc::internal::RpcMethodHandler<Self, grpc::ByteBuffer, grpc::ByteBuffer>(
-          [](Self* self, grpc::ServerContext* context, const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
-            return self->ModelInfer(context, request, response);
-          },
-          this)));
-  AddMethod(new grpc::internal::RpcServiceMethod(
-      "/inference.GRPCInferenceService/ModelStreamInfer", grpc::internal::RpcMethod::BIDI_STREAMING,
-      new grpc::internal::BidiStreamingHandler<Self, inference::ModelInferRequest, inference::ModelStreamInferResponse>(
-          [](Self* self, grpc::ServerContext* context,
-             grpc::ServerReaderWriter<inference::ModelStreamInferResponse, inference::ModelInferRequest>* stream) {
-            return self->ModelStreamInfer(context, stream);
-          },
-          this)));
-  AddUnary("/inference.GRPCInferenceService/ModelConfig", &Self::ModelConfig);
-  AddUnary("/inference.GRPCInferenceService/RepositoryIndex", &Self::RepositoryIndex);
-  AddUnary("/inference.GRPCInferenceService/RepositoryModelLoad", &Self::RepositoryModelLoad);
-  AddUnary("/inference.GRPCInferenceService/RepositoryModelUnload", &Self::RepositoryModelUnload);
+  auto path = [](const char* method) { return MethodPath<inference::GRPCInferenceService>(method); };
+  AddMethod(PlainUnaryMethod(path("ServerLive"), this, &Self::ServerLive));
+  AddMethod(PlainUnaryMethod(path("ServerReady"), this, &Self::ServerReady));
+  AddMethod(PlainUnaryMethod(path("ModelReady"), this, &Self::ModelReady));
+  AddMethod(PlainUnaryMethod(path("ServerMetadata"), this, &Self::ServerMetadata));
+  AddMethod(PlainUnaryMethod(path("ModelMetadata"), this, &Self::ModelMetadata));
+  AddMethod(RawUnaryMethod(path("ModelInfer"), this, &Self::ModelInfer));
+  AddMethod(BidiStreamingMethod(path("ModelStreamInfer"), this, &Self::ModelStreamInfer));
+  AddMethod(PlainUnaryMethod(path("ModelConfig"), this, &Self::ModelConfig));
+  AddMethod(PlainUnaryMethod(path("RepositoryIndex"), this, &Self::RepositoryIndex));
+  AddMethod(PlainUnaryMethod(path("RepositoryModelLoad"), this, &Self::RepositoryModelLoad));
+  AddMethod(PlainUnaryMethod(path("RepositoryModelUnload"), this, &Self::RepositoryModelUnload));
 }
 
 grpc::Status KserveServiceImpl::ServerLive(grpc::ServerContext* context, const inference::ServerLiveRequest*,
@@ -194,16 +176,19 @@ grpc::Status KserveServiceImpl::ModelMetadata(grpc::ServerContext* context,
 }
 
 absl::Status KserveServiceImpl::Infer(grpc::ServerContext* context, const inference::ModelInferRequest& request,
-                                      std::vector<HostTensor>* raw_inputs, inference::ModelInferResponse* response,
-                                      std::string* device, std::unique_ptr<HostLease>* out_lease,
-                                      RpcScope* scope) {
-  absl::StatusOr<kserve::InferCall> call = raw_inputs != nullptr
-                                               ? kserve::FromProto(request, std::move(*raw_inputs))
-                                               : kserve::FromProto(request, wire::Decode::kBorrow);
+                                      RawInputs* raw, inference::ModelInferResponse* response,
+                                      std::string* device, bool lease_out, CallBuffers* buffers, RpcScope* scope) {
+  absl::StatusOr<kserve::InferCall> call = raw != nullptr ? kserve::FromProto(request, std::move(raw->shapes))
+                                                          : kserve::FromProto(request, wire::Decode::kBorrow);
   if (!call.ok()) return call.status();
-  absl::StatusOr<std::shared_ptr<Model>> model = env_.core->FindModel(request.model_name());
-  if (!model.ok()) return WithModelsHint(model.status());
-  const ModelInfo info = (*model)->Info();
+  // A float32 forward answered in raw bytes: the device writes `out` straight into the memory the
+  // response is sent from (a page-locked lease for unary calls, else the message's bytes).
+  const bool raw_float32_out = call->raw_outputs && call->dtype == tp::v1::DTYPE_FLOAT32;
+  const unsigned parts = (raw != nullptr ? InferenceCore::kLeaseInputs : 0u) |
+                         (lease_out && raw_float32_out ? InferenceCore::kLeaseOut : 0u);
+  if (auto s = env_.core->LeaseBuffers(call->request, parts, buffers); !s.ok()) return WithModelsHint(s);
+  if (scope != nullptr) scope->set_model(buffers->model());
+  const ModelInfo info = buffers->model()->Info();
   if (auto s = CheckVersion(info, request.model_version()); !s.ok()) return s;
   if (call->request.weight_grad == WeightGradMode::kReturn) {  // same inline limit as tp.v1 Backward
     const int64_t bytes = info.weight_numel * static_cast<int64_t>(wire::DTypeSize(call->dtype));
@@ -214,27 +199,21 @@ absl::Status KserveServiceImpl::Infer(grpc::ServerContext* context, const infere
           "; use the parameter weight_grad = 'accumulate' and tp.v1 ModelService/GetGradient"));
     }
   }
-  // A float32 forward answered in raw bytes: the device writes `out` straight into the memory the
-  // response is sent from (a page-locked lease for unary calls, else the message's bytes).
+  if (raw != nullptr) CopyRawInputs(request, *raw, *buffers);
   const int64_t batch = call->request.x1.rows();
   const size_t out_floats = static_cast<size_t>(batch * info.dim_out);
-  if (call->raw_outputs && call->dtype == tp::v1::DTYPE_FLOAT32 && call->request.op == Op::kForward &&
-      batch >= 1 && batch <= env_.core->config().max_batch_size) {
-    if (out_lease != nullptr) {
-      *out_lease = env_.core->host_pool().Acquire(out_floats * sizeof(float));
-      call->request.out_into = static_cast<float*>((*out_lease)->data());
-      call->request.out_into_pinned = (*out_lease)->pinned();
-    } else {
-      std::string* bytes = response->add_raw_output_contents();
-      bytes->resize(out_floats * sizeof(float));
-      if (reinterpret_cast<uintptr_t>(bytes->data()) % alignof(float) == 0) {
-        call->request.out_into = reinterpret_cast<float*>(bytes->data());
-      }
+  if (raw_float32_out && call->request.op == Op::kForward && buffers->out() == nullptr) {
+    std::string* bytes = response->add_raw_output_contents();
+    bytes->resize(out_floats * sizeof(float));
+    if (reinterpret_cast<uintptr_t>(bytes->data()) % alignof(float) == 0) {
+      call->request.out_into = reinterpret_cast<float*>(bytes->data());
+      call->request.out_into_size = out_floats;
     }
-    if (call->request.out_into != nullptr) call->request.out_into_size = out_floats;
   }
   if (scope != nullptr) scope->MarkStage("read");
-  absl::StatusOr<InferenceResult> result = RunForRpc(*env_.core, std::move(call->request), context);
+  const InferenceCore::CallerWatch watch = WatchOf(context);
+  absl::StatusOr<InferenceResult> result =
+      env_.core->Run(std::move(call->request), InferenceCore::Dispatch::kCallerMayRun, &watch);
   if (scope != nullptr) scope->MarkStage("core");
   if (!result.ok()) return result.status();
   *device = result->device;
@@ -248,8 +227,8 @@ absl::Status KserveServiceImpl::Infer(grpc::ServerContext* context, const infere
   response->set_id(request.id());
   (*response->mutable_parameters())["executed_batch"].set_int64_param(result->executed_batch);
   (*response->mutable_parameters())["device"].set_string_param(result->device);
-  if (out_lease != nullptr && *out_lease != nullptr) {
-    if (result->out.values() == (*out_lease)->data() && result->out.size() == out_floats) {
+  if (buffers->out() != nullptr) {
+    if (result->out.values() == buffers->out() && result->out.size() == out_floats) {
       // The only output; its bytes follow the message from the lease (see ModelInfer).
       inference::ModelInferResponse::InferOutputTensor* output = response->add_outputs();
       output->set_name(kserve::kOutputOut);
@@ -258,7 +237,7 @@ absl::Status KserveServiceImpl::Infer(grpc::ServerContext* context, const infere
       return absl::OkStatus();
     }
     // Computed elsewhere (the launch could not use the lease): answered as usual.
-    out_lease->reset();
+    buffers->TakeOutLease().reset();
   }
   kserve::ToProto(*call, *result, response);
   return absl::OkStatus();
@@ -269,9 +248,8 @@ grpc::Status KserveServiceImpl::ModelInfer(grpc::ServerContext* context, const g
   RpcScope scope(env_, "ModelInfer", context);
   if (auto s = scope.Authorize(); !s.ok()) return scope.Finish(s);
   inference::ModelInferRequest message;
-  std::vector<HostTensor> raw_inputs;
-  std::unique_ptr<HostLease> in_lease;  // holds raw_inputs' values until the call is done
-  const Read read = ReadModelInfer(*request, env_.core->host_pool(), &message, &raw_inputs, &in_lease);
+  RawInputs raw;
+  const Read read = ReadModelInfer(*request, &message, &raw);
   if (read == Read::kLeftToProtobuf) {
     message.Clear();
     grpc::ByteBuffer copy(*request);  // Deserialize consumes its buffer; this one shares the bytes
@@ -283,18 +261,18 @@ grpc::Status KserveServiceImpl::ModelInfer(grpc::ServerContext* context, const g
   scope.set_model(message.model_name());
   std::string device;
   inference::ModelInferResponse fields;
-  std::unique_ptr<HostLease> out_lease;
-  absl::Status status = Infer(context, message, read == Read::kParsedWithRawInputs ? &raw_inputs : nullptr, &fields,
-                              &device, &out_lease, &scope);
+  CallBuffers buffers;  // the call's page-locked inputs and out, until the response is sent
+  absl::Status status = Infer(context, message, read == Read::kParsedWithRawInputs ? &raw : nullptr, &fields,
+                              &device, /*lease_out=*/true, &buffers, &scope);
   if (!device.empty()) scope.set_device(device);
   if (!status.ok()) return scope.Finish(status);
-  if (out_lease != nullptr) {
+  if (buffers.out() != nullptr) {
     // Protobuf appends repeated fields that follow a message: the message's fields, then
     // raw_output_contents[0] as its tag, its length and the lease's bytes.
     const size_t bytes = static_cast<size_t>(fields.outputs(0).shape(0) * fields.outputs(0).shape(1)) * sizeof(float);
     std::string head = fields.SerializeAsString();
     wire::AppendLengthDelimitedTag(kRawOutputContentsField, bytes, &head);
-    HostLease* lease = out_lease.release();  // gRPC frees the slice, and with it the lease, once sent
+    HostLease* lease = buffers.TakeOutLease().release();  // gRPC frees the slice, and with it the lease, once sent
     grpc::Slice parts[2] = {grpc::Slice(head),
                             grpc::Slice(lease->data(), bytes, [](void* p) { delete static_cast<HostLease*>(p); }, lease)};
     *response = grpc::ByteBuffer(parts, 2);
@@ -320,8 +298,9 @@ grpc::Status KserveServiceImpl::ModelStreamInfer(
     each.set_model(request.model_name());
     inference::ModelStreamInferResponse answer;
     std::string device;
-    absl::Status status =
-        Infer(context, request, nullptr, answer.mutable_infer_response(), &device, nullptr, nullptr);
+    CallBuffers buffers;
+    absl::Status status = Infer(context, request, nullptr, answer.mutable_infer_response(), &device,
+                                /*lease_out=*/false, &buffers, nullptr);
     if (!device.empty()) each.set_device(device);
     if (!status.ok()) {
       answer.Clear();

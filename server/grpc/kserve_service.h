@@ -9,9 +9,10 @@
 // shared-memory, trace and log calls (not declared: UNIMPLEMENTED) and RepositoryModelUnload
 // (UNIMPLEMENTED, naming tp.v1's DeleteModel).
 //
-// The methods are registered by hand (the generated service's names and wire messages) because
-// ModelInfer is served around its tensor bytes, as tp.v1's Forward is (forward_wire.h): raw FP32
-// inputs go from gRPC's receive buffer straight into one page-locked lease the device copies from
+// The methods are registered by hand (sync_methods.h: the generated service's names and wire
+// messages) because ModelInfer is served around its tensor bytes, as tp.v1's Forward is
+// (forward_wire.h): raw FP32 inputs go from gRPC's receive buffer straight into the page-locked
+// buffers the core leases for the call (InferenceCore::LeaseBuffers), which the device copies from
 // (the rest of the message is parsed by protobuf), and a float32 forward answered in raw bytes has
 // `out` written by the device into a lease that the response sends from (the message's other
 // fields, then raw_output_contents' tag and length, then the lease). Any other request is parsed
@@ -23,10 +24,12 @@
 #include <vector>
 
 #include "inference/grpc_service.grpc.pb.h"
-#include "server/core/host_pool.h"
+#include "server/core/call_buffers.h"
 #include "server/grpc/rpc_scope.h"
 
 namespace tpserve::server {
+
+struct RawInputs;  // a ModelInfer request's raw FP32 inputs as received (kserve_service.cc)
 
 class KserveServiceImpl final : public grpc::Service {
  public:
@@ -70,18 +73,14 @@ class KserveServiceImpl final : public grpc::Service {
                                      inference::RepositoryModelUnloadResponse* response);
 
  private:
-  // One inference: convert, run on the core within the call's deadline, convert back. With
-  // `out_lease` (unary calls): a float32 raw forward's `out` is left in *out_lease, which the
-  // caller sends after `response` as raw_output_contents[0]; *out_lease stays null otherwise.
-  // `raw_inputs`: the request's raw inputs already decoded (ModelInfer's fast path), else null.
+  // One inference: convert, lease the call's buffers from the core (`buffers`, which the caller
+  // keeps until the response is sent), run within the call's deadline, convert back. With
+  // `lease_out` (unary calls): a float32 raw forward's `out` is left in buffers' out lease, which
+  // the caller sends after `response` as raw_output_contents[0]. `raw`: the request's raw FP32
+  // inputs where gRPC received them (ModelInfer's fast path), else null.
   absl::Status Infer(grpc::ServerContext* context, const inference::ModelInferRequest& request,
-                     std::vector<HostTensor>* raw_inputs, inference::ModelInferResponse* response,
-                     std::string* device, std::unique_ptr<HostLease>* out_lease, RpcScope* scope);
-
-  template <typename Request, typename Response>
-  using UnaryHandler = grpc::Status (KserveServiceImpl::*)(grpc::ServerContext*, const Request*, Response*);
-  template <typename Request, typename Response>
-  void AddUnary(const char* path, UnaryHandler<Request, Response> handler);
+                     RawInputs* raw, inference::ModelInferResponse* response, std::string* device,
+                     bool lease_out, CallBuffers* buffers, RpcScope* scope);
 
   const ServiceEnv& env_;
   std::atomic<bool> ready_{false};

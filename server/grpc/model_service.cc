@@ -8,6 +8,7 @@
 #include "kernels/core/status_macros.h"
 #include "server/grpc/convert.h"
 #include "server/grpc/request_parsing.h"
+#include "server/grpc/sync_methods.h"
 #include "server/grpc/tensor_codec.h"
 
 namespace tpserve::server {
@@ -64,15 +65,15 @@ grpc::Status StreamVector(const std::vector<float>& values, int64_t chunk_elemen
 
 ModelServiceImpl::ModelServiceImpl(const ServiceEnv& env) : env_(env) {
   using Self = ModelServiceImpl;
-  AddMethod(ClientStreamingMethod("/tp.v1.ModelService/CreateModel", this, &Self::CreateModel));
-  AddMethod(UnaryMethod("/tp.v1.ModelService/GetModel", this, &env_, &Self::GetModel));
-  AddMethod(UnaryMethod("/tp.v1.ModelService/ListModels", this, &env_, &Self::ListModels));
-  AddMethod(UnaryMethod("/tp.v1.ModelService/DeleteModel", this, &env_, &Self::DeleteModel));
-  AddMethod(ClientStreamingMethod("/tp.v1.ModelService/UploadWeights", this, &Self::UploadWeights));
-  AddMethod(ServerStreamingMethod("/tp.v1.ModelService/DownloadWeights", this, &env_, &Self::DownloadWeights));
-  AddMethod(ServerStreamingMethod("/tp.v1.ModelService/GetGradient", this, &env_, &Self::GetGradient));
-  AddMethod(UnaryMethod("/tp.v1.ModelService/ZeroGradient", this, &env_, &Self::ZeroGradient));
-  AddMethod(UnaryMethod("/tp.v1.ModelService/SgdStep", this, &env_, &Self::SgdStep));
+  AddMethod(ClientStreamingMethod(MethodPath<tp::v1::ModelService>("CreateModel"), this, &Self::CreateModel));
+  AddMethod(UnaryMethod(MethodPath<tp::v1::ModelService>("GetModel"), this, &env_, &Self::GetModel));
+  AddMethod(UnaryMethod(MethodPath<tp::v1::ModelService>("ListModels"), this, &env_, &Self::ListModels));
+  AddMethod(UnaryMethod(MethodPath<tp::v1::ModelService>("DeleteModel"), this, &env_, &Self::DeleteModel));
+  AddMethod(ClientStreamingMethod(MethodPath<tp::v1::ModelService>("UploadWeights"), this, &Self::UploadWeights));
+  AddMethod(ServerStreamingMethod(MethodPath<tp::v1::ModelService>("DownloadWeights"), this, &env_, &Self::DownloadWeights));
+  AddMethod(ServerStreamingMethod(MethodPath<tp::v1::ModelService>("GetGradient"), this, &env_, &Self::GetGradient));
+  AddMethod(UnaryMethod(MethodPath<tp::v1::ModelService>("ZeroGradient"), this, &env_, &Self::ZeroGradient));
+  AddMethod(UnaryMethod(MethodPath<tp::v1::ModelService>("SgdStep"), this, &env_, &Self::SgdStep));
 }
 
 grpc::Status ModelServiceImpl::CreateModel(grpc::ServerContext* context, grpc::ServerReader<grpc::ByteBuffer>* reader,

@@ -4,13 +4,14 @@
 #include "server/grpc/convert.h"
 #include "server/grpc/graph_codec.h"
 #include "server/grpc/request_parsing.h"
+#include "server/grpc/sync_methods.h"
 
 namespace tpserve::server {
 
 NetworkServiceImpl::NetworkServiceImpl(const ServiceEnv& env) : env_(env) {
   using Self = NetworkServiceImpl;
-  AddMethod(UnaryMethod("/tp.v1.NetworkService/Predict", this, &env_, &Self::Predict));
-  AddMethod(UnaryMethod("/tp.v1.NetworkService/TrainStep", this, &env_, &Self::TrainStep));
+  AddMethod(UnaryMethod(MethodPath<tp::v1::NetworkService>("Predict"), this, &env_, &Self::Predict));
+  AddMethod(UnaryMethod(MethodPath<tp::v1::NetworkService>("TrainStep"), this, &env_, &Self::TrainStep));
 }
 
 grpc::Status NetworkServiceImpl::Predict(grpc::ServerContext* context, const tp::v1::PredictRequest* request,

@@ -3,8 +3,8 @@
 // gRPC's generated synchronous handlers parse a request before the service's code runs and answer
 // one that does not parse with INTERNAL (protobuf's SerializationTraits), and a streaming Read()
 // that fails to parse looks like the end of the stream (a Stream or an upload cut short by a bad
-// message would end OK). So the tp.v1 methods are registered by hand (as the generated services
-// would, same names and wire messages) with
+// message would end OK). So the tp.v1 methods are registered by hand (sync_methods.h: the generated
+// services' names and wire messages) with
 //   - Parsed<M> as the request type of unary and server-streaming methods: its SerializationTraits
 //     parse M and keep a failure as INVALID_ARGUMENT naming the message type, which the handler
 //     answers after the token check, counted in the metrics like any call (RejectUnparsed);
@@ -19,9 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/impl/codegen/proto_utils.h"
-#include "grpcpp/impl/rpc_service_method.h"
 #include "grpcpp/impl/serialization_traits.h"
-#include "grpcpp/support/method_handler.h"
 #include "grpcpp/support/sync_stream.h"
 #include "grpcpp/support/status.h"
 #include "server/grpc/rpc_scope.h"
@@ -89,69 +87,10 @@ inline grpc::Status RejectUnparsed(const ServiceEnv& env, const char* method, gr
   return scope.Finish(status);
 }
 
-// "GetModel" of "/tp.v1.ModelService/GetModel" (a string literal: it outlives the server).
+// "GetModel" of "/tp.v1.ModelService/GetModel" (a path of MethodPath: it outlives the server).
 inline const char* ShortMethodName(const char* name) {
   const char* slash = std::strrchr(name, '/');
   return slash != nullptr ? slash + 1 : name;
-}
-
-// The methods of a service, each with the handler that parses as above. `name` is the full
-// method name ("/tp.v1.ModelService/GetModel"); `env` outlives the service.
-template <typename Service, typename Request, typename Response>
-grpc::internal::RpcServiceMethod* UnaryMethod(const char* name, Service* service, const ServiceEnv* env,
-                                              grpc::Status (Service::*method)(grpc::ServerContext*, const Request*,
-                                                                               Response*)) {
-  return new grpc::internal::RpcServiceMethod(
-      name, grpc::internal::RpcMethod::NORMAL_RPC,
-      new grpc::internal::RpcMethodHandler<Service, Parsed<Request>, Response>(
-          [method, env, short_name = ShortMethodName(name)](Service* self, grpc::ServerContext* context,
-                                                              const Parsed<Request>* request, Response* response) {
-            if (!request->status.ok()) return RejectUnparsed(*env, short_name, context, request->status);
-            return (self->*method)(context, &request->message, response);
-          },
-          service));
-}
-
-template <typename Service, typename Response>
-grpc::internal::RpcServiceMethod* ClientStreamingMethod(
-    const char* name, Service* service,
-    grpc::Status (Service::*method)(grpc::ServerContext*, grpc::ServerReader<grpc::ByteBuffer>*, Response*)) {
-  return new grpc::internal::RpcServiceMethod(
-      name, grpc::internal::RpcMethod::CLIENT_STREAMING,
-      new grpc::internal::ClientStreamingHandler<Service, grpc::ByteBuffer, Response>(
-          [method](Service* self, grpc::ServerContext* context, grpc::ServerReader<grpc::ByteBuffer>* reader,
-                   Response* response) { return (self->*method)(context, reader, response); },
-          service));
-}
-
-template <typename Service, typename Request, typename Response>
-grpc::internal::RpcServiceMethod* ServerStreamingMethod(
-    const char* name, Service* service, const ServiceEnv* env,
-    grpc::Status (Service::*method)(grpc::ServerContext*, const Request*, grpc::ServerWriter<Response>*)) {
-  return new grpc::internal::RpcServiceMethod(
-      name, grpc::internal::RpcMethod::SERVER_STREAMING,
-      new grpc::internal::ServerStreamingHandler<Service, Parsed<Request>, Response>(
-          [method, env, short_name = ShortMethodName(name)](Service* self, grpc::ServerContext* context,
-                                                              const Parsed<Request>* request,
-                                                              grpc::ServerWriter<Response>* writer) {
-            if (!request->status.ok()) return RejectUnparsed(*env, short_name, context, request->status);
-            return (self->*method)(context, &request->message, writer);
-          },
-          service));
-}
-
-template <typename Service, typename Response>
-grpc::internal::RpcServiceMethod* BidiStreamingMethod(
-    const char* name, Service* service,
-    grpc::Status (Service::*method)(grpc::ServerContext*, grpc::ServerReaderWriter<Response, grpc::ByteBuffer>*)) {
-  return new grpc::internal::RpcServiceMethod(
-      name, grpc::internal::RpcMethod::BIDI_STREAMING,
-      new grpc::internal::BidiStreamingHandler<Service, grpc::ByteBuffer, Response>(
-          [method](Service* self, grpc::ServerContext* context,
-                   grpc::ServerReaderWriter<Response, grpc::ByteBuffer>* stream) {
-            return (self->*method)(context, stream);
-          },
-          service));
 }
 
 }  // namespace tpserve::server

@@ -53,7 +53,8 @@ grpc::Status RpcScope::Finish(grpc::Status status) {
     // Only models that exist become label values (Metrics decides), so a client cannot grow the
     // label set at will.
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-    env_.metrics->RequestFinished(method_, model_, device_, StatusCodeName(status.error_code()), seconds);
+    env_.metrics->RequestFinished(method_, found_model_ != nullptr ? found_model_->name() : model_, device_,
+                                  StatusCodeName(status.error_code()), seconds);
   }
   return status;
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <string>
 
 #include "grpcpp/grpcpp.h"
@@ -37,7 +38,10 @@ class RpcScope {
   // UNAUTHENTICATED unless the call carries "authorization: Bearer <token>" (when one is set).
   grpc::Status Authorize() const;
 
+  // The model as the call named it (labelled "-" unless it exists).
   void set_model(const std::string& model) { model_ = model; }
+  // The model the call's lookup found (InferenceCore::LeaseBuffers): labels the call by its name.
+  void set_model(std::shared_ptr<const Model> model) { found_model_ = std::move(model); }
   // Where the call ran: a device's name, "all" (every device's state: gradients, replicas) or
   // "none" (the default: it reached no device). A failed call's status may name its device
   // (DeviceOf, request.h): Finish(absl::Status) then uses that.
@@ -53,6 +57,7 @@ class RpcScope {
   const char* method_;
   grpc::ServerContextBase* context_;
   std::string model_, device_ = "none";
+  std::shared_ptr<const Model> found_model_;
   std::chrono::steady_clock::time_point start_, mark_;
   bool finished_ = false;
 };

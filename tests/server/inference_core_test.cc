@@ -242,6 +242,88 @@ TEST(InferenceCoreTest, MergedRequests_InLeases_AreCopiedDirectlyAndSplitCorrect
   }
 }
 
+// A transport that reads its tensors' bytes itself asks the core for the call's buffers: x1 and x2
+// in the workers' staging layout (so a lone call's inputs reach the device in one copy, without
+// the worker guessing the layout from pointers), `out` written into the lease.
+TEST(InferenceCoreTest, LeasedBuffers_ALoneCallsInputsGoOverInOneCopy_AndOutLandsInTheLease) {
+  auto device = std::make_shared<testing::FakeDevice>();
+  std::vector<std::unique_ptr<Backend>> backends;
+  backends.push_back(std::make_unique<testing::FaultInjectingBackend>(device));
+  Fixture f(CoreConfig{}, 1, std::move(backends));
+  ASSERT_TRUE(f.core->Run(f.Forward()).ok());  // the weights go to the device on the first launch
+  const int64_t d1 = f.c.x1.size() / f.c.batch, d2 = f.c.x2.size() / f.c.batch;
+  const int64_t dim_out = f.c.out.size() / f.c.batch;
+  InferenceRequest request;
+  request.model = "m";
+  request.x1.shape = {f.c.batch, d1};
+  request.x2.shape = {f.c.batch, d2};
+  CallBuffers buffers;
+  ASSERT_TRUE(
+      f.core->LeaseBuffers(request, InferenceCore::kLeaseInputs | InferenceCore::kLeaseOut, &buffers).ok());
+  EXPECT_EQ(buffers.model()->name(), "m");
+  EXPECT_EQ(request.buffers, &buffers);
+  EXPECT_EQ(buffers.x2() - buffers.x1(), AlignStagingRegion(f.c.batch * d1)) << "x2 where the staging puts it";
+  EXPECT_EQ(request.x1.values(), buffers.x1());
+  EXPECT_EQ(request.x2.values(), buffers.x2());
+  ASSERT_EQ(buffers.out_floats(), static_cast<size_t>(f.c.batch * dim_out));
+  std::copy(f.c.x1.begin(), f.c.x1.end(), buffers.x1());
+  std::copy(f.c.x2.begin(), f.c.x2.end(), buffers.x2());
+  std::fill(buffers.out(), buffers.out() + buffers.out_floats(), NAN);  // poisoned: all must be written
+  const int copies_before = device->copies_from_host.load();
+  auto result = f.core->Run(std::move(request), InferenceCore::Dispatch::kCallerMayRun);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(device->copies_from_host.load() - copies_before, 1) << "x1 and x2 in one copy";
+  EXPECT_EQ(result->out.values(), buffers.out());
+  EXPECT_LT(RelativeError(D(result->out), f.c.out), 1e-5);
+}
+
+// The lease looks the model up and checks the shapes first: nothing is leased for a call that fails.
+TEST(InferenceCoreTest, LeaseBuffers_UnknownModelOrBadShapes_FailBeforeLeasing) {
+  Fixture f(CoreConfig{});
+  const int64_t d1 = f.c.x1.size() / f.c.batch, d2 = f.c.x2.size() / f.c.batch;
+  struct Case {
+    std::string model;
+    std::vector<int64_t> x1, x2;
+    absl::StatusCode code;
+  };
+  for (const Case& bad : {Case{"nope", {2, d1}, {2, d2}, absl::StatusCode::kNotFound},
+                          Case{"m", {4096, 0}, {4096, d2}, absl::StatusCode::kInvalidArgument},
+                          Case{"m", {2, d1}, {3, d2}, absl::StatusCode::kInvalidArgument},
+                          Case{"m", {0, d1}, {0, d2}, absl::StatusCode::kInvalidArgument}}) {
+    SCOPED_TRACE(bad.model + " " + std::to_string(bad.x1[0]) + "x" + std::to_string(bad.x1[1]));
+    InferenceRequest request;
+    request.model = bad.model;
+    request.x1.shape = bad.x1;
+    request.x2.shape = bad.x2;
+    CallBuffers buffers;
+    absl::Status status =
+        f.core->LeaseBuffers(request, InferenceCore::kLeaseInputs | InferenceCore::kLeaseOut, &buffers);
+    EXPECT_EQ(status.code(), bad.code) << status;
+    EXPECT_EQ(buffers.inputs(), nullptr);
+    EXPECT_EQ(buffers.out(), nullptr);
+    EXPECT_EQ(request.buffers, nullptr);
+  }
+}
+
+// A waiting caller that gives up (a cancelled RPC) gets CANCELLED once the core is done with its
+// request; a queued one never launches.
+TEST(InferenceCoreTest, Run_CallerGivesUpWhileQueued_IsCancelledAndNeverLaunches) {
+  CoreConfig config;
+  config.max_queue_delay_us = 300000;  // the request waits in the queue
+  Fixture f(config);
+  std::atomic<bool> gave_up{false};
+  InferenceCore::CallerWatch watch;
+  watch.gave_up = [&] { return gave_up.load(); };
+  std::thread giving_up([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    gave_up = true;
+  });
+  auto result = f.core->Run(f.Forward(), InferenceCore::Dispatch::kQueue, &watch);
+  giving_up.join();
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled) << result.status();
+  EXPECT_EQ(f.observer.launches.load(), 0);
+}
+
 // A caller that offers its thread (a unary RPC) runs the launch itself when the core batches
 // greedily and a worker is idle; otherwise the request is queued for a worker thread as usual.
 TEST(InferenceCoreTest, CallerMayRun_RunsOnTheCallerOnlyWhenGreedyAndIdle) {

@@ -11,8 +11,8 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
-#include "grpcpp/impl/rpc_method.h"
 #include "grpcpp/support/sync_stream.h"
 #include "gtest/gtest.h"
 #include "tests/server/server_test_util.h"
@@ -26,34 +26,8 @@ namespace {
 using ::tp::v1::BackwardRequest;
 using ::tp::v1::ForwardRequest;
 
-ReferenceCase LoadCase() {
-  auto loaded = LoadReferenceCase("ref_mixed_parity.json");
-  EXPECT_TRUE(loaded.ok()) << loaded.status();
-  return loaded.ok() ? *loaded : ReferenceCase{};
-}
-
-int64_t Dim(const std::vector<double>& flat, int batch) { return static_cast<int64_t>(flat.size()) / batch; }
-
-void CreateFromCase(client::TpClient& client, const std::string& name, const ReferenceCase& c) {
-  std::vector<float> weights = ToFloats(c.weight);
-  auto info = client.CreateModel(name, Spec(c.irreps_in1, c.irreps_in2, c.irreps_out), &weights);
-  ASSERT_TRUE(info.ok()) << info.status();
-}
-
-ForwardRequest ForwardFor(const std::string& model, const ReferenceCase& c) {
-  ForwardRequest request;
-  request.set_model(model);
-  *request.mutable_x1() = F32({c.batch, Dim(c.x1, c.batch)}, c.x1);
-  *request.mutable_x2() = F32({c.batch, Dim(c.x2, c.batch)}, c.x2);
-  return request;
-}
-
 BackwardRequest AccumulateFor(const std::string& model, const ReferenceCase& c) {
-  BackwardRequest request;
-  request.set_model(model);
-  *request.mutable_x1() = F32({c.batch, Dim(c.x1, c.batch)}, c.x1);
-  *request.mutable_x2() = F32({c.batch, Dim(c.x2, c.batch)}, c.x2);
-  *request.mutable_grad_out() = F32({c.batch, Dim(c.out, c.batch)}, c.grad_out);
+  BackwardRequest request = BackwardFor(model, c);
   request.set_weight_grad(tp::v1::WEIGHT_GRAD_ACCUMULATE);
   return request;
 }
@@ -92,19 +66,42 @@ grpc::Status RawCall(const std::string& target, const std::string& method, const
   auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> call(
-      grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
-          channel.get(), grpc::internal::RpcMethod(method.c_str(), grpc::internal::RpcMethod::BIDI_STREAMING),
-          &context));
+  // gRPC's generic stub, one operation at a time on a queue of this call (a blocking call written out).
+  grpc::GenericStub stub(channel);
+  grpc::CompletionQueue cq;
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call = stub.PrepareCall(&context, method, &cq);
+  auto done = [&cq] {
+    void* tag = nullptr;
+    bool ok = false;
+    return cq.Next(&tag, &ok) && ok;
+  };
+  int tag = 0;
+  call->StartCall(&tag);
+  bool open = done();
   for (const std::string& message : messages) {
-    if (!call->Write(Bytes(message))) break;
+    if (!open) break;
+    call->Write(Bytes(message), &tag);
+    open = done();
   }
-  call->WritesDone();
-  grpc::ByteBuffer response;
-  while (call->Read(&response)) {
-    if (responses != nullptr) responses->push_back(Text(response));
+  if (open) {
+    call->WritesDone(&tag);
+    done();
+    grpc::ByteBuffer response;
+    for (;;) {
+      call->Read(&response, &tag);
+      if (!done()) break;
+      if (responses != nullptr) responses->push_back(Text(response));
+    }
   }
-  return call->Finish();
+  grpc::Status status;
+  call->Finish(&status, &tag);
+  done();
+  cq.Shutdown();
+  void* ignored_tag = nullptr;
+  bool ignored_ok = false;
+  while (cq.Next(&ignored_tag, &ignored_ok)) {
+  }
+  return status;
 }
 
 // ---- delete and re-create while an upload or a step is in flight ----------------------------

@@ -28,39 +28,6 @@ constexpr char kSmallIn1[] = "3x0e + 2x1o + 1x2e";
 constexpr char kSmallIn2[] = "2x0e + 1x1o + 2x1e";
 constexpr char kSmallOut[] = "2x0e + 3x1o + 2x1e + 1x2e + 1x2o + 1x3o";
 
-ReferenceCase LoadCase(const std::string& file = "ref_mixed_parity.json") {
-  auto loaded = LoadReferenceCase(file);
-  EXPECT_TRUE(loaded.ok()) << loaded.status();
-  return loaded.ok() ? *loaded : ReferenceCase{};
-}
-
-int64_t Dim(const std::vector<double>& flat, int batch) { return static_cast<int64_t>(flat.size()) / batch; }
-
-// Creates `name` from a reference case with its weights uploaded.
-tp::v1::ModelInfo CreateFromCase(client::TpClient& client, const std::string& name, const ReferenceCase& c) {
-  std::vector<float> weights = ToFloats(c.weight);
-  auto info = client.CreateModel(name, Spec(c.irreps_in1, c.irreps_in2, c.irreps_out), &weights);
-  EXPECT_TRUE(info.ok()) << info.status();
-  return info.ok() ? *info : tp::v1::ModelInfo{};
-}
-
-ForwardRequest ForwardFor(const std::string& model, const ReferenceCase& c) {
-  ForwardRequest request;
-  request.set_model(model);
-  *request.mutable_x1() = F32({c.batch, Dim(c.x1, c.batch)}, c.x1);
-  *request.mutable_x2() = F32({c.batch, Dim(c.x2, c.batch)}, c.x2);
-  return request;
-}
-
-BackwardRequest BackwardFor(const std::string& model, const ReferenceCase& c) {
-  BackwardRequest request;
-  request.set_model(model);
-  *request.mutable_x1() = F32({c.batch, Dim(c.x1, c.batch)}, c.x1);
-  *request.mutable_x2() = F32({c.batch, Dim(c.x2, c.batch)}, c.x2);
-  *request.mutable_grad_out() = F32({c.batch, Dim(c.out, c.batch)}, c.grad_out);
-  return request;
-}
-
 // A unary Forward sent as raw bytes (a client with another protobuf library, or a broken one).
 grpc::Status ForwardBytes(const std::string& target, const std::string& bytes, std::string* response_bytes,
                           grpc_compression_algorithm compression = GRPC_COMPRESS_NONE) {

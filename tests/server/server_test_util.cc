@@ -175,4 +175,36 @@ std::string ReadFile(const std::string& path) {
   return text.str();
 }
 
+ReferenceCase LoadCase(const std::string& file) {
+  auto loaded = LoadReferenceCase(file);
+  EXPECT_TRUE(loaded.ok()) << loaded.status();
+  return loaded.ok() ? *loaded : ReferenceCase{};
+}
+
+int64_t Dim(const std::vector<double>& flat, int batch) { return static_cast<int64_t>(flat.size()) / batch; }
+
+tp::v1::ModelInfo CreateFromCase(client::TpClient& client, const std::string& name, const ReferenceCase& c) {
+  std::vector<float> weights = ToFloats(c.weight);
+  auto info = client.CreateModel(name, Spec(c.irreps_in1, c.irreps_in2, c.irreps_out), &weights);
+  EXPECT_TRUE(info.ok()) << info.status();
+  return info.ok() ? *info : tp::v1::ModelInfo{};
+}
+
+tp::v1::ForwardRequest ForwardFor(const std::string& model, const ReferenceCase& c) {
+  tp::v1::ForwardRequest request;
+  request.set_model(model);
+  *request.mutable_x1() = F32({c.batch, Dim(c.x1, c.batch)}, c.x1);
+  *request.mutable_x2() = F32({c.batch, Dim(c.x2, c.batch)}, c.x2);
+  return request;
+}
+
+tp::v1::BackwardRequest BackwardFor(const std::string& model, const ReferenceCase& c) {
+  tp::v1::BackwardRequest request;
+  request.set_model(model);
+  *request.mutable_x1() = F32({c.batch, Dim(c.x1, c.batch)}, c.x1);
+  *request.mutable_x2() = F32({c.batch, Dim(c.x2, c.batch)}, c.x2);
+  *request.mutable_grad_out() = F32({c.batch, Dim(c.out, c.batch)}, c.grad_out);
+  return request;
+}
+
 }  // namespace tpserve::testing

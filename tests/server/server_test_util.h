@@ -11,6 +11,7 @@
 #include "server/core/inference_core.h"
 #include "server/grpc/grpc_server.h"
 #include "server/metrics/metrics.h"
+#include "tests/support/reference_case.h"
 #include "tp/v1/tensor_product.pb.h"
 
 namespace tpserve::testing {
@@ -56,6 +57,17 @@ std::vector<float> ToFloats(const std::vector<double>& values);
 std::vector<double> ToDoubles(const std::vector<float>& values);
 
 tp::v1::ModelSpec Spec(const std::string& in1, const std::string& in2, const std::string& out);
+
+// ---- requests from e3nn reference cases (tests/support/reference_case.h) ----
+// The reference case `file` (an EXPECT failure, and an empty case, when it does not load).
+ReferenceCase LoadCase(const std::string& file = "ref_mixed_parity.json");
+// The width of a [batch, width] matrix held flat.
+int64_t Dim(const std::vector<double>& flat, int batch);
+// Creates `name` from a reference case with its weights uploaded (EXPECTs that it worked).
+tp::v1::ModelInfo CreateFromCase(client::TpClient& client, const std::string& name, const ReferenceCase& c);
+// The case's x1 and x2 as float32; the backward one with its grad_out as well.
+tp::v1::ForwardRequest ForwardFor(const std::string& model, const ReferenceCase& c);
+tp::v1::BackwardRequest BackwardFor(const std::string& model, const ReferenceCase& c);
 
 // Sum of the values of every sample line "name{...labels...} value" whose labels contain all of
 // `label_substrings`, in Prometheus text format. -1 when no line matches.

@@ -32,6 +32,8 @@ struct FakeDevice {
   // Every CopyFromHost: (source, bytes), for tests that count host copies.
   std::mutex copies_mu;
   std::vector<std::pair<const void*, size_t>> host_copies;
+  // Host-to-device copies made (what a staging layout saves).
+  std::atomic<int> copies_from_host{0};
 };
 
 class FaultInjectingBackend final : public Backend {
@@ -73,6 +75,7 @@ class FaultInjectingBackend final : public Backend {
       std::lock_guard<std::mutex> lock(device_->copies_mu);
       device_->host_copies.emplace_back(host_src, bytes);
     }
+    device_->copies_from_host.fetch_add(1);
     return inner_.CopyFromHost(dst, host_src, bytes, ctx);
   }
   absl::Status CopyToHost(void* host_dst, const void* src, size_t bytes, const ExecutionContext& ctx) override {

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# On the GPU machine (carry build-gpu-carry): the CUDA backend's tests, then tp-bench of the factored
-# forward on wgmma (default on sm_90) and on mma.sync (tp-bench --forward_kernel factored-mma), twice
-# each, alternating. Results under $OUT. NCU=1 adds an ncu profile of each kernel at batch 64 fp32.
+# On the GPU machine: the CUDA backend's tests, then tp-bench of the factored forward on wgmma
+# (default on sm_90) and on mma.sync (tp-bench --forward_kernel factored-mma), twice each,
+# alternating. Results under $OUT. NCU=1 adds an ncu profile of each kernel at batch 64 fp32.
+#
+#   OUT=/tmp/kernel-check tools/gpu/kernel_check.sh DIR     # DIR: bin/, libs/, reference/
 set -u
-export LD_LIBRARY_PATH=$PWD/build-gpu-carry/libs:/usr/local/cuda/lib64
-export TPSERVE_REFERENCE_DIR=$PWD/build-gpu-carry/reference
-B=build-gpu-carry/bin
+dir=$(cd "${1:?usage: kernel_check.sh DIR (bin/, libs/, reference/)}" && pwd) || exit 1
+OUT=${OUT:-/tmp/kernel-check}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=$dir/libs:/usr/local/cuda/lib64
+export TPSERVE_REFERENCE_DIR=$dir/reference
+B=$dir/bin
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv > $OUT/gpu.txt 2>&1
 timeout 300 $B/cuda_backend_test --gtest_filter="${FILTER:-*}" > $OUT/test.txt 2>&1
 echo "test rc=$?" | tee -a $OUT/summary.txt

@@ -1,4 +1,9 @@
-export LD_LIBRARY_PATH=$PWD/build-gpu-carry/libs:/usr/local/cuda/lib64; export TPSERVE_REFERENCE_DIR=$PWD/build-gpu-carry/reference; B=build-gpu-carry/bin
+# One kernel iteration on the GPU machine: tp-bench of DIR's build (and older kernels with OLD=...),
+# its tests with TEST=1, an ncu profile with NCU=PRECISION.
+#   OUT=/tmp/iter tools/gpu/kernel_iter.sh DIR     # DIR: bin/, libs/, reference/
+dir=$(cd "${1:?usage: kernel_iter.sh DIR (bin/, libs/, reference/)}" && pwd) || exit 1
+OUT=${OUT:-/tmp/kernel-iter}; mkdir -p "$OUT"
+export LD_LIBRARY_PATH=$dir/libs:/usr/local/cuda/lib64; export TPSERVE_REFERENCE_DIR=$dir/reference; B=$dir/bin
 timeout 100 $B/tp-bench --batches 64,1024 --precisions fp32,tf32 --runs 50 --verify_max_batch 1024 --json $OUT/new.json > $OUT/bench_new.log 2>&1; grep -E "^forward|^dw" $OUT/bench_new.log
 # OLD=1 (or OLD=gemm): the GEMM forward kernel; OLD=factored-3xtf32: fp32 as three TF32 MMAs; several: OLD="a b".
 for old in ${OLD:+$OLD}; do [ "$old" = 1 ] && old=gemm; echo "== --forward_kernel $old"; timeout 100 $B/tp-bench --forward_kernel $old --batches 64,1024 --precisions fp32,tf32 --runs 50 --verify_max_batch 64 > $OUT/bench_$old.log 2>&1; grep -E "^forward" $OUT/bench_$old.log; done

@@ -3,18 +3,21 @@
 # machine: the same tpserve, seed model, batch 64, the same channel, calls alternating
 # (server/bench/kserve_probe.cc). Two steps:
 #
-#   tools/gpu/kserve_latency.sh stage        # here: build tpserve + kserve-probe (build/, CUDA for
+#   tools/gpu/kserve_latency.sh stage DEST   # here: build tpserve + kserve-probe (build/, CUDA for
 #                                            # sm_90a among the default architectures) and stage them
-#                                            # with their libraries in build-kserve-carry/kserve.tgz
-#   tools/gpu/kserve_latency.sh run          # there (device tool, carry ["build-kserve-carry"]):
-#                                            # serve the seed model on cuda, time, write under $OUT
+#                                            # with their libraries in DEST/kserve.tgz
+#   tools/gpu/kserve_latency.sh run BUNDLE   # there: BUNDLE = that kserve.tgz (or a folder with
+#                                            # bin/ and libs/); serve the seed model on cuda, time,
+#                                            # write under $OUT
 #
 # CALLS (default 2000) and WARMUP (200) tune the probe; both protocols run fp32. A dry run without
 # a GPU: BACKEND=cpu SERVER_FLAGS="--demo_irreps_in1=8x0e --demo_irreps_in2=8x0e --demo_irreps_out=8x0e"
-# CALLS=50 OUT=/tmp/k tools/gpu/kserve_latency.sh run
+# CALLS=50 OUT=/tmp/k tools/gpu/kserve_latency.sh run DEST/kserve.tgz
 set -euo pipefail
+usage="usage: kserve_latency.sh stage DEST | run BUNDLE"
+[ -n "${2:-}" ] || { echo "$usage" >&2; exit 2; }
+bundle_arg=$(realpath -m "$2")
 cd "$(dirname "$0")/../.."
-CARRY=${CARRY:-build-kserve-carry}
 
 case "${1:-}" in
   stage)
@@ -30,16 +33,18 @@ case "${1:-}" in
     mkdir -p "$stage/bin"
     cp build/bin/tpserve build/bin/kserve-probe "$stage/bin/"
     ../shared/tools/bundle-runtime-libs "$stage/libs" "$stage"/bin/* >/dev/null
-    rm -rf "$CARRY" && mkdir -p "$CARRY"
-    tar czf "$CARRY/kserve.tgz" -C "$stage" bin libs
+    mkdir -p "$bundle_arg"
+    tar czf "$bundle_arg/kserve.tgz" -C "$stage" bin libs
     rm -rf "$stage"
-    du -sh "$CARRY"
+    du -sh "$bundle_arg/kserve.tgz"
     ;;
   run)
     OUT=${OUT:-/tmp/kserve-latency}
     mkdir -p "$OUT"
-    root=/tmp/kserve-carry
-    rm -rf "$root" && mkdir -p "$root" && tar xzf "$CARRY/kserve.tgz" -C "$root"
+    # shellcheck source=tools/gpu/bundle.sh
+    . tools/gpu/bundle.sh
+    use_bundle "$bundle_arg" kserve
+    root=/tmp/tp-kserve
     export LD_LIBRARY_PATH=$root/libs:/usr/local/cuda/lib64
     nvidia-smi --query-gpu=name,driver_version --format=csv > "$OUT/gpu.txt" 2>&1 || true
     # shellcheck disable=SC2086  # SERVER_FLAGS: extra tpserve flags, word-split on purpose

@@ -33,5 +33,5 @@ for server_spec in "$@"; do
     echo "server $sname, client $cname: $line" | tee -a "$OUT/matrix.txt"
     unset LD_LIBRARY_PATH
   done
-  kill -INT "$server"; wait "$server"
+  kill -TERM "$server"; wait "$server"  # TERM: a background job of a script ignores INT
 done

@@ -4,21 +4,23 @@
 # seed model at batch 64 until throughput stops growing (--stop_at_saturation), and writes the
 # table, JSON, CSV, SVG, the server log and a /metrics scrape under $OUT. See docs/LOAD.md.
 #
-# Binaries: a carried folder ($CARRY, default build-h100-carry) holding new.tar.xz = bin/{tpserve,
-# tp-load} + libs/ (../shared/tools/bundle-runtime-libs), or BIN=/path/to/dir with both binaries.
+#   tools/gpu/load_sweep.sh BUNDLE
+#
+# BUNDLE (tools/gpu/bundle.sh): bin/{tpserve,tp-load} + libs/ (../shared/tools/bundle-runtime-libs),
+# a folder or a tarball of one.
 set -u
-CARRY=${CARRY:-build-h100-carry}
+bundle=${1:?usage: load_sweep.sh BUNDLE}
+# shellcheck source=tools/gpu/bundle.sh
+. "$(dirname "$0")/bundle.sh"
 OUT=${OUT:-/tmp/load-sweep}
 PRECISION=${PRECISION:-fp32}
 SWEEP=${SWEEP:-1:512:x2}
 TRANSPORT=${TRANSPORT:-unary}
 DURATION=${DURATION:-3}
 mkdir -p "$OUT"
-if [ -z "${BIN:-}" ]; then
-  mkdir -p /tmp/tp-new && tar xJf "$CARRY/new.tar.xz" -C /tmp/tp-new || exit 1
-  BIN=/tmp/tp-new/bin
-  export LD_LIBRARY_PATH=/tmp/tp-new/libs:/usr/local/cuda/lib64
-fi
+use_bundle "$bundle" new || exit 1
+BIN=/tmp/tp-new/bin
+export LD_LIBRARY_PATH=/tmp/tp-new/libs:/usr/local/cuda/lib64
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt" 2>&1
 lscpu | grep -E "Model name|^CPU\(s\)" > "$OUT/cpu.txt"
 

@@ -1,7 +1,15 @@
-# Finds a device fault under load: tpserve (from build-h100-carry/new.tar.xz) under $WRAP (e.g.
-# compute-sanitizer) or with CUDA_LAUNCH_BLOCKING=1 ($BLOCKING=1), fed by tp-load streams; prints the
-# server log (launch failures name the failing call) and the sanitizer report.
-mkdir -p /tmp/tp-new && tar xJf build-h100-carry/new.tar.xz -C /tmp/tp-new
+# Finds a device fault under load: tpserve (from BUNDLE: bin/{tpserve,tp-load} + libs/, a folder or a
+# tarball, tools/gpu/bundle.sh) under $WRAP (e.g. compute-sanitizer) or with CUDA_LAUNCH_BLOCKING=1
+# ($BLOCKING=1), fed by tp-load streams; prints the server log (launch failures name the failing
+# call) and the sanitizer report.
+#
+#   OUT=/tmp/sanitize tools/gpu/sanitize_server.sh BUNDLE
+bundle=${1:?usage: sanitize_server.sh BUNDLE}
+OUT=${OUT:-/tmp/sanitize-server}
+mkdir -p "$OUT"
+# shellcheck source=tools/gpu/bundle.sh
+. "$(dirname "$0")/bundle.sh"
+use_bundle "$bundle" new || exit 1
 export LD_LIBRARY_PATH=/tmp/tp-new/libs:/usr/local/cuda/lib64
 LOG=$OUT/server-${TAG:-run}.log
 [ "${BLOCKING:-0}" = 1 ] && export CUDA_LAUNCH_BLOCKING=1

@@ -1,10 +1,16 @@
 #!/bin/bash
-# Server latency and throughput on the GPU machine (run there by the `device` tool), over a carried
-# folder ($CARRY, default build-h100-carry) holding new.tar.xz and optionally base.tar.xz: each a
-# bin/ (tpserve, tp-load; grpc-echo-probe optional) plus libs/ from ../shared/tools/bundle-runtime-libs.
-# Writes logs, tp-load JSON and /metrics scrapes under $OUT. See docs/BENCHMARKS.md.
+# Server latency and throughput on the GPU machine (run there by the `device` tool).
+#
+#   tools/gpu/server_bench.sh NEW_BUNDLE [BASE_BUNDLE]
+#
+# Each bundle (tools/gpu/bundle.sh): bin/ (tpserve, tp-load; grpc-echo-probe optional) plus libs/
+# from ../shared/tools/bundle-runtime-libs, as a folder or a tarball. Writes logs, tp-load JSON and
+# /metrics scrapes under $OUT. See docs/BENCHMARKS.md.
 set -u
-CARRY=${CARRY:-build-h100-carry}
+new_bundle=${1:?usage: server_bench.sh NEW_BUNDLE [BASE_BUNDLE]}
+base_bundle=${2:-}
+# shellcheck source=tools/gpu/bundle.sh
+. "$(dirname "$0")/bundle.sh"
 OUT=${OUT:-/tmp/server-bench}
 ITERS=${ITERS:-1000}
 VERSIONS=${VERSIONS:-base new}   # which carried builds to serve, in order; NAME-gemm = NAME's build
@@ -13,10 +19,9 @@ THROUGHPUT=${THROUGHPUT:-1}   # 0: latency only
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt" 2>&1
 lscpu | grep -E "Model name|^CPU\(s\)" > "$OUT/cpu.txt"
-for v in new base; do
-  [ -f "$CARRY/$v.tar.xz" ] || continue
-  mkdir -p "/tmp/tp-$v" && tar xJf "$CARRY/$v.tar.xz" -C "/tmp/tp-$v"
-done
+use_bundle "$new_bundle" new || exit 1
+rm -rf /tmp/tp-base
+if [ -n "$base_bundle" ]; then use_bundle "$base_bundle" base || exit 1; fi
 
 if [ -x /tmp/tp-new/bin/cuda_backend_test ]; then
   LD_LIBRARY_PATH=/tmp/tp-new/libs:/usr/local/cuda/lib64 /tmp/tp-new/bin/cuda_backend_test \

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: GPU tests, compute-sanitizer memcheck on small cases, tp-bench.
-# Expects the binaries, their libraries and the reference cases under $CARRY (default
-# build-gpu-carry: bin/, libs/, reference/), made on the build machine (docs/BENCHMARKS.md).
+# Expects the binaries, their libraries and the reference cases under DIR (bin/, libs/,
+# reference/), made on the build machine (docs/BENCHMARKS.md).
+#
+#   kernels/cuda/bench/run_on_gpu.sh DIR
+#
 # Logs and bench.json go to ${OUT:-/tmp/tp-gpu-out}.
 set -uo pipefail
-CARRY=${CARRY:-build-gpu-carry}
+CARRY=$(cd "${1:?usage: run_on_gpu.sh DIR (bin/, libs/, reference/)}" && pwd) || exit 1
 OUT=${OUT:-/tmp/tp-gpu-out}
 mkdir -p "$OUT"
-export LD_LIBRARY_PATH=$PWD/$CARRY/libs:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-export TPSERVE_REFERENCE_DIR=$PWD/$CARRY/reference
+export LD_LIBRARY_PATH=$CARRY/libs:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export TPSERVE_REFERENCE_DIR=$CARRY/reference
 BIN=$CARRY/bin
 STEPS=${STEPS:-test,memcheck,bench}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
