@@ -9,7 +9,13 @@
 // Arithmetic on tensor cores (mma.sync): Precision::kFp32 uses error-corrected 3xTF32,
 // kTf32 plain TF32, kBf16 bf16 operands; accumulation is always fp32.
 //
-// Not supported (UNIMPLEMENTED): float64 tensors, 'uvu' paths, per-sample weights.
+// Plans with per-sample weights or any 'uvu' path (the QM9 convolution's per-edge TP) run on the
+// per-sample kernels instead (tp_per_sample.cu): fp32 on CUDA cores for every Precision (tf32 and
+// bf16 requests get the fp32 result), one block per sample, memory-bound; 'uvw' paths with
+// per-sample weights run there too (correct, not tuned). Shared-weight 'uvu' plans sum dW over the
+// batch with atomics. LossGradient on them takes at most one [batch, dim_out] workspace (out, when
+// the caller gives none; the backward derives g from it on the fly).
+// Not supported (UNIMPLEMENTED): float64 tensors.
 // Memory: Prepare uploads small tables (path descriptors, 3j nonzeros); Forward/Backward take
 // no workspace; LossGradient takes [batch, dim_out] floats (two when `out` is not given)
 // from the stream-ordered pool for the duration of the call.

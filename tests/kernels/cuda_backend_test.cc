@@ -4,6 +4,7 @@
 // with NaN before each run, so an unwritten element fails. Every test skips without a GPU.
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -109,7 +110,9 @@ class CudaBackendTest : public ::testing::Test {
     const std::vector<int64_t> w_shape = WeightShape(plan, batch);
     const std::vector<int64_t> x1_shape = {batch, plan.dim_in1()}, x2_shape = {batch, plan.dim_in2()},
                                out_shape = {batch, plan.dim_out()};
-    std::vector<double> w = RoundToFloat(RandomNormal(plan.weight_numel(), rng));
+    int64_t w_numel = 1;
+    for (int64_t d : w_shape) w_numel *= d;  // [weight_numel] or [batch, weight_numel]
+    std::vector<double> w = RoundToFloat(RandomNormal(w_numel, rng));
     std::vector<double> x1 = RoundToFloat(RandomNormal(batch * plan.dim_in1(), rng));
     std::vector<double> x2 = RoundToFloat(RandomNormal(batch * plan.dim_in2(), rng));
     std::vector<double> gout = RoundToFloat(RandomNormal(batch * plan.dim_out(), rng));
@@ -161,6 +164,16 @@ class CudaBackendTest : public ::testing::Test {
                                 GradientOutputs{{}, {}, d_dx2.view()}, ctx)
                     .ok());
     EXPECT_LE(RelativeError(d_dx2.Download(), ref_dx2), tol) << "backward grad_x2 alone";
+    d_dx1.Poison();
+    ASSERT_TRUE(cuda_->Backward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), d_gout.cview(),
+                                GradientOutputs{{}, d_dx1.view(), {}}, ctx)
+                    .ok());
+    EXPECT_LE(RelativeError(d_dx1.Download(), ref_dx1), tol) << "backward grad_x1 alone";
+    d_dw.Poison();
+    ASSERT_TRUE(cuda_->Backward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), d_gout.cview(),
+                                GradientOutputs{d_dw.view(), {}, {}}, ctx)
+                    .ok());
+    EXPECT_LE(RelativeError(d_dw.Download(), ref_dw), tol) << "backward grad_weight alone";
     // Existing values of dW's size, so that rounding of the sum stays at float precision of dW.
     double rms = 0;
     for (double v : ref_dw) rms += v * v;
@@ -499,18 +512,110 @@ TEST_F(CudaBackendTest, Float64_IsUnimplemented) {
   EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented) << status;
 }
 
-TEST_F(CudaBackendTest, UvuAndPerSampleWeights_AreUnimplemented) {
-  auto in = Irreps::Parse("2x1o");
-  auto sh = Irreps::Parse("1x0e");
-  ASSERT_TRUE(in.ok() && sh.ok());
-  auto uvu = TensorProductPlan::FromInstructions(*in, *sh, *in, {{0, 0, 0, ConnectionMode::kUvu}});
-  ASSERT_TRUE(uvu.ok()) << uvu.status();
-  EXPECT_EQ(cuda_->Prepare(*uvu).status().code(), absl::StatusCode::kUnimplemented);
+// The QM9 network's edge tensor product (e3nn's Convolution, as in e3nn-jax's examples/qm9.py):
+// x1 = node features, x2 = spherical harmonics up to lmax, one 'uvu' instruction per (i, j, ir_out)
+// with ir_out in ir1 x ir2 and l_out <= lmax, each into its own mul1 x ir_out output block; weights
+// per edge.
+TensorProductPlan Qm9EdgePlan(int lmax, int mul) {
+  std::string node, sh;
+  for (int l = 0; l <= lmax; ++l) {
+    absl::StrAppend(&node, l ? "+" : "", mul, "x", l, "e+", mul, "x", l, "o");
+    absl::StrAppend(&sh, l ? "+" : "", "1x", l, l % 2 ? "o" : "e");
+  }
+  const Irreps in1 = *Irreps::Parse(node), in2 = *Irreps::Parse(sh);
+  std::vector<MulIrrep> out;
+  std::vector<InstructionSpec> instructions;
+  for (int i = 0; i < in1.size(); ++i) {
+    for (int j = 0; j < in2.size(); ++j) {
+      const Irrep a = in1[i].ir, b = in2[j].ir;
+      for (int l = std::abs(a.l - b.l); l <= std::min(a.l + b.l, lmax); ++l) {
+        instructions.push_back({i, j, static_cast<int>(out.size()), ConnectionMode::kUvu});
+        out.push_back({in1[i].mul, Irrep{l, a.parity * b.parity}});
+      }
+    }
+  }
   TensorProductOptions options;
   options.weight_sharing = WeightSharing::kPerSample;
-  auto per_sample = TensorProductPlan::FullyConnected(*in, *sh, *in, options);
-  ASSERT_TRUE(per_sample.ok());
-  EXPECT_EQ(cuda_->Prepare(*per_sample).status().code(), absl::StatusCode::kUnimplemented);
+  auto plan = TensorProductPlan::FromInstructions(in1, in2, Irreps(out), instructions, options);
+  EXPECT_TRUE(plan.ok()) << plan.status();
+  return *std::move(plan);
+}
+
+TEST_F(CudaBackendTest, PerSampleUvu_MatchCpuReference_OnQm9EdgeShapes_Mul8) {
+  for (int lmax : {1, 2}) {
+    const TensorProductPlan plan = Qm9EdgePlan(lmax, 8);
+    for (int64_t edges : {1, 7, 950}) CheckPlan(plan, edges, Precision::kFp32);
+  }
+}
+
+TEST_F(CudaBackendTest, PerSampleUvu_MatchCpuReference_OnQm9EdgeShapes_Mul128) {
+  for (int lmax : {1, 2}) {
+    const TensorProductPlan plan = Qm9EdgePlan(lmax, 128);
+    for (int64_t edges : {1, 7, 950}) CheckPlan(plan, edges, Precision::kFp32);
+  }
+}
+
+// The per-sample kernels are fp32 for every precision: tf32 and bf16 requests give the fp32 result
+// bit for bit (and so pass at the fp32 bound).
+TEST_F(CudaBackendTest, PerSampleUvu_Tf32AndBf16RunTheFp32Kernels) {
+  const TensorProductPlan plan = Qm9EdgePlan(2, 8);
+  for (Precision precision : {Precision::kTf32, Precision::kBf16}) CheckPlan(plan, 33, precision);
+  uint64_t seed = 0;
+  std::mt19937_64 rng = FreshRng(&seed);
+  SCOPED_TRACE(absl::StrCat("seed ", seed));
+  const int64_t batch = 65;
+  auto prepared = cuda_->Prepare(plan);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  DeviceTensor w(cuda_.get(), WeightShape(plan, batch)), x1(cuda_.get(), {batch, plan.dim_in1()}),
+      x2(cuda_.get(), {batch, plan.dim_in2()}), out(cuda_.get(), {batch, plan.dim_out()});
+  w.Upload(RandomNormal(batch * plan.weight_numel(), rng));
+  x1.Upload(RandomNormal(batch * plan.dim_in1(), rng));
+  x2.Upload(RandomNormal(batch * plan.dim_in2(), rng));
+  std::vector<double> results[3];
+  for (Precision precision : kAllPrecisions) {
+    ExecutionContext ctx;
+    ctx.precision = precision;
+    out.Poison();
+    ASSERT_TRUE(cuda_->Forward(**prepared, w.cview(), x1.cview(), x2.cview(), out.view(), ctx).ok());
+    results[static_cast<int>(precision)] = out.Download();
+  }
+  EXPECT_EQ(results[1], results[0]);
+  EXPECT_EQ(results[2], results[0]);
+}
+
+// 'uvu' and 'uvw' paths in one plan, several paths writing one output irrep, with shared and with
+// per-sample weights (the shared-weight 'uvu' plan sums dW over the batch with atomics).
+TEST_F(CudaBackendTest, UvuAndUvwMixed_SharedAndPerSample_MatchCpuReference) {
+  const Irreps in1 = *Irreps::Parse("3x0e + 2x1o + 2x2e"), in2 = *Irreps::Parse("2x0e + 1x1o + 2x2e"),
+               out = *Irreps::Parse("3x0e + 2x1o + 2x2e + 2x1e + 3x0o");
+  const std::vector<InstructionSpec> uvu_only = {
+      {0, 0, 0, ConnectionMode::kUvu}, {1, 0, 1, ConnectionMode::kUvu}, {2, 1, 1, ConnectionMode::kUvu},
+      {1, 1, 3, ConnectionMode::kUvu}, {2, 2, 2, ConnectionMode::kUvu}, {1, 2, 1, ConnectionMode::kUvu},
+      {2, 0, 2, ConnectionMode::kUvu}, {1, 1, 2, ConnectionMode::kUvu}, {2, 2, 3, ConnectionMode::kUvu}};
+  std::vector<InstructionSpec> mixed = uvu_only;
+  mixed.push_back({0, 0, 0, ConnectionMode::kUvw});
+  mixed.push_back({1, 1, 0, ConnectionMode::kUvw});
+  mixed.push_back({2, 2, 3, ConnectionMode::kUvw});
+  const std::vector<InstructionSpec>* const variants[] = {&uvu_only, &mixed};
+  for (const std::vector<InstructionSpec>* instructions : variants) {
+    for (WeightSharing sharing : {WeightSharing::kShared, WeightSharing::kPerSample}) {
+      TensorProductOptions options;
+      options.weight_sharing = sharing;
+      auto plan = TensorProductPlan::FromInstructions(in1, in2, out, *instructions, options);
+      ASSERT_TRUE(plan.ok()) << plan.status();
+      for (int64_t batch : {1, 7, 77}) CheckPlan(*plan, batch, Precision::kFp32);
+    }
+  }
+}
+
+// uvw paths with per-sample weights (every instruction of a fully connected product).
+TEST_F(CudaBackendTest, PerSampleUvw_MatchCpuReference) {
+  TensorProductOptions options;
+  options.weight_sharing = WeightSharing::kPerSample;
+  auto plan = TensorProductPlan::FullyConnected("5x0e + 3x1o + 2x2e", "2x0e + 1x1o + 1x2e", "4x0e + 3x1o + 2x2e + 1x1e",
+                                                options);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  for (int64_t batch : {1, 7, 130}) CheckPlan(*plan, batch, Precision::kFp32);
 }
 
 TEST_F(CudaBackendTest, WrongShape_IsInvalidArgument) {
