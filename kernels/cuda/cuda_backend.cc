@@ -249,6 +249,54 @@ absl::Status CudaBackend::LossGradient(const PreparedPlan& plan, Loss loss, Cons
   return absl::OkStatus();
 }
 
+namespace {
+
+absl::StatusOr<const CudaPreparedPlan*> PerSamplePlanForEdges(const PreparedPlan& plan) {
+  const CudaPreparedPlan* prepared = AsCuda(plan);
+  if (prepared == nullptr) return absl::InvalidArgumentError("CUDA backend: plan was prepared by another backend");
+  if (!prepared->per_sample) {
+    return absl::UnimplementedError(
+        "CUDA backend: edge convolutions need a plan with per-sample weights or 'uvu' paths");
+  }
+  return prepared;
+}
+
+cuda::EdgeRows RowsOf(const EdgeIndex& edges, int64_t src_rows, int64_t dst_rows) {
+  cuda::EdgeRows rows;
+  rows.src = edges.src;
+  rows.num_src_rows = src_rows;
+  rows.dst = edges.dst;
+  rows.num_dst_rows = dst_rows;
+  return rows;
+}
+
+}  // namespace
+
+absl::Status CudaBackend::EdgeForward(const PreparedPlan& plan, ConstTensorView weight, ConstTensorView x1,
+                                      ConstTensorView x2, const EdgeIndex& edges, TensorView out,
+                                      const ExecutionContext& ctx) {
+  ASSIGN_OR_RETURN(const CudaPreparedPlan* prepared, PerSamplePlanForEdges(plan));
+  RETURN_IF_ERROR(ValidateEdgeForward(plan.plan(), weight, x1, x2, edges, out));
+  RETURN_IF_ERROR(CheckFloat32(x1.dtype));
+  DeviceScope scope(device_);
+  const cuda::EdgeRows rows = RowsOf(edges, x1.shape[0], out.shape[0]);
+  return cuda::RunPerSampleForward(*prepared, weight.typed<float>(), x1.typed<float>(), x2.typed<float>(),
+                                   out.typed<float>(), edges.num_edges, StreamOf(ctx), &rows);
+}
+
+absl::Status CudaBackend::EdgeBackward(const PreparedPlan& plan, ConstTensorView weight, ConstTensorView x1,
+                                       ConstTensorView x2, const EdgeIndex& edges, ConstTensorView grad_out,
+                                       const GradientOutputs& grads, const ExecutionContext& ctx) {
+  ASSIGN_OR_RETURN(const CudaPreparedPlan* prepared, PerSamplePlanForEdges(plan));
+  RETURN_IF_ERROR(ValidateEdgeBackward(plan.plan(), weight, x1, x2, edges, grad_out, grads));
+  RETURN_IF_ERROR(CheckFloat32(x1.dtype));
+  DeviceScope scope(device_);
+  const cuda::EdgeRows rows = RowsOf(edges, x1.shape[0], grad_out.shape[0]);
+  return cuda::RunPerSampleBackward(*prepared, weight.typed<float>(), x1.typed<float>(), x2.typed<float>(),
+                                    grad_out.typed<float>(), cuda::PsGradMode::kGiven, grads, edges.num_edges,
+                                    StreamOf(ctx), &rows);
+}
+
 absl::StatusOr<std::unique_ptr<BackendBuffer>> CudaBackend::Allocate(size_t bytes) {
   DeviceScope scope(device_);
   void* ptr = nullptr;

@@ -54,6 +54,15 @@ class CudaBackend final : public Backend {
                             ConstTensorView x2, TensorView out, const GradientOutputs& grads,
                             const ExecutionContext& ctx) override;
 
+  // Fused gather / TP / scatter-sum on the per-sample kernels (plans with per-sample weights or
+  // 'uvu' paths; others UNIMPLEMENTED). out and grad_x1 are summed into with atomics, so their
+  // float sums are not bitwise deterministic. Edge indices are not checked here (see EdgeIndex).
+  absl::Status EdgeForward(const PreparedPlan& plan, ConstTensorView weight, ConstTensorView x1, ConstTensorView x2,
+                           const EdgeIndex& edges, TensorView out, const ExecutionContext& ctx) override;
+  absl::Status EdgeBackward(const PreparedPlan& plan, ConstTensorView weight, ConstTensorView x1,
+                            ConstTensorView x2, const EdgeIndex& edges, ConstTensorView grad_out,
+                            const GradientOutputs& grads, const ExecutionContext& ctx) override;
+
   absl::StatusOr<std::unique_ptr<BackendBuffer>> Allocate(size_t bytes) override;
   absl::StatusOr<std::unique_ptr<BackendBuffer>> AllocateHost(size_t bytes) override;
   absl::Status CopyFromHost(void* dst, const void* host_src, size_t bytes, const ExecutionContext& ctx) override;

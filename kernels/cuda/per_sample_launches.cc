@@ -30,10 +30,10 @@ absl::Status RunPerSampleForward(const CudaPreparedPlan& prepared, const float* 
   if (edges != nullptr) {
     args.src = edges->src;
     args.dst = edges->dst;
-    // Rows written through dst are summed into: start from zero.
-    if (edges->dst != nullptr) {
-      CUDA_RETURN_IF_ERROR(cudaMemsetAsync(out, 0, sizeof(float) * edges->num_dst_rows * plan.dim_out(), stream));
-    }
+    args.num_src_rows = edges->num_src_rows;
+    args.num_dst_rows = edges->num_dst_rows;
+    // Rows written through dst are summed into: start from zero (also with no edges at all).
+    CUDA_RETURN_IF_ERROR(cudaMemsetAsync(out, 0, sizeof(float) * edges->num_dst_rows * plan.dim_out(), stream));
   }
   CUDA_RETURN_IF_ERROR(LaunchPerSampleForward(args, stream));
   return absl::OkStatus();
@@ -65,7 +65,9 @@ absl::Status RunPerSampleBackward(const CudaPreparedPlan& prepared, const float*
   if (edges != nullptr) {
     args.src = edges->src;
     args.dst = edges->dst;
-    if (edges->src != nullptr && args.dx1 != nullptr) {
+    args.num_src_rows = edges->num_src_rows;
+    args.num_dst_rows = edges->num_dst_rows;
+    if (args.dx1 != nullptr) {
       CUDA_RETURN_IF_ERROR(
           cudaMemsetAsync(args.dx1, 0, sizeof(float) * edges->num_src_rows * plan.dim_in1(), stream));
     }

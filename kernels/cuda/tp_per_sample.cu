@@ -42,6 +42,13 @@ __device__ __forceinline__ Rows RowsOf(const PsArgs& a, int z) {
   return r;
 }
 
+__device__ __forceinline__ bool RowsInRange(const PsArgs& a, int z) {
+  if (a.src != nullptr && static_cast<unsigned long long>(a.src[z]) >= static_cast<unsigned long long>(a.num_src_rows))
+    return false;
+  return a.dst == nullptr ||
+         static_cast<unsigned long long>(a.dst[z]) < static_cast<unsigned long long>(a.num_dst_rows);
+}
+
 __device__ __forceinline__ float LoadG(PsGradMode mode, const float* g, int c) {
   if (mode == PsGradMode::kOne) return 1.f;
   const float v = __ldg(g + c);
@@ -83,6 +90,7 @@ __device__ __forceinline__ float PathForward(const PsArgs& a, const PsPath& p, c
 
 __global__ void __launch_bounds__(kThreads, 8) PerSampleForwardKernel(PsArgs a) {
   for (int z = blockIdx.x; z < a.batch; z += gridDim.x) {
+    if (!RowsInRange(a, z)) continue;
     const Rows r = RowsOf(a, z);
     float* out = a.out + (a.dst != nullptr ? static_cast<long long>(a.dst[z]) : z) * a.dim_out;
     for (int s = 0; s < a.num_out_segments; ++s) {
@@ -206,6 +214,7 @@ __device__ __forceinline__ void SegmentX2Grad(const PsArgs& a, const PsSegment& 
 __global__ void __launch_bounds__(kThreads, 8) PerSampleBackwardKernel(PsArgs a) {
   extern __shared__ float dx2_row[];  // dim2 floats when dx2 is requested
   for (int z = blockIdx.x; z < a.batch; z += gridDim.x) {
+    if (!RowsInRange(a, z)) continue;  // uniform across the block
     const Rows r = RowsOf(a, z);
     if (a.dx2 != nullptr) {
       for (int c = threadIdx.x; c < a.dim2; c += kThreads) dx2_row[c] = 0.f;

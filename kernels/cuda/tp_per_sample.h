@@ -67,6 +67,9 @@ struct PsArgs {
   const float* x2;
   const int* src;  // x1 row of sample z (nullptr: row z)
   const int* dst;  // out / g row of sample z (nullptr: row z)
+  // Row counts of x1 and out when indexed: a sample whose src or dst is outside them is skipped
+  // (contributes nothing, its dW and dx2 rows are left as they were) instead of faulting.
+  long long num_src_rows, num_dst_rows;
   float* out;      // forward
   const float* g;  // backward: grad_out, or out for kSumTanh, unused for kOne
   PsGradMode g_mode;

@@ -4,6 +4,10 @@
 //   edge_forward    out = TP(w, x1, x2)                 bytes 4E (dim1 + dim2 + wn + dim_out)
 //   edge_backward   dW, dx1, dx2 from grad_out          bytes 4E (dim1 + dim2 + wn + dim_out) read
 //                                                             + 4E (wn + dim1 + dim2) written
+//   edge_forward_fused / edge_backward_fused: the same with the gather of x1 = h[src] and the
+//                   scatter-sum to dst fused in (Backend::EdgeForward / EdgeBackward), N nodes
+//                   (N = E * 486 / 950, the batch of 27 molecules): x1, out, grad_out and
+//                   dx1 have N rows instead of E in the byte counts.
 // floor = bytes / 3.0 TB/s (H100 copy bandwidth, GPU.md). Inputs rotate among sets so that the
 // timed working set exceeds twice the 50 MB L2. Verified in full against the float64 CPU backend.
 #include "kernels/cuda/bench/qm9_edge_bench.h"
@@ -12,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <functional>
@@ -244,6 +249,74 @@ void RunCase(Backend& cuda, const Qm9EdgeBenchConfig& config, int lmax, int mul,
   PrintRow(rows->back());
 }
 
+// The fused gather / scatter (EdgeForward / EdgeBackward) on a random graph of N nodes.
+void RunFusedCase(Backend& cuda, const Qm9EdgeBenchConfig& config, int lmax, int mul, cudaStream_t stream,
+                  std::vector<Row>* rows) {
+  const TensorProductPlan plan = Qm9EdgePlan(lmax, mul);
+  const int64_t e = config.edges, n = std::max<int64_t>(1, e * 486 / 950), d1 = plan.dim_in1(),
+                d2 = plan.dim_in2(), dout = plan.dim_out(), wn = plan.weight_numel();
+  auto prepared = cuda.Prepare(plan);
+  QM9_CHECK(prepared.status());
+  std::mt19937_64 rng(7000 + 1000 * lmax + mul);
+  std::vector<int32_t> src(e), dst(e);
+  for (int64_t k = 0; k < e; ++k) {
+    src[k] = static_cast<int32_t>(rng() % n);
+    dst[k] = static_cast<int32_t>(rng() % n);
+  }
+  const std::vector<float> w = RandomFloats(e * wn, rng), x1 = RandomFloats(n * d1, rng),
+                           x2 = RandomFloats(e * d2, rng), g = RandomFloats(n * dout, rng);
+  // float64 CPU reference (the host default of EdgeForward / EdgeBackward).
+  CpuBackend cpu;
+  auto cpu_plan = cpu.Prepare(plan);
+  QM9_CHECK(cpu_plan.status());
+  std::vector<double> wd(w.begin(), w.end()), x1d(x1.begin(), x1.end()), x2d(x2.begin(), x2.end()),
+      gd(g.begin(), g.end()), ref_out(n * dout), ref_dw(w.size()), ref_dx1(x1.size()), ref_dx2(x2.size());
+  auto c = [](const std::vector<double>& v, std::vector<int64_t> s) {
+    return ConstTensorView{v.data(), DType::kFloat64, std::move(s)};
+  };
+  auto m = [](std::vector<double>& v, std::vector<int64_t> s) { return TensorView{v.data(), DType::kFloat64, std::move(s)}; };
+  const EdgeIndex host_edges{src.data(), dst.data(), e};
+  QM9_CHECK(cpu.EdgeForward(**cpu_plan, c(wd, {e, wn}), c(x1d, {n, d1}), c(x2d, {e, d2}), host_edges,
+                            m(ref_out, {n, dout}), {}));
+  QM9_CHECK(cpu.EdgeBackward(**cpu_plan, c(wd, {e, wn}), c(x1d, {n, d1}), c(x2d, {e, d2}), host_edges, c(gd, {n, dout}),
+                             GradientOutputs{m(ref_dw, {e, wn}), m(ref_dx1, {n, d1}), m(ref_dx2, {e, d2})}, {}));
+
+  DeviceArray d_w(cuda, {e, wn}), d_x1(cuda, {n, d1}), d_x2(cuda, {e, d2}), d_g(cuda, {n, dout}),
+      d_out(cuda, {n, dout}), d_dw(cuda, {e, wn}), d_dx1(cuda, {n, d1}), d_dx2(cuda, {e, d2}), d_src(cuda, {e}),
+      d_dst(cuda, {e});
+  d_w.Upload(cuda, w);
+  d_x1.Upload(cuda, x1);
+  d_x2.Upload(cuda, x2);
+  d_g.Upload(cuda, g);
+  QM9_CHECK(cuda.CopyFromHost(d_src.buffer->data(), src.data(), src.size() * sizeof(int32_t), {}));
+  QM9_CHECK(cuda.CopyFromHost(d_dst.buffer->data(), dst.data(), dst.size() * sizeof(int32_t), {}));
+  const EdgeIndex edges{static_cast<const int32_t*>(d_src.buffer->data()),
+                        static_cast<const int32_t*>(d_dst.buffer->data()), e};
+  ExecutionContext ctx;
+  ctx.stream = stream;
+  auto forward = [&](int) {
+    QM9_CHECK(cuda.EdgeForward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), edges, d_out.view(), ctx));
+  };
+  auto backward = [&](int) {
+    QM9_CHECK(cuda.EdgeBackward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), edges, d_g.cview(),
+                                GradientOutputs{d_dw.view(), d_dx1.view(), d_dx2.view()}, ctx));
+  };
+  forward(0);
+  QM9_CHECK(cuda.Synchronize(ctx));
+  const double fwd_err = RelError(d_out.Download(cuda), ref_out);
+  backward(0);
+  QM9_CHECK(cuda.Synchronize(ctx));
+  const double bwd_err = std::max({RelError(d_dw.Download(cuda), ref_dw), RelError(d_dx1.Download(cuda), ref_dx1),
+                                   RelError(d_dx2.Download(cuda), ref_dx2)});
+  const double read = 4.0 * (n * d1 + e * d2 + e * wn + n * dout), written_back = 4.0 * (e * wn + n * d1 + e * d2);
+  rows->push_back({"edge_fwd_fused", lmax, mul, e, TimeOnStream(forward, config.warmup, config.runs, stream), read,
+                   fwd_err});
+  PrintRow(rows->back());
+  rows->push_back({"edge_bwd_fused", lmax, mul, e, TimeOnStream(backward, config.warmup, config.runs, stream),
+                   read + written_back, bwd_err});
+  PrintRow(rows->back());
+}
+
 void WriteJson(const std::string& path, const std::vector<Row>& rows) {
   std::ofstream f(path);
   f << "{\n  \"results\": [\n";
@@ -275,7 +348,10 @@ int RunQm9EdgeBench(const Qm9EdgeBenchConfig& config) {
               kMemoryBytesPerSecond * 1e-12);
   std::vector<Row> rows;
   for (int lmax : config.lmaxes)
-    for (int mul : config.muls) RunCase(**cuda, config, lmax, mul, stream, &rows);
+    for (int mul : config.muls) {
+      RunCase(**cuda, config, lmax, mul, stream, &rows);
+      RunFusedCase(**cuda, config, lmax, mul, stream, &rows);
+    }
   cudaStreamDestroy(stream);
   if (!config.json_path.empty()) {
     WriteJson(config.json_path, rows);
