@@ -72,6 +72,9 @@ absl::Status RunPerSampleBackward(const CudaPreparedPlan& prepared, const float*
           cudaMemsetAsync(args.dx1, 0, sizeof(float) * edges->num_src_rows * plan.dim_in1(), stream));
     }
   }
+  if (args.dx2 != nullptr && PerSampleBackwardSplit(args) > 1) {
+    CUDA_RETURN_IF_ERROR(cudaMemsetAsync(args.dx2, 0, sizeof(float) * batch * plan.dim_in2(), stream));
+  }
   CUDA_RETURN_IF_ERROR(LaunchPerSampleBackward(args, stream));
   return absl::OkStatus();
 }

@@ -92,6 +92,15 @@ PerSampleHostTables BuildPerSampleHostTables(const TensorProductPlan& plan) {
     d.by_j = AppendGrouped(path, 2, &t.entries, &t.ranges);
     t.paths.push_back(d);
   }
+  // M tables of the 'uvu' paths, while they fit in shared memory (else every path walks nonzeros).
+  for (PsPath& d : t.paths) {
+    d.m_off = d.uvu ? t.m_size : -1;
+    if (d.uvu) t.m_size += d.mul2 * d.d1 * d.d3;
+  }
+  if (t.m_size > kPerSampleMaxM) {
+    for (PsPath& d : t.paths) d.m_off = -1;
+    t.m_size = 0;
+  }
   AppendSegments(plan.irreps_out(), plan.paths(), 0, &t.segments, &t.order);
   AppendSegments(plan.irreps_in1(), plan.paths(), 1, &t.segments, &t.order);
   t.num_out_segments = plan.irreps_out().size();
@@ -105,6 +114,8 @@ absl::StatusOr<std::unique_ptr<PerSampleTables>> BuildPerSampleTables(const Tens
   auto tables = std::make_unique<PerSampleTables>();
   tables->num_out_segments = host.num_out_segments;
   tables->num_in1_segments = host.num_in1_segments;
+  tables->num_paths = static_cast<int>(host.paths.size());
+  tables->m_size = host.m_size;
   RETURN_IF_ERROR(tables->paths.Upload(host.paths));
   RETURN_IF_ERROR(tables->entries.Upload(host.entries));
   RETURN_IF_ERROR(tables->ranges.Upload(host.ranges));
@@ -122,6 +133,8 @@ PsArgs PerSampleArgs(const TensorProductPlan& plan, const PerSampleTables& table
   a.order = tables.order.get<int>();
   a.num_out_segments = tables.num_out_segments;
   a.num_in1_segments = tables.num_in1_segments;
+  a.num_paths = tables.num_paths;
+  a.m_size = tables.m_size;
   a.batch = static_cast<int>(batch);
   a.dim1 = static_cast<int>(plan.dim_in1());
   a.dim2 = static_cast<int>(plan.dim_in2());

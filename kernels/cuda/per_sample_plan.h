@@ -22,12 +22,13 @@ struct PerSampleHostTables {
   std::vector<PsSegment> segments;  // out irreps, then x1 irreps
   std::vector<int> order;
   int num_out_segments = 0, num_in1_segments = 0;
+  int m_size = 0;  // floats of the per-sample M table ('uvu' paths; tp_per_sample.h)
 };
 PerSampleHostTables BuildPerSampleHostTables(const TensorProductPlan& plan);
 
 struct PerSampleTables {
   DeviceMemory paths, entries, ranges, segments, order;
-  int num_out_segments = 0, num_in1_segments = 0;
+  int num_out_segments = 0, num_in1_segments = 0, num_paths = 0, m_size = 0;
 };
 
 // True when `plan` takes the per-sample kernels.

@@ -11,6 +11,12 @@
 // sums meet in a shared-memory row. The backward walks x1's irreps and, for each, every path that
 // reads it: dW, dx1 and dx2 of those paths read the same x1, W and G slices close together in time,
 // so they come from DRAM once and from L1 after.
+// 'uvu' paths first fold x2 into M[v][i][k] = a sum_j C[i,j,k] x2[v,j] (shared memory, once per
+// sample): then out[u,k] = sum_v W[u,v] sum_i x1[u,i] M[v,i,k], dx1[u,i] = sum_v W[u,v] sum_k
+// M[v,i,k] G[u,k], dW[u,v] = sum_{i,k} x1[u,i] M[v,i,k] G[u,k]: short dot products per element
+// instead of a walk over the nonzeros with their index loads.
+// Samples with few blocks: blockIdx.y splits a sample's irrep segments over gridDim.y blocks (dx2
+// rows then meet in global memory by atomics).
 #include "kernels/cuda/tp_per_sample.h"
 
 namespace tpserve::cuda {
@@ -61,8 +67,43 @@ __device__ __forceinline__ const PsEntry* Entries(const PsArgs& a, int by, int i
   return a.entries + __ldg(a.ranges + by + index);
 }
 
-// out[c, k] of one path (before the path weight).
-__device__ __forceinline__ float PathForward(const PsArgs& a, const PsPath& p, const Rows& r, int c, int k) {
+// The shared M tables of the sample (one thread per path), between two barriers: the previous
+// sample's readers are done before it is overwritten, and it is complete before it is read.
+__device__ __forceinline__ void BuildM(const PsArgs& a, const Rows& r, float* m) {
+  __syncthreads();
+  for (int n = threadIdx.x; n < a.num_paths; n += kThreads) {
+    const PsPath& p = a.paths[n];
+    if (p.m_off < 0) continue;
+    float* mp = m + p.m_off;
+    for (int t = 0; t < p.mul2 * p.d1 * p.d3; ++t) mp[t] = 0.f;
+    const PsEntry* e0 = Entries(a, p.by_k, 0);
+    const PsEntry* e1 = Entries(a, p.by_k, p.d3);
+    for (int v = 0; v < p.mul2; ++v) {
+      const float* x2v = r.x2 + p.off2 + v * p.d2;
+      float* mv = mp + v * p.d1 * p.d3;
+      for (const PsEntry* e = e0; e < e1; ++e) mv[e->i * p.d3 + e->k] += p.scale * e->c * __ldg(x2v + e->j);
+    }
+  }
+  __syncthreads();
+}
+
+// out[c, k] of a 'uvu' path with an M table.
+__device__ __forceinline__ float PathForwardM(const PsPath& p, const Rows& r, const float* m, int c, int k) {
+  const float* x1u = r.x1 + p.off1 + c * p.d1;
+  float s = 0.f;
+  for (int v = 0; v < p.mul2; ++v) {
+    const float* mv = m + p.m_off + v * p.d1 * p.d3 + k;
+    float t = 0.f;
+    for (int i = 0; i < p.d1; ++i) t += __ldg(x1u + i) * mv[i * p.d3];
+    s += __ldg(r.w + p.w_off + static_cast<long long>(c) * p.mul2 + v) * t;
+  }
+  return s;
+}
+
+// out[c, k] of one path.
+__device__ __forceinline__ float PathForward(const PsArgs& a, const PsPath& p, const Rows& r, const float* m, int c,
+                                             int k) {
+  if (p.m_off >= 0) return PathForwardM(p, r, m, c, k);
   const PsEntry* e0 = Entries(a, p.by_k, k);
   const PsEntry* e1 = Entries(a, p.by_k, k + 1);
   float s = 0.f;
@@ -74,7 +115,7 @@ __device__ __forceinline__ float PathForward(const PsArgs& a, const PsPath& p, c
       for (const PsEntry* e = e0; e < e1; ++e) t += e->c * __ldg(x1u + e->i) * __ldg(x2v + e->j);
       s += __ldg(r.w + p.w_off + static_cast<long long>(c) * p.mul2 + v) * t;
     }
-    return s;
+    return p.scale * s;
   }
   for (int u = 0; u < p.mul1; ++u) {
     const float* x1u = r.x1 + p.off1 + u * p.d1;
@@ -85,22 +126,24 @@ __device__ __forceinline__ float PathForward(const PsArgs& a, const PsPath& p, c
       s += __ldg(r.w + p.w_off + (static_cast<long long>(u) * p.mul2 + v) * p.mul_out + c) * t;
     }
   }
-  return s;
+  return p.scale * s;
 }
 
 __global__ void __launch_bounds__(kThreads, 8) PerSampleForwardKernel(PsArgs a) {
+  extern __shared__ float m[];  // the M tables
   for (int z = blockIdx.x; z < a.batch; z += gridDim.x) {
     if (!RowsInRange(a, z)) continue;
     const Rows r = RowsOf(a, z);
+    if (a.m_size > 0) BuildM(a, r, m);
     float* out = a.out + (a.dst != nullptr ? static_cast<long long>(a.dst[z]) : z) * a.dim_out;
-    for (int s = 0; s < a.num_out_segments; ++s) {
+    for (int s = blockIdx.y; s < a.num_out_segments; s += gridDim.y) {
       const PsSegment seg = a.segments[s];
       for (int t = threadIdx.x; t < seg.mul * seg.dim; t += kThreads) {
         const int c = t / seg.dim, k = t - c * seg.dim;
         float acc = 0.f;
         for (int n = seg.path_begin; n < seg.path_end; ++n) {
           const PsPath& p = a.paths[a.order[n]];
-          acc += p.scale * PathForward(a, p, r, c, k);
+          acc += PathForward(a, p, r, m, c, k);
         }
         if (a.dst != nullptr) {
           atomicAdd(out + seg.offset + t, acc);
@@ -112,10 +155,43 @@ __global__ void __launch_bounds__(kThreads, 8) PerSampleForwardKernel(PsArgs a) 
   }
 }
 
+// dW[u, v] of a 'uvu' path with an M table.
+__device__ __forceinline__ float WeightGradM(const PsArgs& a, const PsPath& p, const Rows& r, const float* m, int u,
+                                             int v) {
+  const float* x1u = r.x1 + p.off1 + u * p.d1;
+  const float* gu = r.g != nullptr ? r.g + p.off_out + u * p.d3 : nullptr;
+  const float* mv = m + p.m_off + v * p.d1 * p.d3;
+  float s = 0.f;
+  for (int k = 0; k < p.d3; ++k) {
+    float t = 0.f;
+    for (int i = 0; i < p.d1; ++i) t += __ldg(x1u + i) * mv[i * p.d3 + k];
+    s += t * LoadG(a.g_mode, gu, k);
+  }
+  return s;
+}
+
+__device__ __forceinline__ void StoreWeightGrad(const PsArgs& a, float* dst, float value) {
+  if (a.dw_store == PsStore::kAssign) {
+    *dst = value;
+  } else if (a.dw_store == PsStore::kAdd) {
+    *dst += value;
+  } else {
+    atomicAdd(dst, value);
+  }
+}
+
 // dW of every path that reads x1 segment `seg`.
-__device__ __forceinline__ void SegmentWeightGrad(const PsArgs& a, const PsSegment& seg, const Rows& r) {
+__device__ __forceinline__ void SegmentWeightGrad(const PsArgs& a, const PsSegment& seg, const Rows& r,
+                                                  const float* m) {
   for (int n = seg.path_begin; n < seg.path_end; ++n) {
     const PsPath& p = a.paths[a.order[n]];
+    if (p.m_off >= 0) {
+      for (int t = threadIdx.x; t < p.mul1 * p.mul2; t += kThreads) {
+        const int u = t / p.mul2;
+        StoreWeightGrad(a, r.dw + p.w_off + t, WeightGradM(a, p, r, m, u, t - u * p.mul2));
+      }
+      continue;
+    }
     const PsEntry* e0 = Entries(a, p.by_k, 0);
     const PsEntry* e1 = Entries(a, p.by_k, p.d3);
     const int numel = p.mul1 * p.mul2 * (p.uvu ? 1 : p.mul_out);
@@ -128,26 +204,36 @@ __device__ __forceinline__ void SegmentWeightGrad(const PsArgs& a, const PsSegme
       const float* gc = r.g != nullptr ? r.g + p.off_out + c * p.d3 : nullptr;
       float s = 0.f;
       for (const PsEntry* e = e0; e < e1; ++e) s += e->c * __ldg(x1u + e->i) * __ldg(x2v + e->j) * LoadG(a.g_mode, gc, e->k);
-      s *= p.scale;
-      float* dst = r.dw + p.w_off + t;
-      if (a.dw_store == PsStore::kAssign) {
-        *dst = s;
-      } else if (a.dw_store == PsStore::kAdd) {
-        *dst += s;
-      } else {
-        atomicAdd(dst, s);
-      }
+      StoreWeightGrad(a, r.dw + p.w_off + t, p.scale * s);
     }
   }
 }
 
+// dx1[u, i] of a 'uvu' path with an M table.
+__device__ __forceinline__ float X1GradM(const PsArgs& a, const PsPath& p, const Rows& r, const float* m, int u,
+                                         int i) {
+  const float* gu = r.g != nullptr ? r.g + p.off_out + u * p.d3 : nullptr;
+  float s = 0.f;
+  for (int v = 0; v < p.mul2; ++v) {
+    const float* mvi = m + p.m_off + (v * p.d1 + i) * p.d3;
+    float t = 0.f;
+    for (int k = 0; k < p.d3; ++k) t += mvi[k] * LoadG(a.g_mode, gu, k);
+    s += __ldg(r.w + p.w_off + static_cast<long long>(u) * p.mul2 + v) * t;
+  }
+  return s;
+}
+
 // dx1 of x1 segment `seg`: thread per (u, i), summed over the paths that read it.
-__device__ __forceinline__ void SegmentX1Grad(const PsArgs& a, const PsSegment& seg, const Rows& r) {
+__device__ __forceinline__ void SegmentX1Grad(const PsArgs& a, const PsSegment& seg, const Rows& r, const float* m) {
   for (int t = threadIdx.x; t < seg.mul * seg.dim; t += kThreads) {
     const int u = t / seg.dim, i = t - u * seg.dim;
     float acc = 0.f;
     for (int n = seg.path_begin; n < seg.path_end; ++n) {
       const PsPath& p = a.paths[a.order[n]];
+      if (p.m_off >= 0) {
+        acc += X1GradM(a, p, r, m, u, i);
+        continue;
+      }
       const PsEntry* e0 = Entries(a, p.by_i, i);
       const PsEntry* e1 = Entries(a, p.by_i, i + 1);
       float s = 0.f;
@@ -211,45 +297,74 @@ __device__ __forceinline__ void SegmentX2Grad(const PsArgs& a, const PsSegment& 
   }
 }
 
+// One sample's backward over this block's share (blockIdx.y) of the x1 segments.
+__device__ __forceinline__ void SampleBackward(const PsArgs& a, const Rows& r, const float* m, float* dx2_row) {
+  for (int s = blockIdx.y; s < a.num_in1_segments; s += gridDim.y) {
+    const PsSegment seg = a.segments[a.num_out_segments + s];
+    if (a.dw != nullptr) SegmentWeightGrad(a, seg, r, m);
+    if (a.dx1 != nullptr) SegmentX1Grad(a, seg, r, m);
+    if (a.dx2 != nullptr) SegmentX2Grad(a, seg, r, dx2_row);
+  }
+}
+
 __global__ void __launch_bounds__(kThreads, 8) PerSampleBackwardKernel(PsArgs a) {
-  extern __shared__ float dx2_row[];  // dim2 floats when dx2 is requested
+  extern __shared__ float shared[];  // the M tables, then dim2 floats of dx2 when requested
+  float* m = shared;
+  float* dx2_row = shared + a.m_size;
   for (int z = blockIdx.x; z < a.batch; z += gridDim.x) {
     if (!RowsInRange(a, z)) continue;  // uniform across the block
     const Rows r = RowsOf(a, z);
     if (a.dx2 != nullptr) {
       for (int c = threadIdx.x; c < a.dim2; c += kThreads) dx2_row[c] = 0.f;
-      __syncthreads();
     }
-    for (int s = 0; s < a.num_in1_segments; ++s) {
-      const PsSegment seg = a.segments[a.num_out_segments + s];
-      if (a.dw != nullptr) SegmentWeightGrad(a, seg, r);
-      if (a.dx1 != nullptr) SegmentX1Grad(a, seg, r);
-      if (a.dx2 != nullptr) SegmentX2Grad(a, seg, r, dx2_row);
-    }
+    if (a.m_size > 0 || a.dx2 != nullptr) BuildM(a, r, m);  // its barriers also order the dx2 row
+    SampleBackward(a, r, m, dx2_row);
     if (a.dx2 != nullptr) {
       __syncthreads();
       float* dx2 = a.dx2 + static_cast<long long>(z) * a.dim2;
-      for (int c = threadIdx.x; c < a.dim2; c += kThreads) dx2[c] = dx2_row[c];
+      for (int c = threadIdx.x; c < a.dim2; c += kThreads) {
+        if (gridDim.y > 1) {
+          atomicAdd(dx2 + c, dx2_row[c]);  // the blocks of this sample meet here (zeroed by the launcher)
+        } else {
+          dx2[c] = dx2_row[c];
+        }
+      }
       __syncthreads();  // the row is zeroed again for the next sample
     }
   }
 }
 
-unsigned GridFor(int batch) { return static_cast<unsigned>(batch < (1 << 20) ? batch : (1 << 20)); }
+// Samples over x (grid-stride), and each sample's segments over y when samples alone give fewer
+// than kTargetBlocks blocks (about 8 per SM on an H100).
+constexpr int kTargetBlocks = 1024;
+
+dim3 GridFor(int batch, int segments) {
+  const int x = batch < (1 << 20) ? batch : (1 << 20);
+  int y = (kTargetBlocks + x - 1) / x;
+  y = y < segments ? y : segments;
+  y = y < 8 ? y : 8;
+  return dim3(static_cast<unsigned>(x), static_cast<unsigned>(y > 1 ? y : 1));
+}
 
 }  // namespace
 
 cudaError_t LaunchPerSampleForward(const PsArgs& args, cudaStream_t stream) {
   if (args.batch <= 0) return cudaSuccess;
-  PerSampleForwardKernel<<<GridFor(args.batch), kThreads, 0, stream>>>(args);
+  if (args.m_size > kPerSampleMaxM) return cudaErrorInvalidValue;
+  const size_t shared = sizeof(float) * args.m_size;
+  PerSampleForwardKernel<<<GridFor(args.batch, args.num_out_segments), kThreads, shared, stream>>>(args);
   return cudaGetLastError();
 }
 
+int PerSampleBackwardSplit(const PsArgs& args) { return static_cast<int>(GridFor(args.batch, args.num_in1_segments).y); }
+
 cudaError_t LaunchPerSampleBackward(const PsArgs& args, cudaStream_t stream) {
   if (args.batch <= 0 || (args.dw == nullptr && args.dx1 == nullptr && args.dx2 == nullptr)) return cudaSuccess;
-  if (args.dx2 != nullptr && args.dim2 > kPerSampleMaxDim2) return cudaErrorInvalidValue;
-  const size_t shared = args.dx2 != nullptr ? sizeof(float) * args.dim2 : 0;
-  PerSampleBackwardKernel<<<GridFor(args.batch), kThreads, shared, stream>>>(args);
+  if ((args.dx2 != nullptr && args.dim2 > kPerSampleMaxDim2) || args.m_size > kPerSampleMaxM) {
+    return cudaErrorInvalidValue;
+  }
+  const size_t shared = sizeof(float) * (args.m_size + (args.dx2 != nullptr ? args.dim2 : 0));
+  PerSampleBackwardKernel<<<GridFor(args.batch, args.num_in1_segments), kThreads, shared, stream>>>(args);
   return cudaGetLastError();
 }
 

@@ -33,6 +33,10 @@ struct PsPath {
   // Nonzeros C[i,j,k] with a given k are entries[ranges[by_k + k] .. ranges[by_k + k + 1]);
   // likewise by_i (grouped by i) and by_j (grouped by j). Three sorted copies of the same set.
   int by_k, by_i, by_j;
+  // 'uvu' paths: offset of M[v][i][k] = scale * sum_j C[i,j,k] x2[v,j] in the block's shared table
+  // (built once per sample, so that the per-element work is a d1- or d3-long dot product); -1: none
+  // (the path walks its nonzeros per element).
+  int m_off;
 };
 
 struct PsEntry {
@@ -59,6 +63,8 @@ struct PsArgs {
   const PsSegment* segments;  // num_out_segments out segments, then num_in1_segments x1 segments
   const int* order;
   int num_out_segments, num_in1_segments;
+  int num_paths;
+  int m_size;  // floats of the shared M table (sum of mul2 * d1 * d3 over the paths that have one)
   int batch;  // samples (edges)
   int dim1, dim2, dim_out;
   long long w_stride;  // weight row per sample (weight_numel), 0 for shared weights
@@ -79,11 +85,15 @@ struct PsArgs {
   float* dx2;
 };
 
-// Largest dim2 the backward's shared-memory dx2 row takes (48 KB).
-inline constexpr int kPerSampleMaxDim2 = 12288;
+// Largest dim2 the backward's shared-memory dx2 row takes, and the largest M table (together
+// within the 48 KB of shared memory a block gets without opting in).
+inline constexpr int kPerSampleMaxDim2 = 8192;
+inline constexpr int kPerSampleMaxM = 4096;
 
 cudaError_t LaunchPerSampleForward(const PsArgs& args, cudaStream_t stream);
-// Writes each of dw, dx1, dx2 that is non-null.
+// Writes each of dw, dx1, dx2 that is non-null. Where PerSampleBackwardSplit(args) > 1, several
+// blocks share a sample and add into its dx2 row: the caller zeroes dx2 first.
 cudaError_t LaunchPerSampleBackward(const PsArgs& args, cudaStream_t stream);
+int PerSampleBackwardSplit(const PsArgs& args);
 
 }  // namespace tpserve::cuda
