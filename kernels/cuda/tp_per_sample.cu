@@ -129,6 +129,34 @@ __device__ __forceinline__ float PathForward(const PsArgs& a, const PsPath& p, c
   return p.scale * s;
 }
 
+__device__ __forceinline__ void StoreOut(const PsArgs& a, float* out, float value) {
+  if (a.dst != nullptr) {
+    atomicAdd(out, value);
+  } else {
+    *out = value;
+  }
+}
+
+// One out segment of one sample. A segment written by one path (the convolution's case) keeps the
+// path's descriptor in registers for all its elements.
+__device__ __forceinline__ void SegmentForward(const PsArgs& a, const PsSegment seg, const Rows& r, const float* m,
+                                               float* out) {
+  if (seg.path_end - seg.path_begin == 1) {
+    const PsPath p = a.paths[a.order[seg.path_begin]];
+    for (int t = threadIdx.x; t < seg.mul * seg.dim; t += kThreads) {
+      const int c = t / seg.dim;
+      StoreOut(a, out + seg.offset + t, PathForward(a, p, r, m, c, t - c * seg.dim));
+    }
+    return;
+  }
+  for (int t = threadIdx.x; t < seg.mul * seg.dim; t += kThreads) {
+    const int c = t / seg.dim, k = t - c * seg.dim;
+    float acc = 0.f;
+    for (int n = seg.path_begin; n < seg.path_end; ++n) acc += PathForward(a, a.paths[a.order[n]], r, m, c, k);
+    StoreOut(a, out + seg.offset + t, acc);
+  }
+}
+
 __global__ void __launch_bounds__(kThreads, 8) PerSampleForwardKernel(PsArgs a) {
   extern __shared__ float m[];  // the M tables
   for (int z = blockIdx.x; z < a.batch; z += gridDim.x) {
@@ -136,22 +164,7 @@ __global__ void __launch_bounds__(kThreads, 8) PerSampleForwardKernel(PsArgs a) 
     const Rows r = RowsOf(a, z);
     if (a.m_size > 0) BuildM(a, r, m);
     float* out = a.out + (a.dst != nullptr ? static_cast<long long>(a.dst[z]) : z) * a.dim_out;
-    for (int s = blockIdx.y; s < a.num_out_segments; s += gridDim.y) {
-      const PsSegment seg = a.segments[s];
-      for (int t = threadIdx.x; t < seg.mul * seg.dim; t += kThreads) {
-        const int c = t / seg.dim, k = t - c * seg.dim;
-        float acc = 0.f;
-        for (int n = seg.path_begin; n < seg.path_end; ++n) {
-          const PsPath& p = a.paths[a.order[n]];
-          acc += PathForward(a, p, r, m, c, k);
-        }
-        if (a.dst != nullptr) {
-          atomicAdd(out + seg.offset + t, acc);
-        } else {
-          out[seg.offset + t] = acc;
-        }
-      }
-    }
+    for (int s = blockIdx.y; s < a.num_out_segments; s += gridDim.y) SegmentForward(a, a.segments[s], r, m, out);
   }
 }
 
@@ -184,7 +197,7 @@ __device__ __forceinline__ void StoreWeightGrad(const PsArgs& a, float* dst, flo
 __device__ __forceinline__ void SegmentWeightGrad(const PsArgs& a, const PsSegment& seg, const Rows& r,
                                                   const float* m) {
   for (int n = seg.path_begin; n < seg.path_end; ++n) {
-    const PsPath& p = a.paths[a.order[n]];
+    const PsPath p = a.paths[a.order[n]];
     if (p.m_off >= 0) {
       for (int t = threadIdx.x; t < p.mul1 * p.mul2; t += kThreads) {
         const int u = t / p.mul2;
@@ -286,7 +299,7 @@ __device__ __forceinline__ void SegmentX2Grad(const PsArgs& a, const PsSegment& 
   const int warp = threadIdx.x / 32;
   int base = 0;  // items dealt so far in this segment
   for (int n = seg.path_begin; n < seg.path_end; ++n) {
-    const PsPath& p = a.paths[a.order[n]];
+    const PsPath p = a.paths[a.order[n]];
     const int items = p.mul2 * p.d2;
     for (int item = (warp - base % kWarps + kWarps) % kWarps; item < items; item += kWarps) {
       const int v = item / p.d2, j = item - v * p.d2;
