@@ -69,8 +69,11 @@ __device__ __forceinline__ const PsEntry* Entries(const PsArgs& a, int by, int i
 
 // The shared M tables of the sample (one thread per path), between two barriers: the previous
 // sample's readers are done before it is overwritten, and it is complete before it is read.
-__device__ __forceinline__ void BuildM(const PsArgs& a, const Rows& r, float* m) {
+__device__ __forceinline__ void BuildM(const PsArgs& a, const Rows& r, float* m, float* n_table = nullptr) {
   __syncthreads();
+  if (n_table != nullptr) {
+    for (int t = threadIdx.x; t < a.m_size; t += kThreads) n_table[t] = 0.f;
+  }
   for (int n = threadIdx.x; n < a.num_paths; n += kThreads) {
     const PsPath& p = a.paths[n];
     if (p.m_off < 0) continue;
@@ -295,11 +298,76 @@ __device__ __forceinline__ float PathX2GradItem(const PsArgs& a, const PsPath& p
 
 // dx2 contributions of the paths that read x1 segment `seg`, added into the shared row dx2.
 // Items (path, v, j) are dealt to the warps round-robin across the segment's paths.
-__device__ __forceinline__ void SegmentX2Grad(const PsArgs& a, const PsSegment& seg, const Rows& r, float* dx2) {
+// dx2 of a 'uvu' path with an M table, first half: N[v][i][k] += sum over this thread's u of
+// W[u,v] x1[u,i] G[u,k] (registers), summed over each warp by shuffles, over warps in shared memory.
+// FinishX2GradN contracts N with the 3j nonzeros once per sample.
+template <int D1, int D3>
+__device__ __forceinline__ void PathX2GradN(const PsArgs& a, const PsPath& p, const Rows& r, float* n_table) {
+  for (int v = 0; v < p.mul2; ++v) {
+    float acc[D1 * D3];
+#pragma unroll
+    for (int t = 0; t < D1 * D3; ++t) acc[t] = 0.f;
+    for (int u = threadIdx.x; u < p.mul1; u += kThreads) {
+      const float wu = __ldg(r.w + p.w_off + static_cast<long long>(u) * p.mul2 + v);
+      const float* gu = r.g != nullptr ? r.g + p.off_out + u * D3 : nullptr;
+      float x[D1];
+#pragma unroll
+      for (int i = 0; i < D1; ++i) x[i] = wu * __ldg(r.x1 + p.off1 + u * D1 + i);
+#pragma unroll
+      for (int k = 0; k < D3; ++k) {
+        const float gk = LoadG(a.g_mode, gu, k);
+#pragma unroll
+        for (int i = 0; i < D1; ++i) acc[i * D3 + k] += x[i] * gk;
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < D1 * D3; ++t) {
+      float sum = acc[t];
+      for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+      if (threadIdx.x % 32 == 0) atomicAdd(n_table + p.m_off + v * D1 * D3 + t, sum);
+    }
+  }
+}
+
+// PathX2GradN for the dimensions of l <= 2; false where it does not apply.
+__device__ __forceinline__ bool PathX2GradNDispatch(const PsArgs& a, const PsPath& p, const Rows& r, float* n_table) {
+  if (n_table == nullptr || p.m_off < 0) return false;
+  switch (p.d1 * 8 + p.d3) {
+    case 1 * 8 + 1: PathX2GradN<1, 1>(a, p, r, n_table); return true;
+    case 1 * 8 + 3: PathX2GradN<1, 3>(a, p, r, n_table); return true;
+    case 1 * 8 + 5: PathX2GradN<1, 5>(a, p, r, n_table); return true;
+    case 3 * 8 + 1: PathX2GradN<3, 1>(a, p, r, n_table); return true;
+    case 3 * 8 + 3: PathX2GradN<3, 3>(a, p, r, n_table); return true;
+    case 3 * 8 + 5: PathX2GradN<3, 5>(a, p, r, n_table); return true;
+    case 5 * 8 + 1: PathX2GradN<5, 1>(a, p, r, n_table); return true;
+    case 5 * 8 + 3: PathX2GradN<5, 3>(a, p, r, n_table); return true;
+    case 5 * 8 + 5: PathX2GradN<5, 5>(a, p, r, n_table); return true;
+    default: return false;
+  }
+}
+
+// dx2 from the N tables: dx2[v,j] += a sum_{C with j} C N[v,i,k], after a barrier.
+__device__ __forceinline__ void FinishX2GradN(const PsArgs& a, const float* n_table, float* dx2) {
+  for (int n = 0; n < a.num_paths; ++n) {
+    const PsPath& p = a.paths[n];
+    if (p.m_off < 0 || p.d1 > 5 || p.d3 > 5) continue;  // these took PathX2GradItem
+    for (int item = threadIdx.x; item < p.mul2 * p.d2; item += kThreads) {
+      const int v = item / p.d2, j = item - v * p.d2;
+      const float* nv = n_table + p.m_off + v * p.d1 * p.d3;
+      float s = 0.f;
+      for (const PsEntry* e = Entries(a, p.by_j, j); e < Entries(a, p.by_j, j + 1); ++e) s += e->c * nv[e->i * p.d3 + e->k];
+      atomicAdd(dx2 + p.off2 + item, p.scale * s);
+    }
+  }
+}
+
+__device__ __forceinline__ void SegmentX2Grad(const PsArgs& a, const PsSegment& seg, const Rows& r, float* dx2,
+                                              float* n_table) {
   const int warp = threadIdx.x / 32;
   int base = 0;  // items dealt so far in this segment
   for (int n = seg.path_begin; n < seg.path_end; ++n) {
     const PsPath p = a.paths[a.order[n]];
+    if (PathX2GradNDispatch(a, p, r, n_table)) continue;
     const int items = p.mul2 * p.d2;
     for (int item = (warp - base % kWarps + kWarps) % kWarps; item < items; item += kWarps) {
       const int v = item / p.d2, j = item - v * p.d2;
@@ -311,29 +379,36 @@ __device__ __forceinline__ void SegmentX2Grad(const PsArgs& a, const PsSegment& 
 }
 
 // One sample's backward over this block's share (blockIdx.y) of the x1 segments.
-__device__ __forceinline__ void SampleBackward(const PsArgs& a, const Rows& r, const float* m, float* dx2_row) {
+__device__ __forceinline__ void SampleBackward(const PsArgs& a, const Rows& r, const float* m, float* dx2_row,
+                                               float* n_table) {
   for (int s = blockIdx.y; s < a.num_in1_segments; s += gridDim.y) {
     const PsSegment seg = a.segments[a.num_out_segments + s];
     if (a.dw != nullptr) SegmentWeightGrad(a, seg, r, m);
     if (a.dx1 != nullptr) SegmentX1Grad(a, seg, r, m);
-    if (a.dx2 != nullptr) SegmentX2Grad(a, seg, r, dx2_row);
+    if (a.dx2 != nullptr) SegmentX2Grad(a, seg, r, dx2_row, n_table);
   }
 }
 
-__global__ void __launch_bounds__(kThreads, 8) PerSampleBackwardKernel(PsArgs a) {
-  extern __shared__ float shared[];  // the M tables, then dim2 floats of dx2 when requested
+__global__ void __launch_bounds__(kThreads, 6) PerSampleBackwardKernel(PsArgs a) {
+  // The M tables, then (dx2 requested) the N tables and dim2 floats of the dx2 row.
+  extern __shared__ float shared[];
   float* m = shared;
-  float* dx2_row = shared + a.m_size;
+  float* n_table = a.dx2 != nullptr && a.m_size > 0 ? shared + a.m_size : nullptr;
+  float* dx2_row = shared + a.m_size * (n_table != nullptr ? 2 : 1);
   for (int z = blockIdx.x; z < a.batch; z += gridDim.x) {
     if (!RowsInRange(a, z)) continue;  // uniform across the block
     const Rows r = RowsOf(a, z);
     if (a.dx2 != nullptr) {
       for (int c = threadIdx.x; c < a.dim2; c += kThreads) dx2_row[c] = 0.f;
     }
-    if (a.m_size > 0 || a.dx2 != nullptr) BuildM(a, r, m);  // its barriers also order the dx2 row
-    SampleBackward(a, r, m, dx2_row);
+    if (a.m_size > 0 || a.dx2 != nullptr) BuildM(a, r, m, n_table);  // its barriers also order the dx2 row
+    SampleBackward(a, r, m, dx2_row, n_table);
     if (a.dx2 != nullptr) {
       __syncthreads();
+      if (n_table != nullptr) {
+        FinishX2GradN(a, n_table, dx2_row);
+        __syncthreads();
+      }
       float* dx2 = a.dx2 + static_cast<long long>(z) * a.dim2;
       for (int c = threadIdx.x; c < a.dim2; c += kThreads) {
         if (gridDim.y > 1) {
@@ -376,7 +451,7 @@ cudaError_t LaunchPerSampleBackward(const PsArgs& args, cudaStream_t stream) {
   if ((args.dx2 != nullptr && args.dim2 > kPerSampleMaxDim2) || args.m_size > kPerSampleMaxM) {
     return cudaErrorInvalidValue;
   }
-  const size_t shared = sizeof(float) * (args.m_size + (args.dx2 != nullptr ? args.dim2 : 0));
+  const size_t shared = sizeof(float) * (args.dx2 != nullptr ? 2 * args.m_size + args.dim2 : args.m_size);
   PerSampleBackwardKernel<<<GridFor(args.batch, args.num_in1_segments), kThreads, shared, stream>>>(args);
   return cudaGetLastError();
 }

@@ -85,9 +85,9 @@ struct PsArgs {
   float* dx2;
 };
 
-// Largest dim2 the backward's shared-memory dx2 row takes, and the largest M table (together
-// within the 48 KB of shared memory a block gets without opting in).
-inline constexpr int kPerSampleMaxDim2 = 8192;
+// Largest dim2 the backward's shared-memory dx2 row takes, and the largest M table (the backward
+// holds M, an N table of the same size and the dx2 row: within the 48 KB a block gets by default).
+inline constexpr int kPerSampleMaxDim2 = 4096;
 inline constexpr int kPerSampleMaxM = 4096;
 
 cudaError_t LaunchPerSampleForward(const PsArgs& args, cudaStream_t stream);
