@@ -63,6 +63,16 @@ class PreparedPlan {
   TensorProductPlan plan_;
 };
 
+// The edges of a graph convolution: edge e reads x1 row src[e] (node features) and adds its TP
+// into out row dst[e]. int32 indices in the backend's memory space. The host default checks them
+// (INVALID_ARGUMENT); a device backend cannot without waiting for the device, so callers check them
+// on the host (the CUDA kernels skip an out-of-range edge rather than fault).
+struct EdgeIndex {
+  const int32_t* src = nullptr;  // [num_edges]
+  const int32_t* dst = nullptr;  // [num_edges]
+  int64_t num_edges = 0;
+};
+
 // Memory owned by a backend (host memory for CPU, device memory for CUDA). Freed on destruction.
 class BackendBuffer {
  public:
@@ -96,6 +106,21 @@ class Backend {
                                     ConstTensorView x1, ConstTensorView x2, TensorView out,
                                     const GradientOutputs& grads, const ExecutionContext& ctx) = 0;
 
+  // Gather, TP and scatter-sum of a graph convolution in one call (kernels/core/edge_tp.cc):
+  //   out[n] = sum over edges e with dst[e] = n of TP(weight[e], x1[src[e]], x2[e])
+  // weight: WeightShape(plan, num_edges); x1: [num_nodes, dim_in1]; x2: [num_edges, dim_in2];
+  // out: [num_out_rows, dim_out], overwritten (rows without edges are 0). The default works on host
+  // memory (gather, Forward, scatter: the CPU backend's); CUDA fuses them into its per-sample kernels.
+  virtual absl::Status EdgeForward(const PreparedPlan& plan, ConstTensorView weight, ConstTensorView x1,
+                                   ConstTensorView x2, const EdgeIndex& edges, TensorView out,
+                                   const ExecutionContext& ctx);
+  // Its vector-Jacobian product for grad_out [num_out_rows, dim_out]: grad_x1 [num_nodes, dim_in1]
+  // (summed over each node's edges, overwritten), grad_x2 [num_edges, dim_in2], grad_weight like
+  // weight (accumulate_grad_weight honored); each optional.
+  virtual absl::Status EdgeBackward(const PreparedPlan& plan, ConstTensorView weight, ConstTensorView x1,
+                                    ConstTensorView x2, const EdgeIndex& edges, ConstTensorView grad_out,
+                                    const GradientOutputs& grads, const ExecutionContext& ctx);
+
   // Memory in this backend's space, and copies between it and the host (ordered on ctx).
   virtual absl::StatusOr<std::unique_ptr<BackendBuffer>> Allocate(size_t bytes) = 0;
   // Host memory that CopyFromHost/CopyToHost move at full speed and without blocking the caller
@@ -127,5 +152,13 @@ absl::Status ValidateGradients(const TensorProductPlan& plan, const ConstTensorV
                                const ConstTensorView& x1, const ConstTensorView& x2, const GradientOutputs& grads);
 // Expected weight shape for this plan and batch: [weight_numel] or [batch, weight_numel].
 std::vector<int64_t> WeightShape(const TensorProductPlan& plan, int64_t batch);
+// The same checks for EdgeForward (out) and EdgeBackward (grad_out, grads); x1 and out may have any
+// number of rows, every per-edge tensor has edges.num_edges.
+absl::Status ValidateEdgeForward(const TensorProductPlan& plan, const ConstTensorView& weight,
+                                 const ConstTensorView& x1, const ConstTensorView& x2, const EdgeIndex& edges,
+                                 const TensorView& out);
+absl::Status ValidateEdgeBackward(const TensorProductPlan& plan, const ConstTensorView& weight,
+                                  const ConstTensorView& x1, const ConstTensorView& x2, const EdgeIndex& edges,
+                                  const ConstTensorView& grad_out, const GradientOutputs& grads);
 
 }  // namespace tpserve

@@ -40,6 +40,36 @@ absl::Status CheckFloat32(DType dtype) {
 
 const CudaPreparedPlan* AsCuda(const PreparedPlan& plan) { return dynamic_cast<const CudaPreparedPlan*>(&plan); }
 
+// LossGradient of a plan on the per-sample kernels: the backward derives g from out itself
+// (sum tanh) or takes g = 1 (sum), so the only workspace is out when the caller gives none.
+absl::Status PerSampleLossGradient(const CudaPreparedPlan& prepared, Loss loss, const ConstTensorView& weight,
+                                   const ConstTensorView& x1, const ConstTensorView& x2, const TensorView& out,
+                                   const GradientOutputs& grads, cudaStream_t stream) {
+  const int64_t batch = x1.shape[0];
+  const bool need_out = out.present() || loss == Loss::kSumTanh;
+  float* out_ptr = out.typed<float>();
+  float* workspace = nullptr;
+  if (need_out && out_ptr == nullptr) {
+    CUDA_RETURN_IF_ERROR(cudaMallocAsync(reinterpret_cast<void**>(&workspace),
+                                         sizeof(float) * std::max<int64_t>(batch * prepared.plan().dim_out(), 1),
+                                         stream));
+    out_ptr = workspace;
+  }
+  absl::Status status = [&]() -> absl::Status {
+    if (need_out) {
+      RETURN_IF_ERROR(cuda::RunPerSampleForward(prepared, weight.typed<float>(), x1.typed<float>(),
+                                                x2.typed<float>(), out_ptr, batch, stream));
+    }
+    const auto mode = loss == Loss::kSumTanh ? cuda::PsGradMode::kSumTanh : cuda::PsGradMode::kOne;
+    return cuda::RunPerSampleBackward(prepared, weight.typed<float>(), x1.typed<float>(), x2.typed<float>(),
+                                      loss == Loss::kSumTanh ? out_ptr : nullptr, mode, grads, batch, stream);
+  }();
+  const cudaError_t free_error = workspace != nullptr ? cudaFreeAsync(workspace, stream) : cudaSuccess;
+  RETURN_IF_ERROR(status);
+  CUDA_RETURN_IF_ERROR(free_error);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int CudaBackend::DeviceCount() {
@@ -96,17 +126,13 @@ CudaBackend::~CudaBackend() = default;
 std::string CudaBackend::name() const { return absl::StrCat("cuda:", device_); }
 
 absl::StatusOr<std::unique_ptr<PreparedPlan>> CudaBackend::Prepare(const TensorProductPlan& plan) {
-  if (plan.weight_sharing() != WeightSharing::kShared) {
-    return absl::UnimplementedError("CUDA backend: per-sample weights are not supported yet (use the cpu backend)");
-  }
-  for (const PathPlan& path : plan.paths()) {
-    if (path.mode != ConnectionMode::kUvw) {
-      return absl::UnimplementedError(absl::StrCat("CUDA backend: path (", path.i_in1, ", ", path.i_in2, ", ",
-                                                   path.i_out, ") has mode '", ConnectionModeName(path.mode),
-                                                   "'; only 'uvw' is supported (use the cpu backend)"));
-    }
-    if (2 * std::max({path.l1, path.l2, path.l3}) + 1 > cuda::kTileRows) {
-      return absl::UnimplementedError("CUDA backend: l above 63 is not supported");
+  // Per-sample weights and 'uvu' paths take the per-sample kernels (any l); the GEMM kernels hold
+  // one output row block of 2l+1 rows per tile.
+  if (!cuda::UsesPerSampleKernels(plan)) {
+    for (const PathPlan& path : plan.paths()) {
+      if (2 * std::max({path.l1, path.l2, path.l3}) + 1 > cuda::kTileRows) {
+        return absl::UnimplementedError("CUDA backend: l above 63 is not supported");
+      }
     }
   }
   DeviceScope scope(device_);
@@ -122,6 +148,10 @@ absl::Status CudaBackend::Forward(const PreparedPlan& plan, ConstTensorView weig
   RETURN_IF_ERROR(ValidateForward(plan.plan(), weight, x1, x2, out));
   RETURN_IF_ERROR(CheckFloat32(x1.dtype));
   DeviceScope scope(device_);
+  if (prepared->per_sample) {
+    return cuda::RunPerSampleForward(*prepared, weight.typed<float>(), x1.typed<float>(), x2.typed<float>(),
+                                     out.typed<float>(), x1.shape[0], StreamOf(ctx));
+  }
   return RunForward(*prepared, weight.typed<float>(), x1.typed<float>(), x2.typed<float>(), out.typed<float>(),
                     x1.shape[0], ctx.precision, StreamOf(ctx));
 }
@@ -138,6 +168,10 @@ absl::Status CudaBackend::Backward(const PreparedPlan& plan, ConstTensorView wei
   DeviceScope scope(device_);
   cudaStream_t stream = StreamOf(ctx);
   const float* g = grad_out.typed<float>();
+  if (prepared->per_sample) {
+    return cuda::RunPerSampleBackward(*prepared, weight.typed<float>(), x1.typed<float>(), x2.typed<float>(), g,
+                                      cuda::PsGradMode::kGiven, grads, batch, stream);
+  }
   if (!grads.grad_weight.present()) {
     return RunBackward(*prepared, weight.typed<float>(), x1.typed<float>(), x2.typed<float>(), g, nullptr, grads,
                        batch, ctx.precision, stream);
@@ -172,6 +206,7 @@ absl::Status CudaBackend::LossGradient(const PreparedPlan& plan, Loss loss, Cons
   if (out.present()) RETURN_IF_ERROR(CheckTensor(out, "out", DType::kFloat32, {batch, plan.plan().dim_out()}));
   DeviceScope scope(device_);
   cudaStream_t stream = StreamOf(ctx);
+  if (prepared->per_sample) return PerSampleLossGradient(*prepared, loss, weight, x1, x2, out, grads, stream);
   // Workspaces from the stream-ordered pool, [batch, dim_out] floats each. The seed call (grad_weight
   // only, no out) takes one: the forward writes out transposed per irrep and g replaces it in place.
   // Otherwise: out (unless given), g in e3nn's layout (input gradients), g transposed (grad_weight).
@@ -212,6 +247,54 @@ absl::Status CudaBackend::LossGradient(const PreparedPlan& plan, Loss loss, Cons
   RETURN_IF_ERROR(status);
   CUDA_RETURN_IF_ERROR(free_error);
   return absl::OkStatus();
+}
+
+namespace {
+
+absl::StatusOr<const CudaPreparedPlan*> PerSamplePlanForEdges(const PreparedPlan& plan) {
+  const CudaPreparedPlan* prepared = AsCuda(plan);
+  if (prepared == nullptr) return absl::InvalidArgumentError("CUDA backend: plan was prepared by another backend");
+  if (!prepared->per_sample) {
+    return absl::UnimplementedError(
+        "CUDA backend: edge convolutions need a plan with per-sample weights or 'uvu' paths");
+  }
+  return prepared;
+}
+
+cuda::EdgeRows RowsOf(const EdgeIndex& edges, int64_t src_rows, int64_t dst_rows) {
+  cuda::EdgeRows rows;
+  rows.src = edges.src;
+  rows.num_src_rows = src_rows;
+  rows.dst = edges.dst;
+  rows.num_dst_rows = dst_rows;
+  return rows;
+}
+
+}  // namespace
+
+absl::Status CudaBackend::EdgeForward(const PreparedPlan& plan, ConstTensorView weight, ConstTensorView x1,
+                                      ConstTensorView x2, const EdgeIndex& edges, TensorView out,
+                                      const ExecutionContext& ctx) {
+  ASSIGN_OR_RETURN(const CudaPreparedPlan* prepared, PerSamplePlanForEdges(plan));
+  RETURN_IF_ERROR(ValidateEdgeForward(plan.plan(), weight, x1, x2, edges, out));
+  RETURN_IF_ERROR(CheckFloat32(x1.dtype));
+  DeviceScope scope(device_);
+  const cuda::EdgeRows rows = RowsOf(edges, x1.shape[0], out.shape[0]);
+  return cuda::RunPerSampleForward(*prepared, weight.typed<float>(), x1.typed<float>(), x2.typed<float>(),
+                                   out.typed<float>(), edges.num_edges, StreamOf(ctx), &rows);
+}
+
+absl::Status CudaBackend::EdgeBackward(const PreparedPlan& plan, ConstTensorView weight, ConstTensorView x1,
+                                       ConstTensorView x2, const EdgeIndex& edges, ConstTensorView grad_out,
+                                       const GradientOutputs& grads, const ExecutionContext& ctx) {
+  ASSIGN_OR_RETURN(const CudaPreparedPlan* prepared, PerSamplePlanForEdges(plan));
+  RETURN_IF_ERROR(ValidateEdgeBackward(plan.plan(), weight, x1, x2, edges, grad_out, grads));
+  RETURN_IF_ERROR(CheckFloat32(x1.dtype));
+  DeviceScope scope(device_);
+  const cuda::EdgeRows rows = RowsOf(edges, x1.shape[0], grad_out.shape[0]);
+  return cuda::RunPerSampleBackward(*prepared, weight.typed<float>(), x1.typed<float>(), x2.typed<float>(),
+                                    grad_out.typed<float>(), cuda::PsGradMode::kGiven, grads, edges.num_edges,
+                                    StreamOf(ctx), &rows);
 }
 
 absl::StatusOr<std::unique_ptr<BackendBuffer>> CudaBackend::Allocate(size_t bytes) {

@@ -9,7 +9,13 @@
 // Arithmetic on tensor cores (mma.sync): Precision::kFp32 uses error-corrected 3xTF32,
 // kTf32 plain TF32, kBf16 bf16 operands; accumulation is always fp32.
 //
-// Not supported (UNIMPLEMENTED): float64 tensors, 'uvu' paths, per-sample weights.
+// Plans with per-sample weights or any 'uvu' path (the QM9 convolution's per-edge TP) run on the
+// per-sample kernels instead (tp_per_sample.cu): fp32 on CUDA cores for every Precision (tf32 and
+// bf16 requests get the fp32 result), one block per sample, memory-bound; 'uvw' paths with
+// per-sample weights run there too (correct, not tuned). Shared-weight 'uvu' plans sum dW over the
+// batch with atomics. LossGradient on them takes at most one [batch, dim_out] workspace (out, when
+// the caller gives none; the backward derives g from it on the fly).
+// Not supported (UNIMPLEMENTED): float64 tensors.
 // Memory: Prepare uploads small tables (path descriptors, 3j nonzeros); Forward/Backward take
 // no workspace; LossGradient takes [batch, dim_out] floats (two when `out` is not given)
 // from the stream-ordered pool for the duration of the call.
@@ -47,6 +53,15 @@ class CudaBackend final : public Backend {
   absl::Status LossGradient(const PreparedPlan& plan, Loss loss, ConstTensorView weight, ConstTensorView x1,
                             ConstTensorView x2, TensorView out, const GradientOutputs& grads,
                             const ExecutionContext& ctx) override;
+
+  // Fused gather / TP / scatter-sum on the per-sample kernels (plans with per-sample weights or
+  // 'uvu' paths; others UNIMPLEMENTED). out and grad_x1 are summed into with atomics, so their
+  // float sums are not bitwise deterministic. Edge indices are not checked here (see EdgeIndex).
+  absl::Status EdgeForward(const PreparedPlan& plan, ConstTensorView weight, ConstTensorView x1, ConstTensorView x2,
+                           const EdgeIndex& edges, TensorView out, const ExecutionContext& ctx) override;
+  absl::Status EdgeBackward(const PreparedPlan& plan, ConstTensorView weight, ConstTensorView x1,
+                            ConstTensorView x2, const EdgeIndex& edges, ConstTensorView grad_out,
+                            const GradientOutputs& grads, const ExecutionContext& ctx) override;
 
   absl::StatusOr<std::unique_ptr<BackendBuffer>> Allocate(size_t bytes) override;
   absl::StatusOr<std::unique_ptr<BackendBuffer>> AllocateHost(size_t bytes) override;

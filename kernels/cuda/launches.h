@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "kernels/core/backend.h"
 #include "kernels/cuda/prepared_plan.h"
+#include "kernels/cuda/tp_per_sample.h"
 
 namespace tpserve::cuda {
 
@@ -25,5 +26,23 @@ absl::Status RunForward(const CudaPreparedPlan& prepared, const float* w, const 
 absl::Status RunBackward(const CudaPreparedPlan& prepared, const float* w, const float* x1, const float* x2,
                          const float* g_mul_ir, const float* g_ir_mul, const GradientOutputs& grads, int64_t batch,
                          Precision precision, cudaStream_t stream);
+
+// Plans on the per-sample kernels (prepared.per_sample set; per_sample_launches.cc), fp32 for every
+// Precision. `edges` (optional) turns them into the fused gather/scatter: x1 rows by edges->src,
+// out / g rows by edges->dst; out (forward) and grad_x1 (backward) then have the row counts given
+// there and are zeroed and summed into.
+struct EdgeRows {
+  const int* src = nullptr;
+  int64_t num_src_rows = 0;
+  const int* dst = nullptr;
+  int64_t num_dst_rows = 0;
+};
+absl::Status RunPerSampleForward(const CudaPreparedPlan& prepared, const float* w, const float* x1, const float* x2,
+                                 float* out, int64_t batch, cudaStream_t stream, const EdgeRows* edges = nullptr);
+// Gradients from g: grad_out ([batch, dim_out] or dst rows) for kGiven, the forward's out for
+// kSumTanh, unused for kOne.
+absl::Status RunPerSampleBackward(const CudaPreparedPlan& prepared, const float* w, const float* x1, const float* x2,
+                                  const float* g, PsGradMode g_mode, const GradientOutputs& grads, int64_t batch,
+                                  cudaStream_t stream, const EdgeRows* edges = nullptr);
 
 }  // namespace tpserve::cuda

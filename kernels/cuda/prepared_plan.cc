@@ -233,6 +233,10 @@ absl::StatusOr<std::unique_ptr<CudaPreparedPlan>> PrepareCudaPlan(const TensorPr
                                                                    const CudaBackendOptions& options) {
   auto prepared = std::make_unique<CudaPreparedPlan>(plan);
   prepared->num_sms = num_sms;
+  if (UsesPerSampleKernels(plan)) {
+    ASSIGN_OR_RETURN(prepared->per_sample, BuildPerSampleTables(plan));
+    return prepared;
+  }
   for (int which = 0; which < 3; ++which) RETURN_IF_ERROR(UploadRole(plan.paths(), which, &prepared->roles[which]));
   using ForwardKernel = CudaBackendOptions::ForwardKernel;
   const bool allow_factored = options.forward_kernel != ForwardKernel::kGemm;

@@ -14,6 +14,7 @@
 #include "kernels/core/backend.h"
 #include "kernels/cuda/cuda_backend_options.h"
 #include "kernels/cuda/device_memory.h"
+#include "kernels/cuda/per_sample_plan.h"
 #include "kernels/cuda/tp_kernels.h"
 
 namespace tpserve::cuda {
@@ -37,6 +38,10 @@ struct GemmRole {
 class CudaPreparedPlan final : public PreparedPlan {
  public:
   explicit CudaPreparedPlan(const TensorProductPlan& plan) : PreparedPlan(plan) {}
+
+  // Set for plans with per-sample weights or 'uvu' paths: they run on tp_per_sample.cu alone, and
+  // the GEMM members below stay empty.
+  std::unique_ptr<PerSampleTables> per_sample;
 
   GemmRole roles[3];  // forward, grad_x1, grad_x2
   std::vector<WeightGradPath> wg_paths;

@@ -4,6 +4,7 @@
 // with NaN before each run, so an unwritten element fails. Every test skips without a GPU.
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -22,6 +23,7 @@
 #include "kernels/core/status_macros.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "tests/support/qm9_edge_plan.h"
 #include "tests/support/random.h"
 #include "tests/support/reference_case.h"
 
@@ -29,6 +31,7 @@ namespace tpserve {
 namespace {
 
 using testing::FreshRng;
+using testing::Qm9EdgePlan;
 using testing::RandomNormal;
 using testing::RelativeError;
 
@@ -109,7 +112,9 @@ class CudaBackendTest : public ::testing::Test {
     const std::vector<int64_t> w_shape = WeightShape(plan, batch);
     const std::vector<int64_t> x1_shape = {batch, plan.dim_in1()}, x2_shape = {batch, plan.dim_in2()},
                                out_shape = {batch, plan.dim_out()};
-    std::vector<double> w = RoundToFloat(RandomNormal(plan.weight_numel(), rng));
+    int64_t w_numel = 1;
+    for (int64_t d : w_shape) w_numel *= d;  // [weight_numel] or [batch, weight_numel]
+    std::vector<double> w = RoundToFloat(RandomNormal(w_numel, rng));
     std::vector<double> x1 = RoundToFloat(RandomNormal(batch * plan.dim_in1(), rng));
     std::vector<double> x2 = RoundToFloat(RandomNormal(batch * plan.dim_in2(), rng));
     std::vector<double> gout = RoundToFloat(RandomNormal(batch * plan.dim_out(), rng));
@@ -161,6 +166,16 @@ class CudaBackendTest : public ::testing::Test {
                                 GradientOutputs{{}, {}, d_dx2.view()}, ctx)
                     .ok());
     EXPECT_LE(RelativeError(d_dx2.Download(), ref_dx2), tol) << "backward grad_x2 alone";
+    d_dx1.Poison();
+    ASSERT_TRUE(cuda_->Backward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), d_gout.cview(),
+                                GradientOutputs{{}, d_dx1.view(), {}}, ctx)
+                    .ok());
+    EXPECT_LE(RelativeError(d_dx1.Download(), ref_dx1), tol) << "backward grad_x1 alone";
+    d_dw.Poison();
+    ASSERT_TRUE(cuda_->Backward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), d_gout.cview(),
+                                GradientOutputs{d_dw.view(), {}, {}}, ctx)
+                    .ok());
+    EXPECT_LE(RelativeError(d_dw.Download(), ref_dw), tol) << "backward grad_weight alone";
     // Existing values of dW's size, so that rounding of the sum stays at float precision of dW.
     double rms = 0;
     for (double v : ref_dw) rms += v * v;
@@ -499,18 +514,185 @@ TEST_F(CudaBackendTest, Float64_IsUnimplemented) {
   EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented) << status;
 }
 
-TEST_F(CudaBackendTest, UvuAndPerSampleWeights_AreUnimplemented) {
-  auto in = Irreps::Parse("2x1o");
-  auto sh = Irreps::Parse("1x0e");
-  ASSERT_TRUE(in.ok() && sh.ok());
-  auto uvu = TensorProductPlan::FromInstructions(*in, *sh, *in, {{0, 0, 0, ConnectionMode::kUvu}});
-  ASSERT_TRUE(uvu.ok()) << uvu.status();
-  EXPECT_EQ(cuda_->Prepare(*uvu).status().code(), absl::StatusCode::kUnimplemented);
+TEST_F(CudaBackendTest, PerSampleUvu_MatchCpuReference_OnQm9EdgeShapes_Mul8) {
+  for (int lmax : {1, 2}) {
+    const TensorProductPlan plan = Qm9EdgePlan(lmax, 8);
+    for (int64_t edges : {1, 7, 950}) CheckPlan(plan, edges, Precision::kFp32);
+  }
+}
+
+TEST_F(CudaBackendTest, PerSampleUvu_MatchCpuReference_OnQm9EdgeShapes_Mul128) {
+  for (int lmax : {1, 2}) {
+    const TensorProductPlan plan = Qm9EdgePlan(lmax, 128);
+    for (int64_t edges : {1, 7, 950}) CheckPlan(plan, edges, Precision::kFp32);
+  }
+}
+
+// The per-sample kernels are fp32 for every precision: tf32 and bf16 requests give the fp32 result
+// bit for bit (and so pass at the fp32 bound).
+TEST_F(CudaBackendTest, PerSampleUvu_Tf32AndBf16RunTheFp32Kernels) {
+  const TensorProductPlan plan = Qm9EdgePlan(2, 8);
+  for (Precision precision : {Precision::kTf32, Precision::kBf16}) CheckPlan(plan, 33, precision);
+  uint64_t seed = 0;
+  std::mt19937_64 rng = FreshRng(&seed);
+  SCOPED_TRACE(absl::StrCat("seed ", seed));
+  const int64_t batch = 65;
+  auto prepared = cuda_->Prepare(plan);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  DeviceTensor w(cuda_.get(), WeightShape(plan, batch)), x1(cuda_.get(), {batch, plan.dim_in1()}),
+      x2(cuda_.get(), {batch, plan.dim_in2()}), out(cuda_.get(), {batch, plan.dim_out()});
+  w.Upload(RandomNormal(batch * plan.weight_numel(), rng));
+  x1.Upload(RandomNormal(batch * plan.dim_in1(), rng));
+  x2.Upload(RandomNormal(batch * plan.dim_in2(), rng));
+  std::vector<double> results[3];
+  for (Precision precision : kAllPrecisions) {
+    ExecutionContext ctx;
+    ctx.precision = precision;
+    out.Poison();
+    ASSERT_TRUE(cuda_->Forward(**prepared, w.cview(), x1.cview(), x2.cview(), out.view(), ctx).ok());
+    results[static_cast<int>(precision)] = out.Download();
+  }
+  EXPECT_EQ(results[1], results[0]);
+  EXPECT_EQ(results[2], results[0]);
+}
+
+// 'uvu' and 'uvw' paths in one plan, several paths writing one output irrep, with shared and with
+// per-sample weights (the shared-weight 'uvu' plan sums dW over the batch with atomics).
+TEST_F(CudaBackendTest, UvuAndUvwMixed_SharedAndPerSample_MatchCpuReference) {
+  const Irreps in1 = *Irreps::Parse("3x0e + 2x1o + 2x2e"), in2 = *Irreps::Parse("2x0e + 1x1o + 2x2e"),
+               out = *Irreps::Parse("3x0e + 2x1o + 2x2e + 2x1e + 3x0o");
+  const std::vector<InstructionSpec> uvu_only = {
+      {0, 0, 0, ConnectionMode::kUvu}, {1, 0, 1, ConnectionMode::kUvu}, {2, 1, 1, ConnectionMode::kUvu},
+      {1, 1, 3, ConnectionMode::kUvu}, {2, 2, 2, ConnectionMode::kUvu}, {1, 2, 1, ConnectionMode::kUvu},
+      {2, 0, 2, ConnectionMode::kUvu}, {1, 1, 2, ConnectionMode::kUvu}, {2, 2, 3, ConnectionMode::kUvu}};
+  std::vector<InstructionSpec> mixed = uvu_only;
+  mixed.push_back({0, 0, 0, ConnectionMode::kUvw});
+  mixed.push_back({1, 1, 0, ConnectionMode::kUvw});
+  mixed.push_back({2, 2, 3, ConnectionMode::kUvw});
+  const std::vector<InstructionSpec>* const variants[] = {&uvu_only, &mixed};
+  for (const std::vector<InstructionSpec>* instructions : variants) {
+    for (WeightSharing sharing : {WeightSharing::kShared, WeightSharing::kPerSample}) {
+      TensorProductOptions options;
+      options.weight_sharing = sharing;
+      auto plan = TensorProductPlan::FromInstructions(in1, in2, out, *instructions, options);
+      ASSERT_TRUE(plan.ok()) << plan.status();
+      for (int64_t batch : {1, 7, 77}) CheckPlan(*plan, batch, Precision::kFp32);
+    }
+  }
+}
+
+// uvw paths with per-sample weights (every instruction of a fully connected product).
+TEST_F(CudaBackendTest, PerSampleUvw_MatchCpuReference) {
   TensorProductOptions options;
   options.weight_sharing = WeightSharing::kPerSample;
-  auto per_sample = TensorProductPlan::FullyConnected(*in, *sh, *in, options);
-  ASSERT_TRUE(per_sample.ok());
-  EXPECT_EQ(cuda_->Prepare(*per_sample).status().code(), absl::StatusCode::kUnimplemented);
+  auto plan = TensorProductPlan::FullyConnected("5x0e + 3x1o + 2x2e", "2x0e + 1x1o + 1x2e", "4x0e + 3x1o + 2x2e + 1x1e",
+                                                options);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  for (int64_t batch : {1, 7, 130}) CheckPlan(*plan, batch, Precision::kFp32);
+}
+
+// Edge convolutions (EdgeForward / EdgeBackward): the fused gather / scatter kernels against the CPU
+// backend's float64 host default, on random graphs (repeated sources and destinations).
+class CudaEdgeTest : public CudaBackendTest {
+ protected:
+  std::unique_ptr<BackendBuffer> UploadIndices(const std::vector<int32_t>& v) {
+    auto buffer = cuda_->Allocate(sizeof(int32_t) * std::max<size_t>(v.size(), 1));
+    EXPECT_TRUE(buffer.ok()) << buffer.status();
+    EXPECT_TRUE(cuda_->CopyFromHost((*buffer)->data(), v.data(), v.size() * sizeof(int32_t), {}).ok());
+    return std::move(buffer).value();
+  }
+
+  void CheckEdges(const TensorProductPlan& plan, int64_t nodes, int64_t edges) {
+    uint64_t seed = 0;
+    std::mt19937_64 rng = FreshRng(&seed);
+    SCOPED_TRACE(absl::StrFormat("plan %s, %d nodes, %d edges, seed %d", plan.irreps_in1().ToString(), nodes, edges,
+                                 seed));
+    std::vector<int32_t> src(edges), dst(edges);
+    for (int64_t e = 0; e < edges; ++e) {
+      src[e] = static_cast<int32_t>(rng() % nodes);
+      dst[e] = static_cast<int32_t>(rng() % nodes);
+    }
+    const std::vector<int64_t> w_shape = WeightShape(plan, edges), x1_shape = {nodes, plan.dim_in1()},
+                               x2_shape = {edges, plan.dim_in2()}, out_shape = {nodes, plan.dim_out()};
+    const std::vector<double> w = RoundToFloat(RandomNormal(edges * plan.weight_numel(), rng)),
+                              x1 = RoundToFloat(RandomNormal(nodes * plan.dim_in1(), rng)),
+                              x2 = RoundToFloat(RandomNormal(edges * plan.dim_in2(), rng)),
+                              g = RoundToFloat(RandomNormal(nodes * plan.dim_out(), rng));
+    CpuBackend cpu;
+    auto cpu_plan = cpu.Prepare(plan);
+    ASSERT_TRUE(cpu_plan.ok());
+    const EdgeIndex host_edges{src.data(), dst.data(), edges};
+    std::vector<double> ref_out(nodes * plan.dim_out()), ref_dw(w.size()), ref_dx1(x1.size()), ref_dx2(x2.size());
+    ASSERT_TRUE(cpu.EdgeForward(**cpu_plan, HostCView(w, w_shape), HostCView(x1, x1_shape), HostCView(x2, x2_shape),
+                                host_edges, HostView(ref_out, out_shape), {})
+                    .ok());
+    ASSERT_TRUE(cpu.EdgeBackward(**cpu_plan, HostCView(w, w_shape), HostCView(x1, x1_shape), HostCView(x2, x2_shape),
+                                 host_edges, HostCView(g, out_shape),
+                                 {HostView(ref_dw, w_shape), HostView(ref_dx1, x1_shape), HostView(ref_dx2, x2_shape)},
+                                 {})
+                    .ok());
+
+    auto prepared = cuda_->Prepare(plan);
+    ASSERT_TRUE(prepared.ok()) << prepared.status();
+    auto d_src = UploadIndices(src), d_dst = UploadIndices(dst);
+    const EdgeIndex d_edges{static_cast<const int32_t*>(d_src->data()), static_cast<const int32_t*>(d_dst->data()),
+                            edges};
+    DeviceTensor d_w(cuda_.get(), w_shape), d_x1(cuda_.get(), x1_shape), d_x2(cuda_.get(), x2_shape),
+        d_g(cuda_.get(), out_shape), d_out(cuda_.get(), out_shape), d_dw(cuda_.get(), w_shape),
+        d_dx1(cuda_.get(), x1_shape), d_dx2(cuda_.get(), x2_shape);
+    d_w.Upload(w);
+    d_x1.Upload(x1);
+    d_x2.Upload(x2);
+    d_g.Upload(g);
+    d_out.Poison();
+    ASSERT_TRUE(cuda_->EdgeForward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), d_edges, d_out.view(), {}).ok());
+    EXPECT_LE(RelativeError(d_out.Download(), ref_out), 1e-5) << "edge forward";
+    d_dw.Poison();
+    d_dx1.Poison();
+    d_dx2.Poison();
+    ASSERT_TRUE(cuda_->EdgeBackward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), d_edges, d_g.cview(),
+                                    GradientOutputs{d_dw.view(), d_dx1.view(), d_dx2.view()}, {})
+                    .ok());
+    EXPECT_LE(RelativeError(d_dw.Download(), ref_dw), 1e-5) << "edge grad_weight";
+    EXPECT_LE(RelativeError(d_dx1.Download(), ref_dx1), 1e-5) << "edge grad_x1";
+    EXPECT_LE(RelativeError(d_dx2.Download(), ref_dx2), 1e-5) << "edge grad_x2";
+    // grad_x1 alone, then grad_weight accumulated onto itself (doubles it).
+    d_dx1.Poison();
+    ASSERT_TRUE(cuda_->EdgeBackward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), d_edges, d_g.cview(),
+                                    GradientOutputs{{}, d_dx1.view(), {}}, {})
+                    .ok());
+    EXPECT_LE(RelativeError(d_dx1.Download(), ref_dx1), 1e-5) << "edge grad_x1 alone";
+    GradientOutputs acc{d_dw.view(), {}, {}};
+    acc.accumulate_grad_weight = true;
+    ASSERT_TRUE(
+        cuda_->EdgeBackward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), d_edges, d_g.cview(), acc, {}).ok());
+    std::vector<double> twice = ref_dw;
+    for (double& v : twice) v *= 2;
+    EXPECT_LE(RelativeError(d_dw.Download(), twice), 1e-5) << "edge grad_weight accumulated";
+  }
+};
+
+TEST_F(CudaEdgeTest, EdgeGather_FusedMatchesCpuEdgeReference) {
+  for (int lmax : {1, 2}) {
+    for (int mul : {8, 128}) {
+      const TensorProductPlan plan = Qm9EdgePlan(lmax, mul);
+      CheckEdges(plan, 486, 950);
+      CheckEdges(plan, 3, 7);
+      CheckEdges(plan, 2, 1);
+    }
+  }
+}
+
+TEST_F(CudaEdgeTest, EdgeGather_SharedWeightUvwPlanIsUnimplemented) {
+  auto plan = TensorProductPlan::FullyConnected("2x0e", "2x0e", "2x0e");
+  ASSERT_TRUE(plan.ok());
+  auto prepared = cuda_->Prepare(*plan);
+  ASSERT_TRUE(prepared.ok());
+  DeviceTensor w(cuda_.get(), {8}), x(cuda_.get(), {3, 2}), out(cuda_.get(), {3, 2});
+  auto index = UploadIndices({0, 1, 2});
+  const EdgeIndex edges{static_cast<const int32_t*>(index->data()), static_cast<const int32_t*>(index->data()), 3};
+  const absl::Status status = cuda_->EdgeForward(**prepared, w.cview(), x.cview(), x.cview(), edges, out.view(), {});
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented) << status;
 }
 
 TEST_F(CudaBackendTest, WrongShape_IsInvalidArgument) {

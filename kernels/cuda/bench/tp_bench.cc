@@ -5,6 +5,8 @@
 //
 //   tp-bench [--json PATH] [--runs 100] [--batches 64,1024,16384] [--precisions fp32,tf32,bf16]
 //            [--irreps "128x0e+128x1e+128x2e"] [--backend cuda|cpu|both]
+//   tp-bench --qm9_edge [--qm9_lmax 1,2] [--qm9_mul 128,256,512] [--qm9_edges 950] [--runs N] [--json PATH]
+//            the QM9 network's per-edge 'uvu' TP instead (qm9_edge_bench.h)
 //
 // Verification: batches up to --verify_max_batch (1024) are checked in full against CpuBackend in
 // float64 on the same float32-rounded inputs; larger batches check the forward pass on their first 128
@@ -31,6 +33,7 @@
 #include "kernels/core/backend.h"
 #include "kernels/core/plan.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cuda/bench/qm9_edge_bench.h"
 #include "kernels/cuda/cuda_backend.h"
 
 namespace tpserve {
@@ -452,8 +455,24 @@ int Main(const Config& config) {
 }  // namespace
 }  // namespace tpserve
 
+namespace {
+
+bool ParseIntList(const std::string& text, std::vector<int>* out) {
+  out->clear();
+  for (absl::string_view part : absl::StrSplit(text, ',')) {
+    int n = 0;
+    if (!absl::SimpleAtoi(part, &n) || n <= 0) return false;
+    out->push_back(n);
+  }
+  return !out->empty();
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   tpserve::Config config;
+  tpserve::Qm9EdgeBenchConfig qm9;
+  bool qm9_edge = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     auto value = [&]() -> std::string {
@@ -465,6 +484,19 @@ int main(int argc, char** argv) {
     };
     if (arg == "--roundtrip") {
       config.roundtrip = true;
+    } else if (arg == "--qm9_edge") {
+      qm9_edge = true;
+    } else if (arg == "--qm9_lmax" || arg == "--qm9_mul") {
+      if (!ParseIntList(value(), arg == "--qm9_lmax" ? &qm9.lmaxes : &qm9.muls)) {
+        std::fprintf(stderr, "%s: expected positive integers separated by commas\n", arg.c_str());
+        return 2;
+      }
+    } else if (arg == "--qm9_edges") {
+      qm9.edges = std::atoll(value().c_str());
+      if (qm9.edges <= 0) {
+        std::fprintf(stderr, "--qm9_edges: expected a positive integer\n");
+        return 2;
+      }
     } else if (arg == "--json") {
       config.json_path = value();
     } else if (arg == "--runs") {
@@ -517,12 +549,19 @@ int main(int argc, char** argv) {
                    "usage: tp-bench [--json PATH] [--runs N] [--warmup N] [--batches 64,1024,16384] "
                    "[--precisions fp32,tf32,bf16] [--irreps IRREPS] [--backend cuda|cpu|both] "
                    "[--verify_max_batch N] [--cpu_max_batch N] [--roundtrip]\n"
+                   "                [--qm9_edge [--qm9_lmax 1,2] [--qm9_mul 128,256,512] [--qm9_edges 950]]\n"
                    "                [--forward_kernel auto|factored-mma|factored-3xtf32|gemm] "
                    "[--factored_warp_cols 16|32] [--factored_blocks_per_sm N (0: auto)]\n");
       return arg == "--help" ? 0 : 2;
     }
   }
   if (config.runs < 1) config.runs = 1;
+  if (qm9_edge) {
+    qm9.runs = config.runs;
+    qm9.warmup = config.warmup;
+    qm9.json_path = config.json_path;
+    return tpserve::RunQm9EdgeBench(qm9);
+  }
   if (auto s = tpserve::ValidateCudaBackendOptions(config.cuda_options); !s.ok()) {
     std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
     return 2;
