@@ -147,7 +147,38 @@ __global__ void SgdKernel(int64_t n, float lr, float momentum, const float* grad
   }
 }
 
+__global__ void PermuteBlockKernel(const float* src, int64_t src_row, int64_t offset, const int32_t* order,
+                                   int64_t rows, int mul, int dim, float* buf) {
+  const int64_t total = rows * dim * mul;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t u = i % mul, rm = i / mul, m = rm % dim, r = rm / dim;
+    buf[i] = src[int64_t{order[r]} * src_row + offset + u * dim + m];
+  }
+}
+
+__global__ void UnpermuteAddBlockKernel(const float* buf, const int32_t* order, int64_t rows, int mul, int dim,
+                                        float* dst, int64_t dst_row, int64_t offset) {
+  const int64_t total = rows * dim * mul;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t u = i % mul, rm = i / mul, m = rm % dim, r = rm / dim;
+    dst[int64_t{order[r]} * dst_row + offset + u * dim + m] += buf[i];
+  }
+}
+
 }  // namespace
+
+void PermuteBlock(const float* src, int64_t src_row, int64_t offset, const int32_t* order, int64_t rows, int mul,
+                  int dim, float* buf, void* stream) {
+  if (rows * mul * dim == 0) return;
+  PermuteBlockKernel<<<Blocks(rows * mul * dim), kThreads, 0, AsStream(stream)>>>(src, src_row, offset, order, rows,
+                                                                                  mul, dim, buf);
+}
+void UnpermuteAddBlock(const float* buf, const int32_t* order, int64_t rows, int mul, int dim, float* dst,
+                       int64_t dst_row, int64_t offset, void* stream) {
+  if (rows * mul * dim == 0) return;
+  UnpermuteAddBlockKernel<<<Blocks(rows * mul * dim), kThreads, 0, AsStream(stream)>>>(buf, order, rows, mul, dim,
+                                                                                       dst, dst_row, offset);
+}
 
 void GatherRows(const float* in, const int32_t* index, int64_t rows, int64_t dim, float scale, float* out,
                 void* stream) {

@@ -46,4 +46,13 @@ void L1LossGradient(const float* predictions, const float* targets, int64_t coun
 void SgdMomentum(int64_t n, float lr, float momentum, const float* grad, float* velocity, float* params,
                  void* stream);
 
+// The per-species FCTPs' layout changes: an irrep block of mul copies of dim components, rows taken
+// in `order` (nodes grouped by species), to / from a row-major [rows * dim, mul] matrix:
+//   buf[(r * dim + m) * mul + u] = src[order[r] * src_row + offset + u * dim + m]
+void PermuteBlock(const float* src, int64_t src_row, int64_t offset, const int32_t* order, int64_t rows, int mul,
+                  int dim, float* buf, void* stream);
+//   dst[order[r] * dst_row + offset + u * dim + m] += buf[(r * dim + m) * mul + u]
+void UnpermuteAddBlock(const float* buf, const int32_t* order, int64_t rows, int mul, int dim, float* dst,
+                       int64_t dst_row, int64_t offset, void* stream);
+
 }  // namespace tpserve::nn::cuda

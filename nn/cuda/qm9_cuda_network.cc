@@ -80,9 +80,40 @@ const float kSinPi8 = static_cast<float>(std::sin(M_PI / 8));
 
 }  // namespace
 
+// One path of an FCTP with one-hot attributes, as a per-species linear map (species_fctp.h):
+// out[n, out block][w][m] += scale * sum_u W[u, s(n), w] x[n, in block][u][m].
+struct SpeciesPath {
+  int64_t in_offset = 0, out_offset = 0, weight_offset = 0;  // weight_offset: relative to the FCTP's block
+  int mul_in = 0, mul_out = 0, dim = 0;
+  float scale = 0;
+};
+
+// The paths of a dense FCTP(x, num_elements x 0e -> out) plan; INTERNAL when a path is not the
+// l x 0 -> l 'uvw' path with a diagonal, constant 3j block this assumes.
+absl::StatusOr<std::vector<SpeciesPath>> SpeciesPaths(const TensorProductPlan& plan, double attr_value) {
+  std::vector<SpeciesPath> paths;
+  for (const PathPlan& p : plan.paths()) {
+    const int dim = p.dim_in1();
+    bool ok = p.mode == ConnectionMode::kUvw && p.l2 == 0 && p.l1 == p.l3 && p.i_in2 == 0 &&
+              static_cast<int>(p.cg.size()) == dim * dim;
+    const double c = ok ? p.cg[0] : 0;
+    for (int m1 = 0; ok && m1 < dim; ++m1) {
+      for (int m3 = 0; m3 < dim; ++m3) {
+        const double expected = m1 == m3 ? c : 0.0;
+        if (std::abs(p.cg[m1 * dim + m3] - expected) > 1e-12 * std::abs(c)) ok = false;
+      }
+    }
+    if (!ok) return absl::InternalError("Qm9CudaNetwork: an FCTP path is not a per-species linear map");
+    paths.push_back({p.offset_in1, p.offset_out, p.weight_offset, p.mul_in1, p.mul_out, dim,
+                     static_cast<float>(p.path_weight * attr_value * c)});
+  }
+  return paths;
+}
+
 // One convolution (+ the gate after it) on the device.
 struct DeviceLayer {
   std::unique_ptr<PreparedPlan> sc, lin1, lin2, tp;
+  std::vector<SpeciesPath> sc_paths, lin1_paths, lin2_paths;
   int64_t dim_in = 0, dim_out = 0, dim_mid = 0, weight_numel = 0;
   int64_t sc_offset = -1, lin1_offset = -1, lin2_offset = -1;  // absolute offsets in params, -1: absent
   std::vector<int64_t> radial_offsets;                          // one per MLP matrix
@@ -113,6 +144,9 @@ struct Qm9CudaNetwork::State {
   bool has_targets = false;
   DeviceArray<int32_t> src, dst, graph;
   DeviceArray<float> attr, sh, basis, targets, predictions, grad_predictions, loss;
+  DeviceArray<int32_t> species_order;   // node ids grouped by species (ascending within a species)
+  std::vector<int64_t> species_begin;   // species s: species_order[species_begin[s], species_begin[s + 1])
+  DeviceArray<float> permuted_x, permuted_g, permuted_out;  // per-species FCTP scratch
   // scratch, sized to the largest layer
   DeviceArray<float> h, sc_out, lin2_out, messages, grad_y[2], grad_x, grad_x_sc, grad_agg, grad_messages,
       grad_edge_weights, grad_h_src, grad_h, mlp_grad[2];
@@ -136,23 +170,95 @@ struct Qm9CudaNetwork::State {
                        "cublasSgemm");
   }
 
+  // Row-major with leading dimensions (row strides).
+  absl::Status GemmLd(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                      int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+    if (m == 0 || n == 0) return absl::OkStatus();
+    return CublasCheck(cublasSgemm(cublas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                   static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b,
+                                   static_cast<int>(ldb), a, static_cast<int>(lda), &beta, c, static_cast<int>(ldc)),
+                       "cublasSgemm");
+  }
+
+  // out (+=) the per-species FCTP of x ([num_nodes, x_row]) into out ([num_nodes, out_row]).
+  absl::Status SpeciesForward(const std::vector<SpeciesPath>& paths, int64_t offset, const float* x, int64_t x_row,
+                              float* out, int64_t out_row) {
+    const int64_t n = num_nodes;
+    const int64_t ldw = int64_t{config.num_elements};
+    for (const SpeciesPath& p : paths) {
+      cuda::PermuteBlock(x, x_row, p.in_offset, species_order.data(), n, p.mul_in, p.dim, permuted_x.data(), stream);
+      for (int s = 0; s < config.num_elements; ++s) {
+        const int64_t begin = species_begin[s], rows = species_begin[s + 1] - begin;
+        if (rows == 0) continue;
+        // [rows * dim, mul_in] x W[:, s, :] ([mul_in, mul_out], row stride num_elements * mul_out)
+        RETURN_IF_ERROR(GemmLd(false, false, rows * p.dim, p.mul_out, p.mul_in, p.scale,
+                               permuted_x.data() + begin * p.dim * p.mul_in, p.mul_in,
+                               params.data() + offset + p.weight_offset + int64_t{s} * p.mul_out, ldw * p.mul_out,
+                               0.f, permuted_out.data() + begin * p.dim * p.mul_out, p.mul_out));
+      }
+      cuda::UnpermuteAddBlock(permuted_out.data(), species_order.data(), n, p.mul_out, p.dim, out, out_row,
+                              p.out_offset, stream);
+    }
+    return CudaCheck(cudaGetLastError(), "per-species forward");
+  }
+
+  // grad[offset..] (=) and grad_x (+=, when not null) of the per-species FCTP.
+  absl::Status SpeciesBackward(const std::vector<SpeciesPath>& paths, int64_t offset, int64_t weight_numel,
+                               const float* x, int64_t x_row, const float* grad_out, int64_t out_row, float* grad_x) {
+    const int64_t n = num_nodes;
+    const int64_t ldw = int64_t{config.num_elements};
+    RETURN_IF_ERROR(CudaCheck(cudaMemsetAsync(grad.data() + offset, 0, sizeof(float) * weight_numel, stream), "memset"));
+    for (const SpeciesPath& p : paths) {
+      cuda::PermuteBlock(x, x_row, p.in_offset, species_order.data(), n, p.mul_in, p.dim, permuted_x.data(), stream);
+      cuda::PermuteBlock(grad_out, out_row, p.out_offset, species_order.data(), n, p.mul_out, p.dim,
+                         permuted_g.data(), stream);
+      for (int s = 0; s < config.num_elements; ++s) {
+        const int64_t begin = species_begin[s], rows = species_begin[s + 1] - begin;
+        if (rows == 0) continue;
+        const float* xs = permuted_x.data() + begin * p.dim * p.mul_in;
+        const float* gs = permuted_g.data() + begin * p.dim * p.mul_out;
+        // dW[:, s, :] = scale xs^T gs
+        RETURN_IF_ERROR(GemmLd(true, false, p.mul_in, p.mul_out, rows * p.dim, p.scale, xs, p.mul_in, gs, p.mul_out,
+                               0.f, grad.data() + offset + p.weight_offset + int64_t{s} * p.mul_out, ldw * p.mul_out));
+        if (grad_x) {  // d x = scale gs W[:, s, :]^T
+          RETURN_IF_ERROR(GemmLd(false, true, rows * p.dim, p.mul_in, p.mul_out, p.scale, gs, p.mul_out,
+                                 params.data() + offset + p.weight_offset + int64_t{s} * p.mul_out, ldw * p.mul_out,
+                                 0.f, permuted_out.data() + begin * p.dim * p.mul_in, p.mul_in));
+        }
+      }
+      if (grad_x) {
+        cuda::UnpermuteAddBlock(permuted_out.data(), species_order.data(), n, p.mul_in, p.dim, grad_x, x_row,
+                                p.in_offset, stream);
+      }
+    }
+    return CudaCheck(cudaGetLastError(), "per-species backward");
+  }
+
   // out (=) FCTP(x, attr); zeros when the product has no weights.
-  absl::Status Fctp(const PreparedPlan& plan, int64_t offset, const float* x, float* out) {
+  absl::Status Fctp(const PreparedPlan& plan, const std::vector<SpeciesPath>& paths, int64_t offset, const float* x,
+                    float* out) {
     const TensorProductPlan& p = plan.plan();
     RETURN_IF_ERROR(CudaCheck(cudaMemsetAsync(out, 0, sizeof(float) * num_nodes * p.dim_out(), stream), "memset"));
     if (p.weight_numel() == 0 || num_nodes == 0) return absl::OkStatus();
+    if (options.per_species_fctp) return SpeciesForward(paths, offset, x, p.dim_in1(), out, p.dim_out());
     return backend->Forward(plan, In(params.data() + offset, {p.weight_numel()}), In(x, {num_nodes, p.dim_in1()}),
                             In(attr.data(), {num_nodes, p.dim_in2()}), Out(out, {num_nodes, p.dim_out()}), ctx());
   }
   // grad[offset..] (=) and grad_x (=, when not null) of the FCTP.
-  absl::Status FctpBackward(const PreparedPlan& plan, int64_t offset, const float* x, const float* grad_out,
-                            float* grad_x) {
+  absl::Status FctpBackward(const PreparedPlan& plan, const std::vector<SpeciesPath>& paths, int64_t offset,
+                            const float* x, const float* grad_out, float* grad_x) {
     const TensorProductPlan& p = plan.plan();
     if (grad_x) {
       RETURN_IF_ERROR(
           CudaCheck(cudaMemsetAsync(grad_x, 0, sizeof(float) * num_nodes * p.dim_in1(), stream), "memset"));
     }
-    if (p.weight_numel() == 0 || num_nodes == 0) return absl::OkStatus();
+    if (p.weight_numel() == 0) return absl::OkStatus();
+    if (num_nodes == 0) {
+      return CudaCheck(cudaMemsetAsync(grad.data() + offset, 0, sizeof(float) * p.weight_numel(), stream), "memset");
+    }
+    if (options.per_species_fctp) {
+      return SpeciesBackward(paths, offset, p.weight_numel(), x, p.dim_in1(), grad_out, p.dim_out(), grad_x);
+    }
     RETURN_IF_ERROR(CudaCheck(cudaMemsetAsync(grad.data() + offset, 0, sizeof(float) * p.weight_numel(), stream),
                               "memset"));
     GradientOutputs grads;
@@ -169,8 +275,8 @@ struct Qm9CudaNetwork::State {
     DeviceLayer& L = *layers[l];
     const float* x = LayerInput(l);
     const int64_t n = num_nodes, e = num_edges;
-    RETURN_IF_ERROR(Fctp(*L.sc, L.sc_offset, x, sc_out.data()));
-    RETURN_IF_ERROR(Fctp(*L.lin1, L.lin1_offset, x, h.data()));
+    RETURN_IF_ERROR(Fctp(*L.sc, L.sc_paths, L.sc_offset, x, sc_out.data()));
+    RETURN_IF_ERROR(Fctp(*L.lin1, L.lin1_paths, L.lin1_offset, x, h.data()));
     cuda::GatherRows(h.data(), src.data(), e, L.dim_in, 1.f, L.h_src.data(), stream);
     // radial MLP: basis [e, 10] -> ... -> edge_weights [e, weight_numel]
     const float* in = basis.data();
@@ -195,7 +301,7 @@ struct Qm9CudaNetwork::State {
       cuda::ScatterAddRows(messages.data(), dst.data(), e, L.dim_mid,
                            1.f / std::sqrt(static_cast<float>(config.num_neighbors)), L.agg.data(), stream);
     }
-    RETURN_IF_ERROR(Fctp(*L.lin2, L.lin2_offset, L.agg.data(), lin2_out.data()));
+    RETURN_IF_ERROR(Fctp(*L.lin2, L.lin2_paths, L.lin2_offset, L.agg.data(), lin2_out.data()));
     cuda::Axpby(n * L.dim_out, kCosPi8, sc_out.data(), kSinPi8, lin2_out.data(), L.output.data(), stream);
     if (L.has_gate) {
       cuda::GateForward(L.gate_entries.data(), L.num_gate_entries, L.output.data(), n, L.dim_out, L.gate_dim_out,
@@ -213,8 +319,8 @@ struct Qm9CudaNetwork::State {
     // grad of sc and lin2 outputs: cos / sin times grad_y (h and lin2_out reused as scratch)
     cuda::Axpby(n * L.dim_out, kCosPi8, grad_y, 0.f, grad_y, sc_out.data(), stream);
     cuda::Axpby(n * L.dim_out, kSinPi8, grad_y, 0.f, grad_y, lin2_out.data(), stream);
-    RETURN_IF_ERROR(FctpBackward(*L.sc, L.sc_offset, x, sc_out.data(), want_x ? grad_x_sc.data() : nullptr));
-    RETURN_IF_ERROR(FctpBackward(*L.lin2, L.lin2_offset, L.agg.data(), lin2_out.data(), grad_agg.data()));
+    RETURN_IF_ERROR(FctpBackward(*L.sc, L.sc_paths, L.sc_offset, x, sc_out.data(), want_x ? grad_x_sc.data() : nullptr));
+    RETURN_IF_ERROR(FctpBackward(*L.lin2, L.lin2_paths, L.lin2_offset, L.agg.data(), lin2_out.data(), grad_agg.data()));
     RETURN_IF_ERROR(CudaCheck(cudaMemsetAsync(grad_h.data(), 0, sizeof(float) * n * L.dim_in, stream), "memset"));
     const int matrices = static_cast<int>(L.mlp_sizes.size()) - 1;
     if (e > 0) {
@@ -255,7 +361,7 @@ struct Qm9CudaNetwork::State {
         g = grad_a;
       }
     }
-    RETURN_IF_ERROR(FctpBackward(*L.lin1, L.lin1_offset, x, grad_h.data(), want_x ? grad_x.data() : nullptr));
+    RETURN_IF_ERROR(FctpBackward(*L.lin1, L.lin1_paths, L.lin1_offset, x, grad_h.data(), want_x ? grad_x.data() : nullptr));
     if (want_x) cuda::Axpby(n * L.dim_in, 1.f, grad_x.data(), 1.f, grad_x_sc.data(), grad_x.data(), stream);
     return CudaCheck(cudaGetLastError(), "backward kernels");
   }
@@ -293,6 +399,10 @@ absl::StatusOr<std::unique_ptr<Qm9CudaNetwork>> Qm9CudaNetwork::Create(const Qm9
     ASSIGN_OR_RETURN(layer->lin1, state->backend->Prepare(conv.lin1_plan()));
     ASSIGN_OR_RETURN(layer->lin2, state->backend->Prepare(conv.lin2_plan()));
     ASSIGN_OR_RETURN(layer->tp, state->backend->Prepare(conv.tp_plan()));
+    const double attr_value = std::sqrt(static_cast<double>(config.num_elements));
+    ASSIGN_OR_RETURN(layer->sc_paths, SpeciesPaths(conv.sc_plan(), attr_value));
+    ASSIGN_OR_RETURN(layer->lin1_paths, SpeciesPaths(conv.lin1_plan(), attr_value));
+    ASSIGN_OR_RETURN(layer->lin2_paths, SpeciesPaths(conv.lin2_plan(), attr_value));
     layer->dim_in = conv.irreps_in().dim();
     layer->dim_out = conv.irreps_out().dim();
     layer->dim_mid = conv.irreps_mid().dim();
@@ -424,6 +534,16 @@ absl::Status Qm9CudaNetwork::SetBatch(const GraphBatch& batch, const std::vector
   std::vector<double> sh64(e * SphericalHarmonicsDim(config.lmax)), basis64(e * config.num_basis);
   SphericalHarmonics(config.lmax, vectors.data(), e, sh64.data());
   SmoothFiniteBasis(lengths.data(), e, config.num_basis, config.max_radius, RadialBasisScale(), basis64.data());
+  std::vector<int32_t> order;
+  s.species_begin.assign(config.num_elements + 1, 0);
+  for (int species = 0; species < config.num_elements; ++species) {
+    s.species_begin[species] = static_cast<int64_t>(order.size());
+    for (int64_t node = 0; node < n; ++node) {
+      if (batch.species[node] == species) order.push_back(static_cast<int32_t>(node));
+    }
+  }
+  s.species_begin[config.num_elements] = static_cast<int64_t>(order.size());
+  RETURN_IF_ERROR(Upload(s.species_order, order, s.stream));
   RETURN_IF_ERROR(Upload(s.attr, attr, s.stream));
   RETURN_IF_ERROR(Upload(s.sh, std::vector<float>(sh64.begin(), sh64.end()), s.stream));
   RETURN_IF_ERROR(Upload(s.basis, std::vector<float>(basis64.begin(), basis64.end()), s.stream));
@@ -456,6 +576,9 @@ absl::Status Qm9CudaNetwork::SetBatch(const GraphBatch& batch, const std::vector
     }
   }
   const int64_t max_node = std::max({max_in, max_out, max_mid});
+  RETURN_IF_ERROR(s.permuted_x.Resize(n * max_node));
+  RETURN_IF_ERROR(s.permuted_g.Resize(n * max_node));
+  RETURN_IF_ERROR(s.permuted_out.Resize(n * max_node));
   RETURN_IF_ERROR(s.h.Resize(n * max_node));
   RETURN_IF_ERROR(s.sc_out.Resize(n * max_node));
   RETURN_IF_ERROR(s.lin2_out.Resize(n * max_node));

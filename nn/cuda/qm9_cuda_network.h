@@ -4,9 +4,9 @@
 // rather than a second implementation behind Qm9Network's API, because Qm9Network's ops are host
 // loops over std::vector (see nn/README.md, "The network on the GPU").
 //
-// What runs where: the tensor products (FCTPs sc / lin1 / lin2 as the dense e3nn products with
-// the one-hot attributes, and the per-edge 'uvu' product with per-edge weights) through the CUDA
-// Backend; the radial MLP on cuBLAS SGEMM; gather / scatter-sum, gate, per-graph sum, L1 loss and
+// What runs where: the FCTPs sc / lin1 / lin2 per species on cuBLAS SGEMM (or, as an option, as the
+// dense e3nn products with the one-hot attributes through the CUDA Backend); the per-edge 'uvu'
+// product with per-edge weights through the CUDA Backend; the radial MLP on cuBLAS SGEMM; gather / scatter-sum, gate, per-graph sum, L1 loss and
 // SGD in nn/cuda/nn_kernels.cu. The edge harmonics and radial basis depend only on the batch: they
 // are computed on the host (fp64, rounded to fp32) when the batch is set, with the one-hot attributes.
 //
@@ -30,6 +30,10 @@ struct Qm9CudaOptions {
   int device = 0;
   // kFp32: fp32 everywhere; kTf32: cuBLAS and the tensor-product kernels may use TF32 tensor cores.
   Precision precision = Precision::kFp32;
+  // The FCTPs with the one-hot attributes: true: per species, as cuBLAS GEMMs on the nodes of each
+  // species with that species' weight slice (1/num_elements of the dense work; nn/species_fctp.h
+  // has the algebra); false: the dense e3nn product through the CUDA backend.
+  bool per_species_fctp = true;
 };
 
 class Qm9CudaNetwork {

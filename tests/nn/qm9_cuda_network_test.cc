@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -28,7 +29,8 @@ double RelativeError(const std::vector<A>& a, const std::vector<B>& b, int64_t b
   return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-300);
 }
 
-class Qm9CudaNetworkTest : public ::testing::TestWithParam<int> {
+// (lmax, per-species FCTPs)
+class Qm9CudaNetworkTest : public ::testing::TestWithParam<std::tuple<int, bool>> {
  protected:
   void SetUp() override {
     if (CudaBackend::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
@@ -37,14 +39,17 @@ class Qm9CudaNetworkTest : public ::testing::TestWithParam<int> {
 
 TEST_P(Qm9CudaNetworkTest, MatchesTheCpuNetworkInFp64) {
   Qm9NetworkConfig config;
-  config.lmax = GetParam();
+  config.lmax = std::get<0>(GetParam());
   config.mul = 8;
   config.layers = 3;
   CpuBackend cpu(CpuBackendOptions{1});
   auto host = Qm9Network::Create(config, &cpu);
   ASSERT_TRUE(host.ok()) << host.status();
-  auto device = Qm9CudaNetwork::Create(config);
+  Qm9CudaOptions options;
+  options.per_species_fctp = std::get<1>(GetParam());
+  auto device = Qm9CudaNetwork::Create(config, options);
   ASSERT_TRUE(device.ok()) << device.status();
+  std::printf("lmax %d, %s FCTPs\n", config.lmax, options.per_species_fctp ? "per-species" : "dense");
   ASSERT_EQ((*device)->num_parameters(), host->num_parameters());
 
   std::mt19937_64 rng(5);
@@ -102,7 +107,7 @@ TEST_P(Qm9CudaNetworkTest, MatchesTheCpuNetworkInFp64) {
   EXPECT_NE(*loss_after, got->loss);
 }
 
-INSTANTIATE_TEST_SUITE_P(Lmax, Qm9CudaNetworkTest, ::testing::Values(1, 2));
+INSTANTIATE_TEST_SUITE_P(LmaxAndFctp, Qm9CudaNetworkTest, ::testing::Combine(::testing::Values(1, 2), ::testing::Bool()));
 
 TEST(Qm9CudaNetworkErrors, BadInputsAreInvalidArgument) {
   if (CudaBackend::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";

@@ -5,7 +5,7 @@
 // (fp32, host backend) instead, for small shapes.
 //
 //   qm9-bench [--shapes 1x128,1x256,2x128,2x512] [--layers 6] [--graphs 27] [--iters 30] [--warmup 5]
-//             [--precision fp32|tf32] [--json FILE] [--cpu]
+//             [--precision fp32|tf32] [--fctp species|dense] [--json FILE] [--cpu]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -127,9 +127,12 @@ void PrintResult(const Result& r, const std::string& precision) {
   std::fflush(stdout);
 }
 
+bool g_dense_fctp = false;
+
 bool RunCuda(const Qm9NetworkConfig& config, const GraphBatch& batch, const std::string& precision, int warmup,
              int iters, Result* r) {
   tpserve::nn::Qm9CudaOptions options;
+  options.per_species_fctp = !g_dense_fctp;
   options.precision = precision == "tf32" ? tpserve::Precision::kTf32 : tpserve::Precision::kFp32;
   auto network = tpserve::nn::Qm9CudaNetwork::Create(config, options);
   BENCH_CHECK(network.status());
@@ -165,7 +168,7 @@ bool RunCuda(const Qm9NetworkConfig& config, const GraphBatch& batch, const std:
   cudaGetDevice(&device);
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, device);
-  r->device = prop.name;
+  r->device = std::string(prop.name) + (g_dense_fctp ? ", dense FCTPs" : ", per-species FCTPs");
   return true;
 }
 
@@ -221,6 +224,7 @@ int main(int argc, char** argv) {
     else if (arg == "--warmup") warmup = std::atoi(value().c_str());
     else if (arg == "--precision") precision = value();
     else if (arg == "--json") json_path = value();
+    else if (arg == "--fctp") g_dense_fctp = value() == "dense";
     else if (arg == "--cpu") cpu = true;
     else {
       std::fprintf(stderr,
