@@ -82,24 +82,27 @@ TEST_P(Qm9CudaNetworkTest, MatchesTheCpuNetworkInFp64) {
   }
   std::printf("lmax %d: worst gradient block relative error %.3g\n", config.lmax, worst);
 
-  // One SGD step on the device equals p - lr * g (the velocity starts at zero) with the fp64 gradient.
+  // One SGD step on the device: p - lr * g with its own gradient (the velocity starts at zero), in
+  // fp32 as SgdMomentumStep does it on the host (one rounding of difference at most: FMA).
   ASSERT_TRUE((*device)->SetParameters(params32).ok());
   ASSERT_TRUE((*device)->SetBatch(batch, targets32).ok());
   ASSERT_TRUE((*device)->EnqueueLossGradient().ok());
   ASSERT_TRUE((*device)->EnqueueSgdStep(SgdMomentumOptions{}).ok());
   auto stepped = (*device)->Parameters();
   ASSERT_TRUE(stepped.ok()) << stepped.status();
-  std::vector<double> expected_params = params, velocity;
-  SgdMomentumStep(expected_params, velocity, expected->gradient, SgdMomentumOptions{});
-  // the step moves the parameters by lr * g; compare the moves
-  std::vector<double> moved(params.size()), expected_moved(params.size());
+  std::vector<float> expected_params = params32, velocity;
+  SgdMomentumStep(expected_params, velocity, got->gradient, SgdMomentumOptions{});
+  double step_error = 0;
+  int moved = 0;
   for (size_t i = 0; i < params.size(); ++i) {
-    moved[i] = double((*stepped)[i]) - double(params32[i]);
-    expected_moved[i] = expected_params[i] - params[i];
+    step_error = std::max(step_error, std::abs(double((*stepped)[i]) - double(expected_params[i])) /
+                                          (1.0 + std::abs(double(params32[i]))));
+    moved += (*stepped)[i] != params32[i];
   }
-  const double step_error = RelativeError(moved, expected_moved, 0, static_cast<int64_t>(params.size()));
-  std::printf("lmax %d: SGD step relative error %.3g\n", config.lmax, step_error);
-  EXPECT_LT(step_error, 1e-3);  // the move is a difference of fp32 parameters: ~1e-7 / 1e-4 rounding
+  std::printf("lmax %d: SGD step worst error %.3g; %d of %zu parameters moved\n", config.lmax, step_error, moved,
+              params.size());
+  EXPECT_LT(step_error, 1e-6);
+  EXPECT_GT(moved, static_cast<int>(params.size() / 2));
   // a second LossGradient after the step sees the stepped parameters: the loss changes
   ASSERT_TRUE((*device)->EnqueueLossGradient().ok());
   auto loss_after = (*device)->Loss();
