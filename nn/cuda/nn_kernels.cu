@@ -152,7 +152,8 @@ __global__ void PermuteBlockKernel(const float* src, int64_t src_row, int64_t of
   const int64_t total = rows * dim * mul;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t u = i % mul, rm = i / mul, m = rm % dim, r = rm / dim;
-    buf[i] = src[int64_t{order[r]} * src_row + offset + u * dim + m];
+    const int32_t node = order[r];
+    buf[i] = node < 0 ? 0.f : src[int64_t{node} * src_row + offset + u * dim + m];
   }
 }
 
@@ -161,7 +162,8 @@ __global__ void UnpermuteAddBlockKernel(const float* buf, const int32_t* order, 
   const int64_t total = rows * dim * mul;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t u = i % mul, rm = i / mul, m = rm % dim, r = rm / dim;
-    dst[int64_t{order[r]} * dst_row + offset + u * dim + m] += buf[i];
+    const int32_t node = order[r];
+    if (node >= 0) dst[int64_t{node} * dst_row + offset + u * dim + m] += buf[i];
   }
 }
 

@@ -47,7 +47,8 @@ void SgdMomentum(int64_t n, float lr, float momentum, const float* grad, float* 
                  void* stream);
 
 // The per-species FCTPs' layout changes: an irrep block of mul copies of dim components, rows taken
-// in `order` (nodes grouped by species), to / from a row-major [rows * dim, mul] matrix:
+// in `order` (nodes grouped by species; -1: a padding row, zero in buf, not written back), to / from a
+// row-major [rows * dim, mul] matrix:
 //   buf[(r * dim + m) * mul + u] = src[order[r] * src_row + offset + u * dim + m]
 void PermuteBlock(const float* src, int64_t src_row, int64_t offset, const int32_t* order, int64_t rows, int mul,
                   int dim, float* buf, void* stream);

@@ -3,6 +3,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <utility>
@@ -144,8 +145,11 @@ struct Qm9CudaNetwork::State {
   bool has_targets = false;
   DeviceArray<int32_t> src, dst, graph;
   DeviceArray<float> attr, sh, basis, targets, predictions, grad_predictions, loss;
-  DeviceArray<int32_t> species_order;   // node ids grouped by species (ascending within a species)
-  std::vector<int64_t> species_begin;   // species s: species_order[species_begin[s], species_begin[s + 1])
+  // node ids grouped by species, each species padded to species_rows rows with -1: species s is
+  // species_order[s * species_rows, (s + 1) * species_rows), so one strided-batched GEMM (batch =
+  // species) does a path for all species
+  DeviceArray<int32_t> species_order;
+  int64_t species_rows = 0;
   DeviceArray<float> permuted_x, permuted_g, permuted_out;  // per-species FCTP scratch
   // scratch, sized to the largest layer
   DeviceArray<float> h, sc_out, lin2_out, messages, grad_y[2], grad_x, grad_x_sc, grad_agg, grad_messages,
@@ -180,23 +184,32 @@ struct Qm9CudaNetwork::State {
                        "cublasSgemm");
   }
 
+  // Row-major, strided batched over `batch` (strides in elements).
+  absl::Status GemmBatched(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                           int64_t lda, int64_t stride_a, const float* b, int64_t ldb, int64_t stride_b, float beta,
+                           float* c, int64_t ldc, int64_t stride_c, int batch) {
+    if (m == 0 || n == 0 || batch == 0) return absl::OkStatus();
+    return CublasCheck(cublasSgemmStridedBatched(cublas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                                 trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n),
+                                                 static_cast<int>(m), static_cast<int>(k), &alpha, b,
+                                                 static_cast<int>(ldb), stride_b, a, static_cast<int>(lda), stride_a,
+                                                 &beta, c, static_cast<int>(ldc), stride_c, batch),
+                       "cublasSgemmStridedBatched");
+  }
+
   // out (+=) the per-species FCTP of x ([num_nodes, x_row]) into out ([num_nodes, out_row]).
   absl::Status SpeciesForward(const std::vector<SpeciesPath>& paths, int64_t offset, const float* x, int64_t x_row,
                               float* out, int64_t out_row) {
-    const int64_t n = num_nodes;
-    const int64_t ldw = int64_t{config.num_elements};
+    const int64_t rows = species_rows * config.num_elements, r = species_rows;
+    const int elements = config.num_elements;
     for (const SpeciesPath& p : paths) {
-      cuda::PermuteBlock(x, x_row, p.in_offset, species_order.data(), n, p.mul_in, p.dim, permuted_x.data(), stream);
-      for (int s = 0; s < config.num_elements; ++s) {
-        const int64_t begin = species_begin[s], rows = species_begin[s + 1] - begin;
-        if (rows == 0) continue;
-        // [rows * dim, mul_in] x W[:, s, :] ([mul_in, mul_out], row stride num_elements * mul_out)
-        RETURN_IF_ERROR(GemmLd(false, false, rows * p.dim, p.mul_out, p.mul_in, p.scale,
-                               permuted_x.data() + begin * p.dim * p.mul_in, p.mul_in,
-                               params.data() + offset + p.weight_offset + int64_t{s} * p.mul_out, ldw * p.mul_out,
-                               0.f, permuted_out.data() + begin * p.dim * p.mul_out, p.mul_out));
-      }
-      cuda::UnpermuteAddBlock(permuted_out.data(), species_order.data(), n, p.mul_out, p.dim, out, out_row,
+      cuda::PermuteBlock(x, x_row, p.in_offset, species_order.data(), rows, p.mul_in, p.dim, permuted_x.data(), stream);
+      // per species s: [r * dim, mul_in] x W[:, s, :] ([mul_in, mul_out], row stride num_elements * mul_out)
+      RETURN_IF_ERROR(GemmBatched(false, false, r * p.dim, p.mul_out, p.mul_in, p.scale, permuted_x.data(), p.mul_in,
+                                  r * p.dim * p.mul_in, params.data() + offset + p.weight_offset,
+                                  int64_t{elements} * p.mul_out, p.mul_out, 0.f, permuted_out.data(), p.mul_out,
+                                  r * p.dim * p.mul_out, elements));
+      cuda::UnpermuteAddBlock(permuted_out.data(), species_order.data(), rows, p.mul_out, p.dim, out, out_row,
                               p.out_offset, stream);
     }
     return CudaCheck(cudaGetLastError(), "per-species forward");
@@ -205,29 +218,24 @@ struct Qm9CudaNetwork::State {
   // grad[offset..] (=) and grad_x (+=, when not null) of the per-species FCTP.
   absl::Status SpeciesBackward(const std::vector<SpeciesPath>& paths, int64_t offset, int64_t weight_numel,
                                const float* x, int64_t x_row, const float* grad_out, int64_t out_row, float* grad_x) {
-    const int64_t n = num_nodes;
-    const int64_t ldw = int64_t{config.num_elements};
+    const int64_t rows = species_rows * config.num_elements, r = species_rows;
+    const int elements = config.num_elements;
     RETURN_IF_ERROR(CudaCheck(cudaMemsetAsync(grad.data() + offset, 0, sizeof(float) * weight_numel, stream), "memset"));
     for (const SpeciesPath& p : paths) {
-      cuda::PermuteBlock(x, x_row, p.in_offset, species_order.data(), n, p.mul_in, p.dim, permuted_x.data(), stream);
-      cuda::PermuteBlock(grad_out, out_row, p.out_offset, species_order.data(), n, p.mul_out, p.dim,
+      cuda::PermuteBlock(x, x_row, p.in_offset, species_order.data(), rows, p.mul_in, p.dim, permuted_x.data(), stream);
+      cuda::PermuteBlock(grad_out, out_row, p.out_offset, species_order.data(), rows, p.mul_out, p.dim,
                          permuted_g.data(), stream);
-      for (int s = 0; s < config.num_elements; ++s) {
-        const int64_t begin = species_begin[s], rows = species_begin[s + 1] - begin;
-        if (rows == 0) continue;
-        const float* xs = permuted_x.data() + begin * p.dim * p.mul_in;
-        const float* gs = permuted_g.data() + begin * p.dim * p.mul_out;
-        // dW[:, s, :] = scale xs^T gs
-        RETURN_IF_ERROR(GemmLd(true, false, p.mul_in, p.mul_out, rows * p.dim, p.scale, xs, p.mul_in, gs, p.mul_out,
-                               0.f, grad.data() + offset + p.weight_offset + int64_t{s} * p.mul_out, ldw * p.mul_out));
-        if (grad_x) {  // d x = scale gs W[:, s, :]^T
-          RETURN_IF_ERROR(GemmLd(false, true, rows * p.dim, p.mul_in, p.mul_out, p.scale, gs, p.mul_out,
-                                 params.data() + offset + p.weight_offset + int64_t{s} * p.mul_out, ldw * p.mul_out,
-                                 0.f, permuted_out.data() + begin * p.dim * p.mul_in, p.mul_in));
-        }
-      }
-      if (grad_x) {
-        cuda::UnpermuteAddBlock(permuted_out.data(), species_order.data(), n, p.mul_in, p.dim, grad_x, x_row,
+      // dW[:, s, :] = scale xs^T gs (padding rows are zero in both)
+      RETURN_IF_ERROR(GemmBatched(true, false, p.mul_in, p.mul_out, r * p.dim, p.scale, permuted_x.data(), p.mul_in,
+                                  r * p.dim * p.mul_in, permuted_g.data(), p.mul_out, r * p.dim * p.mul_out, 0.f,
+                                  grad.data() + offset + p.weight_offset, int64_t{elements} * p.mul_out, p.mul_out,
+                                  elements));
+      if (grad_x) {  // d x = scale gs W[:, s, :]^T
+        RETURN_IF_ERROR(GemmBatched(false, true, r * p.dim, p.mul_in, p.mul_out, p.scale, permuted_g.data(),
+                                    p.mul_out, r * p.dim * p.mul_out, params.data() + offset + p.weight_offset,
+                                    int64_t{elements} * p.mul_out, p.mul_out, 0.f, permuted_out.data(), p.mul_in,
+                                    r * p.dim * p.mul_in, elements));
+        cuda::UnpermuteAddBlock(permuted_out.data(), species_order.data(), rows, p.mul_in, p.dim, grad_x, x_row,
                                 p.in_offset, stream);
       }
     }
@@ -534,15 +542,15 @@ absl::Status Qm9CudaNetwork::SetBatch(const GraphBatch& batch, const std::vector
   std::vector<double> sh64(e * SphericalHarmonicsDim(config.lmax)), basis64(e * config.num_basis);
   SphericalHarmonics(config.lmax, vectors.data(), e, sh64.data());
   SmoothFiniteBasis(lengths.data(), e, config.num_basis, config.max_radius, RadialBasisScale(), basis64.data());
-  std::vector<int32_t> order;
-  s.species_begin.assign(config.num_elements + 1, 0);
-  for (int species = 0; species < config.num_elements; ++species) {
-    s.species_begin[species] = static_cast<int64_t>(order.size());
-    for (int64_t node = 0; node < n; ++node) {
-      if (batch.species[node] == species) order.push_back(static_cast<int32_t>(node));
-    }
+  std::vector<int64_t> species_count(config.num_elements, 0);
+  for (int64_t node = 0; node < n; ++node) ++species_count[batch.species[node]];
+  s.species_rows = *std::max_element(species_count.begin(), species_count.end());
+  std::vector<int32_t> order(s.species_rows * config.num_elements, -1);
+  std::vector<int64_t> filled(config.num_elements, 0);
+  for (int64_t node = 0; node < n; ++node) {
+    const int species = batch.species[node];
+    order[species * s.species_rows + filled[species]++] = static_cast<int32_t>(node);
   }
-  s.species_begin[config.num_elements] = static_cast<int64_t>(order.size());
   RETURN_IF_ERROR(Upload(s.species_order, order, s.stream));
   RETURN_IF_ERROR(Upload(s.attr, attr, s.stream));
   RETURN_IF_ERROR(Upload(s.sh, std::vector<float>(sh64.begin(), sh64.end()), s.stream));
@@ -576,9 +584,10 @@ absl::Status Qm9CudaNetwork::SetBatch(const GraphBatch& batch, const std::vector
     }
   }
   const int64_t max_node = std::max({max_in, max_out, max_mid});
-  RETURN_IF_ERROR(s.permuted_x.Resize(n * max_node));
-  RETURN_IF_ERROR(s.permuted_g.Resize(n * max_node));
-  RETURN_IF_ERROR(s.permuted_out.Resize(n * max_node));
+  const int64_t padded = s.species_rows * config.num_elements;
+  RETURN_IF_ERROR(s.permuted_x.Resize(padded * max_node));
+  RETURN_IF_ERROR(s.permuted_g.Resize(padded * max_node));
+  RETURN_IF_ERROR(s.permuted_out.Resize(padded * max_node));
   RETURN_IF_ERROR(s.h.Resize(n * max_node));
   RETURN_IF_ERROR(s.sc_out.Resize(n * max_node));
   RETURN_IF_ERROR(s.lin2_out.Resize(n * max_node));

@@ -5,7 +5,7 @@
 // (fp32, host backend) instead, for small shapes.
 //
 //   qm9-bench [--shapes 1x128,1x256,2x128,2x512] [--layers 6] [--graphs 27] [--iters 30] [--warmup 5]
-//             [--precision fp32|tf32] [--fctp species|dense] [--json FILE] [--cpu]
+//             [--precision fp32|tf32] [--fctp species|dense] [--graph] [--batch qm9|chain] [--json FILE] [--cpu]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -34,6 +34,39 @@ using tpserve::nn::Qm9NetworkConfig;
 
 // H100 SXM datasheet peaks (not measured): fp32 CUDA cores, tf32 dense tensor cores, HBM3.
 constexpr double kFp32Peak = 67e12, kTf32Peak = 495e12, kHbmBandwidth = 3.35e12;
+
+// QM9-shaped molecules: 18 atoms each (9 heavy atoms C/N/O/F, 9 H, the mean of QM9), bonded as a
+// random tree (each atom to an earlier one, heavy atoms to heavy atoms, H to a heavy atom) with
+// bond lengths 0.95..1.55 A; edges are the bonds, both ways: 34 directed edges per molecule.
+GraphBatch Qm9ShapedBatch(std::mt19937_64& rng, int num_graphs) {
+  GraphBatch batch;
+  batch.num_graphs = num_graphs;
+  std::uniform_int_distribution<int> heavy_species(1, 4), pick;
+  std::uniform_real_distribution<double> bond(0.95, 1.55);
+  std::normal_distribution<double> normal;
+  for (int g = 0; g < num_graphs; ++g) {
+    const int base = static_cast<int>(batch.num_nodes());
+    for (int a = 0; a < 18; ++a) {
+      const bool heavy = a < 9;
+      batch.species.push_back(heavy ? heavy_species(rng) : 0);
+      batch.graph_index.push_back(g);
+      double p[3] = {0, 0, 0};
+      if (a > 0) {
+        const int parent = base + (heavy ? pick(rng) % a : pick(rng) % 9);
+        double d[3] = {normal(rng), normal(rng), normal(rng)};
+        const double norm = std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]) + 1e-12;
+        const double length = bond(rng);
+        for (int k = 0; k < 3; ++k) p[k] = batch.positions[3 * parent + k] + length * d[k] / norm;
+        batch.edge_src.push_back(parent);
+        batch.edge_dst.push_back(base + a);
+        batch.edge_src.push_back(base + a);
+        batch.edge_dst.push_back(parent);
+      }
+      batch.positions.insert(batch.positions.end(), p, p + 3);
+    }
+  }
+  return batch;
+}
 
 struct Timing {
   double median_ms = 0, min_ms = 0;
@@ -128,6 +161,47 @@ void PrintResult(const Result& r, const std::string& precision) {
 }
 
 bool g_dense_fctp = false;
+bool g_graph = false;  // replay the step as a CUDA graph (captured once) instead of launching it
+
+// Captures fn's launches on `stream` into an executable graph; nullptr (and a message) when the
+// capture fails, e.g. because something in fn synchronizes.
+cudaGraphExec_t Capture(void* stream, const std::function<absl::Status()>& fn) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) != cudaSuccess) return nullptr;
+  const absl::Status status = fn();
+  cudaGraph_t graph = nullptr;
+  const cudaError_t end = cudaStreamEndCapture(s, &graph);
+  cudaGetLastError();
+  if (!status.ok() || end != cudaSuccess || graph == nullptr) {
+    std::fprintf(stderr, "graph capture failed (%s; %s): launching instead\n", std::string(status.message()).c_str(),
+                 cudaGetErrorString(end));
+    if (graph) cudaGraphDestroy(graph);
+    return nullptr;
+  }
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  if (inst != cudaSuccess) {
+    std::fprintf(stderr, "graph instantiate failed: %s\n", cudaGetErrorString(inst));
+    cudaGetLastError();
+    return nullptr;
+  }
+  return exec;
+}
+
+// fn, or a graph of it when --graph and the capture works; *graphed says which.
+std::function<absl::Status()> MaybeGraph(void* stream, std::function<absl::Status()> fn, bool* graphed) {
+  *graphed = false;
+  if (!g_graph) return fn;
+  cudaGraphExec_t exec = Capture(stream, fn);
+  if (exec == nullptr) return fn;
+  *graphed = true;
+  return [exec, stream]() -> absl::Status {
+    const cudaError_t error = cudaGraphLaunch(exec, static_cast<cudaStream_t>(stream));
+    if (error != cudaSuccess) return absl::InternalError(cudaGetErrorString(error));
+    return absl::OkStatus();
+  };  // the exec lives until the process ends (a few per run)
+}
 
 bool RunCuda(const Qm9NetworkConfig& config, const GraphBatch& batch, const std::string& precision, int warmup,
              int iters, Result* r) {
@@ -154,21 +228,23 @@ bool RunCuda(const Qm9NetworkConfig& config, const GraphBatch& batch, const std:
     std::fprintf(stderr, "error: loss is not finite\n");
     return false;
   }
-  if (!TimeCuda(net->stream(), warmup, iters, [&]() -> absl::Status {
+  bool step_graphed = false, predict_graphed = false;
+  auto step = MaybeGraph(net->stream(), [&]() -> absl::Status {
         if (auto s = net->EnqueueLossGradient(); !s.ok()) return s;
         return net->EnqueueSgdStep(sgd);
-      }, &r->step)) {
-    return false;
-  }
+      }, &step_graphed);
+  if (!TimeCuda(net->stream(), warmup, iters, step, &r->step)) return false;
   loss = net->Loss();
   BENCH_CHECK(loss.status());
   r->loss_last = *loss;
-  if (!TimeCuda(net->stream(), warmup, iters, [&]() { return net->EnqueueForward(); }, &r->predict)) return false;
+  auto predict = MaybeGraph(net->stream(), [&]() { return net->EnqueueForward(); }, &predict_graphed);
+  if (!TimeCuda(net->stream(), warmup, iters, predict, &r->predict)) return false;
   int device = 0;
   cudaGetDevice(&device);
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, device);
-  r->device = std::string(prop.name) + (g_dense_fctp ? ", dense FCTPs" : ", per-species FCTPs");
+  r->device = std::string(prop.name) + (g_dense_fctp ? ", dense FCTPs" : ", per-species FCTPs") +
+              (step_graphed && predict_graphed ? ", CUDA graph" : ", launched");
   return true;
 }
 
@@ -208,6 +284,7 @@ int main(int argc, char** argv) {
   std::string shapes = "1x128,1x256,2x128,2x512", precision = "fp32", json_path;
   int layers = 6, graphs = 27, iters = 30, warmup = 5;
   bool cpu = false;
+  std::string batch_kind = "qm9";
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     auto value = [&]() -> std::string {
@@ -225,6 +302,8 @@ int main(int argc, char** argv) {
     else if (arg == "--precision") precision = value();
     else if (arg == "--json") json_path = value();
     else if (arg == "--fctp") g_dense_fctp = value() == "dense";
+    else if (arg == "--graph") g_graph = true;
+    else if (arg == "--batch") batch_kind = value();
     else if (arg == "--cpu") cpu = true;
     else {
       std::fprintf(stderr,
@@ -238,7 +317,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::mt19937_64 rng(27);
-  const GraphBatch batch = tpserve::nn::RandomChainBatch(rng, graphs, 34);  // QM9-sized: ~18 atoms on average
+  // qm9: the shape (27 molecules -> 486 atoms, bonds only: 918 directed edges); chain: nn/'s
+  // random chains (edges between all atoms closer than 1.6 A: more edges per atom)
+  const GraphBatch batch = batch_kind == "chain" ? tpserve::nn::RandomChainBatch(rng, graphs, 34) : Qm9ShapedBatch(rng, graphs);
   std::vector<std::string> json;
   int failures = 0;
   for (const std::string& shape : std::vector<std::string>(absl::StrSplit(shapes, ','))) {
