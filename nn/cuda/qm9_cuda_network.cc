@@ -132,6 +132,7 @@ struct DeviceLayer {
 struct Qm9CudaNetwork::State {
   Qm9NetworkConfig config;
   Qm9CudaOptions options;
+  bool per_species_fctp = false;  // options.fctp resolved for this config
   std::shared_ptr<Qm9NetworkStructure> structure;  // irreps and plans (unprepared)
   std::unique_ptr<Backend> backend;
   cudaStream_t stream = nullptr;
@@ -248,7 +249,7 @@ struct Qm9CudaNetwork::State {
     const TensorProductPlan& p = plan.plan();
     RETURN_IF_ERROR(CudaCheck(cudaMemsetAsync(out, 0, sizeof(float) * num_nodes * p.dim_out(), stream), "memset"));
     if (p.weight_numel() == 0 || num_nodes == 0) return absl::OkStatus();
-    if (options.per_species_fctp) return SpeciesForward(paths, offset, x, p.dim_in1(), out, p.dim_out());
+    if (per_species_fctp) return SpeciesForward(paths, offset, x, p.dim_in1(), out, p.dim_out());
     return backend->Forward(plan, In(params.data() + offset, {p.weight_numel()}), In(x, {num_nodes, p.dim_in1()}),
                             In(attr.data(), {num_nodes, p.dim_in2()}), Out(out, {num_nodes, p.dim_out()}), ctx());
   }
@@ -264,7 +265,7 @@ struct Qm9CudaNetwork::State {
     if (num_nodes == 0) {
       return CudaCheck(cudaMemsetAsync(grad.data() + offset, 0, sizeof(float) * p.weight_numel(), stream), "memset");
     }
-    if (options.per_species_fctp) {
+    if (per_species_fctp) {
       return SpeciesBackward(paths, offset, p.weight_numel(), x, p.dim_in1(), grad_out, p.dim_out(), grad_x);
     }
     RETURN_IF_ERROR(CudaCheck(cudaMemsetAsync(grad.data() + offset, 0, sizeof(float) * p.weight_numel(), stream),
@@ -388,6 +389,8 @@ absl::StatusOr<std::unique_ptr<Qm9CudaNetwork>> Qm9CudaNetwork::Create(const Qm9
   auto state = std::make_unique<State>();
   state->config = config;
   state->options = options;
+  state->per_species_fctp = options.fctp == Qm9CudaOptions::FctpMode::kPerSpecies ||
+                            (options.fctp == Qm9CudaOptions::FctpMode::kAuto && config.mul >= 512);
   ASSIGN_OR_RETURN(state->backend, CudaBackend::Create(options.device));
   ASSIGN_OR_RETURN(state->structure, BuildQm9Structure(config, nullptr));
   ASSIGN_OR_RETURN(void* stream, state->backend->CreateStream());

@@ -30,10 +30,13 @@ struct Qm9CudaOptions {
   int device = 0;
   // kFp32: fp32 everywhere; kTf32: cuBLAS and the tensor-product kernels may use TF32 tensor cores.
   Precision precision = Precision::kFp32;
-  // The FCTPs with the one-hot attributes: true: per species, as cuBLAS GEMMs on the nodes of each
+  // The FCTPs with the one-hot attributes. kPerSpecies: as cuBLAS GEMMs on the nodes of each
   // species with that species' weight slice (1/num_elements of the dense work; nn/species_fctp.h
-  // has the algebra); false: the dense e3nn product through the CUDA backend.
-  bool per_species_fctp = true;
+  // has the algebra); kDense: the dense e3nn product through the CUDA backend; kAuto: per species
+  // from mul 512 on, dense below (the faster one in the H100 runs of nn/README.md: at mul 128 the
+  // per-species GEMMs are too small and too many, at mul 512 they do 1/5 of the work).
+  enum class FctpMode { kAuto, kPerSpecies, kDense };
+  FctpMode fctp = FctpMode::kAuto;
 };
 
 class Qm9CudaNetwork {

@@ -46,10 +46,11 @@ TEST_P(Qm9CudaNetworkTest, MatchesTheCpuNetworkInFp64) {
   auto host = Qm9Network::Create(config, &cpu);
   ASSERT_TRUE(host.ok()) << host.status();
   Qm9CudaOptions options;
-  options.per_species_fctp = std::get<1>(GetParam());
+  const bool per_species = std::get<1>(GetParam());
+  options.fctp = per_species ? Qm9CudaOptions::FctpMode::kPerSpecies : Qm9CudaOptions::FctpMode::kDense;
   auto device = Qm9CudaNetwork::Create(config, options);
   ASSERT_TRUE(device.ok()) << device.status();
-  std::printf("lmax %d, %s FCTPs\n", config.lmax, options.per_species_fctp ? "per-species" : "dense");
+  std::printf("lmax %d, %s FCTPs\n", config.lmax, per_species ? "per-species" : "dense");
   ASSERT_EQ((*device)->num_parameters(), host->num_parameters());
 
   std::mt19937_64 rng(5);

@@ -35,11 +35,11 @@ bench() {  # bench SECONDS JSON_NAME TITLE ARGS...
   run_in "$seconds" qm9-bench --iters 30 --warmup 3 --json "$OUT/$name.json" "$@" 2>&1 | tee -a "$summary"
   log "exit ${PIPESTATUS[0]}"
 }
-bench 15 species_fp32 "fp32, per-species FCTPs, launched"
-bench 15 species_graph_fp32 "fp32, per-species FCTPs, CUDA graph" --graph
+bench 15 species_fp32 "fp32, per-species FCTPs, launched" --fctp species
+bench 15 species_graph_fp32 "fp32, per-species FCTPs, CUDA graph" --fctp species --graph
 bench 20 dense_fp32 "fp32, dense FCTPs, launched" --fctp dense
 bench 20 dense_graph_fp32 "fp32, dense FCTPs, CUDA graph" --fctp dense --graph
-bench 15 species_graph_tf32 "tf32, per-species FCTPs, CUDA graph" --graph --precision tf32
+bench 15 species_graph_tf32 "tf32, per-species FCTPs, CUDA graph" --fctp species --graph --precision tf32
 
 elapsed=$(( $(date +%s) - start ))
 if [ "$elapsed" -lt 95 ] && command -v compute-sanitizer > /dev/null; then

@@ -5,7 +5,7 @@
 // (fp32, host backend) instead, for small shapes.
 //
 //   qm9-bench [--shapes 1x128,1x256,2x128,2x512] [--layers 6] [--graphs 27] [--iters 30] [--warmup 5]
-//             [--precision fp32|tf32] [--fctp species|dense] [--graph] [--batch qm9|chain] [--json FILE] [--cpu]
+//             [--precision fp32|tf32] [--fctp auto|species|dense] [--graph] [--batch qm9|chain] [--json FILE] [--cpu]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -160,7 +160,7 @@ void PrintResult(const Result& r, const std::string& precision) {
   std::fflush(stdout);
 }
 
-bool g_dense_fctp = false;
+std::string g_fctp = "auto";  // --fctp species|dense|auto (the network's default)
 bool g_graph = false;  // replay the step as a CUDA graph (captured once) instead of launching it
 
 // Captures fn's launches on `stream` into an executable graph; nullptr (and a message) when the
@@ -206,7 +206,10 @@ std::function<absl::Status()> MaybeGraph(void* stream, std::function<absl::Statu
 bool RunCuda(const Qm9NetworkConfig& config, const GraphBatch& batch, const std::string& precision, int warmup,
              int iters, Result* r) {
   tpserve::nn::Qm9CudaOptions options;
-  options.per_species_fctp = !g_dense_fctp;
+  options.fctp = g_fctp == "dense"     ? tpserve::nn::Qm9CudaOptions::FctpMode::kDense
+                 : g_fctp == "species" ? tpserve::nn::Qm9CudaOptions::FctpMode::kPerSpecies
+                                       : tpserve::nn::Qm9CudaOptions::FctpMode::kAuto;
+  const bool dense = g_fctp == "dense" || (g_fctp != "species" && config.mul < 512);
   options.precision = precision == "tf32" ? tpserve::Precision::kTf32 : tpserve::Precision::kFp32;
   auto network = tpserve::nn::Qm9CudaNetwork::Create(config, options);
   BENCH_CHECK(network.status());
@@ -243,7 +246,7 @@ bool RunCuda(const Qm9NetworkConfig& config, const GraphBatch& batch, const std:
   cudaGetDevice(&device);
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, device);
-  r->device = std::string(prop.name) + (g_dense_fctp ? ", dense FCTPs" : ", per-species FCTPs") +
+  r->device = std::string(prop.name) + (dense ? ", dense FCTPs" : ", per-species FCTPs") +
               (step_graphed && predict_graphed ? ", CUDA graph" : ", launched");
   return true;
 }
@@ -301,7 +304,7 @@ int main(int argc, char** argv) {
     else if (arg == "--warmup") warmup = std::atoi(value().c_str());
     else if (arg == "--precision") precision = value();
     else if (arg == "--json") json_path = value();
-    else if (arg == "--fctp") g_dense_fctp = value() == "dense";
+    else if (arg == "--fctp") g_fctp = value();
     else if (arg == "--graph") g_graph = true;
     else if (arg == "--batch") batch_kind = value();
     else if (arg == "--cpu") cpu = true;
