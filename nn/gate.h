@@ -31,7 +31,7 @@ class Gate {
   template <class T>
   void Backward(const T* in, int64_t rows, const T* grad_out, T* grad_in) const;
 
- private:
+  // The layout tables (for device implementations of the same gate, nn/cuda/).
   struct ScalarBlock {
     int64_t in_offset = 0, out_offset = 0;
     int mul = 0;
@@ -42,6 +42,10 @@ class Gate {
     int dim = 0;
   };
 
+  const std::vector<ScalarBlock>& scalar_blocks() const { return scalars_; }
+  const std::vector<GatedCopy>& gated_copies() const { return gated_; }
+
+ private:
   Irreps irreps_in_, irreps_out_;
   std::vector<ScalarBlock> scalars_;
   std::vector<GatedCopy> gated_;

@@ -1,0 +1,134 @@
+// Qm9CudaNetwork (nn/cuda/) against the CPU network in fp64: predictions, loss, every gradient
+// block and one SGD step, at lmax 1 and 2 (mul 8, 3 layers). Skips without a CUDA device.
+#include "nn/cuda/qm9_cuda_network.h"
+
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <tuple>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "nn/qm9_network.h"
+#include "nn/random_batch.h"
+#include "nn/sgd.h"
+
+namespace tpserve::nn {
+namespace {
+
+// |a - b| / |b| over [begin, end) (Euclidean norms).
+template <class A, class B>
+double RelativeError(const std::vector<A>& a, const std::vector<B>& b, int64_t begin, int64_t end) {
+  double diff = 0, norm = 0;
+  for (int64_t i = begin; i < end; ++i) {
+    diff += (double(a[i]) - double(b[i])) * (double(a[i]) - double(b[i]));
+    norm += double(b[i]) * double(b[i]);
+  }
+  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-300);
+}
+
+// (lmax, per-species FCTPs)
+class Qm9CudaNetworkTest : public ::testing::TestWithParam<std::tuple<int, bool>> {
+ protected:
+  void SetUp() override {
+    if (CudaBackend::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  }
+};
+
+TEST_P(Qm9CudaNetworkTest, MatchesTheCpuNetworkInFp64) {
+  Qm9NetworkConfig config;
+  config.lmax = std::get<0>(GetParam());
+  config.mul = 8;
+  config.layers = 3;
+  CpuBackend cpu(CpuBackendOptions{1});
+  auto host = Qm9Network::Create(config, &cpu);
+  ASSERT_TRUE(host.ok()) << host.status();
+  Qm9CudaOptions options;
+  const bool per_species = std::get<1>(GetParam());
+  options.fctp = per_species ? Qm9CudaOptions::FctpMode::kPerSpecies : Qm9CudaOptions::FctpMode::kDense;
+  auto device = Qm9CudaNetwork::Create(config, options);
+  ASSERT_TRUE(device.ok()) << device.status();
+  std::printf("lmax %d, %s FCTPs\n", config.lmax, per_species ? "per-species" : "dense");
+  ASSERT_EQ((*device)->num_parameters(), host->num_parameters());
+
+  std::mt19937_64 rng(5);
+  const GraphBatch batch = RandomChainBatch(rng, 4, 9);
+  const std::vector<double> params = host->InitialParameters(3);
+  const std::vector<float> params32(params.begin(), params.end());
+  auto predictions = host->Predict(params, batch);
+  ASSERT_TRUE(predictions.ok()) << predictions.status();
+  // targets 100 away from the predictions: no L1 kink within fp32 reach
+  std::vector<double> targets(predictions->size());
+  for (size_t i = 0; i < targets.size(); ++i) targets[i] = (*predictions)[i] + (i % 2 ? 100.0 : -100.0);
+  const std::vector<float> targets32(targets.begin(), targets.end());
+
+  auto expected = host->LossGradient(params, batch, targets);
+  ASSERT_TRUE(expected.ok()) << expected.status();
+  auto got = (*device)->LossGradient(params32, batch, targets32);
+  ASSERT_TRUE(got.ok()) << got.status();
+
+  const double prediction_error =
+      RelativeError(got->predictions, expected->predictions, 0, static_cast<int64_t>(expected->predictions.size()));
+  std::printf("lmax %d: predictions relative error %.3g, loss %.9g vs %.9g\n", config.lmax, prediction_error,
+              double(got->loss), expected->loss);
+  EXPECT_LT(prediction_error, 1e-5);
+  EXPECT_NEAR(got->loss, expected->loss, 1e-5 * std::abs(expected->loss));
+  double worst = 0;
+  for (const ParameterBlock& block : host->parameter_layout()) {
+    const double error = RelativeError(got->gradient, expected->gradient, block.offset, block.offset + block.numel);
+    worst = std::max(worst, error);
+    EXPECT_LT(error, 1e-4) << block.name;
+  }
+  std::printf("lmax %d: worst gradient block relative error %.3g\n", config.lmax, worst);
+
+  // One SGD step on the device: p - lr * g with its own gradient (the velocity starts at zero), in
+  // fp32 as SgdMomentumStep does it on the host (one rounding of difference at most: FMA).
+  ASSERT_TRUE((*device)->SetParameters(params32).ok());
+  ASSERT_TRUE((*device)->SetBatch(batch, targets32).ok());
+  ASSERT_TRUE((*device)->EnqueueLossGradient().ok());
+  ASSERT_TRUE((*device)->EnqueueSgdStep(SgdMomentumOptions{}).ok());
+  auto stepped = (*device)->Parameters();
+  ASSERT_TRUE(stepped.ok()) << stepped.status();
+  std::vector<float> expected_params = params32, velocity;
+  SgdMomentumStep(expected_params, velocity, got->gradient, SgdMomentumOptions{});
+  double step_error = 0;
+  int moved = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    step_error = std::max(step_error, std::abs(double((*stepped)[i]) - double(expected_params[i])) /
+                                          (1.0 + std::abs(double(params32[i]))));
+    moved += (*stepped)[i] != params32[i];
+  }
+  std::printf("lmax %d: SGD step worst error %.3g; %d of %zu parameters moved\n", config.lmax, step_error, moved,
+              params.size());
+  EXPECT_LT(step_error, 1e-6);
+  EXPECT_GT(moved, static_cast<int>(params.size() / 2));
+  // a second LossGradient after the step sees the stepped parameters: the loss changes
+  ASSERT_TRUE((*device)->EnqueueLossGradient().ok());
+  auto loss_after = (*device)->Loss();
+  ASSERT_TRUE(loss_after.ok());
+  EXPECT_NE(*loss_after, got->loss);
+}
+
+INSTANTIATE_TEST_SUITE_P(LmaxAndFctp, Qm9CudaNetworkTest, ::testing::Combine(::testing::Values(1, 2), ::testing::Bool()));
+
+TEST(Qm9CudaNetworkErrors, BadInputsAreInvalidArgument) {
+  if (CudaBackend::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  Qm9NetworkConfig config;
+  config.lmax = 1;
+  config.mul = 4;
+  config.layers = 2;
+  auto device = Qm9CudaNetwork::Create(config);
+  ASSERT_TRUE(device.ok()) << device.status();
+  EXPECT_EQ((*device)->SetParameters(std::vector<float>(3)).code(), absl::StatusCode::kInvalidArgument);
+  GraphBatch batch;
+  batch.num_graphs = 1;
+  batch.species = {0, 7};
+  batch.positions = {0, 0, 0, 1, 0, 0};
+  batch.graph_index = {0, 0};
+  EXPECT_EQ((*device)->SetBatch(batch, {}).code(), absl::StatusCode::kInvalidArgument);  // species 7
+}
+
+}  // namespace
+}  // namespace tpserve::nn
