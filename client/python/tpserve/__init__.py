@@ -18,8 +18,7 @@ from .tensors import SUPPORTED_DTYPES, fnv1a64
 
 __all__ = [
     "Client", "RetryPolicy", "NO_RETRIES", "ModelInfo", "Qm9Config", "TrainStepResult", "ForwardResult",
-    "BackwardResult", "StreamForward",
-    "StreamBackward", "StreamEcho", "TpServeError", "InvalidArgument", "NotFound", "AlreadyExists",
+    "BackwardResult", "StreamForward", "StreamBackward", "StreamEcho", "TpServeError", "InvalidArgument", "NotFound", "AlreadyExists",
     "FailedPrecondition", "ResourceExhausted", "DeadlineExceeded", "Cancelled", "Unauthenticated", "Unavailable",
     "DataLoss", "ProtocolError", "SUPPORTED_DTYPES", "fnv1a64",
 ]

@@ -67,8 +67,8 @@ def backward_result(response, grad_weight=None):
 _INT32 = np.iinfo(np.int32)
 
 
-def _index_tensor(values, what):
-    """A 1-D integer array as an int32 tp.v1.Tensor (values must fit int32)."""
+def _index_vector(values, what):
+    """A 1-D integer array-like as a C-order little-endian int32 array (values must fit int32)."""
     array = np.asarray(values)
     if array.ndim != 1:
         raise ValueError(f"{what}: expected a 1-D integer array; got shape {list(array.shape)}")
@@ -76,18 +76,17 @@ def _index_tensor(values, what):
         raise TypeError(f"{what}: expected integers; got dtype {array.dtype}")
     if array.size and (array.min() < _INT32.min or array.max() > _INT32.max):
         raise ValueError(f"{what}: values must fit int32")
-    array = np.ascontiguousarray(array, dtype="<i4")
-    return array
+    return np.ascontiguousarray(array, dtype="<i4")
 
 
 def graph_batch(species, positions, edge_src, edge_dst, graph_index, num_graphs):
     """A tp.v1.GraphBatch: nodes of all graphs concatenated; species, edge_src, edge_dst and
     graph_index integer vectors (sent as int32), positions [num_nodes, 3] (sent as float64). The
     server checks the values (indices in range, species known) and names what is wrong."""
-    species = _index_tensor(species, "species")
-    graph_index = _index_tensor(graph_index, "graph_index")
-    edge_src = _index_tensor(edge_src, "edge_src")
-    edge_dst = _index_tensor(edge_dst, "edge_dst")
+    species = _index_vector(species, "species")
+    graph_index = _index_vector(graph_index, "graph_index")
+    edge_src = _index_vector(edge_src, "edge_src")
+    edge_dst = _index_vector(edge_dst, "edge_dst")
     if edge_src.size != edge_dst.size:
         raise ValueError(f"edge_src and edge_dst: expected the same length; got {edge_src.size} and {edge_dst.size}")
     positions = np.asarray(positions)
