@@ -12,13 +12,13 @@ from .client import Client
 from .errors import (AlreadyExists, Cancelled, DataLoss, DeadlineExceeded, FailedPrecondition, InvalidArgument,
                      NotFound, ProtocolError, ResourceExhausted, TpServeError, Unauthenticated, Unavailable)
 from .messages import StreamBackward, StreamEcho, StreamForward
-from .results import BackwardResult, ForwardResult, ModelInfo
+from .results import BackwardResult, ForwardResult, ModelInfo, Qm9Config, TrainStepResult
 from .retry import NO_RETRIES, RetryPolicy
 from .tensors import SUPPORTED_DTYPES, fnv1a64
 
 __all__ = [
-    "Client", "RetryPolicy", "NO_RETRIES", "ModelInfo", "ForwardResult", "BackwardResult", "StreamForward",
-    "StreamBackward", "StreamEcho", "TpServeError", "InvalidArgument", "NotFound", "AlreadyExists",
+    "Client", "RetryPolicy", "NO_RETRIES", "ModelInfo", "Qm9Config", "TrainStepResult", "ForwardResult",
+    "BackwardResult", "StreamForward", "StreamBackward", "StreamEcho", "TpServeError", "InvalidArgument", "NotFound", "AlreadyExists",
     "FailedPrecondition", "ResourceExhausted", "DeadlineExceeded", "Cancelled", "Unauthenticated", "Unavailable",
     "DataLoss", "ProtocolError", "SUPPORTED_DTYPES", "fnv1a64",
 ]

@@ -1,9 +1,10 @@
-"""tpserve.Client: every RPC of tp.v1.ModelService and tp.v1.TensorProductService, numpy in and out.
+"""tpserve.Client: every RPC of tp.v1.ModelService, tp.v1.TensorProductService and
+tp.v1.NetworkService, numpy in and out.
 
 One Client holds one gRPC channel and may be shared by threads. Every call has a deadline (the
 client's `timeout`, or the call's own), sends the bearer token when one is set, and raises a
 TpServeError subclass carrying the gRPC status code when it fails. Idempotent calls (Forward,
-GetModel, ListModels, DownloadWeights) are retried on UNAVAILABLE with exponential backoff, within
+GetModel, ListModels, DownloadWeights, Predict) are retried on UNAVAILABLE with exponential backoff, within
 the same deadline; see retry.py for why the others are not.
 """
 
@@ -12,13 +13,15 @@ import threading
 import time
 
 import grpc
+import numpy as np
 
 from ._stubs import pb, pb_grpc
 from .errors import ProtocolError, error_from_code, error_from_rpc
-from .messages import (StreamForward, backward_request, backward_result, forward_request, forward_result)
+from .messages import (StreamForward, backward_request, backward_result, forward_request, forward_result, graph_batch,
+                       train_step_result)
 from .results import ModelInfo
 from .retry import NO_RETRIES, RetryPolicy, remaining_s
-from .tensors import ChunkAssembler, check_vector, weight_chunks
+from .tensors import ChunkAssembler, check_vector, decode_tensor, encode_tensor, weight_chunks, wire_dtype
 
 _DEFAULT = object()  # "use the client's setting" (None means "no deadline")
 
@@ -84,6 +87,7 @@ class Client:
             self._channel = grpc.insecure_channel(target, options=options)
         self._models = pb_grpc.ModelServiceStub(self._channel)
         self._compute = pb_grpc.TensorProductServiceStub(self._channel)
+        self._networks = pb_grpc.NetworkServiceStub(self._channel)
         # Watching the channel's state also works around a hang in grpcio 1.51 (Debian 12): a
         # server-streaming or bidirectional call started just as the server goes away could wait
         # forever, past its deadline, unless something watches the channel's connectivity
@@ -173,6 +177,21 @@ class Client:
 
         def attempt(left, metadata, wait):
             return self._models.CreateModel(messages(), timeout=left, metadata=metadata, wait_for_ready=wait)
+        return ModelInfo.from_proto(self._call("CreateModel", attempt, idempotent=False, timeout=timeout))
+
+    def create_qm9_model(self, name, lmax, mul, *, layers=0, num_elements=0, num_targets=0, seed=None,
+                         timeout=_DEFAULT):
+        """Creates a QM9 network model (kind "qm9"): lmax 1 or 2, `mul` copies of every hidden irrep,
+        `layers` (0: the server's 6), num_elements (0: 5, H C N O F), num_targets (0: 4); parameters
+        drawn with `seed` (0 when not given). The returned ModelInfo's qm9 holds the structure."""
+        header = pb.CreateModelHeader(name=name, seed=0 if seed is None else int(seed),
+                                      qm9=pb.Qm9Spec(lmax=int(lmax), mul=int(mul), layers=int(layers),
+                                                     num_elements=int(num_elements),
+                                                     num_targets=int(num_targets)))
+
+        def attempt(left, metadata, wait):
+            return self._models.CreateModel(iter([pb.CreateModelRequest(header=header)]), timeout=left,
+                                            metadata=metadata, wait_for_ready=wait)
         return ModelInfo.from_proto(self._call("CreateModel", attempt, idempotent=False, timeout=timeout))
 
     def get_model(self, name, *, timeout=_DEFAULT):
@@ -305,6 +324,45 @@ class Client:
         def attempt(left, metadata, wait):
             return self._compute.Echo(request, timeout=left, metadata=metadata, wait_for_ready=wait)
         return self._call("Echo", attempt, idempotent=False, timeout=timeout).payload
+
+    # ---- NetworkService: network models (kind "qm9") on graph batches ----
+
+    def predict(self, model, species, positions, edge_src, edge_dst, graph_index, num_graphs, *,
+                output_dtype=None, timeout=_DEFAULT):
+        """The network's outputs [num_graphs, num_targets] (float64 unless output_dtype=float32) for a
+        batch of graphs: nodes of all graphs concatenated (species [n] ints, positions [n, 3]
+        Angstrom, graph_index [n] the graph of each node), directed edges edge_src -> edge_dst (give
+        both directions of a bond). Read-only, so retried like Forward."""
+        request = pb.PredictRequest(
+            model=model, graphs=graph_batch(species, positions, edge_src, edge_dst, graph_index, num_graphs),
+            output_dtype=wire_dtype(output_dtype))
+
+        def attempt(left, metadata, wait):
+            return self._networks.Predict(request, timeout=left, metadata=metadata, wait_for_ready=wait)
+        return decode_tensor(self._call("Predict", attempt, idempotent=True, timeout=timeout).outputs, "outputs")
+
+    def train_step_with_info(self, model, species, positions, edge_src, edge_dst, graph_index, num_graphs,
+                             targets, *, learning_rate=1e-2, momentum=0.9, expected_version=0, timeout=_DEFAULT):
+        """train_step() returning a TrainStepResult (loss, committed version, predictions before the
+        update)."""
+        targets = np.ascontiguousarray(targets, dtype=np.float64)
+        request = pb.TrainStepRequest(
+            model=model, graphs=graph_batch(species, positions, edge_src, edge_dst, graph_index, num_graphs),
+            targets=encode_tensor(targets, "targets"), learning_rate=float(learning_rate),
+            momentum=float(momentum), expected_version=int(expected_version))
+
+        def attempt(left, metadata, wait):
+            return self._networks.TrainStep(request, timeout=left, metadata=metadata, wait_for_ready=wait)
+        # Never retried: a step that failed on the client's side may have been applied (retry.py).
+        return train_step_result(self._call("TrainStep", attempt, idempotent=False, timeout=timeout))
+
+    def train_step(self, model, species, positions, edge_src, edge_dst, graph_index, num_graphs, targets, *,
+                   learning_rate=1e-2, momentum=0.9, expected_version=0, timeout=_DEFAULT):
+        """One step of SGD with momentum on the L1 loss against targets [num_graphs, num_targets],
+        applied and saved on the server; returns the batch's loss before the update (float)."""
+        return self.train_step_with_info(model, species, positions, edge_src, edge_dst, graph_index, num_graphs,
+                                         targets, learning_rate=learning_rate, momentum=momentum,
+                                         expected_version=expected_version, timeout=timeout).loss
 
     # ---- Stream: a window of requests in flight, results in order ----
 

@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 
 from ._stubs import pb
-from .results import BackwardResult, ForwardResult
+from .results import BackwardResult, ForwardResult, TrainStepResult
 from .tensors import decode_tensor, encode_tensor, wire_dtype
 
 _PRECISIONS = {None: pb.PRECISION_UNSPECIFIED, "fp32": pb.PRECISION_FP32, "tf32": pb.PRECISION_TF32,
@@ -60,6 +60,54 @@ def backward_result(response, grad_weight=None):
     return BackwardResult(out=optional("out"), grad_x1=optional("grad_x1"), grad_x2=optional("grad_x2"),
                           grad_weight=grad_weight, model_version=response.model_version,
                           executed_batch=response.executed_batch, device=response.device)
+
+
+# ---- Network models (kind "qm9"): graph batches as the server reads them ----
+
+_INT32 = np.iinfo(np.int32)
+
+
+def _index_vector(values, what):
+    """A 1-D integer array-like as a C-order little-endian int32 array (values must fit int32)."""
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{what}: expected a 1-D integer array; got shape {list(array.shape)}")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"{what}: expected integers; got dtype {array.dtype}")
+    if array.size and (array.min() < _INT32.min or array.max() > _INT32.max):
+        raise ValueError(f"{what}: values must fit int32")
+    return np.ascontiguousarray(array, dtype="<i4")
+
+
+def graph_batch(species, positions, edge_src, edge_dst, graph_index, num_graphs):
+    """A tp.v1.GraphBatch: nodes of all graphs concatenated; species, edge_src, edge_dst and
+    graph_index integer vectors (sent as int32), positions [num_nodes, 3] (sent as float64). The
+    server checks the values (indices in range, species known) and names what is wrong."""
+    species = _index_vector(species, "species")
+    graph_index = _index_vector(graph_index, "graph_index")
+    edge_src = _index_vector(edge_src, "edge_src")
+    edge_dst = _index_vector(edge_dst, "edge_dst")
+    if edge_src.size != edge_dst.size:
+        raise ValueError(f"edge_src and edge_dst: expected the same length; got {edge_src.size} and {edge_dst.size}")
+    positions = np.asarray(positions)
+    if positions.ndim != 2 or positions.shape[1] != 3:
+        raise ValueError(f"positions: expected [num_nodes, 3]; got shape {list(positions.shape)}")
+    if not np.issubdtype(positions.dtype, np.floating):
+        raise TypeError(f"positions: expected floats; got dtype {positions.dtype}")
+    positions = np.ascontiguousarray(positions, dtype="<f8")
+    edge_index = np.ascontiguousarray(np.stack([edge_src, edge_dst]), dtype="<i4")  # [2, num_edges]
+
+    def tensor(array, dtype):
+        return pb.Tensor(shape=list(array.shape), dtype=dtype, data=array.tobytes())
+
+    return pb.GraphBatch(species=tensor(species, pb.DTYPE_INT32), positions=tensor(positions, pb.DTYPE_FLOAT64),
+                         edge_index=tensor(edge_index, pb.DTYPE_INT32),
+                         graph_index=tensor(graph_index, pb.DTYPE_INT32), num_graphs=int(num_graphs))
+
+
+def train_step_result(response):
+    return TrainStepResult(loss=response.loss, model_version=response.model_version,
+                           predictions=decode_tensor(response.predictions, "predictions"))
 
 
 # ---- Stream ops: what Client.stream sends; each knows how to read its own result ----

@@ -21,13 +21,35 @@ class ModelInfo:
     num_paths: int
     version: int
     weights_fnv1a64: int
+    # "tp" (a tensor-product model) or "qm9" (a network model: qm9 holds its structure; the irreps,
+    # dims and num_paths are empty, weight_numel counts float64 parameters).
+    kind: str = "tp"
+    qm9: Optional["Qm9Config"] = None
 
     @classmethod
     def from_proto(cls, info):
+        kind = info.kind or "tp"
         return cls(name=info.name, irreps_in1=info.spec.irreps_in1, irreps_in2=info.spec.irreps_in2,
                    irreps_out=info.spec.irreps_out, weight_numel=info.weight_numel, dim_in1=info.dim_in1,
                    dim_in2=info.dim_in2, dim_out=info.dim_out, num_paths=info.num_paths, version=info.version,
-                   weights_fnv1a64=info.weights_fnv1a64)
+                   weights_fnv1a64=info.weights_fnv1a64, kind=kind,
+                   qm9=Qm9Config.from_proto(info.qm9) if kind == "qm9" else None)
+
+
+@dataclass(frozen=True)
+class Qm9Config:
+    """A network model's structure (tp.v1.Qm9Spec, the server's defaults filled in)."""
+
+    lmax: int
+    mul: int
+    layers: int
+    num_elements: int
+    num_targets: int
+
+    @classmethod
+    def from_proto(cls, spec):
+        return cls(lmax=spec.lmax, mul=spec.mul, layers=spec.layers, num_elements=spec.num_elements,
+                   num_targets=spec.num_targets)
 
 
 @dataclass
@@ -47,3 +69,10 @@ class BackwardResult:
     model_version: int
     executed_batch: int
     device: str
+
+
+@dataclass
+class TrainStepResult:
+    loss: float                # L1 loss of the batch before the update
+    model_version: int         # the version the update committed
+    predictions: np.ndarray    # [num_graphs, num_targets] float64, before the update

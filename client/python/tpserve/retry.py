@@ -1,7 +1,7 @@
 """Retries with exponential backoff, for the calls that are safe to repeat.
 
-Only idempotent calls are retried (Forward, GetModel, ListModels, DownloadWeights): repeating one
-cannot change the server's state. Backward with ACCUMULATE, SgdStep, uploads and creates are never
+Only idempotent calls are retried (Forward, GetModel, ListModels, DownloadWeights, Predict): repeating
+one cannot change the server's state. Backward with ACCUMULATE, SgdStep, TrainStep, uploads and creates are never
 retried, because a call that failed on the client's side may still have been applied. GetGradient
 is not retried either: a server that restarted in between has an empty gradient buffer, and a
 retry would return zeros as if nothing had been accumulated.
