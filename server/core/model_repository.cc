@@ -265,6 +265,29 @@ absl::StatusOr<StoredModel> LoadOne(const std::string& dir, const std::string& n
   return model;
 }
 
+// A new model's directory, committed whole: data file and config.json written and synced in a
+// temporary directory, which is then renamed to <root>/<name>. A crash leaves no half-made model.
+absl::Status CreateModelDir(const std::string& root, const std::string& name, const std::string& data_file,
+                            const void* data, size_t bytes, const std::string& config) {
+  std::string final_dir = root + "/" + name;
+  if (fs::exists(final_dir)) return absl::AlreadyExistsError(absl::StrCat("model '", name, "' exists"));
+  std::string tmp_dir = absl::StrCat(root, "/.tmp-", name, "-", Nonce());
+  if (::mkdir(tmp_dir.c_str(), 0755) != 0) return ErrnoError("mkdir", tmp_dir);
+  absl::Status status = WriteAndSync(tmp_dir + "/" + data_file, data, bytes);
+  if (status.ok()) status = WriteAndSync(tmp_dir + "/config.json", config.data(), config.size());
+  if (status.ok()) status = FsyncPath(tmp_dir, true);
+  if (status.ok() && ::rename(tmp_dir.c_str(), final_dir.c_str()) != 0) {
+    status = errno == ENOTEMPTY || errno == EEXIST ? absl::AlreadyExistsError(absl::StrCat("model '", name, "' exists"))
+                                                   : ErrnoError("rename", tmp_dir);
+  }
+  if (!status.ok()) {
+    std::error_code ignored;
+    fs::remove_all(tmp_dir, ignored);
+    return status;
+  }
+  return FsyncPath(root, true);
+}
+
 }  // namespace
 
 ModelRepository::ModelRepository(std::string root) : root_(std::move(root)) {}
@@ -345,27 +368,10 @@ absl::StatusOr<std::string> ModelRepository::MoveAside(const std::string& name) 
 
 absl::Status ModelRepository::Create(const StoredModel& model) {
   if (!persistent()) return absl::OkStatus();
-  std::string final_dir = root_ + "/" + model.name;
-  if (fs::exists(final_dir)) return absl::AlreadyExistsError(absl::StrCat("model '", model.name, "' exists"));
-  std::string tmp_dir = absl::StrCat(root_, "/.tmp-", model.name, "-", Nonce());
-  if (::mkdir(tmp_dir.c_str(), 0755) != 0) return ErrnoError("mkdir", tmp_dir);
   std::string config = ConfigJson(model.name, model.spec, model.version,
                                   static_cast<int64_t>(model.weights.size()), model.weights_fnv1a64);
-  absl::Status status = WriteAndSync(tmp_dir + "/" + WeightsFileName(model.version), model.weights.data(),
-                                     model.weights.size() * sizeof(float));
-  if (status.ok()) status = WriteAndSync(tmp_dir + "/config.json", config.data(), config.size());
-  if (status.ok()) status = FsyncPath(tmp_dir, true);
-  if (status.ok() && ::rename(tmp_dir.c_str(), final_dir.c_str()) != 0) {
-    status = errno == ENOTEMPTY || errno == EEXIST
-                 ? absl::AlreadyExistsError(absl::StrCat("model '", model.name, "' exists"))
-                 : ErrnoError("rename", tmp_dir);
-  }
-  if (!status.ok()) {
-    std::error_code ignored;
-    fs::remove_all(tmp_dir, ignored);
-    return status;
-  }
-  return FsyncPath(root_, true);
+  return CreateModelDir(root_, model.name, WeightsFileName(model.version), model.weights.data(),
+                        model.weights.size() * sizeof(float), config);
 }
 
 absl::Status ModelRepository::WriteWeights(const std::string& name, const ModelSpec& spec, uint64_t version,
@@ -390,28 +396,11 @@ absl::Status ModelRepository::WriteWeights(const std::string& name, const ModelS
 
 absl::Status ModelRepository::CreateNetwork(const StoredNetwork& network) {
   if (!persistent()) return absl::OkStatus();
-  std::string final_dir = root_ + "/" + network.name;
-  if (fs::exists(final_dir)) return absl::AlreadyExistsError(absl::StrCat("model '", network.name, "' exists"));
-  std::string tmp_dir = absl::StrCat(root_, "/.tmp-", network.name, "-", Nonce());
-  if (::mkdir(tmp_dir.c_str(), 0755) != 0) return ErrnoError("mkdir", tmp_dir);
   const std::vector<double> state = StateBytes(network.parameters, network.velocity);
   const size_t bytes = state.size() * sizeof(double);
   std::string config = NetworkConfigJson(network.name, network.spec, network.version,
                                          static_cast<int64_t>(network.parameters.size()), Fnv1a64(state.data(), bytes));
-  absl::Status status = WriteAndSync(tmp_dir + "/" + StateFileName(network.version), state.data(), bytes);
-  if (status.ok()) status = WriteAndSync(tmp_dir + "/config.json", config.data(), config.size());
-  if (status.ok()) status = FsyncPath(tmp_dir, true);
-  if (status.ok() && ::rename(tmp_dir.c_str(), final_dir.c_str()) != 0) {
-    status = errno == ENOTEMPTY || errno == EEXIST
-                 ? absl::AlreadyExistsError(absl::StrCat("model '", network.name, "' exists"))
-                 : ErrnoError("rename", tmp_dir);
-  }
-  if (!status.ok()) {
-    std::error_code ignored;
-    fs::remove_all(tmp_dir, ignored);
-    return status;
-  }
-  return FsyncPath(root_, true);
+  return CreateModelDir(root_, network.name, StateFileName(network.version), state.data(), bytes, config);
 }
 
 absl::Status ModelRepository::WriteNetworkState(const std::string& name, const NetworkSpec& spec, uint64_t version,
