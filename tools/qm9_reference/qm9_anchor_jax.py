@@ -6,9 +6,12 @@ as plain functions of a parameter pytree (no flax / haiku / optax):
 - node input and attributes: one_hot(species, 5) * sqrt(5) (5x0e); edges as given (bonds, both ways);
   edge vector pos[dst] - pos[src]; e3nn.spherical_harmonics up to lmax, normalized, 'component';
   e3nn.soft_one_hot_linspace(|r|, 0, 1.9, 10, 'smooth_finite', cutoff=True) * sqrt(5) * 1.1;
-- Conv(in -> out): sc = FCTP(x, attr -> out), h = FCTP(x, attr -> in) (legacy
-  FunctionalFullyConnectedTensorProduct, 'uvw'); per edge a 'uvu' FunctionalTensorProduct of h[src]
-  with the harmonics, one instruction per (i, j, ir in ir_i x ir_j) with ir in out or ir = 0e, its
+- Conv(in -> out): sc = FCTP(x, attr -> out), h = FCTP(x, attr -> in) (--fctp legacy: e3nn-jax's legacy
+  FunctionalFullyConnectedTensorProduct, 'uvw', e3nn-torch's normalization; --fctp tp_linear:
+  e3nn.tensor_product(x, attr) then e3nn.FunctionalLinear, e3nn-jax's idiom, same weight count and
+  multiply-adds, its own normalization; --fctp legacy,tp_linear runs both per shape); per edge a
+  'uvu' FunctionalTensorProduct of h[src] with the harmonics, one instruction per (i, j, ir in
+  ir_i x ir_j) with ir in out or ir = 0e, its
   per-edge weights from a radial MLP 10 -> 64 -> 64 -> weight_numel (W / sqrt(fan_in), normalized
   exact gelu on the hidden layers, no bias); e3nn.scatter_sum to dst / sqrt(2.1);
   out = cos(pi/8) sc + sin(pi/8) FCTP(agg, attr -> out);
@@ -37,13 +40,13 @@ Where it differs from the PyTorch network (qm9_reference.py), none of which chan
   not the exact integrals qm9_reference.py patches in; e3nn-jax's own spherical harmonics and
   Clebsch-Gordan basis; parameters from jax.random, targets from jax.random (not torch.randn).
 So the losses differ from the torch tool's; the architecture, parameter count and work do not
-(--self_check compares the parameter counts with nn/README.md's table).
+(--self_check compares the parameter counts with nn/README.md's table, for both FCTP forms).
 
 Usage (on the GPU machine: JAX installed, e3nn-jax 0.21 source on PYTHONPATH, no torch needed):
     PYTHONPATH=E3NN_JAX_SRC python3 tools/qm9_reference/qm9_anchor_jax.py --self_check
     PYTHONPATH=E3NN_JAX_SRC python3 tools/qm9_reference/qm9_anchor_jax.py --json OUT.json
         [--shapes 1x128,1x256,2x128,2x512] [--molecules 27] [--runs 30] [--warmup 5]
-        [--max_seconds S] [--precision highest|default]
+        [--max_seconds S] [--precision highest|default] [--fctp legacy|tp_linear|legacy,tp_linear]
 """
 
 import argparse
@@ -83,6 +86,7 @@ RADIAL_BASIS_SCALE = math.sqrt(5.0) * 1.1  # issue 19: smooth_finite basis times
 LEARNING_RATE, MOMENTUM = 1e-2, 0.9
 BATCH_SEED, MAX_HEAVY = 2026, 9  # as qm9_anchor_bench.py
 # nn/README.md, "Sizes and floors": parameters of the 6-layer network (tpserve's layout = e3nn-torch's)
+FCTP_FORMS = ("legacy", "tp_linear")  # see NodeProduct
 EXPECTED_PARAMETERS = {(1, 128): 7466621, (1, 256): 29158141, (2, 128): 18292541, (2, 512): 281486141}
 
 
@@ -114,13 +118,42 @@ def weight_numel(tp):
     return sum(math.prod(ins.path_shape) for ins in tp.instructions if ins.has_weight)
 
 
+class NodeProduct:
+    """FCTP(x, attr -> out) per node, the torch network's FullyConnectedTensorProduct, in one of two forms:
+    legacy    = e3nn_jax.legacy.FunctionalFullyConnectedTensorProduct ('uvw', e3nn-torch's normalization);
+    tp_linear = e3nn.tensor_product(x, attr) then e3nn.FunctionalLinear (e3nn-jax's idiom; the same
+                weight count and multiply-adds, its own normalization; the faster form in tools/anchors)."""
+
+    def __init__(self, irreps_in, irreps_attr, irreps_out, kind):
+        self.irreps_in, self.irreps_attr, self.kind = e3nn.Irreps(irreps_in), e3nn.Irreps(irreps_attr), kind
+        if kind == "legacy":
+            self.tp = legacy.FunctionalFullyConnectedTensorProduct(self.irreps_in, self.irreps_attr, irreps_out)
+            self.numel = weight_numel(self.tp)
+        elif kind == "tp_linear":
+            tp_irreps = e3nn.tensor_product(self.irreps_in, self.irreps_attr)  # Irreps in -> Irreps out
+            self.linear = e3nn.FunctionalLinear(tp_irreps, irreps_out)
+            self.numel = int(self.linear.num_weights)
+        else:
+            raise ValueError(f"unknown FCTP form {kind!r}: expected legacy or tp_linear")
+
+    def __call__(self, w, x, attr):
+        """x [nodes, in.dim], attr [nodes, attr.dim] -> [nodes, out.dim]."""
+        def one(a, b):
+            a, b = e3nn.IrrepsArray(self.irreps_in, a), e3nn.IrrepsArray(self.irreps_attr, b)
+            if self.kind == "legacy":
+                return self.tp.left_right(w, a, b).array
+            return self.linear(w, e3nn.tensor_product(a, b)).array
+        return jax.vmap(one)(x, attr)
+
+
 class Conv:
     """Static part of one convolution: irreps, the e3nn-jax tensor products, parameter shapes."""
 
     def __init__(self, irreps_in, irreps_attr, irreps_sh, irreps_out, cfg):
         self.irreps_in, self.irreps_out = e3nn.Irreps(irreps_in), e3nn.Irreps(irreps_out)
-        self.sc = legacy.FunctionalFullyConnectedTensorProduct(self.irreps_in, irreps_attr, self.irreps_out)
-        self.lin1 = legacy.FunctionalFullyConnectedTensorProduct(self.irreps_in, irreps_attr, self.irreps_in)
+        fctp = cfg.get("fctp", "legacy")
+        self.sc = NodeProduct(self.irreps_in, irreps_attr, self.irreps_out, fctp)
+        self.lin1 = NodeProduct(self.irreps_in, irreps_attr, self.irreps_in, fctp)
         mid, instructions = [], []
         for i, (mul, ir_in) in enumerate(self.irreps_in):
             for j, (_, ir_edge) in enumerate(irreps_sh):
@@ -130,14 +163,14 @@ class Conv:
                         mid.append((mul, ir_out))
         self.irreps_mid = e3nn.Irreps(mid)
         self.tp = legacy.FunctionalTensorProduct(self.irreps_in, irreps_sh, self.irreps_mid, instructions)
-        self.lin2 = legacy.FunctionalFullyConnectedTensorProduct(self.irreps_mid, irreps_attr, self.irreps_out)
+        self.lin2 = NodeProduct(self.irreps_mid, irreps_attr, self.irreps_out, fctp)
         self.radial_sizes = [cfg["num_basis"]] + cfg["radial_layers"] * [cfg["radial_hidden"]] + [weight_numel(self.tp)]
         self.num_neighbors = cfg["num_neighbors"]
 
     def param_shapes(self):
-        return dict(sc=(weight_numel(self.sc),), lin1=(weight_numel(self.lin1),),
+        return dict(sc=(self.sc.numel,), lin1=(self.lin1.numel,),
                     radial=[(a, b) for a, b in zip(self.radial_sizes[:-1], self.radial_sizes[1:])],
-                    lin2=(weight_numel(self.lin2),))
+                    lin2=(self.lin2.numel,))
 
 
 def hidden_irreps(lmax, mul):
@@ -193,13 +226,6 @@ class Network:
 
 
 # ---------------------------------------------------------------- the network (forward)
-def fctp_nodes(tp, w, x, attr):
-    """FCTP(x, attr) per node; x [nodes, in1.dim], attr [nodes, in2.dim] -> [nodes, out.dim]."""
-    def one(a, b):
-        return tp.left_right(w, e3nn.IrrepsArray(tp.irreps_in1, a), e3nn.IrrepsArray(tp.irreps_in2, b)).array
-    return jax.vmap(one)(x, attr)
-
-
 def edge_tp(tp, w, x, sh):
     """The 'uvu' product per edge with per-edge weights w [edges, weight_numel]."""
     def one(we, a, b):
@@ -219,11 +245,11 @@ def radial_mlp(ws, emb, act):
 
 def conv_apply(conv, p, x, attr, src, dst, sh, emb, act):
     weights = radial_mlp(p["radial"], emb, act)
-    s = fctp_nodes(conv.sc, p["sc"], x, attr)
-    h = fctp_nodes(conv.lin1, p["lin1"], x, attr)
+    s = conv.sc(p["sc"], x, attr)
+    h = conv.lin1(p["lin1"], x, attr)
     messages = edge_tp(conv.tp, weights, h[src], sh)
     agg = e3nn.scatter_sum(messages, dst=dst, output_size=x.shape[0]) / math.sqrt(conv.num_neighbors)
-    return math.cos(math.pi / 8) * s + math.sin(math.pi / 8) * fctp_nodes(conv.lin2, p["lin2"], agg, attr)
+    return math.cos(math.pi / 8) * s + math.sin(math.pi / 8) * conv.lin2(p["lin2"], agg, attr)
 
 
 def make_forward(net, num_graphs):
@@ -302,8 +328,8 @@ def device_arrays(batch, molecules, num_targets):
     return (species, pos, src, dst, gidx), targets
 
 
-def bench_shape(lmax, mul, args, batch_seed=BATCH_SEED):
-    cfg = dict(DEFAULT_CONFIG, lmax=lmax, mul=mul, layers=6)
+def bench_shape(lmax, mul, fctp, args, batch_seed=BATCH_SEED):
+    cfg = dict(DEFAULT_CONFIG, lmax=lmax, mul=mul, layers=6, fctp=fctp)
     net = Network(cfg)
     batch = generate_batch(batch_seed, args.molecules, MAX_HEAVY)
     inputs, targets = device_arrays(batch, args.molecules, cfg["num_targets"])
@@ -332,7 +358,7 @@ def bench_shape(lmax, mul, args, batch_seed=BATCH_SEED):
 
     train_ms, train_min = time_calls(train_call, args.runs, args.warmup)
     predict_ms, predict_min = time_calls(predict_call, args.runs, args.warmup)
-    return dict(system="e3nn-jax", e3nn_version=e3nn.__version__, jax_version=jax.__version__,
+    return dict(system="e3nn-jax", e3nn_version=e3nn.__version__, jax_version=jax.__version__, fctp=fctp,
                 lmax=lmax, mul=mul, layers=6, molecules=args.molecules,
                 nodes=len(batch["species"]), edges=len(batch["edge_src"]), parameters=net.num_parameters(),
                 train_step_median_ms=train_ms, train_step_min_ms=train_min, predict_median_ms=predict_ms,
@@ -371,15 +397,32 @@ def self_check(args):
           f"device {device_name()}, matmul precision {args.precision}")
     # 1. the architecture: parameter counts of the four benchmark shapes against nn/README.md's table
     for (lmax, mul), want in sorted(EXPECTED_PARAMETERS.items()):
-        net = Network(dict(DEFAULT_CONFIG, lmax=lmax, mul=mul, layers=6))
-        got = net.num_parameters()
-        print(f"parameters lmax {lmax} mul {mul}: {got} (nn/README.md: {want}) {'ok' if got == want else 'MISMATCH'}")
-        ok &= got == want
-        if (lmax, mul) == (1, 128):
-            for i, layer in enumerate(net.layer_irreps):
-                print(f"  layer {i}: {layer}")
-    # 2. a small network trains: loss goes down, gradients finite, predictions rotation invariant
-    cfg = dict(DEFAULT_CONFIG, lmax=1, mul=8, layers=6)
+        for fctp in FCTP_FORMS:
+            net = Network(dict(DEFAULT_CONFIG, lmax=lmax, mul=mul, layers=6, fctp=fctp))
+            got = net.num_parameters()
+            print(f"parameters lmax {lmax} mul {mul} {fctp}: {got} (nn/README.md: {want}) "
+                  f"{'ok' if got == want else 'MISMATCH'}")
+            ok &= got == want
+            if (lmax, mul, fctp) == (1, 128, "legacy"):
+                for i, layer in enumerate(net.layer_irreps):
+                    print(f"  layer {i}: {layer}")
+    for fctp in FCTP_FORMS:
+        ok &= train_check(fctp)
+    # 3. the benchmark path itself, tiny
+    for fctp in FCTP_FORMS:
+        small = argparse.Namespace(molecules=2, runs=3, warmup=1, precision=args.precision)
+        r = bench_shape(1, 8, fctp, small, batch_seed=7)
+        print(f"bench path 1x8 {fctp}: train {r['train_step_median_ms']:.3f} ms, predict "
+              f"{r['predict_median_ms']:.3f} ms, compile {r['compile_train_s']:.1f} s, XLA train FLOPs "
+              f"{r['xla_train_step_flops']}, first losses {r['first_losses']}")
+    print("self check " + ("PASSED" if ok else "FAILED"))
+    return 0 if ok else 1
+
+
+def train_check(fctp):
+    """A 1x8 network on 2 molecules: gradients finite, predictions rotation invariant, loss goes down."""
+    ok = True
+    cfg = dict(DEFAULT_CONFIG, lmax=1, mul=8, layers=6, fctp=fctp)
     molecules = 2
     net = Network(cfg)
     batch = generate_batch(7, molecules, MAX_HEAVY)
@@ -390,7 +433,7 @@ def self_check(args):
     grads = jax.jit(jax.grad(lambda p: jnp.mean(jnp.abs(forward(p, *inputs) - targets))))(params)
     finite = all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
     nonzero = sum(int(jnp.any(g != 0)) for g in jax.tree_util.tree_leaves(grads))
-    print(f"1x8, {molecules} molecules ({len(batch['species'])} nodes, {len(batch['edge_src'])} edges, "
+    print(f"1x8 {fctp}, {molecules} molecules ({len(batch['species'])} nodes, {len(batch['edge_src'])} edges, "
           f"{net.num_parameters()} parameters): gradients finite {finite}, "
           f"{nonzero}/{len(jax.tree_util.tree_leaves(grads))} parameter blocks with a nonzero gradient")
     ok &= finite and nonzero > 0
@@ -409,14 +452,7 @@ def self_check(args):
     print(f"losses over 10 SGD steps: {[round(v, 5) for v in losses]}")
     print(f"loss before {losses[0]:.6g}, after {losses[-1]:.6g}: {'down' if losses[-1] < losses[0] else 'NOT DOWN'}")
     ok &= losses[-1] < losses[0]
-    # 3. the benchmark path itself, tiny
-    small = argparse.Namespace(molecules=molecules, runs=3, warmup=1, precision=args.precision)
-    r = bench_shape(1, 8, small, batch_seed=7)
-    print(f"bench path 1x8: train {r['train_step_median_ms']:.3f} ms, predict {r['predict_median_ms']:.3f} ms, "
-          f"compile {r['compile_train_s']:.1f} s, XLA train FLOPs {r['xla_train_step_flops']}, "
-          f"first losses {r['first_losses']}")
-    print("self check " + ("PASSED" if ok else "FAILED"))
-    return 0 if ok else 1
+    return ok
 
 
 def write_json(args, results, skipped):
@@ -436,11 +472,18 @@ def main():
                         help="start no new shape after this many seconds (a shape compiling is not interrupted)")
     parser.add_argument("--precision", default="highest", choices=["highest", "default"],
                         help="JAX matmul precision: highest = fp32 accuracy; default = TF32 on NVIDIA GPUs")
+    parser.add_argument("--fctp", default="legacy",
+                        help="form(s) of the FCTPs sc/lin1/lin2, comma-separated: legacy (e3nn-torch's "
+                             "FullyConnectedTensorProduct as e3nn-jax's legacy function) and/or tp_linear "
+                             "(tensor_product then FunctionalLinear); each shape runs each form")
     parser.add_argument("--self_check", action="store_true",
                         help="check the architecture and train a 1x8 network on 2 molecules; no JSON")
     args = parser.parse_args()
     if args.molecules < 1 or args.runs < 1 or args.warmup < 0:
         fail("--molecules and --runs must be positive, --warmup not negative")
+    forms = [f for f in args.fctp.split(",") if f]
+    if not forms or any(f not in FCTP_FORMS for f in forms):
+        fail(f"--fctp {args.fctp!r}: expected a comma-separated subset of {','.join(FCTP_FORMS)}")
     with matmul_precision(args.precision):
         if args.self_check:
             return self_check(args)
@@ -450,23 +493,24 @@ def main():
         results, skipped = [], []
         print(f"e3nn-jax {e3nn.__version__}, jax {jax.__version__}, device {device_name()}, "
               f"matmul precision {args.precision}", flush=True)
-        for lmax, mul in parse_shapes(args.shapes):
+        for (lmax, mul), fctp in ((shape, form) for shape in parse_shapes(args.shapes) for form in forms):
             if time.time() > deadline:
-                print(f"--max_seconds {args.max_seconds:g} spent: not starting lmax {lmax} mul {mul}", flush=True)
-                skipped.append(f"{lmax}x{mul}")
+                print(f"--max_seconds {args.max_seconds:g} spent: not starting lmax {lmax} mul {mul} {fctp}",
+                      flush=True)
+                skipped.append(f"{lmax}x{mul} {fctp}")
                 continue
             start = time.time()
             try:
-                r = bench_shape(lmax, mul, args)
+                r = bench_shape(lmax, mul, fctp, args)
             except Exception as e:  # e.g. RESOURCE_EXHAUSTED: record it, go on with the next shape
                 error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-                print(f"lmax {lmax} mul {mul}: failed after {time.time() - start:.0f} s: {error}", flush=True)
+                print(f"lmax {lmax} mul {mul} {fctp}: failed after {time.time() - start:.0f} s: {error}", flush=True)
                 results.append(dict(system="e3nn-jax", e3nn_version=e3nn.__version__, jax_version=jax.__version__,
-                                    lmax=lmax, mul=mul, layers=6, molecules=args.molecules, error=error))
+                                    fctp=fctp, lmax=lmax, mul=mul, layers=6, molecules=args.molecules, error=error))
                 write_json(args, results, skipped)
                 continue
             results.append(r)
-            print(f"lmax {lmax} mul {mul}: {r['nodes']} nodes, {r['edges']} edges, {r['parameters']} parameters; "
+            print(f"lmax {lmax} mul {mul} {fctp}: {r['nodes']} nodes, {r['edges']} edges, {r['parameters']} parameters; "
                   f"train step {r['train_step_median_ms']:.2f} ms (min {r['train_step_min_ms']:.2f}), predict "
                   f"{r['predict_median_ms']:.2f} ms = {r['predict_molecules_per_s']:.0f} molecules/s; compile "
                   f"{r['compile_train_s']:.0f} + {r['compile_predict_s']:.0f} s [{time.time() - start:.0f} s]",
