@@ -23,11 +23,12 @@ import random
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# the molecule generator lives in a torch-free module (qm9_anchor_jax.py imports it too); re-exported here
+from qm9_molecules import COVALENT_RADIUS, ELEMENTS, VALENCE, generate_batch  # noqa: E402,F401
+
 FORMAT = "tpserve-qm9-reference-1"
 RADIAL_BASIS_SCALE = math.sqrt(5.0) * 1.1  # issue 19: smooth_finite basis times sqrt(5) * 1.1
-ELEMENTS = "HCNOF"
-COVALENT_RADIUS = {"H": 0.31, "C": 0.76, "N": 0.71, "O": 0.66, "F": 0.57}
-VALENCE = {"H": 1, "C": 4, "N": 3, "O": 2, "F": 1}
 
 # name, dtype, config overrides, number of graphs, heavy atoms per graph (max), seed
 CASES = [
@@ -218,78 +219,6 @@ def parameter_layout(model):
         fail("the layout does not cover model.named_parameters() in order: "
              f"{[n for n, _ in model.named_parameters()]}")
     return layout, offset
-
-
-# ---------------------------------------------------------------- QM9-shaped molecules
-def random_direction(rng):
-    while True:
-        v = [rng.gauss(0.0, 1.0) for _ in range(3)]
-        n = math.sqrt(sum(c * c for c in v))
-        if n > 1e-3:
-            return [c / n for c in v]
-
-
-def place_atom(rng, atoms, anchor, bond_length, min_distance):
-    for _ in range(200):
-        d = random_direction(rng)
-        p = [anchor[k] + bond_length * d[k] for k in range(3)]
-        if all(math.dist(p, q) >= min_distance for _, q in atoms):
-            return p
-    return None
-
-
-def generate_molecule(rng, max_heavy):
-    """A tree of 1..max_heavy heavy atoms (C, N, O, F) at ~1.45 A with hydrogens at ~1.05 A."""
-    num_heavy = rng.randint(max(1, max_heavy // 2), max_heavy)
-    atoms, degree = [], []
-    for h in range(num_heavy):
-        element = rng.choices("CNOF", weights=[6, 2, 2, 1])[0] if h > 0 else "C"
-        if h == 0:
-            atoms.append((element, [rng.uniform(-1, 1) for _ in range(3)]))
-            degree.append(0)
-            continue
-        hosts = [i for i, (e, _) in enumerate(atoms) if e != "H" and degree[i] < VALENCE[e]]
-        if not hosts:
-            break
-        host = rng.choice(hosts)
-        p = place_atom(rng, atoms, atoms[host][1], rng.uniform(1.38, 1.52), 1.30)
-        if p is None:
-            break
-        atoms.append((element, p))
-        degree[host] += 1
-        degree.append(1)
-    for i in range(len(degree)):
-        element, anchor = atoms[i]
-        for _ in range(max(0, VALENCE[element] - degree[i])):
-            p = place_atom(rng, atoms, anchor, rng.uniform(1.0, 1.1), 1.0)
-            if p is not None:
-                atoms.append(("H", p))
-    return atoms
-
-
-def bonds(atoms):
-    edges = []
-    for a, (ea, pa) in enumerate(atoms):
-        for b, (eb, pb) in enumerate(atoms):
-            if a != b and math.dist(pa, pb) < 1.15 * (COVALENT_RADIUS[ea] + COVALENT_RADIUS[eb]):
-                edges.append((a, b))
-    return edges
-
-
-def generate_batch(seed, num_graphs, max_heavy):
-    rng = random.Random(seed)
-    batch = dict(species=[], positions=[], edge_src=[], edge_dst=[], graph_index=[], num_graphs=num_graphs)
-    for g in range(num_graphs):
-        atoms = generate_molecule(rng, max_heavy)
-        base = len(batch["species"])
-        for a, b in bonds(atoms):
-            batch["edge_src"].append(base + a)
-            batch["edge_dst"].append(base + b)
-        for element, p in atoms:
-            batch["species"].append(ELEMENTS.index(element))
-            batch["positions"].extend(p)
-            batch["graph_index"].append(g)
-    return batch
 
 
 # ---------------------------------------------------------------- one case
