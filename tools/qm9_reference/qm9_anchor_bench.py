@@ -45,7 +45,7 @@ def bench_shape(lmax, mul, args):
     torch.manual_seed(1)
     model = ref.Network(cfg).cuda()
     num_params = sum(p.numel() for p in model.parameters())
-    batch = ref.generate_batch(2026, args.molecules, 9)
+    batch = ref.load_batch(args.batch_json) if args.batch_json else ref.generate_batch(2026, args.molecules, 9)
     dev = torch.device("cuda")
     as_long = lambda v: torch.tensor(v, dtype=torch.long, device=dev)
     species, src, dst, gidx = (as_long(batch[k]) for k in ("species", "edge_src", "edge_dst", "graph_index"))
@@ -84,10 +84,13 @@ def main():
     parser.add_argument("--json", required=True)
     parser.add_argument("--shapes", default="1x128,1x256,2x128,2x512", help="lmax x mul, comma-separated")
     parser.add_argument("--molecules", type=int, default=27)
+    parser.add_argument("--batch_json", help="time this batch (qm9-bench --save_batch FILE) instead of generating one")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     args = parser.parse_args()
+    if args.batch_json:  # the molecule count comes from the file
+        args.molecules = ref.load_batch(args.batch_json)["num_graphs"]
     if not torch.cuda.is_available():
         ref.fail("CUDA is not available")
     torch.backends.cuda.matmul.allow_tf32 = False

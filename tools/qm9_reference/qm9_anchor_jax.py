@@ -59,7 +59,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from qm9_molecules import generate_batch  # noqa: E402  (torch-free; the same batches as the torch tool)
+from qm9_molecules import generate_batch, load_batch  # noqa: E402  (torch-free; the same batches as the torch tool)
 
 
 def fail(message):
@@ -331,7 +331,7 @@ def device_arrays(batch, molecules, num_targets):
 def bench_shape(lmax, mul, fctp, args, batch_seed=BATCH_SEED):
     cfg = dict(DEFAULT_CONFIG, lmax=lmax, mul=mul, layers=6, fctp=fctp)
     net = Network(cfg)
-    batch = generate_batch(batch_seed, args.molecules, MAX_HEAVY)
+    batch = load_batch(args.batch_json) if args.batch_json else generate_batch(batch_seed, args.molecules, MAX_HEAVY)
     inputs, targets = device_arrays(batch, args.molecules, cfg["num_targets"])
     params = net.init(prng_key(0))
     velocity = jax.tree_util.tree_map(jnp.zeros_like, params)
@@ -467,6 +467,7 @@ def main():
     parser.add_argument("--json", help="output JSON (required unless --self_check)")
     parser.add_argument("--shapes", default="1x128,1x256,2x128,2x512", help="lmax x mul, comma-separated")
     parser.add_argument("--molecules", type=int, default=27)
+    parser.add_argument("--batch_json", help="time this batch (qm9-bench --save_batch FILE) instead of generating one")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--max_seconds", type=float, default=float("inf"),
@@ -480,6 +481,8 @@ def main():
     parser.add_argument("--self_check", action="store_true",
                         help="check the architecture and train a 1x8 network on 2 molecules; no JSON")
     args = parser.parse_args()
+    if args.batch_json:  # the molecule count comes from the file
+        args.molecules = load_batch(args.batch_json)["num_graphs"]
     if args.molecules < 1 or args.runs < 1 or args.warmup < 0:
         fail("--molecules and --runs must be positive, --warmup not negative")
     forms = [f for f in args.fctp.split(",") if f]

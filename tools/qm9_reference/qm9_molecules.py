@@ -82,3 +82,21 @@ def generate_batch(seed, num_graphs, max_heavy):
             batch["positions"].extend(p)
             batch["graph_index"].append(g)
     return batch
+
+
+def load_batch(path):
+    """A graph batch saved by `qm9-bench --save_batch FILE` (JSON with the keys of generate_batch), so
+    that the anchors time the very molecules qm9-bench timed."""
+    import json
+    with open(path) as f:
+        batch = json.load(f)
+    for key in ("species", "positions", "edge_src", "edge_dst", "graph_index", "num_graphs"):
+        if key not in batch:
+            raise ValueError(f"{path}: no '{key}' (expected the JSON of qm9-bench --save_batch)")
+    nodes = len(batch["species"])
+    if len(batch["positions"]) != 3 * nodes or len(batch["graph_index"]) != nodes:
+        raise ValueError(f"{path}: {nodes} species but {len(batch['positions'])} position values and "
+                         f"{len(batch['graph_index'])} graph indices (expected {3 * nodes} and {nodes})")
+    if len(batch["edge_src"]) != len(batch["edge_dst"]):
+        raise ValueError(f"{path}: edge_src and edge_dst differ in length")
+    return batch

@@ -25,7 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # the molecule generator lives in a torch-free module (qm9_anchor_jax.py imports it too); re-exported here
-from qm9_molecules import COVALENT_RADIUS, ELEMENTS, VALENCE, generate_batch  # noqa: E402,F401
+from qm9_molecules import COVALENT_RADIUS, ELEMENTS, VALENCE, generate_batch, load_batch  # noqa: E402,F401
 
 FORMAT = "tpserve-qm9-reference-1"
 RADIAL_BASIS_SCALE = math.sqrt(5.0) * 1.1  # issue 19: smooth_finite basis times sqrt(5) * 1.1

@@ -68,6 +68,26 @@ GraphBatch Qm9ShapedBatch(std::mt19937_64& rng, int num_graphs) {
   return batch;
 }
 
+// The batch as JSON (the keys of tools/qm9_reference/qm9_molecules.py's batches), so that the e3nn
+// anchors (--batch_json) time the same molecules.
+bool SaveBatchJson(const GraphBatch& batch, const std::string& path) {
+  std::ofstream out(path);
+  auto list = [&out](const char* key, const auto& values, const char* tail) {
+    out << "\"" << key << "\": [";
+    for (size_t i = 0; i < values.size(); ++i) out << (i ? ", " : "") << values[i];
+    out << "]" << tail;
+  };
+  out.precision(17);
+  out << "{";
+  list("species", batch.species, ", ");
+  list("positions", batch.positions, ", ");
+  list("edge_src", batch.edge_src, ", ");
+  list("edge_dst", batch.edge_dst, ", ");
+  list("graph_index", batch.graph_index, ", ");
+  out << "\"num_graphs\": " << batch.num_graphs << "}\n";
+  return static_cast<bool>(out);
+}
+
 struct Timing {
   double median_ms = 0, min_ms = 0;
   int samples = 0;
@@ -284,7 +304,7 @@ bool RunCpu(const Qm9NetworkConfig& config, const GraphBatch& batch, int warmup,
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string shapes = "1x128,1x256,2x128,2x512", precision = "fp32", json_path;
+  std::string shapes = "1x128,1x256,2x128,2x512", precision = "fp32", json_path, save_batch_path;
   int layers = 6, graphs = 27, iters = 30, warmup = 5;
   bool cpu = false;
   std::string batch_kind = "qm9";
@@ -308,10 +328,12 @@ int main(int argc, char** argv) {
     else if (arg == "--graph") g_graph = true;
     else if (arg == "--batch") batch_kind = value();
     else if (arg == "--cpu") cpu = true;
+    else if (arg == "--save_batch") save_batch_path = value();
     else {
       std::fprintf(stderr,
                    "usage: qm9-bench [--shapes 1x128,...] [--layers 6] [--graphs 27] [--iters 30] [--warmup 5] "
-                   "[--precision fp32|tf32] [--json FILE] [--cpu]\n");
+                   "[--precision fp32|tf32] [--json FILE] [--fctp auto|species|dense] [--graph] [--batch qm9|chain] "
+                   "[--save_batch FILE] [--cpu]\n");
       return 2;
     }
   }
@@ -323,6 +345,10 @@ int main(int argc, char** argv) {
   // qm9: the shape (27 molecules -> 486 atoms, bonds only: 918 directed edges); chain: nn/'s
   // random chains (edges between all atoms closer than 1.6 A: more edges per atom)
   const GraphBatch batch = batch_kind == "chain" ? tpserve::nn::RandomChainBatch(rng, graphs, 34) : Qm9ShapedBatch(rng, graphs);
+  if (!save_batch_path.empty() && !SaveBatchJson(batch, save_batch_path)) {
+    std::fprintf(stderr, "--save_batch: cannot write %s\n", save_batch_path.c_str());
+    return 2;
+  }
   std::vector<std::string> json;
   int failures = 0;
   for (const std::string& shape : std::vector<std::string>(absl::StrSplit(shapes, ','))) {
