@@ -131,9 +131,10 @@ TEST(Qm9CudaNetworkReference, MatchesE3nnCases) {
   ASSERT_FALSE(files.empty()) << "no reference cases under " << tpserve::testing::Qm9ReferenceDir()
                               << " (set TPSERVE_QM9_DATA_DIR to the repository's tests/data/qm9)";
   CpuBackend cpu(CpuBackendOptions{1});
-  // worst over all cases and both FCTP paths, by what e3nn ran: [0] fp64 CPU, [1] fp32 CUDA
+  // worst over all cases and both FCTP paths, by e3nn's dtype: [0] float64, [1] float32
   double worst_prediction[2] = {0, 0}, worst_loss[2] = {0, 0}, worst_block[2] = {0, 0};
   int compared[2] = {0, 0};
+  std::string against[2];  // "e3nn float64 cpu"
   for (const std::filesystem::path& file : files) {
     SCOPED_TRACE(file.filename().string());
     auto c = tpserve::testing::LoadQm9ReferenceCase(file);
@@ -143,6 +144,7 @@ TEST(Qm9CudaNetworkReference, MatchesE3nnCases) {
     const std::vector<float> params(c->params.begin(), c->params.end());
     const std::vector<float> targets(c->targets.begin(), c->targets.end());
     const int kind = c->dtype == "float64" ? 0 : 1;
+    against[kind] = "e3nn " + c->dtype + " " + c->device;
     for (const bool per_species : {true, false}) {
       SCOPED_TRACE(per_species ? "per-species FCTPs" : "dense FCTPs");
       Qm9CudaOptions options;
@@ -176,12 +178,11 @@ TEST(Qm9CudaNetworkReference, MatchesE3nnCases) {
       ++compared[kind];
     }
   }
-  const char* against[2] = {"e3nn fp64 CPU", "e3nn fp32 CUDA"};
   for (int kind = 0; kind < 2; ++kind) {
     if (compared[kind] == 0) continue;
     std::printf("ours fp32 CUDA vs %s (%d runs): worst relative error predictions %.2e, loss %.2e, gradient block "
                 "%.2e (bound %.0e)\n",
-                against[kind], compared[kind], worst_prediction[kind], worst_loss[kind], worst_block[kind], kBound);
+                against[kind].c_str(), compared[kind], worst_prediction[kind], worst_loss[kind], worst_block[kind], kBound);
   }
 }
 
