@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -12,50 +11,15 @@
 #include "nn/activation.h"
 #include "nn/qm9_network.h"
 #include "nn/qm9_structure.h"
+#include "tests/support/qm9_reference_case.h"
 #include "tests/support/random.h"
 
 namespace tpserve::nn {
 namespace {
 
 using nlohmann::json;
+using tpserve::testing::Qm9ReferenceCase;
 using tpserve::testing::RelativeError;
-
-std::vector<std::filesystem::path> CaseFiles() {
-  std::vector<std::filesystem::path> files;
-  const std::filesystem::path dir = TPSERVE_QM9_DATA_DIR;
-  if (!std::filesystem::is_directory(dir)) return files;
-  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
-    if (entry.path().extension() == ".json") files.push_back(entry.path());
-  }
-  std::sort(files.begin(), files.end());
-  return files;
-}
-
-Qm9NetworkConfig ConfigFrom(const json& j) {
-  Qm9NetworkConfig config;
-  config.lmax = j.at("lmax");
-  config.mul = j.at("mul");
-  config.layers = j.at("layers");
-  config.num_elements = j.at("num_elements");
-  config.num_targets = j.at("num_targets");
-  config.num_basis = j.at("num_basis");
-  config.max_radius = j.at("max_radius");
-  config.radial_hidden = j.at("radial_hidden");
-  config.radial_layers = j.at("radial_layers");
-  config.num_neighbors = j.at("num_neighbors");
-  return config;
-}
-
-GraphBatch BatchFrom(const json& j) {
-  GraphBatch batch;
-  batch.species = j.at("species").get<std::vector<int32_t>>();
-  batch.positions = j.at("positions").get<std::vector<double>>();
-  batch.edge_src = j.at("edge_src").get<std::vector<int32_t>>();
-  batch.edge_dst = j.at("edge_dst").get<std::vector<int32_t>>();
-  batch.graph_index = j.at("graph_index").get<std::vector<int32_t>>();
-  batch.num_graphs = j.at("num_graphs");
-  return batch;
-}
 
 void ExpectStructureMatches(const Qm9Network& network, const json& c) {
   const std::vector<ParameterBlock> layout = network.parameter_layout();
@@ -87,71 +51,60 @@ template <class T>
 double ExpectGradientMatches(const Qm9Network& network, const std::vector<T>& got, const std::vector<double>& want,
                              double tolerance) {
   double worst = 0;
-  for (const ParameterBlock& block : network.parameter_layout()) {
-    const std::vector<double> a(got.begin() + block.offset, got.begin() + block.offset + block.numel);
-    const std::vector<double> b(want.begin() + block.offset, want.begin() + block.offset + block.numel);
-    const double error = RelativeError(a, b);
-    EXPECT_LT(error, tolerance) << block.name;
-    worst = std::max(worst, error);
+  for (const auto& block : tpserve::testing::GradientBlockErrors(network.parameter_layout(),
+                                                                 std::vector<double>(got.begin(), got.end()), want)) {
+    EXPECT_LT(block.relative_error, tolerance) << block.name;
+    worst = std::max(worst, block.relative_error);
   }
   return worst;
 }
 
-void CheckFloat64(const Qm9Network& network, const json& c, const GraphBatch& batch) {
-  const std::vector<double> params = c.at("params").get<std::vector<double>>();
-  const std::vector<double> targets = c.at("targets").get<std::vector<double>>();
-  auto features = network.LayerFeatures(params, batch);
+void CheckFloat64(const Qm9Network& network, const Qm9ReferenceCase& c) {
+  auto features = network.LayerFeatures(c.params, c.batch);
   ASSERT_TRUE(features.ok()) << features.status();
-  ASSERT_EQ(features->size(), c.at("layer_features").size());
+  ASSERT_EQ(features->size(), c.json.at("layer_features").size());
   for (size_t l = 0; l < features->size(); ++l) {
-    EXPECT_LT(RelativeError((*features)[l], c.at("layer_features")[l].get<std::vector<double>>()), 1e-12)
+    EXPECT_LT(RelativeError((*features)[l], c.json.at("layer_features")[l].get<std::vector<double>>()), 1e-12)
         << "features after Conv+Gate " << l;
   }
-  auto result = network.LossGradient(params, batch, targets);
+  auto result = network.LossGradient(c.params, c.batch, c.targets);
   ASSERT_TRUE(result.ok()) << result.status();
-  const double prediction_error = RelativeError(result->predictions, c.at("predictions").get<std::vector<double>>());
+  const double prediction_error = RelativeError(result->predictions, c.predictions);
   EXPECT_LT(prediction_error, 1e-12);
-  EXPECT_NEAR(result->loss, c.at("loss").get<double>(), 1e-12 * std::abs(c.at("loss").get<double>()));
-  const double gradient_error =
-      ExpectGradientMatches(network, result->gradient, c.at("gradient").get<std::vector<double>>(), 1e-12);
-  std::printf("  %s: predictions %.1e, worst gradient block %.1e (relative)\n",
-              c.at("name").get<std::string>().c_str(), prediction_error, gradient_error);
-}
-
-void CheckFloat32(const Qm9Network& network, const json& c, const GraphBatch& batch) {
-  const std::vector<double> params = c.at("params").get<std::vector<double>>();
-  const std::vector<double> targets = c.at("targets").get<std::vector<double>>();
-  auto result = network.LossGradient(std::vector<float>(params.begin(), params.end()), batch,
-                                     std::vector<float>(targets.begin(), targets.end()));
-  ASSERT_TRUE(result.ok()) << result.status();
-  const std::vector<double> predictions(result->predictions.begin(), result->predictions.end());
-  const double prediction_error = RelativeError(predictions, c.at("predictions").get<std::vector<double>>());
-  EXPECT_LT(prediction_error, 1e-4);
-  EXPECT_NEAR(result->loss, c.at("loss").get<double>(), 1e-4 * std::abs(c.at("loss").get<double>()));
-  const double gradient_error =
-      ExpectGradientMatches(network, result->gradient, c.at("gradient").get<std::vector<double>>(), 1e-4);
-  std::printf("  %s (ours fp32 CPU vs e3nn fp32 %s): predictions %.1e, worst gradient block %.1e\n",
-              c.at("name").get<std::string>().c_str(), c.at("device").get<std::string>().c_str(), prediction_error,
+  EXPECT_NEAR(result->loss, c.loss, 1e-12 * std::abs(c.loss));
+  const double gradient_error = ExpectGradientMatches(network, result->gradient, c.gradient, 1e-12);
+  std::printf("  %s: predictions %.1e, worst gradient block %.1e (relative)\n", c.name.c_str(), prediction_error,
               gradient_error);
 }
 
+void CheckFloat32(const Qm9Network& network, const Qm9ReferenceCase& c) {
+  auto result = network.LossGradient(std::vector<float>(c.params.begin(), c.params.end()), c.batch,
+                                     std::vector<float>(c.targets.begin(), c.targets.end()));
+  ASSERT_TRUE(result.ok()) << result.status();
+  const std::vector<double> predictions(result->predictions.begin(), result->predictions.end());
+  const double prediction_error = RelativeError(predictions, c.predictions);
+  EXPECT_LT(prediction_error, 1e-4);
+  EXPECT_NEAR(result->loss, c.loss, 1e-4 * std::abs(c.loss));
+  const double gradient_error = ExpectGradientMatches(network, result->gradient, c.gradient, 1e-4);
+  std::printf("  %s (ours fp32 CPU vs e3nn fp32 %s): predictions %.1e, worst gradient block %.1e\n", c.name.c_str(),
+              c.device.c_str(), prediction_error, gradient_error);
+}
+
 TEST(Qm9ReferenceTest, MatchesE3nnCases) {
-  const std::vector<std::filesystem::path> files = CaseFiles();
-  if (files.empty()) GTEST_SKIP() << "no reference cases under " << TPSERVE_QM9_DATA_DIR;
+  const std::vector<std::filesystem::path> files = tpserve::testing::Qm9ReferenceCaseFiles();
+  if (files.empty()) GTEST_SKIP() << "no reference cases under " << tpserve::testing::Qm9ReferenceDir();
   CpuBackend backend(CpuBackendOptions{2});
   for (const std::filesystem::path& file : files) {
     SCOPED_TRACE(file.filename().string());
-    std::ifstream in(file);
-    const json c = json::parse(in);
-    ASSERT_EQ(c.at("format").get<std::string>(), "tpserve-qm9-reference-1");
-    auto network = Qm9Network::Create(ConfigFrom(c.at("config")), &backend);
+    auto c = tpserve::testing::LoadQm9ReferenceCase(file);
+    ASSERT_TRUE(c.ok()) << c.status();
+    auto network = Qm9Network::Create(c->config, &backend);
     ASSERT_TRUE(network.ok()) << network.status();
-    ExpectStructureMatches(*network, c);
-    const GraphBatch batch = BatchFrom(c.at("graphs"));
-    if (c.at("dtype") == "float64") {
-      CheckFloat64(*network, c, batch);
+    ExpectStructureMatches(*network, c->json);
+    if (c->dtype == "float64") {
+      CheckFloat64(*network, *c);
     } else {
-      CheckFloat32(*network, c, batch);
+      CheckFloat32(*network, *c);
     }
   }
 }
