@@ -68,9 +68,11 @@ def jax_cases(irreps, batches, precisions, variants, runs, warmup, deadline):
 
     for variant in variants:
         apply, numel = build(variant)
-        for precision in precisions:
-            matmul = "highest" if precision == "fp32" else "default"
-            for batch in batches:
+        # batches outside, precisions inside: a run cut short by the deadline still has every
+        # precision of the batches it reached
+        for batch in batches:
+            for precision in precisions:
+                matmul = "highest" if precision == "fp32" else "default"
                 if time.time() > deadline:
                     print(f"time budget spent: stopping before {variant} {precision} {batch}", file=sys.stderr)
                     return
