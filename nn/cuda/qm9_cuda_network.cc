@@ -512,6 +512,21 @@ absl::StatusOr<std::vector<float>> Qm9CudaNetwork::Gradient() {
   return Download(state_->grad.data(), num_parameters(), state_->stream);
 }
 
+absl::Status Qm9CudaNetwork::SetVelocity(const std::vector<float>& velocity) {
+  State& s = *state_;
+  if (static_cast<int64_t>(velocity.size()) != num_parameters()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "velocity: expected %d values (the network's num_parameters), got %d", num_parameters(), velocity.size()));
+  }
+  RETURN_IF_ERROR(CudaCheck(cudaMemcpyAsync(s.velocity.data(), velocity.data(), sizeof(float) * velocity.size(),
+                                            cudaMemcpyHostToDevice, s.stream),
+                            "velocity upload"));
+  return Synchronize();
+}
+absl::StatusOr<std::vector<float>> Qm9CudaNetwork::Velocity() {
+  return Download(state_->velocity.data(), num_parameters(), state_->stream);
+}
+
 absl::Status Qm9CudaNetwork::SetBatch(const GraphBatch& batch, const std::vector<float>& targets) {
   State& s = *state_;
   const Qm9NetworkConfig& config = s.config;
