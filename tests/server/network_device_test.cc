@@ -32,8 +32,13 @@ namespace {
 constexpr int kLmax = 1, kMul = 8, kLayers = 3;
 constexpr double kLr = 1e-2, kMomentum = 0.9;
 // Relative (norm) error of fp32 on the device against fp64 on the host, a dozen steps in; the CPU
-// instance agrees to fp64 rounding.
+// instance agrees to fp64 rounding. The L1 loss's gradient is the sign of each residual: fp32 must
+// not flip one, and on this batch the smallest |prediction - target| over the 12 steps is 1.4e-3
+// (fp64), far above fp32's error of the predictions.
 constexpr double kTolerance = 1e-4;
+// The velocity sums gradients, whose fp32 blocks agree to ~1e-4 (qm9_cuda_network_test); a velocity
+// that was not carried over is off by tens of percent.
+constexpr double kVelocityTolerance = 1e-3;
 
 struct Stubs {
   explicit Stubs(const std::string& target)
@@ -198,7 +203,7 @@ TEST_P(NetworkDeviceTest, PredictAndTrainMatchTheCpuNetwork_AndARestartResumesFr
   ASSERT_EQ(stored->networks.size(), 1u);
   EXPECT_EQ(stored->networks[0].version, 4u);
   EXPECT_LT(RelativeError(stored->networks[0].parameters, parameters), kTolerance);
-  EXPECT_LT(RelativeError(stored->networks[0].velocity, velocity), kTolerance);
+  EXPECT_LT(RelativeError(stored->networks[0].velocity, velocity), kVelocityTolerance);
   std::printf("%s: after 3 steps, relative error of the stored parameters %.2e, velocity %.2e\n", device.c_str(),
               RelativeError(stored->networks[0].parameters, parameters),
               RelativeError(stored->networks[0].velocity, velocity));
@@ -243,7 +248,7 @@ TEST_P(NetworkDeviceTest, PredictAndTrainMatchTheCpuNetwork_AndARestartResumesFr
   EXPECT_EQ(stored->networks[0].version, 13u);
   EXPECT_EQ(stored->networks[0].version, info.version());
   EXPECT_LT(RelativeError(stored->networks[0].parameters, parameters), kTolerance);
-  EXPECT_LT(RelativeError(stored->networks[0].velocity, velocity), kTolerance);
+  EXPECT_LT(RelativeError(stored->networks[0].velocity, velocity), kVelocityTolerance);
   std::sort(step_ms.begin(), step_ms.end());
   std::printf("%s: after 12 steps, relative error of the stored parameters %.2e, velocity %.2e; loss %.4f -> %.4f; "
               "TrainStep through gRPC (27 molecules, lmax %d mul %d layers %d, saved to disk), median %.2f ms\n",
