@@ -5,12 +5,14 @@
 // last step stored. The cuda0 instance skips without a CUDA device; the cpu instance runs the same
 // checks everywhere. Also: the start-up line, ModelInfo.device, and bad values refused at start.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -255,6 +257,82 @@ TEST_P(NetworkDeviceTest, PredictAndTrainMatchTheCpuNetwork_AndARestartResumesFr
               device.c_str(), RelativeError(stored->networks[0].parameters, parameters),
               RelativeError(stored->networks[0].velocity, velocity), losses.front(), losses.back(), kLmax, kMul,
               kLayers, step_ms[step_ms.size() / 2]);
+}
+
+// Predicts of whichever version is current while steps run: on a device the runner then switches
+// between versions (uploading the one a call computes on); every Predict must still match its
+// version, and the steps the state after the CPU's same steps (momentum not lost in a switch).
+TEST_P(NetworkDeviceTest, PredictsDuringTraining_MatchTheirVersionAndLeaveTheStepsIntact) {
+  const std::string device = GetParam();
+  TempDir dir;
+  const std::string models = dir.path() + "/models";
+  const nn::data::LabeledBatch batch = *nn::data::MakeBatch(nn::data::GenerateMolecules(9, /*seed=*/3), 0, 9);
+  const nn::data::LabeledBatch other = *nn::data::MakeBatch(nn::data::GenerateMolecules(5, /*seed=*/4), 0, 5);
+  CpuBackend backend(CpuBackendOptions{1});
+  nn::Qm9NetworkConfig config;
+  config.lmax = kLmax;
+  config.mul = kMul;
+  config.layers = kLayers;
+  absl::StatusOr<nn::Qm9Network> cpu = nn::Qm9Network::Create(config, &backend);
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  std::vector<double> parameters = cpu->InitialParameters(9), velocity(parameters.size(), 0.0);
+  constexpr int kSteps = 5;
+  // The CPU's parameters at each version (1: initial), computed before the server runs.
+  std::vector<std::vector<double>> at_version = {{}, parameters};
+  for (int step = 0; step < kSteps; ++step) {
+    nn::LossAndGradient<double> g = *cpu->LossGradient(parameters, batch.graphs, batch.targets);
+    nn::SgdMomentumStep(parameters, velocity, g.gradient, {kLr, kMomentum});
+    at_version.push_back(parameters);
+  }
+  std::vector<std::vector<double>> want_other;  // the other batch's predictions per version
+  for (const std::vector<double>& p : at_version) {
+    want_other.push_back(p.empty() ? std::vector<double>{} : *cpu->Predict(p, other.graphs));
+  }
+
+  TpserveProcess server(Server(models, dir.path() + "/log",
+                               {"--backend=" + std::string(device == "cpu" ? "cpu" : "auto"),
+                                "--network_device=" + device}));
+  ASSERT_GT(server.port(), 0) << ReadLog(dir.path() + "/log");
+  Stubs stubs(server.target());
+  tp::v1::ModelInfo info;
+  ASSERT_TRUE(CreateQm9(stubs, "m", 9, &info).ok());
+  std::atomic<bool> done{false};
+  std::atomic<int> predicts{0}, mismatches{0}, failures{0};
+  std::thread reader([&] {
+    Stubs own(server.target());
+    while (!done.load()) {
+      std::vector<double> out;
+      uint64_t version = 0;
+      if (!Predict(own, "m", other.graphs, &out, &version).ok() || version < 1 || version > kSteps + 1u) {
+        ++failures;
+        continue;
+      }
+      ++predicts;
+      if (RelativeError(out, want_other[version]) > kTolerance) ++mismatches;
+    }
+  });
+  for (int step = 0; step < kSteps; ++step) {
+    tp::v1::TrainStepResponse trained;
+    grpc::Status status = Train(stubs, "m", batch, &trained);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    // A Predict of the previous version has a chance to run between steps.
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  done = true;
+  reader.join();
+  EXPECT_GT(predicts.load(), 0);
+  EXPECT_EQ(mismatches.load(), 0);
+  EXPECT_EQ(failures.load(), 0);
+  server.Kill9();
+  server::ModelRepository repository(models);
+  absl::StatusOr<server::RepositoryContents> stored = repository.Scan();
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  ASSERT_EQ(stored->networks.size(), 1u);
+  EXPECT_EQ(stored->networks[0].version, kSteps + 1u);
+  EXPECT_LT(RelativeError(stored->networks[0].parameters, parameters), kTolerance);
+  EXPECT_LT(RelativeError(stored->networks[0].velocity, velocity), kVelocityTolerance);
+  std::printf("%s: %d Predicts during %d steps, stored velocity relative error %.2e\n", device.c_str(),
+              predicts.load(), kSteps, RelativeError(stored->networks[0].velocity, velocity));
 }
 
 INSTANTIATE_TEST_SUITE_P(Devices, NetworkDeviceTest, ::testing::Values("cpu", "cuda:0"),
