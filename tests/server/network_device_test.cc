@@ -4,11 +4,13 @@
 // after steps (read from the repository after kill -9), and a restart that resumes from what the
 // last step stored. The cuda0 instance skips without a CUDA device; the cpu instance runs the same
 // checks everywhere. Also: the start-up line, ModelInfo.device, and bad values refused at start.
+// $TPSERVE_BIN, when set, names the tpserve to start (tools/gpu/network_device.sh, a bundle).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -109,6 +111,12 @@ double RelativeError(const std::vector<double>& a, const std::vector<double>& b)
   return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-300);
 }
 
+// The tpserve to start: $TPSERVE_BIN (a bundle's copy on the GPU machine) or the build's own.
+std::string TpservePath() {
+  const char* bin = std::getenv("TPSERVE_BIN");
+  return bin != nullptr && *bin != '\0' ? bin : TPSERVE_PATH;
+}
+
 std::string ReadLog(const std::string& path) {
   std::ifstream in(path);
   std::stringstream text;
@@ -126,7 +134,7 @@ class NetworkDeviceTest : public ::testing::TestWithParam<std::string> {
                                  std::vector<std::string> extra) const {
     std::vector<std::string> args = {"--listen=127.0.0.1:0", "--metrics_address=", "--model_dir=" + model_dir};
     args.insert(args.end(), extra.begin(), extra.end());
-    return {TPSERVE_PATH, args, log};
+    return {TpservePath(), args, log};
   }
 };
 
@@ -353,7 +361,7 @@ TEST(NetworkDeviceFlagTest, BadValues_AreAStartupErrorNamingTheFlag) {
   for (const auto& [value, words] : cases) {
     const std::string log = dir.path() + "/log." + std::to_string(i++);
     TpserveProcess::Options options{
-        TPSERVE_PATH, {"--listen=127.0.0.1:0", "--metrics_address=", "--backend=cpu", "--network_device=" + value}, log};
+        TpservePath(), {"--listen=127.0.0.1:0", "--metrics_address=", "--backend=cpu", "--network_device=" + value}, log};
     options.start_timeout = std::chrono::seconds(20);
     TpserveProcess server(options);
     EXPECT_EQ(server.port(), 0) << value;
@@ -365,7 +373,7 @@ TEST(NetworkDeviceFlagTest, BadValues_AreAStartupErrorNamingTheFlag) {
 // auto on a CPU backend: the CPU, printed at start and in ModelInfo.
 TEST(NetworkDeviceFlagTest, AutoOnACpuBackend_IsTheCpu) {
   TempDir dir;
-  TpserveProcess server({TPSERVE_PATH, {"--listen=127.0.0.1:0", "--metrics_address=", "--backend=cpu"},
+  TpserveProcess server({TpservePath(), {"--listen=127.0.0.1:0", "--metrics_address=", "--backend=cpu"},
                          dir.path() + "/log"});
   ASSERT_GT(server.port(), 0);
   EXPECT_NE(ReadLog(dir.path() + "/log").find("network models compute on cpu"), std::string::npos);
