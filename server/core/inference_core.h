@@ -112,8 +112,6 @@ class InferenceCore {
   absl::StatusOr<ModelInfo> CreateNetworkModel(const std::string& name, const NetworkSpec& spec, uint64_t seed);
   // NOT_FOUND, or FAILED_PRECONDITION naming the kind when `name` is a tensor-product model.
   absl::StatusOr<std::shared_ptr<NetworkModel>> FindNetworkModel(const std::string& name) const;
-  // Where network models compute: "cpu", "cuda:N" ("" without a network backend).
-  std::string network_device() const { return network_runners_ ? network_runners_->device() : ""; }
   // INVALID_ARGUMENT for a graph batch past max_graph_nodes / max_graph_edges (naming the limit)
   // or failing nn::ValidateGraphBatch (naming what is wrong).
   absl::Status ValidateGraphs(const nn::GraphBatch& graphs, int num_elements = 5) const;
