@@ -11,6 +11,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "nn/cuda/cublas_library.h"
 #include "nn/qm9_network.h"
 #include "nn/random_batch.h"
 #include "nn/sgd.h"
@@ -155,6 +156,16 @@ TEST(Qm9CudaNetworkErrors, BadInputsAreInvalidArgument) {
   batch.positions = {0, 0, 0, 1, 0, 0};
   batch.graph_index = {0, 0};
   EXPECT_EQ((*device)->SetBatch(batch, {}).code(), absl::StatusCode::kInvalidArgument);  // species 7
+}
+
+// cuBLAS is opened on first use, not linked (cublas_library.h): the library and every function the
+// network calls are found (no GPU needed to load it).
+TEST(CublasLibrary, LoadsWithEveryFunctionTheNetworkCalls) {
+  absl::StatusOr<const CublasLibrary*> library = LoadCublas();
+  ASSERT_TRUE(library.ok()) << library.status();
+  EXPECT_NE((*library)->create, nullptr);
+  EXPECT_NE((*library)->sgemm_strided_batched, nullptr);
+  EXPECT_EQ(*LoadCublas(), *library) << "loaded once";
 }
 
 }  // namespace
