@@ -23,7 +23,8 @@ class CudaNetworkRunner final : public NetworkRunner {
  public:
   CudaNetworkRunner(const nn::Qm9NetworkConfig& config, int device) : config_(config), device_(device) {}
   ~CudaNetworkRunner() override {
-    cuda::DeviceScope scope(device_);
+    if (network_ == nullptr) return;
+    cuda::DeviceScope scope(device_);  // its buffers, stream and handles are freed on their device
     network_.reset();
   }
 
