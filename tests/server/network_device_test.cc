@@ -25,6 +25,7 @@
 #include "nn/qm9_network.h"
 #include "nn/sgd.h"
 #include "server/core/model_repository.h"
+#include "server/network_device.h"
 #include "tests/server/server_test_util.h"
 #include "tests/support/tpserve_process.h"
 #include "tp/v1/tensor_product.grpc.pb.h"
@@ -367,6 +368,24 @@ TEST(NetworkDeviceFlagTest, BadValues_AreAStartupErrorNamingTheFlag) {
     EXPECT_EQ(server.port(), 0) << value;
     EXPECT_TRUE(server.ExitsWithin(std::chrono::seconds(10))) << value;
     EXPECT_NE(ReadLog(log).find(words), std::string::npos) << ReadLog(log);
+  }
+}
+
+// How --network_device resolves against the server's backends (MakeNetworkRunners).
+TEST(NetworkDeviceFlagTest, Resolution_AutoTakesTheFirstCudaBackendElseTheCpu) {
+  auto device = [](const std::string& spec, const std::vector<std::string>& backends) -> std::string {
+    absl::StatusOr<std::unique_ptr<server::NetworkRunnerFactory>> runners = server::MakeNetworkRunners(spec, backends);
+    return runners.ok() ? (*runners)->device() : std::string(absl::StatusCodeToString(runners.status().code()));
+  };
+  EXPECT_EQ(device("cpu", {"cuda:0"}), "cpu");
+  EXPECT_EQ(device("auto", {"cpu"}), "cpu");
+  EXPECT_EQ(device("auto", {"cpu:0", "cpu:1"}), "cpu");
+  EXPECT_EQ(device("gpu", {"cpu"}), "INVALID_ARGUMENT");
+  EXPECT_EQ(device("cuda:-1", {"cpu"}), "INVALID_ARGUMENT");
+  EXPECT_EQ(device("auto", {"cuda:64"}), "UNAVAILABLE");  // no such device here
+  if (CudaDeviceCount() > 0) {
+    EXPECT_EQ(device("auto", {"cpu", "cuda:0", "cuda:0"}), "cuda:0");
+    EXPECT_EQ(device("cuda", {"cpu"}), "cuda:0");
   }
 }
 
