@@ -23,6 +23,7 @@
 #include "server/injected_fault.h"
 #include "wire/malloc_tuning.h"
 #include "server/metrics/metrics.h"
+#include "server/network_device.h"
 #include "server/server_config.h"
 
 ABSL_FLAG(std::string, config, "", "JSON config file (keys = flag names); flags given on the command line win");
@@ -30,6 +31,9 @@ ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC address (port 0: any free 
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9090", "Prometheus /metrics address (\"\": off)");
 ABSL_FLAG(std::string, model_dir, "", "model repository directory (\"\": in memory only)");
 ABSL_FLAG(std::string, backend, "auto", "auto | cpu | cuda | cuda:0,cuda:1,... (cpu:0,cpu:1,...: CPU stand-ins for several devices, a testing aid)");
+ABSL_FLAG(std::string, network_device, "auto",
+          "where network models (kind qm9) compute: auto (the first CUDA device of --backend, else cpu) | cpu | "
+          "cuda | cuda:N");
 ABSL_FLAG(int, workers_per_gpu, 2, "workers (streams, weight replicas) per GPU; 2 (default): copies of one overlap compute of the other");
 ABSL_FLAG(std::string, forward_kernel, "auto",
           "CUDA forward kernel: auto (wgmma where usable) | factored-mma | factored-3xtf32 | gemm");
@@ -134,6 +138,7 @@ absl::StatusOr<ServerConfig> LoadConfig() {
   take("metrics_address", c.metrics_address, absl::GetFlag(FLAGS_metrics_address));
   take("model_dir", c.core.model_dir, absl::GetFlag(FLAGS_model_dir));
   take("backend", c.backend, absl::GetFlag(FLAGS_backend));
+  take("network_device", c.network_device, absl::GetFlag(FLAGS_network_device));
   take("workers_per_gpu", c.workers_per_gpu, absl::GetFlag(FLAGS_workers_per_gpu));
   if (Given("forward_kernel")) {
     absl::StatusOr<CudaBackendOptions::ForwardKernel> kernel = ParseForwardKernel(absl::GetFlag(FLAGS_forward_kernel));
@@ -273,13 +278,23 @@ int Main() {
     return 2;
   }
   if (!injected->empty()) std::cerr << "tpserve: warning: " << *injected << "\n";
-  // Network models run on a CPU backend of their own, whatever serves the tensor products.
+  // Network models: a CPU backend of their own builds (and, on the CPU, computes) them; with
+  // --network_device a CUDA device computes them instead.
   auto network_backend = MakeBackend("cpu");
   if (!network_backend.ok()) {
     std::cerr << "tpserve: " << network_backend.status() << "\n";
     return 1;
   }
-  auto core = InferenceCore::Create(config->core, *std::move(backends), &metrics, *std::move(network_backend));
+  std::vector<std::string> backend_devices;
+  for (const auto& backend : *backends) backend_devices.push_back(backend->name());
+  auto network_runners = MakeNetworkRunners(config->network_device, backend_devices);
+  if (!network_runners.ok()) {
+    std::cerr << "tpserve: " << network_runners.status().message() << "\n";
+    return 2;
+  }
+  std::cout << "tpserve: network models compute on " << (*network_runners)->device() << std::endl;
+  auto core = InferenceCore::Create(config->core, *std::move(backends), &metrics, *std::move(network_backend),
+                                    *std::move(network_runners));
   if (!core.ok()) {
     // A damaged repository: one line naming the file and what is wrong.
     std::cerr << "tpserve: " << core.status().message()

@@ -16,10 +16,10 @@ namespace tpserve::server {
 std::string ServerConfig::DebugString() const {
   return absl::StrFormat(
       "tpserve config:\n  core: %s\n  transport: %s\n  cuda: %s\n  metrics=%s metrics_auth=%s metrics_tls=%s backend=%s "
-      "workers_per_gpu=%d demo_model=%s demo_spec=(%s | %s | %s) demo_seed=%d shutdown_grace_seconds=%g",
+      "network_device=%s workers_per_gpu=%d demo_model=%s demo_spec=(%s | %s | %s) demo_seed=%d shutdown_grace_seconds=%g",
       core.DebugString(), transport.DebugString(), DescribeCudaBackendOptions(cuda),
       metrics_address.empty() ? "off" : metrics_address, metrics_auth ? "on" : "off", metrics_tls ? "on" : "off",
-      backend, workers_per_gpu,
+      backend, network_device, workers_per_gpu,
       demo_model.empty() ? "(none)" : demo_model, demo_spec.irreps_in1, demo_spec.irreps_in2, demo_spec.irreps_out,
       demo_seed, shutdown_grace_seconds);
 }
@@ -39,6 +39,7 @@ absl::Status ApplyConfigFile(const std::string& path, ServerConfig* config) {
       else if (key == "metrics_address") config->metrics_address = value.get<std::string>();
       else if (key == "model_dir") config->core.model_dir = value.get<std::string>();
       else if (key == "backend") config->backend = value.get<std::string>();
+      else if (key == "network_device") config->network_device = value.get<std::string>();
       else if (key == "workers_per_gpu") config->workers_per_gpu = value.get<int>();
       else if (key == "forward_kernel") {
         absl::StatusOr<CudaBackendOptions::ForwardKernel> kernel = ParseForwardKernel(value.get<std::string>());

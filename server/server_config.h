@@ -31,6 +31,9 @@ struct ServerConfig {
   // Workers (each with its own stream and weight replicas) per GPU. 1 is the design (one worker per
   // GPU); 2 lets one launch's host copies overlap another's compute. CPU backends always get one.
   int workers_per_gpu = 2;  // measured on H100: 2 overlaps one worker's copies with the other's kernels
+  // Where network models (kind qm9) compute: "auto" (the first CUDA device of `backend`, else
+  // cpu), "cpu", "cuda" or "cuda:N" (server/network_device.h).
+  std::string network_device = "auto";
   // Kernel choices of the CUDA backends (forward_kernel, factored_warp_cols, factored_blocks_per_sm).
   CudaBackendOptions cuda;
   // Created at start-up (seeded) unless the repository already holds a model of that name.

@@ -66,9 +66,10 @@ absl::StatusOr<tp::v1::ModelInfo> GetModel(client::TpClient& client, const std::
 
 void PrintNetwork(const tp::v1::ModelInfo& m) {
   std::cout << absl::StrFormat("%s  kind qm9  lmax %d  mul %d  layers %d  elements %d  targets %d  parameters %d  "
-                               "version %d  fnv1a64 %016x\n",
+                               "version %d  fnv1a64 %016x%s\n",
                                m.name(), m.qm9().lmax(), m.qm9().mul(), m.qm9().layers(), m.qm9().num_elements(),
-                               m.qm9().num_targets(), m.weight_numel(), m.version(), m.weights_fnv1a64());
+                               m.qm9().num_targets(), m.weight_numel(), m.version(), m.weights_fnv1a64(),
+                               m.device().empty() ? "" : "  device " + m.device());
 }
 
 absl::Status Create(client::TpClient& client, const std::string& name, const CommandArgs& args) {

@@ -1,6 +1,5 @@
 #include "nn/cuda/qm9_cuda_network.h"
 
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -13,6 +12,7 @@
 #include "kernels/core/status_macros.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "nn/activation.h"
+#include "nn/cuda/cublas_library.h"
 #include "nn/cuda/nn_kernels.h"
 #include "nn/qm9_structure.h"
 #include "nn/radial.h"
@@ -136,6 +136,7 @@ struct Qm9CudaNetwork::State {
   std::shared_ptr<Qm9NetworkStructure> structure;  // irreps and plans (unprepared)
   std::unique_ptr<Backend> backend;
   cudaStream_t stream = nullptr;
+  const CublasLibrary* blas = nullptr;  // cuBLAS, loaded on first use (cublas_library.h)
   cublasHandle_t cublas = nullptr;
   std::vector<std::unique_ptr<DeviceLayer>> layers;
   float gelu_scale = 1.f;
@@ -160,7 +161,7 @@ struct Qm9CudaNetwork::State {
 
   ~State() {
     layers.clear();
-    if (cublas) cublasDestroy(cublas);
+    if (cublas) blas->destroy(cublas);
     if (stream && backend) backend->DestroyStream(stream);
   }
 
@@ -168,7 +169,7 @@ struct Qm9CudaNetwork::State {
   absl::Status Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                     const float* b, float beta, float* c) {
     if (m == 0 || n == 0) return absl::OkStatus();
-    return CublasCheck(cublasSgemm(cublas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+    return CublasCheck(blas->sgemm(cublas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
                                    static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b,
                                    static_cast<int>(trans_b ? k : n), a, static_cast<int>(trans_a ? m : k), &beta,
                                    c, static_cast<int>(n)),
@@ -179,7 +180,7 @@ struct Qm9CudaNetwork::State {
   absl::Status GemmLd(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                       int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
     if (m == 0 || n == 0) return absl::OkStatus();
-    return CublasCheck(cublasSgemm(cublas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+    return CublasCheck(blas->sgemm(cublas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
                                    static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b,
                                    static_cast<int>(ldb), a, static_cast<int>(lda), &beta, c, static_cast<int>(ldc)),
                        "cublasSgemm");
@@ -190,7 +191,7 @@ struct Qm9CudaNetwork::State {
                            int64_t lda, int64_t stride_a, const float* b, int64_t ldb, int64_t stride_b, float beta,
                            float* c, int64_t ldc, int64_t stride_c, int batch) {
     if (m == 0 || n == 0 || batch == 0) return absl::OkStatus();
-    return CublasCheck(cublasSgemmStridedBatched(cublas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+    return CublasCheck(blas->sgemm_strided_batched(cublas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                                                  trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n),
                                                  static_cast<int>(m), static_cast<int>(k), &alpha, b,
                                                  static_cast<int>(ldb), stride_b, a, static_cast<int>(lda), stride_a,
@@ -395,10 +396,11 @@ absl::StatusOr<std::unique_ptr<Qm9CudaNetwork>> Qm9CudaNetwork::Create(const Qm9
   ASSIGN_OR_RETURN(state->structure, BuildQm9Structure(config, nullptr));
   ASSIGN_OR_RETURN(void* stream, state->backend->CreateStream());
   state->stream = static_cast<cudaStream_t>(stream);
-  RETURN_IF_ERROR(CublasCheck(cublasCreate(&state->cublas), "cublasCreate"));
-  RETURN_IF_ERROR(CublasCheck(cublasSetStream(state->cublas, state->stream), "cublasSetStream"));
+  ASSIGN_OR_RETURN(state->blas, LoadCublas());
+  RETURN_IF_ERROR(CublasCheck(state->blas->create(&state->cublas), "cublasCreate"));
+  RETURN_IF_ERROR(CublasCheck(state->blas->set_stream(state->cublas, state->stream), "cublasSetStream"));
   RETURN_IF_ERROR(CublasCheck(
-      cublasSetMathMode(state->cublas, options.precision == Precision::kFp32 ? CUBLAS_DEFAULT_MATH
+      state->blas->set_math_mode(state->cublas, options.precision == Precision::kFp32 ? CUBLAS_DEFAULT_MATH
                                                                              : CUBLAS_TF32_TENSOR_OP_MATH),
       "cublasSetMathMode"));
   state->gelu_scale = static_cast<float>(SecondMomentConstant(Activation::kGelu));
@@ -510,6 +512,21 @@ absl::StatusOr<std::vector<float>> Qm9CudaNetwork::Parameters() {
 }
 absl::StatusOr<std::vector<float>> Qm9CudaNetwork::Gradient() {
   return Download(state_->grad.data(), num_parameters(), state_->stream);
+}
+
+absl::Status Qm9CudaNetwork::SetVelocity(const std::vector<float>& velocity) {
+  State& s = *state_;
+  if (static_cast<int64_t>(velocity.size()) != num_parameters()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "velocity: expected %d values (the network's num_parameters), got %d", num_parameters(), velocity.size()));
+  }
+  RETURN_IF_ERROR(CudaCheck(cudaMemcpyAsync(s.velocity.data(), velocity.data(), sizeof(float) * velocity.size(),
+                                            cudaMemcpyHostToDevice, s.stream),
+                            "velocity upload"));
+  return Synchronize();
+}
+absl::StatusOr<std::vector<float>> Qm9CudaNetwork::Velocity() {
+  return Download(state_->velocity.data(), num_parameters(), state_->stream);
 }
 
 absl::Status Qm9CudaNetwork::SetBatch(const GraphBatch& batch, const std::vector<float>& targets) {

@@ -55,6 +55,10 @@ class Qm9CudaNetwork {
   absl::Status SetParameters(const std::vector<float>& params);
   absl::StatusOr<std::vector<float>> Parameters();
   absl::StatusOr<std::vector<float>> Gradient();  // of the last LossGradient / TrainStep
+  // The SGD momentum velocity (same layout), to carry it over from a stored optimizer state: call
+  // SetVelocity after SetParameters, which zeroes it.
+  absl::Status SetVelocity(const std::vector<float>& velocity);
+  absl::StatusOr<std::vector<float>> Velocity();
 
   // Validates the batch (ValidateGraphBatch), uploads it with its attributes, harmonics and radial
   // basis, and sizes the activations. targets (may be empty for Predict only): [num_graphs * num_targets].

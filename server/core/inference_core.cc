@@ -127,7 +127,8 @@ InferenceCore::InferenceCore(CoreConfig config, CoreObserver* observer)
 absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(CoreConfig config,
                                                                      std::vector<std::unique_ptr<Backend>> backends,
                                                                      CoreObserver* observer,
-                                                                     std::unique_ptr<Backend> network_backend) {
+                                                                     std::unique_ptr<Backend> network_backend,
+                                                                     std::unique_ptr<NetworkRunnerFactory> network_runners) {
   if (backends.empty()) return absl::InvalidArgumentError("the inference core needs at least one backend");
   if (config.max_batch_size < 1 || config.max_queued_requests < 1 || config.max_queue_delay_us < 0) {
     return absl::InvalidArgumentError(
@@ -135,6 +136,9 @@ absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(CoreConfig 
   }
   std::unique_ptr<InferenceCore> core(new InferenceCore(std::move(config), observer));
   core->network_backend_ = std::move(network_backend);
+  if (core->network_backend_ != nullptr) {
+    core->network_runners_ = network_runners != nullptr ? std::move(network_runners) : MakeCpuNetworkRunners();
+  }
   RETURN_IF_ERROR(core->repository_.Init());
   ASSIGN_OR_RETURN(RepositoryContents stored, core->repository_.Scan());
   std::vector<DamagedModel> damaged = std::move(stored.damaged);

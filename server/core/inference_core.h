@@ -53,11 +53,12 @@ class InferenceCore {
   // One worker per backend (one per GPU, or a single CPU backend). Loads every model of the
   // repository named by config.model_dir. `observer` may be null; it must outlive the core.
   // `network_backend` (a host-memory backend: the CPU backend) runs the network models; without
-  // one they cannot be created, and a stored one counts as damaged.
-  static absl::StatusOr<std::unique_ptr<InferenceCore>> Create(CoreConfig config,
-                                                               std::vector<std::unique_ptr<Backend>> backends,
-                                                               CoreObserver* observer,
-                                                               std::unique_ptr<Backend> network_backend = nullptr);
+  // one they cannot be created, and a stored one counts as damaged. `network_runners` computes
+  // their Predict and TrainStep (network_runner.h); null: the CPU network on `network_backend`.
+  static absl::StatusOr<std::unique_ptr<InferenceCore>> Create(
+      CoreConfig config, std::vector<std::unique_ptr<Backend>> backends, CoreObserver* observer,
+      std::unique_ptr<Backend> network_backend = nullptr,
+      std::unique_ptr<NetworkRunnerFactory> network_runners = nullptr);
   ~InferenceCore();
 
   const CoreConfig& config() const { return config_; }
@@ -104,8 +105,9 @@ class InferenceCore {
   absl::StatusOr<ModelInfo> SgdStep(const std::string& name, double learning_rate, bool zero_gradient);
 
   // ---- network models (kind "qm9", network_model.h) ------------------------------------
-  // Runs on the calling thread on the network backend (the batcher and workers launch tensor
-  // products on devices; a network call is a whole forward/backward pass on the host).
+  // Runs on the calling thread through the model's runner: the CPU network on the network
+  // backend, or a device's (network_runner.h); not through the batcher and workers, since a
+  // network call is a whole forward/backward pass.
   // Seeded initialization (e3nn's N(0, 1)) and zero velocity, durable before it returns.
   absl::StatusOr<ModelInfo> CreateNetworkModel(const std::string& name, const NetworkSpec& spec, uint64_t seed);
   // NOT_FOUND, or FAILED_PRECONDITION naming the kind when `name` is a tensor-product model.
@@ -212,6 +214,7 @@ class InferenceCore {
   std::map<std::string, std::shared_ptr<Model>> models_;
   std::map<std::string, std::shared_ptr<NetworkModel>> networks_;
   std::unique_ptr<Backend> network_backend_;
+  std::unique_ptr<NetworkRunnerFactory> network_runners_;  // set when network_backend_ is
   std::mutex create_mu_;  // serializes create/delete with their disk writes
   std::atomic<bool> shut_down_{false};
 

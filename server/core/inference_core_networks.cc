@@ -4,7 +4,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/core/status_macros.h"
-#include "nn/sgd.h"
 #include "server/core/inference_core.h"
 
 namespace tpserve::server {
@@ -58,6 +57,9 @@ absl::Status InferenceCore::AddStoredNetwork(StoredNetwork stored) {
       stored.name, stored.spec, *std::move(network),
       MakeNetworkState(stored.version, std::move(stored.parameters), std::move(stored.velocity)));
   model->HoldMemory(std::move(memory));
+  if (absl::Status attached = model->AttachRunner(*network_runners_); !attached.ok()) {
+    return absl::DataLossError(absl::StrCat(where, attached.message()));
+  }
   std::lock_guard<std::mutex> lock(mu_);
   networks_[model->name()] = std::move(model);
   return absl::OkStatus();
@@ -85,9 +87,10 @@ absl::StatusOr<ModelInfo> InferenceCore::CreateNetworkModel(const std::string& n
   }
   std::vector<double> parameters = network.InitialParameters(seed);
   std::vector<double> velocity(parameters.size(), 0.0);
-  RETURN_IF_ERROR(repository_.CreateNetwork(StoredNetwork{name, spec, 1, parameters, velocity}));
   auto model = std::make_shared<NetworkModel>(name, spec, std::move(network),
-                                              MakeNetworkState(1, std::move(parameters), std::move(velocity)));
+                                              MakeNetworkState(1, parameters, velocity));
+  RETURN_IF_ERROR(model->AttachRunner(*network_runners_));
+  RETURN_IF_ERROR(repository_.CreateNetwork(StoredNetwork{name, spec, 1, std::move(parameters), std::move(velocity)}));
   model->HoldMemory(std::move(memory));
   ModelInfo info = model->Info();
   {
@@ -125,7 +128,7 @@ absl::StatusOr<NetworkPrediction> InferenceCore::Predict(const std::string& name
   RETURN_IF_ERROR(ValidateGraphs(graphs, model->spec().num_elements));
   const NetworkState state = model->state();
   NetworkPrediction prediction;
-  ASSIGN_OR_RETURN(prediction.outputs, model->network().Predict(*state.parameters, graphs));
+  ASSIGN_OR_RETURN(prediction.outputs, model->runner().Predict(state, graphs));
   prediction.num_targets = model->spec().num_targets;
   prediction.version = state.version;
   return prediction;
@@ -166,21 +169,22 @@ absl::StatusOr<NetworkTrainResult> InferenceCore::TrainStep(const std::string& n
     return absl::FailedPreconditionError(absl::StrCat("model '", name, "' is at version ", state.version,
                                                       ", the step expected ", expected_version));
   }
-  ASSIGN_OR_RETURN(nn::LossAndGradient<double> loss, model->network().LossGradient(*state.parameters, graphs, targets));
-  if (!std::isfinite(loss.loss) || FirstNonFinite(loss.gradient) >= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("the loss or its gradient is not finite on this batch (loss ",
-                                                   loss.loss, "); the model is unchanged"));
+  ASSIGN_OR_RETURN(NetworkStep step, model->runner().TrainStep(state, graphs, targets,
+                                                               nn::SgdMomentumOptions{learning_rate, momentum}));
+  if (static_cast<int64_t>(step.parameters.size()) != num_parameters ||
+      static_cast<int64_t>(step.velocity.size()) != num_parameters) {
+    return absl::InternalError(absl::StrCat("model '", name, "': the ", model->device(), " runner returned ",
+                                            step.parameters.size(), " parameters, expected ", num_parameters));
   }
-  std::vector<double> parameters = *state.parameters;
-  std::vector<double> velocity = *state.velocity;
-  nn::SgdMomentumStep(parameters, velocity, loss.gradient, nn::SgdMomentumOptions{learning_rate, momentum});
+  std::vector<double> parameters = std::move(step.parameters);
+  std::vector<double> velocity = std::move(step.velocity);
   const uint64_t version = state.version + 1;
   // Saved first: a failed save leaves the model as it was, in memory and on disk.
   RETURN_IF_ERROR(repository_.WriteNetworkState(name, model->spec(), version, parameters, velocity));
   model->SetState(MakeNetworkState(version, std::move(parameters), std::move(velocity)));
   NetworkTrainResult result;
-  result.loss = loss.loss;
-  result.predictions = std::move(loss.predictions);
+  result.loss = step.loss;
+  result.predictions = std::move(step.predictions);
   result.num_targets = num_targets;
   result.version = version;
   return result;

@@ -43,6 +43,7 @@ struct ModelInfo {
   int num_paths = 0;
   uint64_t version = 0;
   uint64_t weights_fnv1a64 = 0;
+  std::string device;  // network models: where Predict and TrainStep compute ("cpu", "cuda:0")
 };
 
 // OK for [A-Za-z0-9_.-]{1,128} not starting with '.'; INVALID_ARGUMENT otherwise.

@@ -47,6 +47,12 @@ void NetworkModel::SetState(NetworkState state) {
   state_ = std::move(state);
 }
 
+absl::Status NetworkModel::AttachRunner(NetworkRunnerFactory& runners) {
+  ASSIGN_OR_RETURN(runner_, runners.MakeRunner(network_));
+  device_ = runners.device();
+  return absl::OkStatus();
+}
+
 ModelInfo NetworkModel::Info() const {
   NetworkState snapshot = state();
   ModelInfo info;
@@ -56,6 +62,7 @@ ModelInfo NetworkModel::Info() const {
   info.weight_numel = network_.num_parameters();
   info.version = snapshot.version;
   info.weights_fnv1a64 = snapshot.parameters_fnv1a64;
+  info.device = device_;
   return info;
 }
 

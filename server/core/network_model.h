@@ -5,7 +5,9 @@
 // Parameters and momentum velocity are float64: the CPU backend computes the network in float64
 // (matching e3nn's float64 reference to rounding), the state is small next to a batch's
 // activations (lmax 1, mul 128: a few MB), and an SGD update in float64 loses nothing to rounding
-// over many steps. The CUDA network (future work) would take a float32 copy per version.
+// over many steps. A device runner (network_runner.h; the CUDA one computes in float32) takes a
+// float32 copy of the version it computes on and hands back float64 results, so that this state
+// stays the one persisted source of truth whichever device computes.
 #pragma once
 
 #include <atomic>
@@ -20,6 +22,7 @@
 #include "nn/qm9_network.h"
 #include "server/core/memory_budget.h"
 #include "server/core/model.h"
+#include "server/core/network_runner.h"
 #include "server/core/network_spec.h"
 
 namespace tpserve::server {
@@ -48,6 +51,10 @@ class NetworkModel {
   const std::string& name() const { return name_; }
   const NetworkSpec& spec() const { return spec_; }
   const nn::Qm9Network& network() const { return network_; }
+  // Makes this model's runner (once, before the model is served).
+  absl::Status AttachRunner(NetworkRunnerFactory& runners);
+  NetworkRunner& runner() const { return *runner_; }
+  const std::string& device() const { return device_; }  // where the runner computes: "cpu", "cuda:0"
 
   NetworkState state() const;
   void SetState(NetworkState state);
@@ -68,6 +75,8 @@ class NetworkModel {
   std::mutex update_mu_;
   std::atomic<bool> deleted_{false};
   MemoryBudget::Reservation memory_;
+  std::string device_;
+  std::unique_ptr<NetworkRunner> runner_;  // uses network_: declared after it, destroyed before it
 };
 
 // Results of the network calls (InferenceCore::Predict, InferenceCore::TrainStep).

@@ -20,7 +20,8 @@ grpc::Status NetworkServiceImpl::Predict(grpc::ServerContext* context, const tp:
   if (auto s = scope.Authorize(); !s.ok()) return scope.Finish(s);
   scope.set_model(request->model());
   // The model first: an unknown model or one of the other kind is named before its input is.
-  if (auto model = env_.core->FindNetworkModel(request->model()); !model.ok()) return scope.Finish(model.status());
+  absl::StatusOr<std::shared_ptr<NetworkModel>> model = env_.core->FindNetworkModel(request->model());
+  if (!model.ok()) return scope.Finish(model.status());
   absl::StatusOr<nn::GraphBatch> graphs = wire::DecodeGraphBatch(request->graphs());
   if (!graphs.ok()) return scope.Finish(graphs.status());
   const tp::v1::DType dtype = request->output_dtype();
@@ -32,7 +33,7 @@ grpc::Status NetworkServiceImpl::Predict(grpc::ServerContext* context, const tp:
   absl::StatusOr<NetworkPrediction> prediction = env_.core->Predict(request->model(), *graphs);
   if (!prediction.ok()) return scope.Finish(prediction.status());
   scope.MarkStage("core");
-  scope.set_device("cpu");
+  scope.set_device((*model)->device());
   wire::EncodeDoubles(prediction->outputs, graphs->num_graphs, prediction->num_targets, dtype,
                       response->mutable_outputs());
   response->set_model_version(prediction->version);
@@ -58,7 +59,7 @@ grpc::Status NetworkServiceImpl::TrainStep(grpc::ServerContext* context, const t
                            request->expected_version());
   if (!result.ok()) return scope.Finish(result.status());
   scope.MarkStage("core");
-  scope.set_device("cpu");
+  scope.set_device((*model)->device());
   response->set_loss(result->loss);
   response->set_model_version(result->version);
   wire::EncodeDoubles(result->predictions, graphs->num_graphs, result->num_targets, tp::v1::DTYPE_FLOAT64,

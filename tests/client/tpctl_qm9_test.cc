@@ -71,6 +71,8 @@ TEST_F(TpctlQm9Test, TrainOnGeneratedMolecules_PrintsALossThatGoesDown) {
   EXPECT_NE(created.out.find("net  kind qm9  lmax 1  mul 4  layers 3"), std::string::npos) << created.out;
   Ran listed = Tpctl("list" + server_flag_);
   EXPECT_NE(listed.out.find("kind qm9"), std::string::npos) << listed.out;
+  EXPECT_NE(created.out.find("  device cpu"), std::string::npos) << "where it computes: " << created.out;
+  EXPECT_NE(listed.out.find("  device cpu"), std::string::npos) << listed.out;
 
   Ran trained = Tpctl("qm9 train net --generate 27 --steps 20 --batch 27" + server_flag_);
   ASSERT_EQ(trained.code, 0) << trained.out;

@@ -15,6 +15,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "nn/cuda/cublas_library.h"
 #include "nn/qm9_network.h"
 #include "nn/random_batch.h"
 #include "nn/sgd.h"
@@ -114,6 +115,33 @@ TEST_P(Qm9CudaNetworkTest, MatchesTheCpuNetworkInFp64) {
   auto loss_after = (*device)->Loss();
   ASSERT_TRUE(loss_after.ok());
   EXPECT_NE(*loss_after, got->loss);
+
+  // A stored velocity carried over (SetVelocity after SetParameters, which zeroes it): the step is
+  // v = momentum v + g, p -= lr v from that velocity, as on the host.
+  std::vector<float> stored_velocity(params.size());
+  for (size_t i = 0; i < stored_velocity.size(); ++i) stored_velocity[i] = 0.01f * float((i % 7) - 3);
+  ASSERT_TRUE((*device)->SetParameters(params32).ok());
+  ASSERT_TRUE((*device)->SetVelocity(stored_velocity).ok());
+  auto read_back = (*device)->Velocity();
+  ASSERT_TRUE(read_back.ok()) << read_back.status();
+  EXPECT_EQ(*read_back, stored_velocity);
+  ASSERT_TRUE((*device)->EnqueueLossGradient().ok());
+  ASSERT_TRUE((*device)->EnqueueSgdStep(SgdMomentumOptions{}).ok());
+  auto momentum_params = (*device)->Parameters();
+  auto momentum_velocity = (*device)->Velocity();
+  ASSERT_TRUE(momentum_params.ok() && momentum_velocity.ok());
+  std::vector<float> want_params = params32, want_velocity = stored_velocity;
+  SgdMomentumStep(want_params, want_velocity, got->gradient, SgdMomentumOptions{});
+  double momentum_error = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    momentum_error = std::max({momentum_error,
+                               std::abs(double((*momentum_params)[i]) - double(want_params[i])) /
+                                   (1.0 + std::abs(double(params32[i]))),
+                               std::abs(double((*momentum_velocity)[i]) - double(want_velocity[i])) /
+                                   (1.0 + std::abs(double(want_velocity[i])))});
+  }
+  EXPECT_LT(momentum_error, 1e-6);
+  EXPECT_EQ((*device)->SetVelocity(std::vector<float>(3)).code(), absl::StatusCode::kInvalidArgument);
 }
 
 INSTANTIATE_TEST_SUITE_P(LmaxAndFctp, Qm9CudaNetworkTest, ::testing::Combine(::testing::Values(1, 2), ::testing::Bool()));
@@ -201,6 +229,16 @@ TEST(Qm9CudaNetworkErrors, BadInputsAreInvalidArgument) {
   batch.positions = {0, 0, 0, 1, 0, 0};
   batch.graph_index = {0, 0};
   EXPECT_EQ((*device)->SetBatch(batch, {}).code(), absl::StatusCode::kInvalidArgument);  // species 7
+}
+
+// cuBLAS is opened on first use, not linked (cublas_library.h): the library and every function the
+// network calls are found (no GPU needed to load it).
+TEST(CublasLibrary, LoadsWithEveryFunctionTheNetworkCalls) {
+  absl::StatusOr<const CublasLibrary*> library = LoadCublas();
+  ASSERT_TRUE(library.ok()) << library.status();
+  EXPECT_NE((*library)->create, nullptr);
+  EXPECT_NE((*library)->sgemm_strided_batched, nullptr);
+  EXPECT_EQ(*LoadCublas(), *library) << "loaded once";
 }
 
 }  // namespace

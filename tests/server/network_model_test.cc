@@ -110,6 +110,7 @@ TEST(NetworkModelTest, CreatePredictAndTrain_LossGoesDownAndResultsMatchTheLibra
   EXPECT_EQ(info.qm9().num_elements(), 5);
   EXPECT_EQ(info.qm9().num_targets(), 4);
   EXPECT_EQ(info.version(), 1u);
+  EXPECT_EQ(info.device(), "cpu");  // the in-process server's network models compute on the CPU
   CpuBackend backend(CpuBackendOptions{1});
   nn::Qm9Network network = LibraryNetwork(&backend);
   EXPECT_EQ(info.weight_numel(), network.num_parameters());

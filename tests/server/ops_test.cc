@@ -247,7 +247,7 @@ TEST(OpsTest, ConfigFile_SetsEveryComponentAndRejectsUnknownKeys) {
   std::ofstream(path) << R"({"listen": "127.0.0.1:7000", "model_dir": "/m", "max_batch_size": 128,
       "max_queue_delay_us": 50, "max_queued_requests": 9, "non_finite": "pass", "auth_token": "t",
       "max_message_bytes": 1024, "demo_model": "seed", "demo_irreps_in1": "1x0e", "backend": "cpu",
-      "max_streams": 5, "max_threads": 64})";
+      "max_streams": 5, "max_threads": 64, "network_device": "cuda:1"})";
   server::ServerConfig config;
   ASSERT_TRUE(server::ApplyConfigFile(path, &config).ok());
   EXPECT_EQ(config.transport.listen_address, "127.0.0.1:7000");
@@ -262,7 +262,9 @@ TEST(OpsTest, ConfigFile_SetsEveryComponentAndRejectsUnknownKeys) {
   EXPECT_EQ(config.transport.max_message_bytes, 1024);
   EXPECT_EQ(config.demo_spec.irreps_in1, "1x0e");
   EXPECT_EQ(config.backend, "cpu");
+  EXPECT_EQ(config.network_device, "cuda:1");
   const std::string printed = config.DebugString();
+  EXPECT_NE(printed.find("network_device=cuda:1"), std::string::npos) << printed;
   EXPECT_NE(printed.find("max_message_bytes=1024"), std::string::npos) << printed;
   EXPECT_NE(printed.find("max_batch_size=128"), std::string::npos) << printed;
   EXPECT_NE(printed.find("auth=bearer token"), std::string::npos) << printed;

@@ -40,6 +40,7 @@ def test_create_qm9_model_reports_kind_and_config(client, qm9_model):
     assert (info.qm9.lmax, info.qm9.mul, info.qm9.layers) == (1, 4, 3)
     assert info.qm9.num_targets == NUM_TARGETS and info.qm9.num_elements >= 5
     assert info.weight_numel > 0
+    assert info.device == "cpu"  # --backend=cpu: --network_device auto is the CPU
     assert client.get_model(name) == info
 
 

@@ -25,6 +25,8 @@ class ModelInfo:
     # dims and num_paths are empty, weight_numel counts float64 parameters).
     kind: str = "tp"
     qm9: Optional["Qm9Config"] = None
+    # Network models: where Predict and TrainStep compute ("cpu", "cuda:0"; tpserve --network_device).
+    device: str = ""
 
     @classmethod
     def from_proto(cls, info):
@@ -33,7 +35,7 @@ class ModelInfo:
                    irreps_out=info.spec.irreps_out, weight_numel=info.weight_numel, dim_in1=info.dim_in1,
                    dim_in2=info.dim_in2, dim_out=info.dim_out, num_paths=info.num_paths, version=info.version,
                    weights_fnv1a64=info.weights_fnv1a64, kind=kind,
-                   qm9=Qm9Config.from_proto(info.qm9) if kind == "qm9" else None)
+                   qm9=Qm9Config.from_proto(info.qm9) if kind == "qm9" else None, device=info.device)
 
 
 @dataclass(frozen=True)

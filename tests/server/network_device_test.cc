@@ -1,0 +1,406 @@
+// Where network models compute (--network_device, server/network_device.h): the real tpserve on
+// loopback with its network models on the CPU or on cuda:0, checked against the CPU network of
+// nn/ (fp64) on the same parameters: Predict, TrainStep losses, parameters and momentum velocity
+// after steps (read from the repository after kill -9), and a restart that resumes from what the
+// last step stored. The cuda0 instance skips without a CUDA device; the cpu instance runs the same
+// checks everywhere. Also: the start-up line, ModelInfo.device, and bad values refused at start.
+// $TPSERVE_BIN, when set, names the tpserve to start (tools/gpu/network_device.sh, a bundle).
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "grpcpp/grpcpp.h"
+#include "kernels/backend_factory.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "nn/data/molecule_generator.h"
+#include "nn/qm9_network.h"
+#include "nn/sgd.h"
+#include "server/core/model_repository.h"
+#include "server/network_device.h"
+#include "tests/server/server_test_util.h"
+#include "tests/support/tpserve_process.h"
+#include "tp/v1/tensor_product.grpc.pb.h"
+#include "wire/graph_wire.h"
+
+namespace tpserve::testing {
+namespace {
+
+constexpr int kLmax = 1, kMul = 8, kLayers = 3;
+constexpr double kLr = 1e-2, kMomentum = 0.9;
+// Relative (norm) error of fp32 on the device against fp64 on the host, a dozen steps in; the CPU
+// instance agrees to fp64 rounding. The L1 loss's gradient is the sign of each residual: fp32 must
+// not flip one, and on this batch the smallest |prediction - target| over the 12 steps is 1.4e-3
+// (fp64), far above fp32's error of the predictions.
+constexpr double kTolerance = 1e-4;
+// The velocity sums gradients, whose fp32 blocks agree to ~1e-4 (qm9_cuda_network_test); a velocity
+// that was not carried over is off by tens of percent.
+constexpr double kVelocityTolerance = 1e-3;
+
+struct Stubs {
+  explicit Stubs(const std::string& target)
+      : channel(grpc::CreateChannel(target, grpc::InsecureChannelCredentials())),
+        models(tp::v1::ModelService::NewStub(channel)),
+        network(tp::v1::NetworkService::NewStub(channel)) {}
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<tp::v1::ModelService::Stub> models;
+  std::unique_ptr<tp::v1::NetworkService::Stub> network;
+};
+
+grpc::Status CreateQm9(Stubs& stubs, const std::string& name, uint64_t seed, tp::v1::ModelInfo* info) {
+  grpc::ClientContext context;
+  auto writer = stubs.models->CreateModel(&context, info);
+  tp::v1::CreateModelRequest request;
+  request.mutable_header()->set_name(name);
+  request.mutable_header()->mutable_qm9()->set_lmax(kLmax);
+  request.mutable_header()->mutable_qm9()->set_mul(kMul);
+  request.mutable_header()->mutable_qm9()->set_layers(kLayers);
+  request.mutable_header()->set_seed(seed);
+  writer->Write(request);
+  writer->WritesDone();
+  return writer->Finish();
+}
+
+grpc::Status GetModel(Stubs& stubs, const std::string& name, tp::v1::ModelInfo* info) {
+  grpc::ClientContext context;
+  tp::v1::GetModelRequest request;
+  request.set_name(name);
+  return stubs.models->GetModel(&context, request, info);
+}
+
+grpc::Status Predict(Stubs& stubs, const std::string& model, const nn::GraphBatch& graphs, std::vector<double>* out,
+                     uint64_t* version) {
+  tp::v1::PredictRequest request;
+  request.set_model(model);
+  wire::EncodeGraphBatch(graphs, request.mutable_graphs());
+  tp::v1::PredictResponse response;
+  grpc::ClientContext context;
+  grpc::Status status = stubs.network->Predict(&context, request, &response);
+  *out = wire::TensorToDoubles(response.outputs());
+  *version = response.model_version();
+  return status;
+}
+
+grpc::Status Train(Stubs& stubs, const std::string& model, const nn::data::LabeledBatch& batch,
+                   tp::v1::TrainStepResponse* response) {
+  tp::v1::TrainStepRequest request;
+  request.set_model(model);
+  wire::EncodeGraphBatch(batch.graphs, request.mutable_graphs());
+  wire::EncodeFloat64(batch.targets, batch.graphs.num_graphs, batch.num_targets, request.mutable_targets());
+  request.set_learning_rate(kLr);
+  request.set_momentum(kMomentum);
+  grpc::ClientContext context;
+  return stubs.network->TrainStep(&context, request, response);
+}
+
+// |a - b| / |b| (Euclidean norms).
+double RelativeError(const std::vector<double>& a, const std::vector<double>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    diff += (a[i] - b[i]) * (a[i] - b[i]);
+    norm += b[i] * b[i];
+  }
+  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-300);
+}
+
+// The tpserve to start: $TPSERVE_BIN (a bundle's copy on the GPU machine) or the build's own.
+std::string TpservePath() {
+  const char* bin = std::getenv("TPSERVE_BIN");
+  return bin != nullptr && *bin != '\0' ? bin : TPSERVE_PATH;
+}
+
+std::string ReadLog(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// The network models' device as a test parameter: "cpu" or "cuda:0".
+class NetworkDeviceTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (GetParam() != "cpu" && CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  }
+  TpserveProcess::Options Server(const std::string& model_dir, const std::string& log,
+                                 std::vector<std::string> extra) const {
+    std::vector<std::string> args = {"--listen=127.0.0.1:0", "--metrics_address=", "--model_dir=" + model_dir};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return {TpservePath(), args, log};
+  }
+};
+
+TEST_P(NetworkDeviceTest, PredictAndTrainMatchTheCpuNetwork_AndARestartResumesFromTheLastStep) {
+  const std::string device = GetParam();
+  TempDir dir;
+  const std::string models = dir.path() + "/models";
+  const nn::data::LabeledBatch batch =
+      *nn::data::MakeBatch(nn::data::GenerateMolecules(27, /*seed=*/11), 0, 27);
+  CpuBackend backend(CpuBackendOptions{1});
+  nn::Qm9NetworkConfig config;
+  config.lmax = kLmax;
+  config.mul = kMul;
+  config.layers = kLayers;
+  absl::StatusOr<nn::Qm9Network> cpu = nn::Qm9Network::Create(config, &backend);
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  // The CPU network's replica of every step the server runs.
+  std::vector<double> parameters = cpu->InitialParameters(5), velocity(parameters.size(), 0.0);
+  std::vector<double> losses;
+  auto cpu_step = [&]() {
+    nn::LossAndGradient<double> step = *cpu->LossGradient(parameters, batch.graphs, batch.targets);
+    nn::SgdMomentumStep(parameters, velocity, step.gradient, {kLr, kMomentum});
+    return step;
+  };
+
+  tp::v1::ModelInfo info_before;
+  {
+    // The first server: cuda:0 chosen by --network_device=auto on a CUDA backend, or cpu given.
+    std::vector<std::string> flags = device == "cpu" ? std::vector<std::string>{"--backend=cpu",
+                                                                                "--network_device=cpu"}
+                                                     : std::vector<std::string>{"--backend=auto"};
+    TpserveProcess server(Server(models, dir.path() + "/log.0", flags));
+    ASSERT_GT(server.port(), 0) << ReadLog(dir.path() + "/log.0");
+    EXPECT_NE(ReadLog(dir.path() + "/log.0").find("network models compute on " + device), std::string::npos)
+        << ReadLog(dir.path() + "/log.0");
+    Stubs stubs(server.target());
+    tp::v1::ModelInfo info;
+    ASSERT_TRUE(CreateQm9(stubs, "m", 5, &info).ok());
+    EXPECT_EQ(info.device(), device);
+    EXPECT_EQ(info.weight_numel(), cpu->num_parameters());
+
+    std::vector<double> predicted;
+    uint64_t version = 0;
+    ASSERT_TRUE(Predict(stubs, "m", batch.graphs, &predicted, &version).ok());
+    EXPECT_EQ(version, 1u);
+    const std::vector<double> want = *cpu->Predict(parameters, batch.graphs);
+    EXPECT_LT(RelativeError(predicted, want), kTolerance);
+    EXPECT_GT(RelativeError(predicted, std::vector<double>(want.size(), 0.0)), 0.5) << "outputs are not all zero";
+
+    // Three steps, a Predict between: each step is the CPU network's step from the same state.
+    std::printf("%s: Predict relative error %.2e against the fp64 CPU network\n", device.c_str(),
+                RelativeError(predicted, want));
+    for (int step = 0; step < 3; ++step) {
+      tp::v1::TrainStepResponse trained;
+      grpc::Status status = Train(stubs, "m", batch, &trained);
+      ASSERT_TRUE(status.ok()) << status.error_message();
+      EXPECT_EQ(trained.model_version(), 2u + step);
+      nn::LossAndGradient<double> want_step = cpu_step();
+      EXPECT_NEAR(trained.loss(), want_step.loss, kTolerance * want_step.loss) << "step " << step;
+      EXPECT_LT(RelativeError(wire::TensorToDoubles(trained.predictions()), want_step.predictions), kTolerance);
+      losses.push_back(trained.loss());
+      if (step == 0) {
+        ASSERT_TRUE(Predict(stubs, "m", batch.graphs, &predicted, &version).ok());
+        EXPECT_EQ(version, 2u);
+        EXPECT_LT(RelativeError(predicted, *cpu->Predict(parameters, batch.graphs)), kTolerance);
+      }
+    }
+    ASSERT_TRUE(GetModel(stubs, "m", &info_before).ok());
+    EXPECT_EQ(info_before.version(), 4u);
+    server.Kill9();  // each step was durable when it answered
+  }
+  // What the three steps stored: the CPU's parameters and velocity (momentum carried over).
+  server::ModelRepository repository(models);
+  absl::StatusOr<server::RepositoryContents> stored = repository.Scan();
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  ASSERT_EQ(stored->networks.size(), 1u);
+  EXPECT_EQ(stored->networks[0].version, 4u);
+  EXPECT_LT(RelativeError(stored->networks[0].parameters, parameters), kTolerance);
+  EXPECT_LT(RelativeError(stored->networks[0].velocity, velocity), kVelocityTolerance);
+  std::printf("%s: after 3 steps, relative error of the stored parameters %.2e, velocity %.2e\n", device.c_str(),
+              RelativeError(stored->networks[0].parameters, parameters),
+              RelativeError(stored->networks[0].velocity, velocity));
+  // From here the replica continues from the stored state itself.
+  parameters = stored->networks[0].parameters;
+  velocity = stored->networks[0].velocity;
+
+  // The second server (the device named explicitly) serves the stored version and steps on from it.
+  TpserveProcess server(
+      Server(models, dir.path() + "/log.1", {"--backend=" + std::string(device == "cpu" ? "cpu" : "auto"),
+                                             "--network_device=" + device}));
+  ASSERT_GT(server.port(), 0) << ReadLog(dir.path() + "/log.1");
+  Stubs stubs(server.target());
+  tp::v1::ModelInfo info;
+  ASSERT_TRUE(GetModel(stubs, "m", &info).ok());
+  EXPECT_EQ(info.version(), info_before.version());
+  EXPECT_EQ(info.weights_fnv1a64(), info_before.weights_fnv1a64());
+  EXPECT_EQ(info.device(), device);
+  std::vector<double> predicted;
+  uint64_t version = 0;
+  ASSERT_TRUE(Predict(stubs, "m", batch.graphs, &predicted, &version).ok());
+  EXPECT_EQ(version, 4u);
+  EXPECT_LT(RelativeError(predicted, *cpu->Predict(parameters, batch.graphs)), kTolerance);
+  std::vector<double> step_ms;
+  for (int step = 3; step < 12; ++step) {
+    tp::v1::TrainStepResponse trained;
+    const auto start = std::chrono::steady_clock::now();
+    grpc::Status status = Train(stubs, "m", batch, &trained);
+    step_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(trained.model_version(), 2u + step);
+    nn::LossAndGradient<double> want_step = cpu_step();
+    EXPECT_NEAR(trained.loss(), want_step.loss, kTolerance * want_step.loss) << "step " << step;
+    losses.push_back(trained.loss());
+  }
+  EXPECT_LT(losses.back(), 0.8 * losses.front()) << "first " << losses.front() << ", last " << losses.back();
+  ASSERT_TRUE(GetModel(stubs, "m", &info).ok());
+  server.Kill9();
+  stored = repository.Scan();
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  ASSERT_EQ(stored->networks.size(), 1u);
+  EXPECT_EQ(stored->networks[0].version, 13u);
+  EXPECT_EQ(stored->networks[0].version, info.version());
+  EXPECT_LT(RelativeError(stored->networks[0].parameters, parameters), kTolerance);
+  EXPECT_LT(RelativeError(stored->networks[0].velocity, velocity), kVelocityTolerance);
+  std::sort(step_ms.begin(), step_ms.end());
+  std::printf("%s: after 12 steps, relative error of the stored parameters %.2e, velocity %.2e; loss %.4f -> %.4f; "
+              "TrainStep through gRPC (27 molecules, lmax %d mul %d layers %d, saved to disk), median %.2f ms\n",
+              device.c_str(), RelativeError(stored->networks[0].parameters, parameters),
+              RelativeError(stored->networks[0].velocity, velocity), losses.front(), losses.back(), kLmax, kMul,
+              kLayers, step_ms[step_ms.size() / 2]);
+}
+
+// Predicts of whichever version is current while steps run: on a device the runner then switches
+// between versions (uploading the one a call computes on); every Predict must still match its
+// version, and the steps the state after the CPU's same steps (momentum not lost in a switch).
+TEST_P(NetworkDeviceTest, PredictsDuringTraining_MatchTheirVersionAndLeaveTheStepsIntact) {
+  const std::string device = GetParam();
+  TempDir dir;
+  const std::string models = dir.path() + "/models";
+  const nn::data::LabeledBatch batch = *nn::data::MakeBatch(nn::data::GenerateMolecules(9, /*seed=*/3), 0, 9);
+  const nn::data::LabeledBatch other = *nn::data::MakeBatch(nn::data::GenerateMolecules(5, /*seed=*/4), 0, 5);
+  CpuBackend backend(CpuBackendOptions{1});
+  nn::Qm9NetworkConfig config;
+  config.lmax = kLmax;
+  config.mul = kMul;
+  config.layers = kLayers;
+  absl::StatusOr<nn::Qm9Network> cpu = nn::Qm9Network::Create(config, &backend);
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  std::vector<double> parameters = cpu->InitialParameters(9), velocity(parameters.size(), 0.0);
+  constexpr int kSteps = 5;
+  // The CPU's parameters at each version (1: initial), computed before the server runs.
+  std::vector<std::vector<double>> at_version = {{}, parameters};
+  for (int step = 0; step < kSteps; ++step) {
+    nn::LossAndGradient<double> g = *cpu->LossGradient(parameters, batch.graphs, batch.targets);
+    nn::SgdMomentumStep(parameters, velocity, g.gradient, {kLr, kMomentum});
+    at_version.push_back(parameters);
+  }
+  std::vector<std::vector<double>> want_other;  // the other batch's predictions per version
+  for (const std::vector<double>& p : at_version) {
+    want_other.push_back(p.empty() ? std::vector<double>{} : *cpu->Predict(p, other.graphs));
+  }
+
+  TpserveProcess server(Server(models, dir.path() + "/log",
+                               {"--backend=" + std::string(device == "cpu" ? "cpu" : "auto"),
+                                "--network_device=" + device}));
+  ASSERT_GT(server.port(), 0) << ReadLog(dir.path() + "/log");
+  Stubs stubs(server.target());
+  tp::v1::ModelInfo info;
+  ASSERT_TRUE(CreateQm9(stubs, "m", 9, &info).ok());
+  std::atomic<bool> done{false};
+  std::atomic<int> predicts{0}, mismatches{0}, failures{0};
+  std::thread reader([&] {
+    Stubs own(server.target());
+    while (!done.load()) {
+      std::vector<double> out;
+      uint64_t version = 0;
+      if (!Predict(own, "m", other.graphs, &out, &version).ok() || version < 1 || version > kSteps + 1u) {
+        ++failures;
+        continue;
+      }
+      ++predicts;
+      if (RelativeError(out, want_other[version]) > kTolerance) ++mismatches;
+    }
+  });
+  for (int step = 0; step < kSteps; ++step) {
+    tp::v1::TrainStepResponse trained;
+    grpc::Status status = Train(stubs, "m", batch, &trained);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    // A Predict of the previous version has a chance to run between steps.
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  done = true;
+  reader.join();
+  EXPECT_GT(predicts.load(), 0);
+  EXPECT_EQ(mismatches.load(), 0);
+  EXPECT_EQ(failures.load(), 0);
+  server.Kill9();
+  server::ModelRepository repository(models);
+  absl::StatusOr<server::RepositoryContents> stored = repository.Scan();
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  ASSERT_EQ(stored->networks.size(), 1u);
+  EXPECT_EQ(stored->networks[0].version, kSteps + 1u);
+  EXPECT_LT(RelativeError(stored->networks[0].parameters, parameters), kTolerance);
+  EXPECT_LT(RelativeError(stored->networks[0].velocity, velocity), kVelocityTolerance);
+  std::printf("%s: %d Predicts during %d steps, stored velocity relative error %.2e\n", device.c_str(),
+              predicts.load(), kSteps, RelativeError(stored->networks[0].velocity, velocity));
+}
+
+INSTANTIATE_TEST_SUITE_P(Devices, NetworkDeviceTest, ::testing::Values("cpu", "cuda:0"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param == "cpu" ? std::string("cpu") : std::string("cuda0");
+                         });
+
+// Values the server cannot start with: exit 2 with one line naming the flag.
+TEST(NetworkDeviceFlagTest, BadValues_AreAStartupErrorNamingTheFlag) {
+  TempDir dir;
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"tpu", "--network_device 'tpu': expected auto, cpu, cuda or cuda:N"},
+      {"cuda:x", "--network_device 'cuda:x': expected auto, cpu, cuda or cuda:N"},
+      // no device 64 anywhere; without CUDA support or a GPU the reason differs, the flag is named
+      {"cuda:64", "--network_device 'cuda:64': "},
+  };
+  int i = 0;
+  for (const auto& [value, words] : cases) {
+    const std::string log = dir.path() + "/log." + std::to_string(i++);
+    TpserveProcess::Options options{
+        TpservePath(), {"--listen=127.0.0.1:0", "--metrics_address=", "--backend=cpu", "--network_device=" + value}, log};
+    options.start_timeout = std::chrono::seconds(20);
+    TpserveProcess server(options);
+    EXPECT_EQ(server.port(), 0) << value;
+    EXPECT_TRUE(server.ExitsWithin(std::chrono::seconds(10))) << value;
+    EXPECT_NE(ReadLog(log).find(words), std::string::npos) << ReadLog(log);
+  }
+}
+
+// How --network_device resolves against the server's backends (MakeNetworkRunners).
+TEST(NetworkDeviceFlagTest, Resolution_AutoTakesTheFirstCudaBackendElseTheCpu) {
+  auto device = [](const std::string& spec, const std::vector<std::string>& backends) -> std::string {
+    absl::StatusOr<std::unique_ptr<server::NetworkRunnerFactory>> runners = server::MakeNetworkRunners(spec, backends);
+    return runners.ok() ? (*runners)->device() : std::string(absl::StatusCodeToString(runners.status().code()));
+  };
+  EXPECT_EQ(device("cpu", {"cuda:0"}), "cpu");
+  EXPECT_EQ(device("auto", {"cpu"}), "cpu");
+  EXPECT_EQ(device("auto", {"cpu:0", "cpu:1"}), "cpu");
+  EXPECT_EQ(device("gpu", {"cpu"}), "INVALID_ARGUMENT");
+  EXPECT_EQ(device("cuda:-1", {"cpu"}), "INVALID_ARGUMENT");
+  EXPECT_EQ(device("auto", {"cuda:64"}), "UNAVAILABLE");  // no such device here
+  if (CudaDeviceCount() > 0) {
+    EXPECT_EQ(device("auto", {"cpu", "cuda:0", "cuda:0"}), "cuda:0");
+    EXPECT_EQ(device("cuda", {"cpu"}), "cuda:0");
+  }
+}
+
+// auto on a CPU backend: the CPU, printed at start and in ModelInfo.
+TEST(NetworkDeviceFlagTest, AutoOnACpuBackend_IsTheCpu) {
+  TempDir dir;
+  TpserveProcess server({TpservePath(), {"--listen=127.0.0.1:0", "--metrics_address=", "--backend=cpu"},
+                         dir.path() + "/log"});
+  ASSERT_GT(server.port(), 0);
+  EXPECT_NE(ReadLog(dir.path() + "/log").find("network models compute on cpu"), std::string::npos);
+  Stubs stubs(server.target());
+  tp::v1::ModelInfo info;
+  ASSERT_TRUE(CreateQm9(stubs, "m", 1, &info).ok());
+  EXPECT_EQ(info.device(), "cpu");
+}
+
+}  // namespace
+}  // namespace tpserve::testing
