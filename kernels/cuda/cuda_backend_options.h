@@ -27,8 +27,8 @@ struct CudaBackendOptions {
   // Blocks per SM of the factored forward's work split; 0: chosen per batch size and SM count.
   int factored_blocks_per_sm = 0;
   enum class WeightGradKernel {
-    kAuto,   // wgmma where usable for fp32 at every batch and for tf32 from kWeightGradWgmmaTf32MinBatch
-             // samples (measured faster there on H100), mma.sync otherwise
+    kAuto,   // wgmma where usable for fp32 from kWeightGradWgmmaFp32MinBatch samples and for tf32 from
+             // kWeightGradWgmmaTf32MinBatch (measured faster there on H100), mma.sync otherwise
     kMma,    // the generated-operand GEMM on mma.sync (tp_weight_grad.cu), any device
     kWgmma,  // the factored weight gradient on wgmma (tp_weight_grad_wgmma.cu) where usable (sm_90a,
              // every path with T, R in {1, 3, 5} and S <= 5; fp32 and tf32), mma.sync otherwise
@@ -36,8 +36,11 @@ struct CudaBackendOptions {
   WeightGradKernel weight_grad_kernel = WeightGradKernel::kAuto;
 };
 
-// weight_grad_kernel=auto: the smallest batch at which tf32 takes the wgmma weight gradient (below
-// it, mma.sync was as fast or faster on H100: docs/BENCHMARKS.md).
+// weight_grad_kernel=auto: the smallest batches at which fp32 and tf32 take the wgmma weight gradient
+// (below them, mma.sync was as fast or faster on H100: docs/BENCHMARKS.md). fp32: the wgmma kernel
+// costs the same for 1 to 16 samples (one chunk of 16), ~0.15 ms fixed; the seed task at batch 1 took
+// 0.331 ms with it against 0.289 ms on mma.sync, at 8 0.333 against 0.324, at 64 0.621 against 0.790.
+inline constexpr int64_t kWeightGradWgmmaFp32MinBatch = 16;
 inline constexpr int64_t kWeightGradWgmmaTf32MinBatch = 2048;
 
 inline const char* WeightGradKernelName(CudaBackendOptions::WeightGradKernel kernel) {

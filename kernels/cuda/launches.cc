@@ -74,8 +74,9 @@ absl::Status RunBackward(const CudaPreparedPlan& prepared, const float* w, const
   const TensorProductPlan& plan = prepared.plan();
   if (grads.grad_weight.present()) {
     float* dw = grads.grad_weight.typed<float>();
-    const bool wgmma = prepared.wg_wgmma && (precision == Precision::kFp32 ||
-                                             (precision == Precision::kTf32 && batch >= prepared.wg_wgmma_tf32_min_batch));
+    const bool wgmma =
+        prepared.wg_wgmma && ((precision == Precision::kFp32 && batch >= prepared.wg_wgmma_fp32_min_batch) ||
+                              (precision == Precision::kTf32 && batch >= prepared.wg_wgmma_tf32_min_batch));
     ASSIGN_OR_RETURN(std::shared_ptr<const WorkList> work, prepared.GetWork(wgmma ? 6 : 3, batch));
     WeightGradStore store = grads.accumulate_grad_weight ? WeightGradStore::kAdd
                                                                 : WeightGradStore::kAssign;

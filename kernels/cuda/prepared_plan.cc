@@ -311,8 +311,9 @@ absl::StatusOr<std::unique_ptr<CudaPreparedPlan>> PrepareCudaPlan(const TensorPr
   for (const WeightGradPath& d : prepared->wg_paths) wg_wgmma_fits = wg_wgmma_fits && cuda::WeightGradWgmmaSupports(d);
   using WeightGradKernel = CudaBackendOptions::WeightGradKernel;
   prepared->wg_wgmma = wg_wgmma_fits && wgmma_usable && options.weight_grad_kernel != WeightGradKernel::kMma;
-  prepared->wg_wgmma_tf32_min_batch =
-      options.weight_grad_kernel == WeightGradKernel::kAuto ? kWeightGradWgmmaTf32MinBatch : 0;
+  const bool auto_kernel = options.weight_grad_kernel == WeightGradKernel::kAuto;
+  prepared->wg_wgmma_fp32_min_batch = auto_kernel ? kWeightGradWgmmaFp32MinBatch : 0;
+  prepared->wg_wgmma_tf32_min_batch = auto_kernel ? kWeightGradWgmmaTf32MinBatch : 0;
   RETURN_IF_ERROR(prepared->wg_paths_dev.Upload(prepared->wg_paths));
   // g[z, off + w*d + k] -> g_ir_mul[z, off + k*mul + w] for every output irrep block.
   std::vector<int> ir_mul_col(plan.dim_out());
