@@ -390,8 +390,7 @@ absl::StatusOr<std::unique_ptr<Qm9CudaNetwork>> Qm9CudaNetwork::Create(const Qm9
   auto state = std::make_unique<State>();
   state->config = config;
   state->options = options;
-  state->per_species_fctp = options.fctp == Qm9CudaOptions::FctpMode::kPerSpecies ||
-                            (options.fctp == Qm9CudaOptions::FctpMode::kAuto && config.mul >= 512);
+  state->per_species_fctp = options.fctp != Qm9CudaOptions::FctpMode::kDense;
   ASSIGN_OR_RETURN(state->backend, CudaBackend::Create(options.device));
   ASSIGN_OR_RETURN(state->structure, BuildQm9Structure(config, nullptr));
   ASSIGN_OR_RETURN(void* stream, state->backend->CreateStream());

@@ -33,8 +33,8 @@ struct Qm9CudaOptions {
   // The FCTPs with the one-hot attributes. kPerSpecies: as cuBLAS GEMMs on the nodes of each
   // species with that species' weight slice (1/num_elements of the dense work; nn/species_fctp.h
   // has the algebra); kDense: the dense e3nn product through the CUDA backend; kAuto: per species
-  // from mul 512 on, dense below (the faster one in the H100 runs of nn/README.md: at mul 128 the
-  // per-species GEMMs are too small and too many, at mul 512 they do 1/5 of the work).
+  // (since the per-species GEMMs run as one strided-batched GEMM per path, the faster one at all four
+  // of issue 19's shapes on H100: 4.3 against 9.0 ms at lmax 1 mul 128, docs/BENCHMARKS.md).
   enum class FctpMode { kAuto, kPerSpecies, kDense };
   FctpMode fctp = FctpMode::kAuto;
 };
