@@ -63,6 +63,7 @@ ModelInfo NetworkModel::Info() const {
   info.version = snapshot.version;
   info.weights_fnv1a64 = snapshot.parameters_fnv1a64;
   info.device = device_;
+  info.saved_version = saved_version();
   return info;
 }
 
