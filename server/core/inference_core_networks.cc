@@ -190,11 +190,9 @@ absl::StatusOr<NetworkTrainResult> InferenceCore::TrainStep(const std::string& n
   const bool save = repository_.persistent() &&
                     (shut_down_.load() || version - model->saved_version() >=
                                               static_cast<uint64_t>(std::max<int64_t>(config_.network_save_every, 1)));
-  if (save) {
-    RETURN_IF_ERROR(repository_.WriteNetworkState(name, model->spec(), version, parameters, velocity));
-    model->SetSavedVersion(version);
-  }
+  if (save) RETURN_IF_ERROR(repository_.WriteNetworkState(name, model->spec(), version, parameters, velocity));
   model->SetState(MakeNetworkState(version, std::move(parameters), std::move(velocity)));
+  if (save) model->SetSavedVersion(version);  // after the state: Info never shows saved > version
   NetworkTrainResult result;
   result.loss = step.loss;
   result.predictions = std::move(step.predictions);
