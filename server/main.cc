@@ -16,6 +16,8 @@
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "kernels/backend_factory.h"
 #include "server/core/inference_core.h"
@@ -34,6 +36,12 @@ ABSL_FLAG(std::string, backend, "auto", "auto | cpu | cuda | cuda:0,cuda:1,... (
 ABSL_FLAG(std::string, network_device, "auto",
           "where network models (kind qm9) compute: auto (the first CUDA device of --backend, else cpu) | cpu | "
           "cuda | cuda:N");
+// A string, read by LoadConfig: a value that is not a number is then tpserve's own start-up error
+// (exit 2, naming the flag) rather than Abseil's (exit 1).
+ABSL_FLAG(std::string, network_save_every, "1",
+          "network models: a TrainStep is written to --model_dir (fsynced) before it is served when it makes N "
+          "steps since the version on disk; the others are served from memory at once. 1: every step durable; "
+          "N > 1: kill -9 loses at most the last N-1 steps, SIGTERM/SIGINT saves them");
 ABSL_FLAG(int, workers_per_gpu, 2, "workers (streams, weight replicas) per GPU; 2 (default): copies of one overlap compute of the other");
 ABSL_FLAG(std::string, forward_kernel, "auto",
           "CUDA forward kernel: auto (wgmma where usable) | factored-mma | factored-3xtf32 | gemm");
@@ -140,6 +148,13 @@ absl::StatusOr<ServerConfig> LoadConfig() {
   take("backend", c.backend, absl::GetFlag(FLAGS_backend));
   take("network_device", c.network_device, absl::GetFlag(FLAGS_network_device));
   take("workers_per_gpu", c.workers_per_gpu, absl::GetFlag(FLAGS_workers_per_gpu));
+  if (Given("network_save_every")) {
+    const std::string every = absl::GetFlag(FLAGS_network_save_every);
+    if (!absl::SimpleAtoi(every, &c.core.network_save_every)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--network_save_every '", every, "': expected a whole number >= 1 (1: every step saved)"));
+    }
+  }
   if (Given("forward_kernel")) {
     absl::StatusOr<CudaBackendOptions::ForwardKernel> kernel = ParseForwardKernel(absl::GetFlag(FLAGS_forward_kernel));
     if (!kernel.ok()) return absl::InvalidArgumentError(absl::StrCat("--", kernel.status().message()));
@@ -293,6 +308,11 @@ int Main() {
     return 2;
   }
   std::cout << "tpserve: network models compute on " << (*network_runners)->device() << std::endl;
+  if (config->core.network_save_every > 1) {
+    std::cout << "tpserve: network models: a training step is saved when it makes "
+              << config->core.network_save_every << " steps since the version on disk (kill -9 loses at most "
+              << config->core.network_save_every - 1 << " steps; SIGTERM/SIGINT saves them)" << std::endl;
+  }
   auto core = InferenceCore::Create(config->core, *std::move(backends), &metrics, *std::move(network_backend),
                                     *std::move(network_runners));
   if (!core.ok()) {

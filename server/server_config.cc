@@ -84,6 +84,7 @@ absl::Status ApplyConfigFile(const std::string& path, ServerConfig* config) {
       else if (key == "max_memory_bytes") config->core.max_memory_bytes = value.get<int64_t>();
       else if (key == "max_graph_nodes") config->core.max_graph_nodes = value.get<int64_t>();
       else if (key == "max_graph_edges") config->core.max_graph_edges = value.get<int64_t>();
+      else if (key == "network_save_every") config->core.network_save_every = value.get<int64_t>();
       else if (key == "upload_idle_seconds") config->transport.upload_idle_seconds = value.get<double>();
       else if (key == "idle_release_seconds") config->transport.idle_release_seconds = value.get<double>();
       else if (key == "max_open_watch_streams") config->transport.max_open_watch_streams = value.get<int64_t>();
@@ -148,6 +149,7 @@ absl::Status ValidateConfig(const ServerConfig& c) {
       expect(!t.listen_address.empty(), "listen", "HOST:PORT", "\"\""),
       expect(!c.backend.empty(), "backend", "auto, cpu, cuda or cuda:N,...", "\"\""),
       at_least(c.workers_per_gpu, 1, "workers_per_gpu"),
+      at_least(core.network_save_every, 1, "network_save_every"),
       at_least(core.max_batch_size, 1, "max_batch_size"),
       at_least(core.max_queue_delay_us, 0, "max_queue_delay_us"),
       at_least(core.max_queued_requests, 1, "max_queued_requests"),

@@ -66,10 +66,10 @@ absl::StatusOr<tp::v1::ModelInfo> GetModel(client::TpClient& client, const std::
 
 void PrintNetwork(const tp::v1::ModelInfo& m) {
   std::cout << absl::StrFormat("%s  kind qm9  lmax %d  mul %d  layers %d  elements %d  targets %d  parameters %d  "
-                               "version %d  fnv1a64 %016x%s\n",
+                               "version %d  fnv1a64 %016x%s%s\n",
                                m.name(), m.qm9().lmax(), m.qm9().mul(), m.qm9().layers(), m.qm9().num_elements(),
                                m.qm9().num_targets(), m.weight_numel(), m.version(), m.weights_fnv1a64(),
-                               m.device().empty() ? "" : "  device " + m.device());
+                               m.device().empty() ? "" : "  device " + m.device(), SavedVersionNote(m));
 }
 
 absl::Status Create(client::TpClient& client, const std::string& name, const CommandArgs& args) {
@@ -174,6 +174,11 @@ absl::Status Predict(client::TpClient& client, const std::string& name, const Co
 }
 
 }  // namespace
+
+std::string SavedVersionNote(const tp::v1::ModelInfo& model) {
+  if (model.saved_version() == 0 || model.saved_version() == model.version()) return "";
+  return absl::StrCat("  saved version ", model.saved_version());
+}
 
 absl::Status RunQm9Command(const std::vector<std::string>& argv, const std::set<std::string>& connection_flags,
                            const ConnectFn& connect) {

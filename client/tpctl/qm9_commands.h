@@ -27,6 +27,10 @@ using ConnectFn = std::function<absl::StatusOr<std::unique_ptr<client::TpClient>
 
 // argv: what follows "qm9" (the subcommand first). `connection_flags` are accepted beside the
 // subcommand's own; `connect` makes the client from them.
+// "  saved version S" for a network model whose served version is not yet all on the server's disk
+// (tpserve --network_save_every N > 1); "" otherwise, so the usual line stays as it was.
+std::string SavedVersionNote(const tp::v1::ModelInfo& model);
+
 absl::Status RunQm9Command(const std::vector<std::string>& argv, const std::set<std::string>& connection_flags,
                            const ConnectFn& connect);
 

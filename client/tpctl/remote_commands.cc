@@ -95,9 +95,10 @@ absl::Status WriteFloats(const std::string& path, const std::vector<float>& valu
 
 void PrintModel(const tp::v1::ModelInfo& m) {
   if (m.kind() == "qm9") {
-    std::cout << absl::StrFormat("%s  kind qm9  lmax %d  mul %d  layers %d  parameters %d  version %d  fnv1a64 %016x%s\n",
+    std::cout << absl::StrFormat("%s  kind qm9  lmax %d  mul %d  layers %d  parameters %d  version %d  fnv1a64 %016x%s%s\n",
                                  m.name(), m.qm9().lmax(), m.qm9().mul(), m.qm9().layers(), m.weight_numel(),
-                                 m.version(), m.weights_fnv1a64(), m.device().empty() ? "" : "  device " + m.device());
+                                 m.version(), m.weights_fnv1a64(), m.device().empty() ? "" : "  device " + m.device(),
+                                 SavedVersionNote(m));
     return;
   }
   std::cout << absl::StrFormat("%s  version %d  weights %d  in1 %s  in2 %s  out %s  paths %d  fnv1a64 %016x\n",

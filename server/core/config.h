@@ -38,6 +38,11 @@ struct CoreConfig {
   // (more: INVALID_ARGUMENT naming the limit).
   int64_t max_graph_nodes = 100000;
   int64_t max_graph_edges = 1000000;
+  // Network models: a TrainStep's new version is written to the repository (and fsynced) before
+  // it is served when it makes this many steps since the version on disk; the others are served
+  // from memory at once. 1 (default): every step durable before it answers. N > 1: a crash
+  // (kill -9) loses at most the last N-1 steps; a graceful shutdown (Shutdown) saves them.
+  int64_t network_save_every = 1;
 
   std::string DebugString() const;
 };

@@ -269,6 +269,7 @@ void InferenceCore::Shutdown() {
   // Create may fail (a damaged repository) before the batcher and the workers exist.
   if (batcher_ != nullptr) batcher_->Shutdown();
   for (auto& worker : workers_) worker->Join();
+  SaveNetworkModels().IgnoreError();  // each failure is logged; the repository keeps its last version
 }
 
 std::vector<std::string> InferenceCore::devices() const {
@@ -686,13 +687,13 @@ std::string CoreConfig::DebugString() const {
   return absl::StrFormat(
       "model_dir=%s skip_damaged_models=%s max_batch_size=%d max_queue_delay_us=%d max_queued_requests=%d "
       "max_queued_bytes=%d non_finite=%s max_inline_grad_bytes=%d max_pinned_host_bytes=%d max_paths=%d "
-      "max_memory_bytes=%s max_graph_nodes=%d max_graph_edges=%d",
+      "max_memory_bytes=%s max_graph_nodes=%d max_graph_edges=%d network_save_every=%d",
       model_dir.empty() ? "(memory)" : model_dir, skip_damaged_models ? "on" : "off", max_batch_size,
       max_queue_delay_us, max_queued_requests, max_queued_bytes, reject_non_finite ? "reject" : "pass",
       max_inline_grad_bytes, max_pinned_host_bytes, max_paths,
       max_memory_bytes > 0 ? absl::StrCat(max_memory_bytes)
                            : absl::StrCat(MemoryBudget::DefaultLimitBytes(), " (half of RAM)"),
-      max_graph_nodes, max_graph_edges);
+      max_graph_nodes, max_graph_edges, network_save_every);
 }
 
 }  // namespace tpserve::server

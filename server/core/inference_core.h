@@ -120,9 +120,15 @@ class InferenceCore {
   // One SGD-with-momentum step on the L1 loss, all or nothing: steps on one model run one at a
   // time; the new parameters and velocity are saved, then swapped in (Predict sees the old or the
   // new version, never a mix). expected_version 0: unconditional.
+  // With config().network_save_every N > 1, only a step that makes N steps since the version on
+  // disk is saved first; the others are swapped in at once and saved later (SaveNetworkModels).
   absl::StatusOr<NetworkTrainResult> TrainStep(const std::string& name, const nn::GraphBatch& graphs,
                                                const std::vector<double>& targets, double learning_rate,
                                                double momentum, uint64_t expected_version);
+  // Writes every network model whose served version is not yet in the repository (steps kept in
+  // memory by network_save_every > 1), one line each on stdout; a failure is a line on stderr and
+  // the first one is returned after trying the rest. Shutdown calls it.
+  absl::Status SaveNetworkModels();
 
   // ---- compute -------------------------------------------------------------------------
   // Checks a request against its model (NOT_FOUND, INVALID_ARGUMENT naming expected shapes).
@@ -165,7 +171,8 @@ class InferenceCore {
   // for an idle server, so that a past burst does not stay resident. Returns the pool's bytes freed.
   size_t ReleaseIdleMemory();
 
-  // Stops admission, finishes everything admitted, joins the workers. Idempotent.
+  // Stops admission, finishes everything admitted, joins the workers, then saves the network
+  // models' unsaved steps (SaveNetworkModels; a step that ends after that saves itself). Idempotent.
   void Shutdown();
 
   // Device faults (Backend::CheckDevice after a failed launch): `listener` is called once per lost

@@ -1,6 +1,8 @@
 // InferenceCore's network models (kind "qm9"): create, load, find, Predict and TrainStep. The
 // tensor-product half of the core is in inference_core.cc; both share the models' namespace.
+#include <algorithm>
 #include <cmath>
+#include <iostream>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/core/status_macros.h"
@@ -57,6 +59,7 @@ absl::Status InferenceCore::AddStoredNetwork(StoredNetwork stored) {
       stored.name, stored.spec, *std::move(network),
       MakeNetworkState(stored.version, std::move(stored.parameters), std::move(stored.velocity)));
   model->HoldMemory(std::move(memory));
+  model->SetSavedVersion(stored.version);
   if (absl::Status attached = model->AttachRunner(*network_runners_); !attached.ok()) {
     return absl::DataLossError(absl::StrCat(where, attached.message()));
   }
@@ -91,6 +94,7 @@ absl::StatusOr<ModelInfo> InferenceCore::CreateNetworkModel(const std::string& n
                                               MakeNetworkState(1, parameters, velocity));
   RETURN_IF_ERROR(model->AttachRunner(*network_runners_));
   RETURN_IF_ERROR(repository_.CreateNetwork(StoredNetwork{name, spec, 1, std::move(parameters), std::move(velocity)}));
+  model->SetSavedVersion(repository_.persistent() ? 1 : 0);
   model->HoldMemory(std::move(memory));
   ModelInfo info = model->Info();
   {
@@ -179,15 +183,50 @@ absl::StatusOr<NetworkTrainResult> InferenceCore::TrainStep(const std::string& n
   std::vector<double> parameters = std::move(step.parameters);
   std::vector<double> velocity = std::move(step.velocity);
   const uint64_t version = state.version + 1;
-  // Saved first: a failed save leaves the model as it was, in memory and on disk.
-  RETURN_IF_ERROR(repository_.WriteNetworkState(name, model->spec(), version, parameters, velocity));
+  // Saved first when this step makes network_save_every steps since the version on disk (every
+  // step by default), or once Shutdown began (its save may have passed this model already): a
+  // failed save leaves the model as it was, in memory and on disk. Otherwise the new version is
+  // served from memory until a later step's save or Shutdown's.
+  const bool save = repository_.persistent() &&
+                    (shut_down_.load() || version - model->saved_version() >=
+                                              static_cast<uint64_t>(std::max<int64_t>(config_.network_save_every, 1)));
+  if (save) RETURN_IF_ERROR(repository_.WriteNetworkState(name, model->spec(), version, parameters, velocity));
   model->SetState(MakeNetworkState(version, std::move(parameters), std::move(velocity)));
+  if (save) model->SetSavedVersion(version);  // after the state: Info never shows saved > version
   NetworkTrainResult result;
   result.loss = step.loss;
   result.predictions = std::move(step.predictions);
   result.num_targets = num_targets;
   result.version = version;
   return result;
+}
+
+absl::Status InferenceCore::SaveNetworkModels() {
+  std::vector<std::shared_ptr<NetworkModel>> models;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [name, model] : networks_) models.push_back(model);
+  }
+  absl::Status first_error;
+  for (const std::shared_ptr<NetworkModel>& model : models) {
+    // After any step in progress; a deleted model's directory is gone (nothing to save).
+    std::lock_guard<std::mutex> update_lock(model->update_mutex());
+    const NetworkState state = model->state();
+    const uint64_t saved = model->saved_version();
+    if (!repository_.persistent() || model->deleted() || state.version == saved) continue;
+    absl::Status written =
+        repository_.WriteNetworkState(model->name(), model->spec(), state.version, *state.parameters, *state.velocity);
+    if (!written.ok()) {
+      std::cerr << "tpserve: network model '" << model->name() << "': version " << state.version
+                << " not saved (" << written.message() << "); the repository keeps version " << saved << std::endl;
+      first_error.Update(written);
+      continue;
+    }
+    model->SetSavedVersion(state.version);
+    std::cout << "tpserve: network model '" << model->name() << "': saved version " << state.version << " ("
+              << state.version - saved << " steps since the last save)" << std::endl;
+  }
+  return first_error;
 }
 
 }  // namespace tpserve::server

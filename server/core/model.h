@@ -44,6 +44,9 @@ struct ModelInfo {
   uint64_t version = 0;
   uint64_t weights_fnv1a64 = 0;
   std::string device;  // network models: where Predict and TrainStep compute ("cpu", "cuda:0")
+  // Network models: the version in the repository (behind `version` by the steps not yet saved,
+  // --network_save_every); 0 on a server without a repository.
+  uint64_t saved_version = 0;
 };
 
 // OK for [A-Za-z0-9_.-]{1,128} not starting with '.'; INVALID_ARGUMENT otherwise.

@@ -54,6 +54,8 @@ absl::Status NetworkModel::AttachRunner(NetworkRunnerFactory& runners) {
 }
 
 ModelInfo NetworkModel::Info() const {
+  // The saved version first: it is set after the state it names, so saved_version <= version.
+  const uint64_t saved = saved_version();
   NetworkState snapshot = state();
   ModelInfo info;
   info.name = name_;
@@ -63,6 +65,7 @@ ModelInfo NetworkModel::Info() const {
   info.version = snapshot.version;
   info.weights_fnv1a64 = snapshot.parameters_fnv1a64;
   info.device = device_;
+  info.saved_version = saved;
   return info;
 }
 

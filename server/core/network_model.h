@@ -58,6 +58,10 @@ class NetworkModel {
 
   NetworkState state() const;
   void SetState(NetworkState state);
+  // The version in the repository: state().version at creation and load, then moved by the saves
+  // (CoreConfig::network_save_every); 0 for a server without a repository. Set under update_mutex.
+  uint64_t saved_version() const { return saved_version_.load(); }
+  void SetSavedVersion(uint64_t version) { saved_version_.store(version); }
   ModelInfo Info() const;
 
   // Serializes training steps (and delete) of this model.
@@ -74,6 +78,7 @@ class NetworkModel {
   NetworkState state_;
   std::mutex update_mu_;
   std::atomic<bool> deleted_{false};
+  std::atomic<uint64_t> saved_version_{0};
   MemoryBudget::Reservation memory_;
   std::string device_;
   std::unique_ptr<NetworkRunner> runner_;  // uses network_: declared after it, destroyed before it

@@ -64,6 +64,7 @@ void ToProto(const ModelInfo& info, tp::v1::ModelInfo* out) {
     qm9->set_num_elements(info.network.num_elements);
     qm9->set_num_targets(info.network.num_targets);
     out->set_device(info.device);
+    out->set_saved_version(info.saved_version);
   }
 }
 

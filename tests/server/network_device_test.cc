@@ -3,8 +3,11 @@
 // nn/ (fp64) on the same parameters: Predict, TrainStep losses, parameters and momentum velocity
 // after steps (read from the repository after kill -9), and a restart that resumes from what the
 // last step stored. The cuda0 instance skips without a CUDA device; the cpu instance runs the same
-// checks everywhere. Also: the start-up line, ModelInfo.device, and bad values refused at start.
+// checks everywhere. Also: the start-up line, ModelInfo.device, and bad values refused at start;
+// --network_save_every (steps kept in memory between saves: lost to kill -9, saved by SIGTERM).
 // $TPSERVE_BIN, when set, names the tpserve to start (tools/gpu/network_device.sh, a bundle).
+#include <signal.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -344,6 +347,135 @@ TEST_P(NetworkDeviceTest, PredictsDuringTraining_MatchTheirVersionAndLeaveTheSte
               predicts.load(), kSteps, RelativeError(stored->networks[0].velocity, velocity));
 }
 
+// --network_save_every 5: steps are served at once and saved when they make 5 since the version
+// on disk (versions 6 and 11 of 12 steps). kill -9 then loses the last two, and the restart
+// serves version 11 equal to the CPU network's 10 steps; SIGTERM saves the steps a server holds
+// in memory; deleting a model with unsaved steps just deletes it.
+TEST_P(NetworkDeviceTest, SaveEvery5_KillLosesOnlyUnsavedSteps_SigtermSavesThem) {
+  const std::string device = GetParam();
+  TempDir dir;
+  const std::string models = dir.path() + "/models";
+  const nn::data::LabeledBatch batch = *nn::data::MakeBatch(nn::data::GenerateMolecules(9, /*seed=*/7), 0, 9);
+  CpuBackend backend(CpuBackendOptions{1});
+  nn::Qm9NetworkConfig config;
+  config.lmax = kLmax;
+  config.mul = kMul;
+  config.layers = kLayers;
+  absl::StatusOr<nn::Qm9Network> cpu = nn::Qm9Network::Create(config, &backend);
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  // The CPU network's parameters, velocity and loss at each version (1: created; step k makes k + 1).
+  constexpr int kSteps = 12;
+  std::vector<std::vector<double>> parameters = {{}, cpu->InitialParameters(5)};
+  std::vector<std::vector<double>> velocity = {{}, std::vector<double>(parameters[1].size(), 0.0)};
+  std::vector<double> loss = {0, 0};  // loss[v]: the step that made version v
+  for (int v = 2; v <= kSteps + 1; ++v) {
+    std::vector<double> p = parameters[v - 1], m = velocity[v - 1];
+    nn::LossAndGradient<double> step = *cpu->LossGradient(p, batch.graphs, batch.targets);
+    nn::SgdMomentumStep(p, m, step.gradient, {kLr, kMomentum});
+    parameters.push_back(std::move(p));
+    velocity.push_back(std::move(m));
+    loss.push_back(step.loss);
+  }
+  const std::vector<std::string> flags = {"--backend=" + std::string(device == "cpu" ? "cpu" : "auto"),
+                                          "--network_device=" + device, "--network_save_every=5"};
+  auto stored_version = [&]() -> uint64_t {
+    absl::StatusOr<server::RepositoryContents> stored = server::ModelRepository(models).Scan();
+    EXPECT_TRUE(stored.ok()) << stored.status();
+    EXPECT_TRUE(stored.ok() && stored->damaged.empty());
+    return stored.ok() && stored->networks.size() == 1 ? stored->networks[0].version : 0;
+  };
+  auto expect_stored = [&](uint64_t version) {
+    absl::StatusOr<server::RepositoryContents> stored = server::ModelRepository(models).Scan();
+    ASSERT_TRUE(stored.ok()) << stored.status();
+    ASSERT_EQ(stored->networks.size(), 1u);
+    EXPECT_EQ(stored->networks[0].version, version);
+    EXPECT_LT(RelativeError(stored->networks[0].parameters, parameters[version]), kTolerance);
+    EXPECT_LT(RelativeError(stored->networks[0].velocity, velocity[version]), kVelocityTolerance);
+  };
+  auto step_to = [&](Stubs& stubs, uint64_t version) {
+    tp::v1::TrainStepResponse trained;
+    grpc::Status status = Train(stubs, "m", batch, &trained);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(trained.model_version(), version);
+    EXPECT_NEAR(trained.loss(), loss[version], kTolerance * loss[version]) << "version " << version;
+  };
+  auto expect_serves = [&](Stubs& stubs, uint64_t version, uint64_t saved) {
+    tp::v1::ModelInfo info;
+    ASSERT_TRUE(GetModel(stubs, "m", &info).ok());
+    EXPECT_EQ(info.version(), version);
+    EXPECT_EQ(info.saved_version(), saved);
+    std::vector<double> predicted;
+    uint64_t served = 0;
+    ASSERT_TRUE(Predict(stubs, "m", batch.graphs, &predicted, &served).ok());
+    EXPECT_EQ(served, version);
+    EXPECT_LT(RelativeError(predicted, *cpu->Predict(parameters[version], batch.graphs)), kTolerance);
+  };
+
+  {
+    TpserveProcess server(Server(models, dir.path() + "/log.0", flags));
+    ASSERT_GT(server.port(), 0) << ReadLog(dir.path() + "/log.0");
+    EXPECT_NE(ReadLog(dir.path() + "/log.0").find("network_save_every=5"), std::string::npos)
+        << ReadLog(dir.path() + "/log.0");
+    Stubs stubs(server.target());
+    tp::v1::ModelInfo info;
+    ASSERT_TRUE(CreateQm9(stubs, "m", 5, &info).ok());
+    EXPECT_EQ(info.saved_version(), 1u);
+    for (uint64_t version = 2; version <= kSteps + 1; ++version) {
+      step_to(stubs, version);
+      // On disk: the last version that made 5 steps since the one before (1, 6, 11).
+      const uint64_t saved = version < 6 ? 1 : version < 11 ? 6 : 11;
+      ASSERT_TRUE(GetModel(stubs, "m", &info).ok());
+      EXPECT_EQ(info.version(), version);
+      EXPECT_EQ(info.saved_version(), saved);
+      EXPECT_EQ(stored_version(), saved) << "after the step to version " << version;
+    }
+    expect_serves(stubs, kSteps + 1, 11);
+    server.Kill9();
+  }
+  // Steps 11 and 12 (versions 12, 13) were in memory only: the repository holds version 11.
+  expect_stored(11);
+
+  {
+    TpserveProcess server(Server(models, dir.path() + "/log.1", flags));
+    ASSERT_GT(server.port(), 0) << ReadLog(dir.path() + "/log.1");
+    Stubs stubs(server.target());
+    expect_serves(stubs, 11, 11);
+    step_to(stubs, 12);
+    step_to(stubs, 13);
+    expect_serves(stubs, 13, 11);
+    server.Signal(SIGTERM);
+    ASSERT_TRUE(server.ExitsWithin(std::chrono::seconds(60))) << ReadLog(dir.path() + "/log.1");
+    EXPECT_EQ(server.exit_code(), 0);
+    EXPECT_NE(ReadLog(dir.path() + "/log.1").find("network model 'm': saved version 13 (2 steps since the last save)"),
+              std::string::npos)
+        << ReadLog(dir.path() + "/log.1");
+  }
+  expect_stored(13);
+
+  TpserveProcess server(Server(models, dir.path() + "/log.2", flags));
+  ASSERT_GT(server.port(), 0) << ReadLog(dir.path() + "/log.2");
+  Stubs stubs(server.target());
+  expect_serves(stubs, 13, 13);
+  // A step kept in memory, then the model deleted: gone from memory and disk, and the shutdown
+  // has nothing to save.
+  tp::v1::TrainStepResponse trained;
+  ASSERT_TRUE(Train(stubs, "m", batch, &trained).ok());
+  grpc::ClientContext context;
+  tp::v1::DeleteModelRequest request;
+  request.set_name("m");
+  tp::v1::DeleteModelResponse deleted;
+  ASSERT_TRUE(stubs.models->DeleteModel(&context, request, &deleted).ok());
+  tp::v1::ModelInfo info;
+  EXPECT_EQ(GetModel(stubs, "m", &info).error_code(), grpc::StatusCode::NOT_FOUND);
+  server.Signal(SIGTERM);
+  ASSERT_TRUE(server.ExitsWithin(std::chrono::seconds(60))) << ReadLog(dir.path() + "/log.2");
+  EXPECT_EQ(server.exit_code(), 0);
+  EXPECT_EQ(ReadLog(dir.path() + "/log.2").find("saved version"), std::string::npos) << ReadLog(dir.path() + "/log.2");
+  absl::StatusOr<server::RepositoryContents> stored = server::ModelRepository(models).Scan();
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_TRUE(stored->networks.empty());
+}
+
 INSTANTIATE_TEST_SUITE_P(Devices, NetworkDeviceTest, ::testing::Values("cpu", "cuda:0"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            return info.param == "cpu" ? std::string("cpu") : std::string("cuda0");
@@ -369,6 +501,42 @@ TEST(NetworkDeviceFlagTest, BadValues_AreAStartupErrorNamingTheFlag) {
     EXPECT_TRUE(server.ExitsWithin(std::chrono::seconds(10))) << value;
     EXPECT_NE(ReadLog(log).find(words), std::string::npos) << ReadLog(log);
   }
+}
+
+// --network_save_every: a whole number >= 1, else exit 2 with one line naming the flag.
+TEST(NetworkSaveEveryFlagTest, BadValues_AreAStartupErrorNamingTheFlag) {
+  TempDir dir;
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"0", "network_save_every: expected >= 1, got 0"},
+      {"-3", "network_save_every: expected >= 1, got -3"},
+      {"often", "--network_save_every 'often': expected a whole number >= 1"},
+      {"2.5", "--network_save_every '2.5': expected a whole number >= 1"},
+  };
+  int i = 0;
+  for (const auto& [value, words] : cases) {
+    const std::string log = dir.path() + "/log." + std::to_string(i++);
+    TpserveProcess::Options options{
+        TpservePath(), {"--listen=127.0.0.1:0", "--metrics_address=", "--backend=cpu", "--network_save_every=" + value},
+        log};
+    options.start_timeout = std::chrono::seconds(20);
+    TpserveProcess server(options);
+    EXPECT_EQ(server.port(), 0) << value;
+    EXPECT_TRUE(server.ExitsWithin(std::chrono::seconds(10))) << value;
+    EXPECT_EQ(server.exit_code(), 2) << value;
+    EXPECT_NE(ReadLog(log).find(words), std::string::npos) << ReadLog(log);
+  }
+  // The config file's key: the same check.
+  const std::string file = dir.path() + "/config.json";
+  std::ofstream(file) << R"({"network_save_every": 0})";
+  TpserveProcess::Options options{
+      TpservePath(), {"--listen=127.0.0.1:0", "--metrics_address=", "--backend=cpu", "--config=" + file},
+      dir.path() + "/log.file"};
+  TpserveProcess server(options);
+  EXPECT_EQ(server.port(), 0);
+  EXPECT_TRUE(server.ExitsWithin(std::chrono::seconds(10)));
+  EXPECT_EQ(server.exit_code(), 2);
+  EXPECT_NE(ReadLog(dir.path() + "/log.file").find("network_save_every: expected >= 1, got 0"), std::string::npos)
+      << ReadLog(dir.path() + "/log.file");
 }
 
 // How --network_device resolves against the server's backends (MakeNetworkRunners).

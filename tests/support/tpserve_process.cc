@@ -58,11 +58,16 @@ void TpserveProcess::Kill9() {
   pid_ = -1;
 }
 
+void TpserveProcess::Signal(int signal) {
+  if (pid_ > 0) kill(pid_, signal);
+}
+
 bool TpserveProcess::Exited(bool wait) {
   if (pid_ <= 0) return true;
   int status = 0;
   if (waitpid(pid_, &status, wait ? 0 : WNOHANG) != pid_) return false;
   died_of_sigkill_ = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+  exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   pid_ = -1;
   return true;
 }

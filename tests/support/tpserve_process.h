@@ -35,11 +35,15 @@ class TpserveProcess {
   const std::string& log_path() const { return options_.log_path; }
 
   void Kill9();
-  // True once the process has ended by itself (reaped; died_of_sigkill() tells how).
+  // Sends `signal` (SIGTERM: a graceful shutdown); ExitsWithin then waits for the end.
+  void Signal(int signal);
+  // True once the process has ended by itself (reaped; died_of_sigkill() and exit_code() tell how).
   bool Exited(bool wait);
   // Waits up to `timeout` for the process to end by itself.
   bool ExitsWithin(std::chrono::milliseconds timeout);
   bool died_of_sigkill() const { return died_of_sigkill_; }
+  // Its exit status once it ended by itself (128 + signal when a signal ended it); -1 before.
+  int exit_code() const { return exit_code_; }
   bool alive() const;
 
  private:
@@ -48,6 +52,7 @@ class TpserveProcess {
   int port_ = 0;
   int metrics_port_ = 0;
   bool died_of_sigkill_ = false;
+  int exit_code_ = -1;
 };
 
 }  // namespace tpserve::testing

@@ -27,6 +27,9 @@ class ModelInfo:
     qm9: Optional["Qm9Config"] = None
     # Network models: where Predict and TrainStep compute ("cpu", "cuda:0"; tpserve --network_device).
     device: str = ""
+    # Network models: the version on the server's disk (behind version by the steps a server with
+    # --network_save_every N > 1 has not saved yet; 0 without a model repository).
+    saved_version: int = 0
 
     @classmethod
     def from_proto(cls, info):
@@ -35,7 +38,8 @@ class ModelInfo:
                    irreps_out=info.spec.irreps_out, weight_numel=info.weight_numel, dim_in1=info.dim_in1,
                    dim_in2=info.dim_in2, dim_out=info.dim_out, num_paths=info.num_paths, version=info.version,
                    weights_fnv1a64=info.weights_fnv1a64, kind=kind,
-                   qm9=Qm9Config.from_proto(info.qm9) if kind == "qm9" else None, device=info.device)
+                   qm9=Qm9Config.from_proto(info.qm9) if kind == "qm9" else None, device=info.device,
+                   saved_version=info.saved_version)
 
 
 @dataclass(frozen=True)
