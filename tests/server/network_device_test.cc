@@ -140,6 +140,18 @@ class NetworkDeviceTest : public ::testing::TestWithParam<std::string> {
     args.insert(args.end(), extra.begin(), extra.end());
     return {TpservePath(), args, log};
   }
+  // The fp64 CPU network of the models these tests create (kLmax, kMul, kLayers): the replica of
+  // every step the server runs.
+  absl::StatusOr<nn::Qm9Network> CpuNetwork() {
+    nn::Qm9NetworkConfig config;
+    config.lmax = kLmax;
+    config.mul = kMul;
+    config.layers = kLayers;
+    return nn::Qm9Network::Create(config, &cpu_backend_);
+  }
+
+ private:
+  CpuBackend cpu_backend_{CpuBackendOptions{1}};
 };
 
 TEST_P(NetworkDeviceTest, PredictAndTrainMatchTheCpuNetwork_AndARestartResumesFromTheLastStep) {
@@ -148,12 +160,7 @@ TEST_P(NetworkDeviceTest, PredictAndTrainMatchTheCpuNetwork_AndARestartResumesFr
   const std::string models = dir.path() + "/models";
   const nn::data::LabeledBatch batch =
       *nn::data::MakeBatch(nn::data::GenerateMolecules(27, /*seed=*/11), 0, 27);
-  CpuBackend backend(CpuBackendOptions{1});
-  nn::Qm9NetworkConfig config;
-  config.lmax = kLmax;
-  config.mul = kMul;
-  config.layers = kLayers;
-  absl::StatusOr<nn::Qm9Network> cpu = nn::Qm9Network::Create(config, &backend);
+  absl::StatusOr<nn::Qm9Network> cpu = CpuNetwork();
   ASSERT_TRUE(cpu.ok()) << cpu.status();
   // The CPU network's replica of every step the server runs.
   std::vector<double> parameters = cpu->InitialParameters(5), velocity(parameters.size(), 0.0);
@@ -280,12 +287,7 @@ TEST_P(NetworkDeviceTest, PredictsDuringTraining_MatchTheirVersionAndLeaveTheSte
   const std::string models = dir.path() + "/models";
   const nn::data::LabeledBatch batch = *nn::data::MakeBatch(nn::data::GenerateMolecules(9, /*seed=*/3), 0, 9);
   const nn::data::LabeledBatch other = *nn::data::MakeBatch(nn::data::GenerateMolecules(5, /*seed=*/4), 0, 5);
-  CpuBackend backend(CpuBackendOptions{1});
-  nn::Qm9NetworkConfig config;
-  config.lmax = kLmax;
-  config.mul = kMul;
-  config.layers = kLayers;
-  absl::StatusOr<nn::Qm9Network> cpu = nn::Qm9Network::Create(config, &backend);
+  absl::StatusOr<nn::Qm9Network> cpu = CpuNetwork();
   ASSERT_TRUE(cpu.ok()) << cpu.status();
   std::vector<double> parameters = cpu->InitialParameters(9), velocity(parameters.size(), 0.0);
   constexpr int kSteps = 5;
@@ -356,12 +358,7 @@ TEST_P(NetworkDeviceTest, SaveEvery5_KillLosesOnlyUnsavedSteps_SigtermSavesThem)
   TempDir dir;
   const std::string models = dir.path() + "/models";
   const nn::data::LabeledBatch batch = *nn::data::MakeBatch(nn::data::GenerateMolecules(9, /*seed=*/7), 0, 9);
-  CpuBackend backend(CpuBackendOptions{1});
-  nn::Qm9NetworkConfig config;
-  config.lmax = kLmax;
-  config.mul = kMul;
-  config.layers = kLayers;
-  absl::StatusOr<nn::Qm9Network> cpu = nn::Qm9Network::Create(config, &backend);
+  absl::StatusOr<nn::Qm9Network> cpu = CpuNetwork();
   ASSERT_TRUE(cpu.ok()) << cpu.status();
   // The CPU network's parameters, velocity and loss at each version (1: created; step k makes k + 1).
   constexpr int kSteps = 12;
