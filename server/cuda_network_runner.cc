@@ -59,16 +59,18 @@ class CudaNetworkRunner final : public NetworkRunner {
     step.velocity = ToDouble(velocity);
     // A non-finite gradient leaves a non-finite velocity (the gradient itself stays on the device).
     RETURN_IF_ERROR(CheckFiniteStep(step.loss, step.velocity));
-    // What the core commits when its save succeeds; a state of another version or checksum (the
-    // save failed, or Predict runs on the version before) is uploaded again on the next call.
-    held_ = Held{state.version + 1, Fnv1a64(step.parameters.data(), step.parameters.size() * sizeof(double))};
+    // What the core commits when its save succeeds; a state of another version (the save failed,
+    // or Predict runs on the version before) is uploaded again on the next call. The version alone
+    // names the state: this runner serves one model, whose steps are serialized and each commit
+    // the version after the state they started from (a failed step leaves the model at `state`,
+    // and the next call, from `state`, uploads it again), so no two states of one version meet here.
+    held_ = Held{state.version + 1};
     return step;
   }
 
  private:
   struct Held {
     uint64_t version = 0;
-    uint64_t parameters_fnv1a64 = 0;
   };
 
   // Makes the device network on first use and uploads `state` unless the device holds it.
@@ -83,13 +85,13 @@ class CudaNetworkRunner final : public NetworkRunner {
       }
       network_ = *std::move(network);
     }
-    if (held_ && held_->version == state.version && held_->parameters_fnv1a64 == state.parameters_fnv1a64) {
+    if (held_ && held_->version == state.version) {
       return absl::OkStatus();
     }
     held_.reset();
     RETURN_IF_ERROR(network_->SetParameters(ToFloat(*state.parameters)));
     RETURN_IF_ERROR(network_->SetVelocity(ToFloat(*state.velocity)));
-    held_ = Held{state.version, state.parameters_fnv1a64};
+    held_ = Held{state.version};
     return absl::OkStatus();
   }
 

@@ -28,7 +28,6 @@ absl::Status ValidateNetworkSpec(const NetworkSpec& spec) {
 NetworkState MakeNetworkState(uint64_t version, std::vector<double> parameters, std::vector<double> velocity) {
   NetworkState state;
   state.version = version;
-  state.parameters_fnv1a64 = Fnv1a64(parameters.data(), parameters.size() * sizeof(double));
   state.parameters = std::make_shared<const std::vector<double>>(std::move(parameters));
   state.velocity = std::make_shared<const std::vector<double>>(std::move(velocity));
   return state;
@@ -63,7 +62,14 @@ ModelInfo NetworkModel::Info() const {
   info.network = spec_;
   info.weight_numel = network_.num_parameters();
   info.version = snapshot.version;
-  info.weights_fnv1a64 = snapshot.parameters_fnv1a64;
+  {
+    std::lock_guard<std::mutex> lock(checksum_mu_);
+    if (checksum_version_ != snapshot.version || snapshot.version == 0) {
+      checksum_ = Fnv1a64(snapshot.parameters->data(), snapshot.parameters->size() * sizeof(double));
+      checksum_version_ = snapshot.version;
+    }
+    info.weights_fnv1a64 = checksum_;
+  }
   info.device = device_;
   info.saved_version = saved;
   return info;
