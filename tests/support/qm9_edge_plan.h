@@ -1,7 +1,4 @@
-// The QM9 network's edge tensor product for kernel tests (issue 19; e3nn's Convolution as in
-// e3nn-jax's examples/qm9.py): x1 = node features mul x (0e + 0o + ... + lmax e + lmax o), x2 =
-// spherical harmonics 1x0e + 1x1o (+ 1x2e ...), one 'uvu' instruction per (i, j, ir_out) with
-// ir_out in ir1 x ir2 and l_out <= lmax, each into its own mul x ir_out output block; weights per edge.
+// kernels/core/qm9_edge_plan.h's plan for tests: a failure to build it is a test failure.
 #pragma once
 
 #include "kernels/core/plan.h"

@@ -29,6 +29,7 @@
 #include "absl/strings/str_format.h"
 #include "kernels/core/backend.h"
 #include "kernels/core/plan.h"
+#include "kernels/core/qm9_edge_plan.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
 
@@ -47,29 +48,9 @@ constexpr double kTolerance = 1e-5;
     }                                                                                               \
   } while (0)
 
-// e3nn's Convolution edge TP at (lmax, mul): node irreps mul x (0e, 0o, ..., lmax e, lmax o), harmonics
-// 1x0e + 1x1o (+ 1x2e), one 'uvu' instruction per (i, j, ir_out), l_out <= lmax, per-edge weights.
+// The QM9 edge TP's plan (kernels/core/qm9_edge_plan.h); a failure ends the run.
 TensorProductPlan Qm9EdgePlan(int lmax, int mul) {
-  std::string node, sh;
-  for (int l = 0; l <= lmax; ++l) {
-    absl::StrAppend(&node, l ? "+" : "", mul, "x", l, "e+", mul, "x", l, "o");
-    absl::StrAppend(&sh, l ? "+" : "", "1x", l, l % 2 ? "o" : "e");
-  }
-  const Irreps in1 = *Irreps::Parse(node), in2 = *Irreps::Parse(sh);
-  std::vector<MulIrrep> out;
-  std::vector<InstructionSpec> instructions;
-  for (int i = 0; i < in1.size(); ++i) {
-    for (int j = 0; j < in2.size(); ++j) {
-      const Irrep a = in1[i].ir, b = in2[j].ir;
-      for (int l = std::abs(a.l - b.l); l <= std::min(a.l + b.l, lmax); ++l) {
-        instructions.push_back({i, j, static_cast<int>(out.size()), ConnectionMode::kUvu});
-        out.push_back({in1[i].mul, Irrep{l, a.parity * b.parity}});
-      }
-    }
-  }
-  TensorProductOptions options;
-  options.weight_sharing = WeightSharing::kPerSample;
-  auto plan = TensorProductPlan::FromInstructions(in1, in2, Irreps(out), instructions, options);
+  absl::StatusOr<TensorProductPlan> plan = MakeQm9EdgePlan(lmax, mul);
   QM9_CHECK(plan.status());
   return *std::move(plan);
 }
