@@ -6,21 +6,10 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/core/status_macros.h"
 #include "nn/irreps_ops.h"
+#include "nn/typed_views.h"
 
 namespace tpserve::nn {
 namespace {
-
-template <class T>
-constexpr DType kDTypeOf = std::is_same_v<T, float> ? DType::kFloat32 : DType::kFloat64;
-
-template <class T>
-ConstTensorView InView(const T* data, std::vector<int64_t> shape) {
-  return {data, kDTypeOf<T>, std::move(shape)};
-}
-template <class T>
-TensorView OutView(T* data, std::vector<int64_t> shape) {
-  return {data, kDTypeOf<T>, std::move(shape)};
-}
 
 const double kCosPi8 = std::cos(M_PI / 8);
 const double kSinPi8 = std::sin(M_PI / 8);

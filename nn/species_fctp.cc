@@ -6,20 +6,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/core/status_macros.h"
+#include "nn/typed_views.h"
 
 namespace tpserve::nn {
 namespace {
-
-template <class T>
-constexpr DType kDTypeOf = std::is_same_v<T, float> ? DType::kFloat32 : DType::kFloat64;
-template <class T>
-ConstTensorView InView(const T* data, std::vector<int64_t> shape) {
-  return {data, kDTypeOf<T>, std::move(shape)};
-}
-template <class T>
-TensorView OutView(T* data, std::vector<int64_t> shape) {
-  return {data, kDTypeOf<T>, std::move(shape)};
-}
 
 // A plan that no backend prepared: lets a layer be described (sizes, FLOPs) without a backend.
 class UnpreparedPlan final : public PreparedPlan {
