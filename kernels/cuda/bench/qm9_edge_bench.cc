@@ -30,6 +30,7 @@
 #include "kernels/core/backend.h"
 #include "kernels/core/plan.h"
 #include "kernels/core/qm9_edge_plan.h"
+#include "kernels/cuda/bench/bench_check.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
 
@@ -39,19 +40,10 @@ namespace {
 constexpr double kMemoryBytesPerSecond = 3.0e12;
 constexpr double kTolerance = 1e-5;
 
-#define QM9_CHECK(expr)                                                                             \
-  do {                                                                                              \
-    const absl::Status s_ = (expr);                                                                 \
-    if (!s_.ok()) {                                                                                 \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, s_.ToString().c_str());   \
-      std::exit(2);                                                                                 \
-    }                                                                                               \
-  } while (0)
-
 // The QM9 edge TP's plan (kernels/core/qm9_edge_plan.h); a failure ends the run.
 TensorProductPlan Qm9EdgePlan(int lmax, int mul) {
   absl::StatusOr<TensorProductPlan> plan = MakeQm9EdgePlan(lmax, mul);
-  QM9_CHECK(plan.status());
+  CHECK_OK(plan.status());
   return *std::move(plan);
 }
 
@@ -77,7 +69,7 @@ struct DeviceArray {
   std::vector<int64_t> shape;
   DeviceArray(Backend& backend, std::vector<int64_t> s) : shape(std::move(s)) {
     auto b = backend.Allocate(sizeof(float) * std::max<int64_t>(numel(), 1));
-    QM9_CHECK(b.status());
+    CHECK_OK(b.status());
     buffer = std::move(b).value();
   }
   int64_t numel() const {
@@ -88,12 +80,12 @@ struct DeviceArray {
   TensorView view() const { return {buffer->data(), DType::kFloat32, shape}; }
   ConstTensorView cview() const { return AsConst(view()); }
   void Upload(Backend& backend, const std::vector<float>& v) {
-    QM9_CHECK(backend.CopyFromHost(buffer->data(), v.data(), v.size() * sizeof(float), {}));
+    CHECK_OK(backend.CopyFromHost(buffer->data(), v.data(), v.size() * sizeof(float), {}));
   }
   std::vector<float> Download(Backend& backend) const {
     std::vector<float> v(numel());
-    QM9_CHECK(backend.CopyToHost(v.data(), buffer->data(), v.size() * sizeof(float), {}));
-    QM9_CHECK(backend.Synchronize({}));
+    CHECK_OK(backend.CopyToHost(v.data(), buffer->data(), v.size() * sizeof(float), {}));
+    CHECK_OK(backend.Synchronize({}));
     return v;
   }
 };
@@ -150,7 +142,7 @@ Reference CpuReference(const TensorProductPlan& plan, int64_t e, const std::vect
                        const std::vector<float>& x1, const std::vector<float>& x2, const std::vector<float>& g) {
   CpuBackend cpu;
   auto prepared = cpu.Prepare(plan);
-  QM9_CHECK(prepared.status());
+  CHECK_OK(prepared.status());
   std::vector<double> wd(w.begin(), w.end()), x1d(x1.begin(), x1.end()), x2d(x2.begin(), x2.end()),
       gd(g.begin(), g.end());
   Reference ref;
@@ -164,8 +156,8 @@ Reference CpuReference(const TensorProductPlan& plan, int64_t e, const std::vect
     return ConstTensorView{v.data(), DType::kFloat64, std::move(s)};
   };
   auto m = [](std::vector<double>& v, std::vector<int64_t> s) { return TensorView{v.data(), DType::kFloat64, std::move(s)}; };
-  QM9_CHECK(cpu.Forward(**prepared, c(wd, ws), c(x1d, x1s), c(x2d, x2s), m(ref.out, os), {}));
-  QM9_CHECK(cpu.Backward(**prepared, c(wd, ws), c(x1d, x1s), c(x2d, x2s), c(gd, os),
+  CHECK_OK(cpu.Forward(**prepared, c(wd, ws), c(x1d, x1s), c(x2d, x2s), m(ref.out, os), {}));
+  CHECK_OK(cpu.Backward(**prepared, c(wd, ws), c(x1d, x1s), c(x2d, x2s), c(gd, os),
                          GradientOutputs{m(ref.dw, ws), m(ref.dx1, x1s), m(ref.dx2, x2s)}, {}));
   return ref;
 }
@@ -185,7 +177,7 @@ void RunCase(Backend& cuda, const Qm9EdgeBenchConfig& config, int lmax, int mul,
   const int64_t e = config.edges, d1 = plan.dim_in1(), d2 = plan.dim_in2(), dout = plan.dim_out(),
                 wn = plan.weight_numel();
   auto prepared = cuda.Prepare(plan);
-  QM9_CHECK(prepared.status());
+  CHECK_OK(prepared.status());
   const double set_bytes = 4.0 * e * (d1 + d2 + wn + dout);
   const int sets = static_cast<int>(std::clamp(std::ceil(128e6 / set_bytes), 1.0, 8.0));
   std::mt19937_64 rng(1000 * lmax + mul);
@@ -207,18 +199,18 @@ void RunCase(Backend& cuda, const Qm9EdgeBenchConfig& config, int lmax, int mul,
   ctx.stream = stream;
   auto forward = [&](int i) {
     const InputSet& s = *in[i % sets];
-    QM9_CHECK(cuda.Forward(**prepared, s.w.cview(), s.x1.cview(), s.x2.cview(), out.view(), ctx));
+    CHECK_OK(cuda.Forward(**prepared, s.w.cview(), s.x1.cview(), s.x2.cview(), out.view(), ctx));
   };
   auto backward = [&](int i) {
     const InputSet& s = *in[i % sets];
-    QM9_CHECK(cuda.Backward(**prepared, s.w.cview(), s.x1.cview(), s.x2.cview(), s.g.cview(),
+    CHECK_OK(cuda.Backward(**prepared, s.w.cview(), s.x1.cview(), s.x2.cview(), s.g.cview(),
                             GradientOutputs{dw.view(), dx1.view(), dx2.view()}, ctx));
   };
   forward(0);
-  QM9_CHECK(cuda.Synchronize(ctx));
+  CHECK_OK(cuda.Synchronize(ctx));
   const double fwd_err = RelError(out.Download(cuda), ref.out);
   backward(0);
-  QM9_CHECK(cuda.Synchronize(ctx));
+  CHECK_OK(cuda.Synchronize(ctx));
   const double bwd_err = std::max({RelError(dw.Download(cuda), ref.dw), RelError(dx1.Download(cuda), ref.dx1),
                                    RelError(dx2.Download(cuda), ref.dx2)});
   const double read = 4.0 * e * (d1 + d2 + wn + dout), written_back = 4.0 * e * (wn + d1 + d2);
@@ -237,7 +229,7 @@ void RunFusedCase(Backend& cuda, const Qm9EdgeBenchConfig& config, int lmax, int
   const int64_t e = config.edges, n = std::max<int64_t>(1, e * 486 / 950), d1 = plan.dim_in1(),
                 d2 = plan.dim_in2(), dout = plan.dim_out(), wn = plan.weight_numel();
   auto prepared = cuda.Prepare(plan);
-  QM9_CHECK(prepared.status());
+  CHECK_OK(prepared.status());
   std::mt19937_64 rng(7000 + 1000 * lmax + mul);
   std::vector<int32_t> src(e), dst(e);
   for (int64_t k = 0; k < e; ++k) {
@@ -249,7 +241,7 @@ void RunFusedCase(Backend& cuda, const Qm9EdgeBenchConfig& config, int lmax, int
   // float64 CPU reference (the host default of EdgeForward / EdgeBackward).
   CpuBackend cpu;
   auto cpu_plan = cpu.Prepare(plan);
-  QM9_CHECK(cpu_plan.status());
+  CHECK_OK(cpu_plan.status());
   std::vector<double> wd(w.begin(), w.end()), x1d(x1.begin(), x1.end()), x2d(x2.begin(), x2.end()),
       gd(g.begin(), g.end()), ref_out(n * dout), ref_dw(w.size()), ref_dx1(x1.size()), ref_dx2(x2.size());
   auto c = [](const std::vector<double>& v, std::vector<int64_t> s) {
@@ -257,9 +249,9 @@ void RunFusedCase(Backend& cuda, const Qm9EdgeBenchConfig& config, int lmax, int
   };
   auto m = [](std::vector<double>& v, std::vector<int64_t> s) { return TensorView{v.data(), DType::kFloat64, std::move(s)}; };
   const EdgeIndex host_edges{src.data(), dst.data(), e};
-  QM9_CHECK(cpu.EdgeForward(**cpu_plan, c(wd, {e, wn}), c(x1d, {n, d1}), c(x2d, {e, d2}), host_edges,
+  CHECK_OK(cpu.EdgeForward(**cpu_plan, c(wd, {e, wn}), c(x1d, {n, d1}), c(x2d, {e, d2}), host_edges,
                             m(ref_out, {n, dout}), {}));
-  QM9_CHECK(cpu.EdgeBackward(**cpu_plan, c(wd, {e, wn}), c(x1d, {n, d1}), c(x2d, {e, d2}), host_edges, c(gd, {n, dout}),
+  CHECK_OK(cpu.EdgeBackward(**cpu_plan, c(wd, {e, wn}), c(x1d, {n, d1}), c(x2d, {e, d2}), host_edges, c(gd, {n, dout}),
                              GradientOutputs{m(ref_dw, {e, wn}), m(ref_dx1, {n, d1}), m(ref_dx2, {e, d2})}, {}));
 
   DeviceArray d_w(cuda, {e, wn}), d_x1(cuda, {n, d1}), d_x2(cuda, {e, d2}), d_g(cuda, {n, dout}),
@@ -269,24 +261,24 @@ void RunFusedCase(Backend& cuda, const Qm9EdgeBenchConfig& config, int lmax, int
   d_x1.Upload(cuda, x1);
   d_x2.Upload(cuda, x2);
   d_g.Upload(cuda, g);
-  QM9_CHECK(cuda.CopyFromHost(d_src.buffer->data(), src.data(), src.size() * sizeof(int32_t), {}));
-  QM9_CHECK(cuda.CopyFromHost(d_dst.buffer->data(), dst.data(), dst.size() * sizeof(int32_t), {}));
+  CHECK_OK(cuda.CopyFromHost(d_src.buffer->data(), src.data(), src.size() * sizeof(int32_t), {}));
+  CHECK_OK(cuda.CopyFromHost(d_dst.buffer->data(), dst.data(), dst.size() * sizeof(int32_t), {}));
   const EdgeIndex edges{static_cast<const int32_t*>(d_src.buffer->data()),
                         static_cast<const int32_t*>(d_dst.buffer->data()), e};
   ExecutionContext ctx;
   ctx.stream = stream;
   auto forward = [&](int) {
-    QM9_CHECK(cuda.EdgeForward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), edges, d_out.view(), ctx));
+    CHECK_OK(cuda.EdgeForward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), edges, d_out.view(), ctx));
   };
   auto backward = [&](int) {
-    QM9_CHECK(cuda.EdgeBackward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), edges, d_g.cview(),
+    CHECK_OK(cuda.EdgeBackward(**prepared, d_w.cview(), d_x1.cview(), d_x2.cview(), edges, d_g.cview(),
                                 GradientOutputs{d_dw.view(), d_dx1.view(), d_dx2.view()}, ctx));
   };
   forward(0);
-  QM9_CHECK(cuda.Synchronize(ctx));
+  CHECK_OK(cuda.Synchronize(ctx));
   const double fwd_err = RelError(d_out.Download(cuda), ref_out);
   backward(0);
-  QM9_CHECK(cuda.Synchronize(ctx));
+  CHECK_OK(cuda.Synchronize(ctx));
   const double bwd_err = std::max({RelError(d_dw.Download(cuda), ref_dw), RelError(d_dx1.Download(cuda), ref_dx1),
                                    RelError(d_dx2.Download(cuda), ref_dx2)});
   const double read = 4.0 * (n * d1 + e * d2 + e * wn + n * dout), written_back = 4.0 * (e * wn + n * d1 + e * d2);
@@ -322,7 +314,7 @@ int RunQm9EdgeBench(const Qm9EdgeBenchConfig& config) {
     return 2;
   }
   auto cuda = CudaBackend::Create(0);
-  QM9_CHECK(cuda.status());
+  CHECK_OK(cuda.status());
   cudaStream_t stream = nullptr;
   cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
   std::printf("QM9 edge TP (per-edge 'uvu' weights), fp32 CUDA cores; floor = bytes / %.1f TB/s\n",

@@ -38,6 +38,7 @@
 #include "kernels/core/backend.h"
 #include "kernels/core/plan.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cuda/bench/bench_check.h"
 #include "kernels/cuda/bench/qm9_edge_bench.h"
 #include "kernels/cuda/cuda_backend.h"
 
@@ -90,22 +91,6 @@ struct Record {
   double workspace_bytes;
 };
 
-#define CHECK_OK(expr)                                                                            \
-  do {                                                                                            \
-    const absl::Status s_ = (expr);                                                               \
-    if (!s_.ok()) {                                                                               \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, s_.ToString().c_str()); \
-      std::exit(2);                                                                               \
-    }                                                                                             \
-  } while (0)
-#define CHECK_CUDA(expr)                                                                               \
-  do {                                                                                                 \
-    const cudaError_t e_ = (expr);                                                                     \
-    if (e_ != cudaSuccess) {                                                                           \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_));      \
-      std::exit(2);                                                                                    \
-    }                                                                                                  \
-  } while (0)
 
 double RelError(const std::vector<float>& got, const std::vector<double>& want, size_t n) {
   double d = 0, r = 0;
