@@ -15,7 +15,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -59,17 +58,7 @@ struct Stubs {
 };
 
 grpc::Status CreateQm9(Stubs& stubs, const std::string& name, uint64_t seed, tp::v1::ModelInfo* info) {
-  grpc::ClientContext context;
-  auto writer = stubs.models->CreateModel(&context, info);
-  tp::v1::CreateModelRequest request;
-  request.mutable_header()->set_name(name);
-  request.mutable_header()->mutable_qm9()->set_lmax(kLmax);
-  request.mutable_header()->mutable_qm9()->set_mul(kMul);
-  request.mutable_header()->mutable_qm9()->set_layers(kLayers);
-  request.mutable_header()->set_seed(seed);
-  writer->Write(request);
-  writer->WritesDone();
-  return writer->Finish();
+  return CreateQm9Model(*stubs.models, name, kLmax, kMul, kLayers, seed, info);
 }
 
 grpc::Status GetModel(Stubs& stubs, const std::string& name, tp::v1::ModelInfo* info) {
@@ -119,13 +108,6 @@ double RelativeError(const std::vector<double>& a, const std::vector<double>& b)
 std::string TpservePath() {
   const char* bin = std::getenv("TPSERVE_BIN");
   return bin != nullptr && *bin != '\0' ? bin : TPSERVE_PATH;
-}
-
-std::string ReadLog(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
 }
 
 // The network models' device as a test parameter: "cpu" or "cuda:0".
@@ -178,9 +160,9 @@ TEST_P(NetworkDeviceTest, PredictAndTrainMatchTheCpuNetwork_AndARestartResumesFr
                                                                                 "--network_device=cpu"}
                                                      : std::vector<std::string>{"--backend=auto"};
     TpserveProcess server(Server(models, dir.path() + "/log.0", flags));
-    ASSERT_GT(server.port(), 0) << ReadLog(dir.path() + "/log.0");
-    EXPECT_NE(ReadLog(dir.path() + "/log.0").find("network models compute on " + device), std::string::npos)
-        << ReadLog(dir.path() + "/log.0");
+    ASSERT_GT(server.port(), 0) << ReadFile(dir.path() + "/log.0");
+    EXPECT_NE(ReadFile(dir.path() + "/log.0").find("network models compute on " + device), std::string::npos)
+        << ReadFile(dir.path() + "/log.0");
     Stubs stubs(server.target());
     tp::v1::ModelInfo info;
     ASSERT_TRUE(CreateQm9(stubs, "m", 5, &info).ok());
@@ -236,7 +218,7 @@ TEST_P(NetworkDeviceTest, PredictAndTrainMatchTheCpuNetwork_AndARestartResumesFr
   TpserveProcess server(
       Server(models, dir.path() + "/log.1", {"--backend=" + std::string(device == "cpu" ? "cpu" : "auto"),
                                              "--network_device=" + device}));
-  ASSERT_GT(server.port(), 0) << ReadLog(dir.path() + "/log.1");
+  ASSERT_GT(server.port(), 0) << ReadFile(dir.path() + "/log.1");
   Stubs stubs(server.target());
   tp::v1::ModelInfo info;
   ASSERT_TRUE(GetModel(stubs, "m", &info).ok());
@@ -306,7 +288,7 @@ TEST_P(NetworkDeviceTest, PredictsDuringTraining_MatchTheirVersionAndLeaveTheSte
   TpserveProcess server(Server(models, dir.path() + "/log",
                                {"--backend=" + std::string(device == "cpu" ? "cpu" : "auto"),
                                 "--network_device=" + device}));
-  ASSERT_GT(server.port(), 0) << ReadLog(dir.path() + "/log");
+  ASSERT_GT(server.port(), 0) << ReadFile(dir.path() + "/log");
   Stubs stubs(server.target());
   tp::v1::ModelInfo info;
   ASSERT_TRUE(CreateQm9(stubs, "m", 9, &info).ok());
@@ -410,9 +392,9 @@ TEST_P(NetworkDeviceTest, SaveEvery5_KillLosesOnlyUnsavedSteps_SigtermSavesThem)
 
   {
     TpserveProcess server(Server(models, dir.path() + "/log.0", flags));
-    ASSERT_GT(server.port(), 0) << ReadLog(dir.path() + "/log.0");
-    EXPECT_NE(ReadLog(dir.path() + "/log.0").find("network_save_every=5"), std::string::npos)
-        << ReadLog(dir.path() + "/log.0");
+    ASSERT_GT(server.port(), 0) << ReadFile(dir.path() + "/log.0");
+    EXPECT_NE(ReadFile(dir.path() + "/log.0").find("network_save_every=5"), std::string::npos)
+        << ReadFile(dir.path() + "/log.0");
     Stubs stubs(server.target());
     tp::v1::ModelInfo info;
     ASSERT_TRUE(CreateQm9(stubs, "m", 5, &info).ok());
@@ -434,23 +416,23 @@ TEST_P(NetworkDeviceTest, SaveEvery5_KillLosesOnlyUnsavedSteps_SigtermSavesThem)
 
   {
     TpserveProcess server(Server(models, dir.path() + "/log.1", flags));
-    ASSERT_GT(server.port(), 0) << ReadLog(dir.path() + "/log.1");
+    ASSERT_GT(server.port(), 0) << ReadFile(dir.path() + "/log.1");
     Stubs stubs(server.target());
     expect_serves(stubs, 11, 11);
     step_to(stubs, 12);
     step_to(stubs, 13);
     expect_serves(stubs, 13, 11);
     server.Signal(SIGTERM);
-    ASSERT_TRUE(server.ExitsWithin(std::chrono::seconds(60))) << ReadLog(dir.path() + "/log.1");
+    ASSERT_TRUE(server.ExitsWithin(std::chrono::seconds(60))) << ReadFile(dir.path() + "/log.1");
     EXPECT_EQ(server.exit_code(), 0);
-    EXPECT_NE(ReadLog(dir.path() + "/log.1").find("network model 'm': saved version 13 (2 steps since the last save)"),
+    EXPECT_NE(ReadFile(dir.path() + "/log.1").find("network model 'm': saved version 13 (2 steps since the last save)"),
               std::string::npos)
-        << ReadLog(dir.path() + "/log.1");
+        << ReadFile(dir.path() + "/log.1");
   }
   expect_stored(13);
 
   TpserveProcess server(Server(models, dir.path() + "/log.2", flags));
-  ASSERT_GT(server.port(), 0) << ReadLog(dir.path() + "/log.2");
+  ASSERT_GT(server.port(), 0) << ReadFile(dir.path() + "/log.2");
   Stubs stubs(server.target());
   expect_serves(stubs, 13, 13);
   // A step kept in memory, then the model deleted: gone from memory and disk, and the shutdown
@@ -465,9 +447,9 @@ TEST_P(NetworkDeviceTest, SaveEvery5_KillLosesOnlyUnsavedSteps_SigtermSavesThem)
   tp::v1::ModelInfo info;
   EXPECT_EQ(GetModel(stubs, "m", &info).error_code(), grpc::StatusCode::NOT_FOUND);
   server.Signal(SIGTERM);
-  ASSERT_TRUE(server.ExitsWithin(std::chrono::seconds(60))) << ReadLog(dir.path() + "/log.2");
+  ASSERT_TRUE(server.ExitsWithin(std::chrono::seconds(60))) << ReadFile(dir.path() + "/log.2");
   EXPECT_EQ(server.exit_code(), 0);
-  EXPECT_EQ(ReadLog(dir.path() + "/log.2").find("saved version"), std::string::npos) << ReadLog(dir.path() + "/log.2");
+  EXPECT_EQ(ReadFile(dir.path() + "/log.2").find("saved version"), std::string::npos) << ReadFile(dir.path() + "/log.2");
   absl::StatusOr<server::RepositoryContents> stored = server::ModelRepository(models).Scan();
   ASSERT_TRUE(stored.ok()) << stored.status();
   EXPECT_TRUE(stored->networks.empty());
@@ -496,7 +478,7 @@ TEST(NetworkDeviceFlagTest, BadValues_AreAStartupErrorNamingTheFlag) {
     TpserveProcess server(options);
     EXPECT_EQ(server.port(), 0) << value;
     EXPECT_TRUE(server.ExitsWithin(std::chrono::seconds(10))) << value;
-    EXPECT_NE(ReadLog(log).find(words), std::string::npos) << ReadLog(log);
+    EXPECT_NE(ReadFile(log).find(words), std::string::npos) << ReadFile(log);
   }
 }
 
@@ -520,7 +502,7 @@ TEST(NetworkSaveEveryFlagTest, BadValues_AreAStartupErrorNamingTheFlag) {
     EXPECT_EQ(server.port(), 0) << value;
     EXPECT_TRUE(server.ExitsWithin(std::chrono::seconds(10))) << value;
     EXPECT_EQ(server.exit_code(), 2) << value;
-    EXPECT_NE(ReadLog(log).find(words), std::string::npos) << ReadLog(log);
+    EXPECT_NE(ReadFile(log).find(words), std::string::npos) << ReadFile(log);
   }
   // The config file's key: the same check.
   const std::string file = dir.path() + "/config.json";
@@ -532,8 +514,8 @@ TEST(NetworkSaveEveryFlagTest, BadValues_AreAStartupErrorNamingTheFlag) {
   EXPECT_EQ(server.port(), 0);
   EXPECT_TRUE(server.ExitsWithin(std::chrono::seconds(10)));
   EXPECT_EQ(server.exit_code(), 2);
-  EXPECT_NE(ReadLog(dir.path() + "/log.file").find("network_save_every: expected >= 1, got 0"), std::string::npos)
-      << ReadLog(dir.path() + "/log.file");
+  EXPECT_NE(ReadFile(dir.path() + "/log.file").find("network_save_every: expected >= 1, got 0"), std::string::npos)
+      << ReadFile(dir.path() + "/log.file");
 }
 
 // How --network_device resolves against the server's backends (MakeNetworkRunners).
@@ -560,7 +542,7 @@ TEST(NetworkDeviceFlagTest, AutoOnACpuBackend_IsTheCpu) {
   TpserveProcess server({TpservePath(), {"--listen=127.0.0.1:0", "--metrics_address=", "--backend=cpu"},
                          dir.path() + "/log"});
   ASSERT_GT(server.port(), 0);
-  EXPECT_NE(ReadLog(dir.path() + "/log").find("network models compute on cpu"), std::string::npos);
+  EXPECT_NE(ReadFile(dir.path() + "/log").find("network models compute on cpu"), std::string::npos);
   Stubs stubs(server.target());
   tp::v1::ModelInfo info;
   ASSERT_TRUE(CreateQm9(stubs, "m", 1, &info).ok());

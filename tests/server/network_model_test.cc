@@ -40,17 +40,7 @@ struct Stubs {
 
 grpc::Status CreateQm9(Stubs& stubs, const std::string& name, uint64_t seed, tp::v1::ModelInfo* info,
                        int lmax = kLmax) {
-  grpc::ClientContext context;
-  auto writer = stubs.models->CreateModel(&context, info);
-  tp::v1::CreateModelRequest request;
-  request.mutable_header()->set_name(name);
-  request.mutable_header()->mutable_qm9()->set_lmax(lmax);
-  request.mutable_header()->mutable_qm9()->set_mul(kMul);
-  request.mutable_header()->mutable_qm9()->set_layers(kLayers);
-  request.mutable_header()->set_seed(seed);
-  writer->Write(request);
-  writer->WritesDone();
-  return writer->Finish();
+  return CreateQm9Model(*stubs.models, name, lmax, kMul, kLayers, seed, info);
 }
 
 nn::data::LabeledBatch Batch(uint64_t seed, int molecules = 27) {

@@ -175,6 +175,21 @@ std::string ReadFile(const std::string& path) {
   return text.str();
 }
 
+grpc::Status CreateQm9Model(tp::v1::ModelService::Stub& models, const std::string& name, int lmax, int mul,
+                            int layers, uint64_t seed, tp::v1::ModelInfo* info) {
+  grpc::ClientContext context;
+  auto writer = models.CreateModel(&context, info);
+  tp::v1::CreateModelRequest request;
+  request.mutable_header()->set_name(name);
+  request.mutable_header()->mutable_qm9()->set_lmax(lmax);
+  request.mutable_header()->mutable_qm9()->set_mul(mul);
+  request.mutable_header()->mutable_qm9()->set_layers(layers);
+  request.mutable_header()->set_seed(seed);
+  writer->Write(request);
+  writer->WritesDone();
+  return writer->Finish();
+}
+
 ReferenceCase LoadCase(const std::string& file) {
   auto loaded = LoadReferenceCase(file);
   EXPECT_TRUE(loaded.ok()) << loaded.status();

@@ -12,6 +12,8 @@
 #include "server/grpc/grpc_server.h"
 #include "server/metrics/metrics.h"
 #include "tests/support/reference_case.h"
+#include "grpcpp/grpcpp.h"
+#include "tp/v1/tensor_product.grpc.pb.h"
 #include "tp/v1/tensor_product.pb.h"
 
 namespace tpserve::testing {
@@ -83,5 +85,9 @@ bool MakeSelfSignedCertificate(const std::string& cert, const std::string& key);
 
 // A file's whole contents ("" when it cannot be read).
 std::string ReadFile(const std::string& path);
+
+// CreateModel of a network model (kind qm9) with the given architecture and initialization seed.
+grpc::Status CreateQm9Model(tp::v1::ModelService::Stub& models, const std::string& name, int lmax, int mul,
+                            int layers, uint64_t seed, tp::v1::ModelInfo* info);
 
 }  // namespace tpserve::testing
