@@ -1,7 +1,8 @@
 // tp.v1.NetworkService: Predict and TrainStep on network models (kind "qm9"). Each handler decodes
-// the graph batch (graph_codec.h) and runs the call on the core's network backend on the calling
-// thread: with the synchronous API that thread is the call's own, and the batcher and device
-// workers (which the tensor-product calls use) launch tensor products, not whole networks.
+// the graph batch (graph_codec.h) and runs the call through the model's NetworkRunner (CPU or GPU,
+// server/core/network_runner.h) on the calling thread: with the synchronous API that thread is the
+// call's own, and the batcher and device workers (which the tensor-product calls use) launch tensor
+// products, not whole networks.
 #pragma once
 
 #include "server/grpc/rpc_scope.h"
