@@ -27,11 +27,12 @@ struct CudaBackendOptions {
   // Blocks per SM of the factored forward's work split; 0: chosen per batch size and SM count.
   int factored_blocks_per_sm = 0;
   enum class WeightGradKernel {
-    kAuto,   // wgmma where usable for fp32 from kWeightGradWgmmaFp32MinBatch samples and for tf32 from
-             // kWeightGradWgmmaTf32MinBatch (measured faster there on H100), mma.sync otherwise
+    kAuto,   // wgmma where usable for fp32 from kWeightGradWgmmaFp32MinBatch samples, for tf32 from
+             // kWeightGradWgmmaTf32MinBatch and for bf16 from kWeightGradWgmmaBf16MinBatch (measured
+             // faster there on H100), mma.sync otherwise
     kMma,    // the generated-operand GEMM on mma.sync (tp_weight_grad.cu), any device
     kWgmma,  // the factored weight gradient on wgmma (tp_weight_grad_wgmma.cu) where usable (sm_90a,
-             // every path with T, R in {1, 3, 5} and S <= 5; fp32 and tf32), mma.sync otherwise
+             // every path with T, R in {1, 3, 5} and S <= 5), mma.sync otherwise
   };
   WeightGradKernel weight_grad_kernel = WeightGradKernel::kAuto;
 };
@@ -42,6 +43,7 @@ struct CudaBackendOptions {
 // 0.331 ms with it against 0.289 ms on mma.sync, at 8 0.333 against 0.324, at 64 0.621 against 0.790.
 inline constexpr int64_t kWeightGradWgmmaFp32MinBatch = 16;
 inline constexpr int64_t kWeightGradWgmmaTf32MinBatch = 2048;
+inline constexpr int64_t kWeightGradWgmmaBf16MinBatch = 2048;
 
 inline const char* WeightGradKernelName(CudaBackendOptions::WeightGradKernel kernel) {
   switch (kernel) {

@@ -23,8 +23,10 @@ absl::Status LaunchGemmRole(const CudaPreparedPlan& prepared, int role_index, co
                             int64_t out_row_stride, int64_t batch, Precision precision, cudaStream_t stream,
                             bool out_ir_mul = false) {
   const GemmRole& role = prepared.roles[role_index];
-  // The forward role's factored paths (3xTF32, TF32; W 16-byte aligned) take their own kernel.
-  const bool factored = role_index == 0 && prepared.any_factored && precision != Precision::kBf16 &&
+  // The forward role's factored paths (W 16-byte aligned) take their own kernel: every precision on
+  // the wgmma kernel, 3xTF32 and TF32 on the mma.sync one.
+  const bool factored = role_index == 0 && prepared.any_factored &&
+                        (precision != Precision::kBf16 || prepared.factored_wgmma) &&
                         (reinterpret_cast<uintptr_t>(w) & 15) == 0;
   ASSIGN_OR_RETURN(std::shared_ptr<const WorkList> work, prepared.GetWork(factored ? 5 : role_index, batch));
   TpGemmArgs args{};
@@ -74,9 +76,10 @@ absl::Status RunBackward(const CudaPreparedPlan& prepared, const float* w, const
   const TensorProductPlan& plan = prepared.plan();
   if (grads.grad_weight.present()) {
     float* dw = grads.grad_weight.typed<float>();
-    const bool wgmma =
-        prepared.wg_wgmma && ((precision == Precision::kFp32 && batch >= prepared.wg_wgmma_fp32_min_batch) ||
-                              (precision == Precision::kTf32 && batch >= prepared.wg_wgmma_tf32_min_batch));
+    const int64_t wgmma_min_batch = precision == Precision::kFp32   ? prepared.wg_wgmma_fp32_min_batch
+                                    : precision == Precision::kTf32 ? prepared.wg_wgmma_tf32_min_batch
+                                                                    : prepared.wg_wgmma_bf16_min_batch;
+    const bool wgmma = prepared.wg_wgmma && batch >= wgmma_min_batch;
     ASSIGN_OR_RETURN(std::shared_ptr<const WorkList> work, prepared.GetWork(wgmma ? 6 : 3, batch));
     WeightGradStore store = grads.accumulate_grad_weight ? WeightGradStore::kAdd
                                                                 : WeightGradStore::kAssign;

@@ -239,7 +239,7 @@ absl::Status CudaPreparedPlan::BuildWgmmaWeightGradWork(int64_t batch, WorkList*
     if (int64_t{p.P} * p.Q * p.N == 0) continue;
     tiles += int64_t{p.P} * CeilDiv(p.Q, kRows) * CeilDiv(p.N, kCols);
     order.push_back(i);
-    list->smem_bytes = std::max(list->smem_bytes, cuda::WeightGradWgmmaSmemBytes(true, p));
+    list->smem_bytes = std::max(list->smem_bytes, cuda::WeightGradWgmmaSmemBytes(MmaPrecision::k3xTf32, p));
   }
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return wg_paths[a].T > wg_paths[b].T; });
   const int64_t target = 2 * int64_t{num_sms};
@@ -314,6 +314,7 @@ absl::StatusOr<std::unique_ptr<CudaPreparedPlan>> PrepareCudaPlan(const TensorPr
   const bool auto_kernel = options.weight_grad_kernel == WeightGradKernel::kAuto;
   prepared->wg_wgmma_fp32_min_batch = auto_kernel ? kWeightGradWgmmaFp32MinBatch : 0;
   prepared->wg_wgmma_tf32_min_batch = auto_kernel ? kWeightGradWgmmaTf32MinBatch : 0;
+  prepared->wg_wgmma_bf16_min_batch = auto_kernel ? kWeightGradWgmmaBf16MinBatch : 0;
   RETURN_IF_ERROR(prepared->wg_paths_dev.Upload(prepared->wg_paths));
   // g[z, off + w*d + k] -> g_ir_mul[z, off + k*mul + w] for every output irrep block.
   std::vector<int> ir_mul_col(plan.dim_out());

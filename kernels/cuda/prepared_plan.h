@@ -62,13 +62,12 @@ class CudaPreparedPlan final : public PreparedPlan {
   // the option forward_kernel=factored-mma (or factored-3xtf32) keeps the mma.sync kernel.
   bool factored_wgmma = false;
   // The weight gradient on wgmma (tp_weight_grad_wgmma.cu) may run: weight_grad_kernel auto or wgmma,
-  // an sm_90 device, and every path WeightGradWgmmaSupports. It runs for fp32 from
-  // wg_wgmma_fp32_min_batch samples and for tf32 from wg_wgmma_tf32_min_batch (auto:
-  // kWeightGradWgmmaFp32MinBatch / kWeightGradWgmmaTf32MinBatch; wgmma: 0); else, and for bf16,
-  // tp_weight_grad.cu.
+  // an sm_90 device, and every path WeightGradWgmmaSupports. It runs from wg_wgmma_*_min_batch
+  // samples of the precision (auto: kWeightGradWgmma*MinBatch; wgmma: 0); else tp_weight_grad.cu.
   bool wg_wgmma = false;
   int64_t wg_wgmma_fp32_min_batch = 0;
   int64_t wg_wgmma_tf32_min_batch = 0;
+  int64_t wg_wgmma_bf16_min_batch = 0;
 
   // Work lists per (kind, batch); kind 0..2 = roles (all paths), 3 = weight gradient, 4 = factored
   // forward, 5 = the forward role without the factored paths, 6 = the weight gradient on wgmma. Shared, because the cache may drop a

@@ -13,11 +13,15 @@
 // fp32: TF32 wgmma of W and x2 (both rounded to TF32), plus ONE bf16 wgmma of k16 carrying both
 // corrections: k slots 2j, 2j+1 hold W against x2_small, slots 8+2j, 9+2j hold W_small against x2
 // (the TF32 + bf16 scheme of tp_forward_factored.cu, with A and B exchanged). tf32: W as stored.
+// bf16: one bf16 wgmma of k16 per 16 q (half the MMAs of tf32, a plane of half the bytes), W
+// rounded to bf16 as it is loaded; k slot 8s + 2j + h holds q = 8s + 4h + j, so that a thread's
+// TF32-layout W loads (q = t4, t4 + 4 of two k8 steps) pack straight into its bf16 fragment.
 //
 // Block: 2 warpgroups (128 output columns), 32 samples, one path, a range of p, as TpGemmWork says.
 // Shared memory: x2 of the block's samples in the canonical K-major core-matrix layout (8 columns x
 // 16 bytes per core matrix, no swizzle): a TF32 plane [Q/4][N/8][8][4] and, for fp32, a bf16 plane
-// [2Q/8][N/8][8][8]; W in a 3-stage cp.async ring as in tp_forward_factored.cu.
+// [2Q/8][N/8][8][8] (bf16: only a bf16 plane [Q/8][N/8][8][8]); W in a 3-stage cp.async ring as in
+// tp_forward_factored.cu.
 #include "kernels/cuda/factored_common.cuh"
 #include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/tp_kernels.h"
@@ -37,10 +41,16 @@ constexpr int kMaxS = 5;
 constexpr int kPzStride = 28;  // one sample's Pz[t][r] (T x R <= 25), padded for 16-byte loads
 constexpr int kCBlock = kMaxR * kMaxS * kMaxR;
 
-// x2 planes (T x 32 samples x Q words each), the W ring, Pz [warpgroup][2][kSamples][kPzStride], C.
-size_t SmemBytes(bool fp32, int t_times_q) {
-  return sizeof(float) * (size_t{fp32 ? 2u : 1u} * kSamples * t_times_q + kStages * kTileK * kLdw +
-                          2 * 2 * kSamples * kPzStride + kCBlock);
+// Bytes of the x2 planes per element of x2 (T x 32 samples x Q of them): TF32 word + bf16 pair
+// (fp32), TF32 word (tf32), bf16 (bf16).
+constexpr size_t PlaneBytes(MmaPrecision precision) {
+  return precision == MmaPrecision::k3xTf32 ? 8 : precision == MmaPrecision::kTf32 ? 4 : 2;
+}
+
+// x2 planes, the W ring, Pz [warpgroup][2][kSamples][kPzStride], C.
+size_t SmemBytes(MmaPrecision precision, int t_times_q) {
+  return PlaneBytes(precision) * kSamples * t_times_q +
+         sizeof(float) * (kStages * kTileK * kLdw + 2 * 2 * kSamples * kPzStride + kCBlock);
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -68,16 +78,18 @@ __device__ __forceinline__ void PinRegisters(float (&r)[kN]) {
 
 __device__ __forceinline__ uint16_t Bf16Bits(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
 
-template <bool kFp32, int kT, int kR>
+template <MmaPrecision kPrec, int kT, int kR>
 __device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmPath& path, const TpGemmWork& item,
                                            char* smem) {
   constexpr int kN = kT * kSamples;  // B columns c = t * kSamples + sample
   constexpr int kAcc = kN / 2;       // accumulators per thread
   constexpr int kGroups = kN / 8;    // core matrices along N
+  constexpr bool kFp32 = kPrec == MmaPrecision::k3xTf32, kBf16 = kPrec == MmaPrecision::kBf16;
   const int Q = path.Q;
-  uint32_t* const sX = reinterpret_cast<uint32_t*>(smem);                          // TF32 plane
-  uint16_t* const sXc = reinterpret_cast<uint16_t*>(sX + kN * Q);                  // bf16 plane (fp32)
-  float* const sW = reinterpret_cast<float*>(sX + (kFp32 ? 2 : 1) * kN * Q);       // [kStages][32][kLdw]
+  uint32_t* const sX = reinterpret_cast<uint32_t*>(smem);  // TF32 plane (fp32, tf32)
+  // The bf16 plane: after the TF32 plane (fp32: the correction pairs), or alone (bf16).
+  uint16_t* const sXc = reinterpret_cast<uint16_t*>(kBf16 ? sX : sX + kN * Q);
+  float* const sW = reinterpret_cast<float*>(smem + PlaneBytes(kPrec) * kN * Q);  // [kStages][32][kLdw]
   float* const sPz = sW + kStages * kTileK * kLdw;                                 // [wg][2][kSamples][kPzStride]
   float* const sC = sPz + 2 * 2 * kSamples * kPzStride;                            // [r][s][t]
 
@@ -104,6 +116,11 @@ __device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmP
   factored::StageX2<kT, kSamples, kThreads, 20>(args, path, z0, samples, warp, lane, [&](int q, int t, int zl, float v) {
     const int c = t * kSamples + zl;
     const int cm = (c >> 3), cr = c & 7;
+    if constexpr (kBf16) {
+      const int s = 8 * (q >> 3) + 2 * (q & 3) + ((q >> 2) & 1);
+      sXc[((s >> 3) * kGroups + cm) * 64 + cr * 8 + (s & 7)] = Bf16Bits(v);
+      return;
+    }
     const uint32_t big = ToTf32(v);
     sX[((q >> 2) * kGroups + cm) * 32 + cr * 4 + (q & 3)] = big;
     if constexpr (kFp32) {
@@ -166,6 +183,7 @@ __device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmP
   // Half a W tile (2 k8 steps) per wgmma group, its A fragments in their own registers, so the next
   // half's loads and split run while the previous group is on the tensor cores.
   uint32_t a_tf32[2][2][4], a_fix[2][2][4];  // [half][step][register]
+  uint32_t a_bf16[2][4];                       // [half][register] (bf16: one k16 step per half)
   int p = p_begin, kc = 0, stage = 0;
   for (int tile = 0; tile < num_tiles; ++tile) {
     CpAsyncWait<kStages - 2>();
@@ -176,7 +194,7 @@ __device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmP
       factored::LoadA<kMaxS>(a_next, pz_a, p + 2, p_end, S, pz_live);
     }
     const float* w_k = w_lane + stage * (kTileK * kLdw);
-    const uint64_t tile_steps = kc * (kTileK / 8) * kStepDesc;
+    const uint64_t tile_steps = kc * (kTileK / (kBf16 ? 16 : 8)) * kStepDesc;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       // A fragments of 2 k8 steps: rows g, g + 8 = columns col0, col0 + 8; k = t4, t4 + 4. fp32: W
@@ -187,6 +205,11 @@ __device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmP
         const float* w8 = w_k + (2 * half + st) * 8 * kLdw;
         // (k t4: rows g, g + 8), (k t4 + 4: rows g, g + 8)
         const float w[4] = {w8[0], w8[8], w8[4 * kLdw], w8[4 * kLdw + 8]};
+        if constexpr (kBf16) {  // slots 8 st + 2 t4 + (0, 1) = q 8 st + t4, + 4: rows g, g + 8
+          a_bf16[half][2 * st] = PackBf16(w[0], w[2]);
+          a_bf16[half][2 * st + 1] = PackBf16(w[1], w[3]);
+          continue;
+        }
         uint32_t(&at)[4] = a_tf32[half][st];
 #pragma unroll
         for (int i = 0; i < 4; ++i) at[i] = kFp32 ? ToTf32(w[i]) : __float_as_uint(w[i]);
@@ -201,11 +224,15 @@ __device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmP
         }
       }
       WgmmaFence();
+      if constexpr (kBf16) {
+        wgmma::WgmmaBf16<kN>(y, a_bf16[half], xc_desc + tile_steps + half * kStepDesc, kc + half > 0);
+      } else {
 #pragma unroll
-      for (int st = 0; st < 2; ++st) {
-        const uint64_t step = tile_steps + (2 * half + st) * kStepDesc;
-        wgmma::WgmmaTf32<kN>(y, a_tf32[half][st], x_desc + step, kc + half + st > 0);
-        if constexpr (kFp32) wgmma::WgmmaBf16<kN>(y, a_fix[half][st], xc_desc + step, 1);
+        for (int st = 0; st < 2; ++st) {
+          const uint64_t step = tile_steps + (2 * half + st) * kStepDesc;
+          wgmma::WgmmaTf32<kN>(y, a_tf32[half][st], x_desc + step, kc + half + st > 0);
+          if constexpr (kFp32) wgmma::WgmmaBf16<kN>(y, a_fix[half][st], xc_desc + step, 1);
+        }
       }
       WgmmaCommit();
       WgmmaWait<1>();  // the other half's group is done: its registers may be written next
@@ -268,7 +295,7 @@ __device__ __forceinline__ void WgmmaBlock(const TpGemmArgs& args, const TpGemmP
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-template <bool kFp32>
+template <MmaPrecision kPrec>
 __global__ void __launch_bounds__(kThreads, 1) TpForwardWgmmaKernel(const TpGemmArgs args) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ float4 smem_raw[];
@@ -276,15 +303,15 @@ __global__ void __launch_bounds__(kThreads, 1) TpForwardWgmmaKernel(const TpGemm
   const TpGemmPath path = args.paths[item.path];
   char* smem = reinterpret_cast<char*>(smem_raw);
   switch (path.T * 8 + path.R) {
-    case 1 * 8 + 1: WgmmaBlock<kFp32, 1, 1>(args, path, item, smem); break;
-    case 1 * 8 + 3: WgmmaBlock<kFp32, 1, 3>(args, path, item, smem); break;
-    case 1 * 8 + 5: WgmmaBlock<kFp32, 1, 5>(args, path, item, smem); break;
-    case 3 * 8 + 1: WgmmaBlock<kFp32, 3, 1>(args, path, item, smem); break;
-    case 3 * 8 + 3: WgmmaBlock<kFp32, 3, 3>(args, path, item, smem); break;
-    case 3 * 8 + 5: WgmmaBlock<kFp32, 3, 5>(args, path, item, smem); break;
-    case 5 * 8 + 1: WgmmaBlock<kFp32, 5, 1>(args, path, item, smem); break;
-    case 5 * 8 + 3: WgmmaBlock<kFp32, 5, 3>(args, path, item, smem); break;
-    default: WgmmaBlock<kFp32, 5, 5>(args, path, item, smem); break;
+    case 1 * 8 + 1: WgmmaBlock<kPrec, 1, 1>(args, path, item, smem); break;
+    case 1 * 8 + 3: WgmmaBlock<kPrec, 1, 3>(args, path, item, smem); break;
+    case 1 * 8 + 5: WgmmaBlock<kPrec, 1, 5>(args, path, item, smem); break;
+    case 3 * 8 + 1: WgmmaBlock<kPrec, 3, 1>(args, path, item, smem); break;
+    case 3 * 8 + 3: WgmmaBlock<kPrec, 3, 3>(args, path, item, smem); break;
+    case 3 * 8 + 5: WgmmaBlock<kPrec, 3, 5>(args, path, item, smem); break;
+    case 5 * 8 + 1: WgmmaBlock<kPrec, 5, 1>(args, path, item, smem); break;
+    case 5 * 8 + 3: WgmmaBlock<kPrec, 5, 3>(args, path, item, smem); break;
+    default: WgmmaBlock<kPrec, 5, 5>(args, path, item, smem); break;
   }
 #else
   __trap();  // built for another architecture: the host only launches this on sm_90 (FactoredWgmmaUsable)
@@ -302,27 +329,30 @@ bool FactoredWgmmaUsable(int device) {
   if (major != 9 || minor != 0) return false;
   // The kernel image for this device must hold the sm_90a code (not a stub from another target).
   cudaFuncAttributes attributes{};
-  if (cudaFuncGetAttributes(&attributes, TpForwardWgmmaKernel<true>) != cudaSuccess) return false;
+  if (cudaFuncGetAttributes(&attributes, TpForwardWgmmaKernel<MmaPrecision::k3xTf32>) != cudaSuccess) return false;
   return attributes.binaryVersion == 90;
 }
 
-bool FactoredWgmmaFits(const TpGemmPath& path) { return SmemBytes(true, path.T * path.Q) <= kMaxSmem; }
+bool FactoredWgmmaFits(const TpGemmPath& path) {
+  return SmemBytes(MmaPrecision::k3xTf32, path.T * path.Q) <= kMaxSmem;  // the largest planes
+}
 
 namespace {
-template <bool kFp32>
+template <MmaPrecision kPrec>
 cudaError_t Configure() {
-  return cudaFuncSetAttribute(TpForwardWgmmaKernel<kFp32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  return cudaFuncSetAttribute(TpForwardWgmmaKernel<kPrec>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                               static_cast<int>(kMaxSmem));
 }
-template <bool kFp32>
+template <MmaPrecision kPrec>
 cudaError_t Launch(int max_t_q, const TpGemmArgs& args, cudaStream_t stream) {
-  TpForwardWgmmaKernel<kFp32><<<args.num_work, kThreads, SmemBytes(kFp32, max_t_q), stream>>>(args);
+  TpForwardWgmmaKernel<kPrec><<<args.num_work, kThreads, SmemBytes(kPrec, max_t_q), stream>>>(args);
   return cudaGetLastError();
 }
 }  // namespace
 
 cudaError_t ConfigureFactoredWgmmaKernels() {
-  for (cudaError_t e : {Configure<true>(), Configure<false>()}) {
+  for (cudaError_t e : {Configure<MmaPrecision::k3xTf32>(), Configure<MmaPrecision::kTf32>(),
+                        Configure<MmaPrecision::kBf16>()}) {
     if (e != cudaSuccess) return e;
   }
   return cudaSuccess;
@@ -333,10 +363,11 @@ cudaError_t LaunchFactoredForwardWgmma(MmaPrecision precision, int max_t_q, cons
   if (args.num_work == 0) return cudaSuccess;
   if ((reinterpret_cast<unsigned long long>(args.w) & 15) != 0) return cudaErrorMisalignedAddress;
   switch (precision) {
-    case MmaPrecision::k3xTf32: return Launch<true>(max_t_q, args, stream);
-    case MmaPrecision::kTf32: return Launch<false>(max_t_q, args, stream);
-    default: return cudaErrorInvalidValue;
+    case MmaPrecision::k3xTf32: return Launch<MmaPrecision::k3xTf32>(max_t_q, args, stream);
+    case MmaPrecision::kTf32: return Launch<MmaPrecision::kTf32>(max_t_q, args, stream);
+    case MmaPrecision::kBf16: return Launch<MmaPrecision::kBf16>(max_t_q, args, stream);
   }
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace tpserve::cuda

@@ -132,13 +132,13 @@ cudaError_t LaunchFactoredForwardWgmma(MmaPrecision precision, int max_t_q, cons
 cudaError_t LaunchWeightGrad(MmaPrecision precision, TileShape shape, const WeightGradArgs& args,
                              cudaStream_t stream);
 // The weight gradient on Hopper's wgmma (tp_weight_grad_wgmma.cu; k3xTf32 = TF32 + bf16 correction,
-// or kTf32), usable where FactoredWgmmaUsable(device) and every path WeightGradWgmmaSupports (T, R in
+// kTf32 or kBf16), usable where FactoredWgmmaUsable(device) and every path WeightGradWgmmaSupports (T, R in
 // {1, 3, 5}, S <= 5). A work item is (path, m0 = p * Q + q0 with q0 a multiple of 128, n0 a multiple
 // of 128, samples [k_begin, k_end)); K slices should be multiples of WeightGradWgmmaSamples(T).
 // smem_bytes = the largest WeightGradWgmmaSmemBytes among the launch's paths.
 bool WeightGradWgmmaSupports(const WeightGradPath& path);
 int WeightGradWgmmaSamples(int T);
-size_t WeightGradWgmmaSmemBytes(bool fp32, const WeightGradPath& path);
+size_t WeightGradWgmmaSmemBytes(MmaPrecision precision, const WeightGradPath& path);
 cudaError_t ConfigureWeightGradWgmmaKernels();
 cudaError_t LaunchWeightGradWgmma(MmaPrecision precision, size_t smem_bytes, const WeightGradArgs& args,
                                   cudaStream_t stream);

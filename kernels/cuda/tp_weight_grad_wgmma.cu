@@ -28,6 +28,10 @@
 // x2_small, Gz_small against x2), as tp_forward_wgmma.cu; every chunk accumulates in a fresh register
 // tile that is added to the total with an fp32 add (the tensor cores truncate while accumulating: see
 // DESIGN.md, 5.7e-5 over K = 8192 without). tf32: Gz rounded to TF32 (x2 too), one accumulator.
+// bf16: two k8 steps per bf16 wgmma of k16 (Gz and x2 rounded to bf16, one accumulator, only a bf16
+// plane): k slot 8 (st % 2) + 2j + h holds sample 4h + j of step st, so a thread's TF32-layout
+// fragments of the pair pack straight into its bf16 fragment; at T = 5 (5 steps) the last step pairs
+// with zeros (A zero, and a zeroed core-matrix row of the plane).
 #include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/tp_kernels.h"
 #include "kernels/cuda/wgmma.cuh"
@@ -44,12 +48,23 @@ constexpr int kNGroups = kRows / 8;  // core matrices along N
 
 constexpr int GroupsPerChunk(int t) { return t == 5 ? 1 : 2; }
 
-// Shared memory in 4-byte words: B planes [2][K x 128] (TF32) and, for fp32, [2][2K x 128] bf16
-// (same bytes), the raw x2 items [8][K x 16], G slots [2][4 R per group][kThreads], x1 slots
-// [kMax][kThreads], Pz [2][kZ][kPzStride], the 3j block.
-constexpr int SmemWords(bool fp32, int t, int r) {
+// k16 steps of a bf16 chunk: k8 steps in pairs, the last one padded at T = 5.
+constexpr int Bf16Steps(int t) { return (GroupsPerChunk(t) * t + 1) / 2; }
+
+// Words of the B planes (two buffers): fp32: TF32 [2][K x 128] + bf16 pairs [2][2K x 128]; tf32: the
+// TF32 planes; bf16: bf16 [2][16 Bf16Steps x 128].
+constexpr int PlaneWords(MmaPrecision precision, int t) {
+  const int plane = 8 * GroupsPerChunk(t) * t * kRows;
+  return precision == MmaPrecision::k3xTf32 ? 4 * plane
+         : precision == MmaPrecision::kTf32 ? 2 * plane
+                                            : 2 * Bf16Steps(t) * 8 * kRows;
+}
+
+// Shared memory in 4-byte words: the B planes, the raw x2 items [8][K x 16], G slots [2][4 R per
+// group][kThreads], x1 slots [kMax][kThreads], Pz [2][kZ][kPzStride], the 3j block.
+constexpr int SmemWords(MmaPrecision precision, int t, int r) {
   const int z = 8 * GroupsPerChunk(t), k = z * t, plane = k * kRows;
-  return (fp32 ? 4 : 2) * plane + plane + 2 * GroupsPerChunk(t) * 4 * r * kThreads + kMax * kThreads +
+  return PlaneWords(precision, t) + plane + 2 * GroupsPerChunk(t) * 4 * r * kThreads + kMax * kThreads +
          2 * z * kPzStride + kCBlock;
 }
 
@@ -73,13 +88,16 @@ __device__ __forceinline__ void PinRegisters(float (&r)[kN]) {
   for (int i = 0; i < kN; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
 
-template <bool kFp32, int kT, int kR>
+template <MmaPrecision kPrec, int kT, int kR>
 struct WgradBlock {
+  static constexpr bool kFp32 = kPrec == MmaPrecision::k3xTf32, kBf16 = kPrec == MmaPrecision::kBf16;
   static constexpr int kG = GroupsPerChunk(kT);  // groups of 8 samples per chunk
   static constexpr int kZ = 8 * kG;              // samples per chunk
   static constexpr int kK = kZ * kT;             // K per chunk
   static constexpr int kSteps = kG * kT;         // k8 steps per chunk
   static constexpr int kPlane = kK * kRows;      // words of one TF32 plane (= raw x2 floats of a chunk)
+  // bf16 slots of one buffer of the bf16 plane: fp32 2 per k (x2_small and x2), bf16 16 per k16 step.
+  static constexpr int kPlaneC = kBf16 ? Bf16Steps(kT) * 16 * kRows : 2 * kPlane;
   static constexpr int kAcc = kRows / 2;         // accumulators per thread
   static constexpr int kGSlots = kG * 4 * kR;
   static constexpr int kPzThreads = kZ * kT * kR;
@@ -89,7 +107,7 @@ struct WgradBlock {
   const WeightGradArgs& args;
   const WeightGradPath& path;
   uint32_t* sX;    // [2][kPlane]
-  uint16_t* sXc;   // [2][2 kPlane] (fp32)
+  uint16_t* sXc;   // [2][kPlaneC] (fp32, bf16)
   float* sRaw;     // [8][kItems]
   float* sGs;      // [2 (chunk parity)][kGSlots][kThreads]
   float* sX1;      // [kMax][kThreads]
@@ -103,8 +121,8 @@ struct WgradBlock {
   __device__ WgradBlock(const WeightGradArgs& a, const WeightGradPath& pa, const WeightGradWork& item, char* smem)
       : args(a), path(pa) {
     sX = reinterpret_cast<uint32_t*>(smem);
-    sXc = reinterpret_cast<uint16_t*>(sX + 2 * kPlane);
-    sRaw = reinterpret_cast<float*>(sX + (kFp32 ? 4 : 2) * kPlane);
+    sXc = reinterpret_cast<uint16_t*>(kBf16 ? sX : sX + 2 * kPlane);
+    sRaw = reinterpret_cast<float*>(sX + PlaneWords(kPrec, kT));
     sGs = sRaw + kPlane;
     sX1 = sGs + 2 * kGSlots * kThreads;
     sPz = sX1 + kMax * kThreads;
@@ -185,34 +203,40 @@ struct WgradBlock {
   // item's 8 samples are k = 8 st .. 8 st + 7 of one column q), and its Pz entry.
   __device__ __forceinline__ void StagePlanesAndPz(int buf) {
     uint32_t* x = sX + buf * kPlane;
-    uint16_t* xc = sXc + buf * 2 * kPlane;
+    uint16_t* xc = sXc + buf * kPlaneC;
 #pragma unroll 1
     for (int it = tid; it < kItems; it += kThreads) {
       int gi, q, t;
       ItemCoords(it, gi, q, t);
       const int st = gi * kT + t, cm = q >> 3, cr = q & 7;
       float v[8];
-      uint32_t big[8];
 #pragma unroll
-      for (int zl = 0; zl < 8; ++zl) {
-        v[zl] = sRaw[zl * kItems + it];
-        big[zl] = ToTf32(v[zl]);
-      }
-      // TF32 word (k % 4) of core matrix (k / 4, q / 8), row q % 8.
-      *reinterpret_cast<uint4*>(x + ((2 * st) * kNGroups + cm) * 32 + cr * 4) = make_uint4(big[0], big[1], big[2], big[3]);
-      *reinterpret_cast<uint4*>(x + ((2 * st + 1) * kNGroups + cm) * 32 + cr * 4) =
-          make_uint4(big[4], big[5], big[6], big[7]);
-      if constexpr (kFp32) {
-        // The k16 correction step's slots: 2j + h = x2_small at k = 8 st + 4h + j (core row 2 st),
-        // 8 + 2j + h = x2 there (core row 2 st + 1).
-        float small[8];
+      for (int zl = 0; zl < 8; ++zl) v[zl] = sRaw[zl * kItems + it];
+      // bf16 pairs (v[j], v[j + 4]): slots 2j + h = sample 4h + j of the item's k8 step.
+      const uint4 pairs =
+          make_uint4(PackBf16(v[0], v[4]), PackBf16(v[1], v[5]), PackBf16(v[2], v[6]), PackBf16(v[3], v[7]));
+      if constexpr (kBf16) {
+        *reinterpret_cast<uint4*>(xc + (st * kNGroups + cm) * 64 + cr * 8) = pairs;  // core matrix (st, q / 8)
+      } else {
+        uint32_t big[8];
 #pragma unroll
-        for (int zl = 0; zl < 8; ++zl) small[zl] = v[zl] - __uint_as_float(big[zl]);
-        *reinterpret_cast<uint4*>(xc + ((2 * st) * kNGroups + cm) * 64 + cr * 8) =
-            make_uint4(PackBf16(small[0], small[4]), PackBf16(small[1], small[5]), PackBf16(small[2], small[6]),
-                       PackBf16(small[3], small[7]));
-        *reinterpret_cast<uint4*>(xc + ((2 * st + 1) * kNGroups + cm) * 64 + cr * 8) =
-            make_uint4(PackBf16(v[0], v[4]), PackBf16(v[1], v[5]), PackBf16(v[2], v[6]), PackBf16(v[3], v[7]));
+        for (int zl = 0; zl < 8; ++zl) big[zl] = ToTf32(v[zl]);
+        // TF32 word (k % 4) of core matrix (k / 4, q / 8), row q % 8.
+        *reinterpret_cast<uint4*>(x + ((2 * st) * kNGroups + cm) * 32 + cr * 4) =
+            make_uint4(big[0], big[1], big[2], big[3]);
+        *reinterpret_cast<uint4*>(x + ((2 * st + 1) * kNGroups + cm) * 32 + cr * 4) =
+            make_uint4(big[4], big[5], big[6], big[7]);
+        if constexpr (kFp32) {
+          // The k16 correction step's slots: 2j + h = x2_small at k = 8 st + 4h + j (core row 2 st),
+          // 8 + 2j + h = x2 there (core row 2 st + 1).
+          float small[8];
+#pragma unroll
+          for (int zl = 0; zl < 8; ++zl) small[zl] = v[zl] - __uint_as_float(big[zl]);
+          *reinterpret_cast<uint4*>(xc + ((2 * st) * kNGroups + cm) * 64 + cr * 8) =
+              make_uint4(PackBf16(small[0], small[4]), PackBf16(small[1], small[5]), PackBf16(small[2], small[6]),
+                         PackBf16(small[3], small[7]));
+          *reinterpret_cast<uint4*>(xc + ((2 * st + 1) * kNGroups + cm) * 64 + cr * 8) = pairs;
+        }
       }
     }
     if (tid < kPzThreads) {
@@ -234,6 +258,12 @@ struct WgradBlock {
     CpAsyncCommit();
     // The path's 3j block, dense (zeros where C has none).
     for (int i = tid; i < kCBlock; i += kThreads) sC[i] = 0.f;
+    if constexpr (kBf16 && kSteps % 2 == 1) {  // the pad row (k8 step kSteps) of both buffers
+      for (int i = tid; i < 2 * kNGroups * 64 / 2; i += kThreads) {
+        const int buf = i / (kNGroups * 32), w = i - buf * (kNGroups * 32);
+        reinterpret_cast<uint32_t*>(sXc + buf * kPlaneC + kSteps * kNGroups * 64)[w] = 0u;
+      }
+    }
     __syncthreads();
     {
       const int* roff = args.roff + path.roff_begin;
@@ -266,9 +296,9 @@ struct WgradBlock {
     constexpr uint64_t kStepDesc = (2 * k_bytes) >> 4;
     const uint64_t x_desc0 = SmemDesc(static_cast<uint32_t>(__cvta_generic_to_shared(sX)), k_bytes, n_bytes);
     const uint64_t xc_desc0 = SmemDesc(static_cast<uint32_t>(__cvta_generic_to_shared(sXc)), k_bytes, n_bytes);
-    constexpr uint64_t kPlaneDesc = (kPlane * 4) >> 4, kPlaneDescC = (2 * kPlane * 2) >> 4;
+    constexpr uint64_t kPlaneDesc = (kPlane * 4) >> 4, kPlaneDescC = (kPlaneC * 2) >> 4;
 
-    uint32_t a_tf32[2][4], a_fix[2][4];
+    uint32_t a_tf32[2][4], a_fix[2][4], a_bf16[2][4];
     float gv[2][2][kR];  // [sample t4 + 4 zi][column col0 + 8 h][r]
     for (int c = 0; c < num_chunks; ++c) {
       const int buf = c & 1;
@@ -310,6 +340,19 @@ struct WgradBlock {
             for (int r = 0; r < kR; ++r) v += pr[r] * gv[zi][h][r];
             a[2 * zi + h] = v;
           }
+        }
+        if constexpr (kBf16) {
+          // Steps 2j and 2j + 1 fill the two halves of k16 step j; an odd last step pairs with zeros.
+          uint32_t(&ab)[4] = a_bf16[(st >> 1) & 1];
+          ab[2 * (st & 1)] = PackBf16(a[0], a[2]);
+          ab[2 * (st & 1) + 1] = PackBf16(a[1], a[3]);
+          if (st % 2 == 0 && st + 1 < kSteps) continue;
+          if (st % 2 == 0) ab[2] = ab[3] = 0u;
+          WgmmaFence();
+          wgmma::WgmmaBf16<kRows>(acc, ab, xc_desc0 + buf * kPlaneDescC + (st >> 1) * kStepDesc, 1);
+          WgmmaCommit();
+          WgmmaWait<1>();  // the previous k16 step is done: its fragment registers may be written next
+          continue;
         }
         uint32_t(&at)[4] = a_tf32[st & 1];
 #pragma unroll
@@ -379,7 +422,7 @@ struct WgradBlock {
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-template <bool kFp32>
+template <MmaPrecision kPrec>
 __global__ void __launch_bounds__(kThreads, 1) WeightGradWgmmaKernel(const WeightGradArgs args) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ float4 smem_raw[];
@@ -387,15 +430,15 @@ __global__ void __launch_bounds__(kThreads, 1) WeightGradWgmmaKernel(const Weigh
   const WeightGradPath path = args.paths[item.path];
   char* smem = reinterpret_cast<char*>(smem_raw);
   switch (path.T * 8 + path.R) {
-    case 1 * 8 + 1: WgradBlock<kFp32, 1, 1>(args, path, item, smem).Run(); break;
-    case 1 * 8 + 3: WgradBlock<kFp32, 1, 3>(args, path, item, smem).Run(); break;
-    case 1 * 8 + 5: WgradBlock<kFp32, 1, 5>(args, path, item, smem).Run(); break;
-    case 3 * 8 + 1: WgradBlock<kFp32, 3, 1>(args, path, item, smem).Run(); break;
-    case 3 * 8 + 3: WgradBlock<kFp32, 3, 3>(args, path, item, smem).Run(); break;
-    case 3 * 8 + 5: WgradBlock<kFp32, 3, 5>(args, path, item, smem).Run(); break;
-    case 5 * 8 + 1: WgradBlock<kFp32, 5, 1>(args, path, item, smem).Run(); break;
-    case 5 * 8 + 3: WgradBlock<kFp32, 5, 3>(args, path, item, smem).Run(); break;
-    default: WgradBlock<kFp32, 5, 5>(args, path, item, smem).Run(); break;
+    case 1 * 8 + 1: WgradBlock<kPrec, 1, 1>(args, path, item, smem).Run(); break;
+    case 1 * 8 + 3: WgradBlock<kPrec, 1, 3>(args, path, item, smem).Run(); break;
+    case 1 * 8 + 5: WgradBlock<kPrec, 1, 5>(args, path, item, smem).Run(); break;
+    case 3 * 8 + 1: WgradBlock<kPrec, 3, 1>(args, path, item, smem).Run(); break;
+    case 3 * 8 + 3: WgradBlock<kPrec, 3, 3>(args, path, item, smem).Run(); break;
+    case 3 * 8 + 5: WgradBlock<kPrec, 3, 5>(args, path, item, smem).Run(); break;
+    case 5 * 8 + 1: WgradBlock<kPrec, 5, 1>(args, path, item, smem).Run(); break;
+    case 5 * 8 + 3: WgradBlock<kPrec, 5, 3>(args, path, item, smem).Run(); break;
+    default: WgradBlock<kPrec, 5, 5>(args, path, item, smem).Run(); break;
   }
 #else
   __trap();  // built for another architecture: the host launches this only where FactoredWgmmaUsable
@@ -413,16 +456,17 @@ bool WeightGradWgmmaSupports(const WeightGradPath& path) {
 
 int WeightGradWgmmaSamples(int T) { return 8 * GroupsPerChunk(T); }
 
-size_t WeightGradWgmmaSmemBytes(bool fp32, const WeightGradPath& path) {
-  return sizeof(float) * static_cast<size_t>(SmemWords(fp32, path.T, path.R));
+size_t WeightGradWgmmaSmemBytes(MmaPrecision precision, const WeightGradPath& path) {
+  return sizeof(float) * static_cast<size_t>(SmemWords(precision, path.T, path.R));
 }
 
 cudaError_t ConfigureWeightGradWgmmaKernels() {
-  for (cudaError_t e :
-       {cudaFuncSetAttribute(WeightGradWgmmaKernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(kMaxSmem)),
-        cudaFuncSetAttribute(WeightGradWgmmaKernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(kMaxSmem))}) {
+  for (cudaError_t e : {cudaFuncSetAttribute(WeightGradWgmmaKernel<MmaPrecision::k3xTf32>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kMaxSmem)),
+                        cudaFuncSetAttribute(WeightGradWgmmaKernel<MmaPrecision::kTf32>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kMaxSmem)),
+                        cudaFuncSetAttribute(WeightGradWgmmaKernel<MmaPrecision::kBf16>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kMaxSmem))}) {
     if (e != cudaSuccess) return e;
   }
   return cudaSuccess;
@@ -434,12 +478,14 @@ cudaError_t LaunchWeightGradWgmma(MmaPrecision precision, size_t smem_bytes, con
   if (smem_bytes > kMaxSmem) return cudaErrorInvalidValue;
   switch (precision) {
     case MmaPrecision::k3xTf32:
-      WeightGradWgmmaKernel<true><<<args.num_work, kThreads, smem_bytes, stream>>>(args);
+      WeightGradWgmmaKernel<MmaPrecision::k3xTf32><<<args.num_work, kThreads, smem_bytes, stream>>>(args);
       break;
     case MmaPrecision::kTf32:
-      WeightGradWgmmaKernel<false><<<args.num_work, kThreads, smem_bytes, stream>>>(args);
+      WeightGradWgmmaKernel<MmaPrecision::kTf32><<<args.num_work, kThreads, smem_bytes, stream>>>(args);
       break;
-    default: return cudaErrorInvalidValue;
+    case MmaPrecision::kBf16:
+      WeightGradWgmmaKernel<MmaPrecision::kBf16><<<args.num_work, kThreads, smem_bytes, stream>>>(args);
+      break;
   }
   return cudaGetLastError();
 }
