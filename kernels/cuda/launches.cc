@@ -103,7 +103,9 @@ absl::Status RunBackward(const CudaPreparedPlan& prepared, const float* w, const
     args.grad_w = dw;
     args.store = store;
     if (wgmma) {
-      CUDA_RETURN_IF_ERROR(LaunchWeightGradWgmma(ToMmaPrecision(precision), work->smem_bytes, args, stream));
+      const MmaPrecision mma_precision = ToMmaPrecision(precision);
+      CUDA_RETURN_IF_ERROR(LaunchWeightGradWgmma(mma_precision, work->wg_smem_bytes[static_cast<int>(mma_precision)],
+                                                 args, stream));
     } else {
       CUDA_RETURN_IF_ERROR(LaunchWeightGrad(ToMmaPrecision(precision), prepared.wg_shape, args, stream));
     }

@@ -239,7 +239,10 @@ absl::Status CudaPreparedPlan::BuildWgmmaWeightGradWork(int64_t batch, WorkList*
     if (int64_t{p.P} * p.Q * p.N == 0) continue;
     tiles += int64_t{p.P} * CeilDiv(p.Q, kRows) * CeilDiv(p.N, kCols);
     order.push_back(i);
-    list->smem_bytes = std::max(list->smem_bytes, cuda::WeightGradWgmmaSmemBytes(MmaPrecision::k3xTf32, p));
+    for (MmaPrecision precision : {MmaPrecision::k3xTf32, MmaPrecision::kTf32, MmaPrecision::kBf16}) {
+      size_t& bytes = list->wg_smem_bytes[static_cast<int>(precision)];
+      bytes = std::max(bytes, cuda::WeightGradWgmmaSmemBytes(precision, p));
+    }
   }
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return wg_paths[a].T > wg_paths[b].T; });
   const int64_t target = 2 * int64_t{num_sms};

@@ -27,7 +27,7 @@ struct WorkList {
   bool split_k = false;
   int max_t_ldq = 0;  // factored forward: the largest T * (Q + 4) (sizes its shared memory)
   int max_t_q = 0;    // the same for the wgmma kernel: the largest T * Q
-  size_t smem_bytes = 0;  // wgmma weight gradient (fp32 layout, enough for tf32): its largest shared memory
+  size_t wg_smem_bytes[3] = {};  // wgmma weight gradient: its largest shared memory, by MmaPrecision
 };
 
 // One forward-shaped role (forward, grad_x1 or grad_x2) of a plan, on the device.

@@ -11,8 +11,8 @@
 // it once into shared-memory planes that both warpgroups read by descriptor (DESIGN.md says why this
 // form and not the generated T as A with G as B: tf32 wgmma reads B only K-major, and G is n-major).
 //
-// K is walked in chunks of kZ samples (8 per k8 step; 8, 16 or 16 samples for T = 5, 3, 1, so that a
-// chunk is 5, 6 or 2 k8 steps). The k index inside a chunk is (group of 8 samples, t, sample), so one
+// K is walked in chunks of kZ samples (8 per k8 step; fp32: 8, 16 or 16 samples for T = 5, 3, 1, so
+// that a chunk is 5, 6 or 2 k8 steps; tf32 and bf16, two blocks per SM: 8 samples, T k8 steps). The k index inside a chunk is (group of 8 samples, t, sample), so one
 // k8 step is one t of 8 samples and a thread's A fragment holds samples t4 and t4 + 4 of that group
 // for output columns col0 and col0 + 8: the 4 R values of G it needs stay in registers for the T steps
 // of the group, and Pz comes from shared memory (broadcast).
@@ -46,15 +46,24 @@ constexpr int kPzStride = 28;  // one sample's Pz[t][r] (T x R <= 25), padded: t
 constexpr int kCBlock = kMax * kMax * kMax;
 constexpr int kNGroups = kRows / 8;  // core matrices along N
 
-constexpr int GroupsPerChunk(int t) { return t == 5 ? 1 : 2; }
+// Blocks resident per SM: tf32 and bf16 fit two (<= 128 registers, <= 113 KB of shared memory with
+// chunks of one group), so that one block's prologue, barriers and dW store overlap the other's
+// MMAs (one block of 8 warps per SM left the schedulers idle 69 % of cycles: ncu, BENCHMARKS.md).
+// fp32 (218 registers) keeps one.
+constexpr int BlocksPerSm(MmaPrecision precision) { return precision == MmaPrecision::k3xTf32 ? 1 : 2; }
 
-// k16 steps of a bf16 chunk: k8 steps in pairs, the last one padded at T = 5.
-constexpr int Bf16Steps(int t) { return (GroupsPerChunk(t) * t + 1) / 2; }
+// Groups of 8 samples per chunk: 2 at T = 1 and 3 with one block per SM (fewer barriers), 1 else.
+constexpr int GroupsPerChunk(MmaPrecision precision, int t) {
+  return t == 5 || BlocksPerSm(precision) == 2 ? 1 : 2;
+}
+
+// k16 steps of a bf16 chunk: k8 steps in pairs, an odd last one padded.
+constexpr int Bf16Steps(int t) { return (GroupsPerChunk(MmaPrecision::kBf16, t) * t + 1) / 2; }
 
 // Words of the B planes (two buffers): fp32: TF32 [2][K x 128] + bf16 pairs [2][2K x 128]; tf32: the
 // TF32 planes; bf16: bf16 [2][16 Bf16Steps x 128].
 constexpr int PlaneWords(MmaPrecision precision, int t) {
-  const int plane = 8 * GroupsPerChunk(t) * t * kRows;
+  const int plane = 8 * GroupsPerChunk(precision, t) * t * kRows;
   return precision == MmaPrecision::k3xTf32 ? 4 * plane
          : precision == MmaPrecision::kTf32 ? 2 * plane
                                             : 2 * Bf16Steps(t) * 8 * kRows;
@@ -63,8 +72,8 @@ constexpr int PlaneWords(MmaPrecision precision, int t) {
 // Shared memory in 4-byte words: the B planes, the raw x2 items [8][K x 16], G slots [2][4 R per
 // group][kThreads], x1 slots [kMax][kThreads], Pz [2][kZ][kPzStride], the 3j block.
 constexpr int SmemWords(MmaPrecision precision, int t, int r) {
-  const int z = 8 * GroupsPerChunk(t), k = z * t, plane = k * kRows;
-  return PlaneWords(precision, t) + plane + 2 * GroupsPerChunk(t) * 4 * r * kThreads + kMax * kThreads +
+  const int groups = GroupsPerChunk(precision, t), z = 8 * groups, plane = z * t * kRows;
+  return PlaneWords(precision, t) + plane + 2 * groups * 4 * r * kThreads + kMax * kThreads +
          2 * z * kPzStride + kCBlock;
 }
 
@@ -91,7 +100,7 @@ __device__ __forceinline__ void PinRegisters(float (&r)[kN]) {
 template <MmaPrecision kPrec, int kT, int kR>
 struct WgradBlock {
   static constexpr bool kFp32 = kPrec == MmaPrecision::k3xTf32, kBf16 = kPrec == MmaPrecision::kBf16;
-  static constexpr int kG = GroupsPerChunk(kT);  // groups of 8 samples per chunk
+  static constexpr int kG = GroupsPerChunk(kPrec, kT);  // groups of 8 samples per chunk
   static constexpr int kZ = 8 * kG;              // samples per chunk
   static constexpr int kK = kZ * kT;             // K per chunk
   static constexpr int kSteps = kG * kT;         // k8 steps per chunk
@@ -423,7 +432,7 @@ struct WgradBlock {
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
 template <MmaPrecision kPrec>
-__global__ void __launch_bounds__(kThreads, 1) WeightGradWgmmaKernel(const WeightGradArgs args) {
+__global__ void __launch_bounds__(kThreads, BlocksPerSm(kPrec)) WeightGradWgmmaKernel(const WeightGradArgs args) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ float4 smem_raw[];
   const WeightGradWork item = args.work[blockIdx.x];
@@ -454,19 +463,30 @@ bool WeightGradWgmmaSupports(const WeightGradPath& path) {
   return odd_le5(path.T) && odd_le5(path.R) && path.S >= 1 && path.S <= kMax;
 }
 
-int WeightGradWgmmaSamples(int T) { return 8 * GroupsPerChunk(T); }
+// The largest chunk of any precision (the others' chunks divide it).
+int WeightGradWgmmaSamples(int T) { return 8 * GroupsPerChunk(MmaPrecision::k3xTf32, T); }
 
 size_t WeightGradWgmmaSmemBytes(MmaPrecision precision, const WeightGradPath& path) {
   return sizeof(float) * static_cast<size_t>(SmemWords(precision, path.T, path.R));
 }
 
+namespace {
+template <MmaPrecision kPrec>
+cudaError_t Configure() {
+  cudaError_t e = cudaFuncSetAttribute(WeightGradWgmmaKernel<kPrec>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(kMaxSmem));
+  // All of the unified L1 as shared memory, so that BlocksPerSm blocks fit.
+  if (e == cudaSuccess) {
+    e = cudaFuncSetAttribute(WeightGradWgmmaKernel<kPrec>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                             cudaSharedmemCarveoutMaxShared);
+  }
+  return e;
+}
+}  // namespace
+
 cudaError_t ConfigureWeightGradWgmmaKernels() {
-  for (cudaError_t e : {cudaFuncSetAttribute(WeightGradWgmmaKernel<MmaPrecision::k3xTf32>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kMaxSmem)),
-                        cudaFuncSetAttribute(WeightGradWgmmaKernel<MmaPrecision::kTf32>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kMaxSmem)),
-                        cudaFuncSetAttribute(WeightGradWgmmaKernel<MmaPrecision::kBf16>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kMaxSmem))}) {
+  for (cudaError_t e : {Configure<MmaPrecision::k3xTf32>(), Configure<MmaPrecision::kTf32>(),
+                        Configure<MmaPrecision::kBf16>()}) {
     if (e != cudaSuccess) return e;
   }
   return cudaSuccess;
