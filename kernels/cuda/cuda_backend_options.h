@@ -42,8 +42,11 @@ struct CudaBackendOptions {
 // costs the same for 1 to 16 samples (one chunk of 16), ~0.15 ms fixed; the seed task at batch 1 took
 // 0.331 ms with it against 0.289 ms on mma.sync, at 8 0.333 against 0.324, at 64 0.621 against 0.790.
 inline constexpr int64_t kWeightGradWgmmaFp32MinBatch = 16;
-inline constexpr int64_t kWeightGradWgmmaTf32MinBatch = 2048;
-inline constexpr int64_t kWeightGradWgmmaBf16MinBatch = 2048;
+// tf32 and bf16 (two blocks per SM since 2f2e8a2): wgmma from 8 samples (seed task at batch 8, tf32
+// 0.248 against 0.254 ms, bf16 0.243 against 0.253; at batch 1 mma.sync 0.239 against 0.242 / 0.2373
+// against 0.2376; from 64 up wgmma is 0.85-0.94x: H100, 2026-12-06 16:55 UTC).
+inline constexpr int64_t kWeightGradWgmmaTf32MinBatch = 8;
+inline constexpr int64_t kWeightGradWgmmaBf16MinBatch = 8;
 
 inline const char* WeightGradKernelName(CudaBackendOptions::WeightGradKernel kernel) {
   switch (kernel) {
