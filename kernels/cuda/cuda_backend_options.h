@@ -16,7 +16,8 @@ namespace tpserve {
 struct CudaBackendOptions {
   enum class ForwardKernel {
     kAuto,            // factored kernel on wgmma where usable (sm_90a), mma.sync otherwise; GEMM kernel
-                      // for the paths the factored kernel does not take
+                      // for the paths the factored kernel does not take, and for tf32 and bf16 below
+                      // kFactoredForwardTf32Bf16MinBatch samples
     kFactoredMma,     // the factored kernel on mma.sync even where wgmma is usable
     kFactored3xTf32,  // fp32 as three TF32 MMAs in the mma.sync factored kernel (for comparisons)
     kGemm,            // every forward path in the generated-operand GEMM (tp_gemm.cu)
@@ -36,6 +37,12 @@ struct CudaBackendOptions {
   };
   WeightGradKernel weight_grad_kernel = WeightGradKernel::kAuto;
 };
+
+// forward_kernel=auto: tf32 and bf16 run every path in the GEMM kernel below this many samples, where
+// it was as fast or faster on H100 (forward tf32 / bf16 at batch 1: 0.076 / 0.073 ms against 0.095 /
+// 0.094 on the wgmma factored kernel, at 16: 0.111 / 0.110 against 0.113 / 0.111, at 24: 0.133 / 0.136
+// against 0.125 / 0.121; 2026-12-06 17:01 UTC). fp32 takes the factored kernel at every batch (0.59-0.67x).
+inline constexpr int64_t kFactoredForwardTf32Bf16MinBatch = 24;
 
 // weight_grad_kernel=auto: the smallest batches at which fp32 and tf32 take the wgmma weight gradient
 // (below them, mma.sync was as fast or faster on H100: docs/BENCHMARKS.md). fp32: the wgmma kernel

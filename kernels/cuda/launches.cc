@@ -24,9 +24,11 @@ absl::Status LaunchGemmRole(const CudaPreparedPlan& prepared, int role_index, co
                             bool out_ir_mul = false) {
   const GemmRole& role = prepared.roles[role_index];
   // The forward role's factored paths (W 16-byte aligned) take their own kernel: every precision on
-  // the wgmma kernel, 3xTF32 and TF32 on the mma.sync one.
+  // the wgmma kernel, 3xTF32 and TF32 on the mma.sync one; tf32 and bf16 only from
+  // factored_tf32_bf16_min_batch samples (below, the GEMM kernel is faster).
   const bool factored = role_index == 0 && prepared.any_factored &&
                         (precision != Precision::kBf16 || prepared.factored_wgmma) &&
+                        (precision == Precision::kFp32 || batch >= prepared.factored_tf32_bf16_min_batch) &&
                         (reinterpret_cast<uintptr_t>(w) & 15) == 0;
   ASSIGN_OR_RETURN(std::shared_ptr<const WorkList> work, prepared.GetWork(factored ? 5 : role_index, batch));
   TpGemmArgs args{};

@@ -290,6 +290,8 @@ absl::StatusOr<std::unique_ptr<CudaPreparedPlan>> PrepareCudaPlan(const TensorPr
     prepared->any_factored = prepared->any_factored || prepared->factored.back();
     if (prepared->factored.back()) wgmma_fits = wgmma_fits && cuda::FactoredWgmmaFits(d);
   }
+  prepared->factored_tf32_bf16_min_batch =
+      options.forward_kernel == ForwardKernel::kAuto ? kFactoredForwardTf32Bf16MinBatch : 0;
   prepared->factored_wgmma = prepared->any_factored && wgmma_fits &&
                              options.forward_kernel == ForwardKernel::kAuto && wgmma_usable;
   int max_n = 0;

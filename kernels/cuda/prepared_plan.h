@@ -61,6 +61,9 @@ class CudaPreparedPlan final : public PreparedPlan {
   // The factored paths on wgmma (tp_forward_wgmma.cu) where the device is an sm_90 and the plan fits;
   // the option forward_kernel=factored-mma (or factored-3xtf32) keeps the mma.sync kernel.
   bool factored_wgmma = false;
+  // tf32 and bf16 take the factored kernel from this many samples (forward_kernel auto:
+  // kFactoredForwardTf32Bf16MinBatch; otherwise 0).
+  int64_t factored_tf32_bf16_min_batch = 0;
   // The weight gradient on wgmma (tp_weight_grad_wgmma.cu) may run: weight_grad_kernel auto or wgmma,
   // an sm_90 device, and every path WeightGradWgmmaSupports. It runs from wg_wgmma_*_min_batch
   // samples of the precision (auto: kWeightGradWgmma*MinBatch; wgmma: 0); else tp_weight_grad.cu.
