@@ -51,8 +51,9 @@ class CudaPreparedPlan final : public PreparedPlan {
   DeviceMemory ir_mul_col;  // column map of g into the weight gradient's layout (loss_grad.cu)
   TileShape wg_shape = TileShape::kWide;
   int num_sms = 132;
-  // Forward paths that run in the factored kernel (tp_forward_factored.cu) in 3xTF32 and TF32;
-  // the others, and all of them in bf16, run in tp_gemm.cu.
+  // Forward paths that run in the factored kernel (tp_forward_wgmma.cu in every precision, or
+  // tp_forward_factored.cu in 3xTF32 and TF32); the others run in tp_gemm.cu (launches.cc decides
+  // per call: precision, batch size, W alignment).
   std::vector<bool> factored;
   bool any_factored = false;
   bool factored_three_tf32 = false;  // fp32 as three TF32 MMAs (forward_kernel factored-3xtf32)
