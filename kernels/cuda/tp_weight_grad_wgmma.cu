@@ -12,10 +12,11 @@
 // form and not the generated T as A with G as B: tf32 wgmma reads B only K-major, and G is n-major).
 //
 // K is walked in chunks of kZ samples (8 per k8 step; fp32: 8, 16 or 16 samples for T = 5, 3, 1, so
-// that a chunk is 5, 6 or 2 k8 steps; tf32 and bf16, two blocks per SM: 8 samples, T k8 steps). The k index inside a chunk is (group of 8 samples, t, sample), so one
-// k8 step is one t of 8 samples and a thread's A fragment holds samples t4 and t4 + 4 of that group
-// for output columns col0 and col0 + 8: the 4 R values of G it needs stay in registers for the T steps
-// of the group, and Pz comes from shared memory (broadcast).
+// that a chunk is 5, 6 or 2 k8 steps; tf32 and bf16, two blocks per SM: 8 samples, T k8 steps). The k
+// index inside a chunk is (group of 8 samples, t, sample), so one k8 step is one t of 8 samples and a
+// thread's A fragment holds samples t4 and t4 + 4 of that group for output columns col0 and col0 + 8:
+// the 4 R values of G it needs stay in registers for the T steps of the group, and Pz comes from
+// shared memory (broadcast).
 //
 // Copies: every thread copies (cp.async) exactly the x2, x1 and G elements it later reads itself, so
 // no barrier is needed between a copy and its use: x2 of its items (8 samples of one (q, t)) -> the
