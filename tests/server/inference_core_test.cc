@@ -672,7 +672,10 @@ TEST(InferenceCoreTest, TwoWorkers_GradientIsTheSumOverWorkersAndStepsReachEvery
   ASSERT_TRUE(zeroed.ok());
   ASSERT_EQ(zeroed->size(), expected.size());
   for (float g : *zeroed) ASSERT_EQ(g, 0.0f);
-  // Whichever worker answers, it computes with version 2: both replicas were refreshed.
+  // Whichever worker answers, it computes with version 2: both replicas were refreshed. Slow launches
+  // again, so that one worker cannot answer both of a pair before the other takes one (without them,
+  // a loaded CI machine once let one worker answer all 16 pairs).
+  gpu0->launch_delay_ms = gpu1->launch_delay_ms = 30;
   std::set<std::string> answered_by;
   for (int i = 0; i < 16 && answered_by.size() < 2; ++i) {
     auto a = std::async(std::launch::async, [&] { return f.core->Run(f.Forward()); });
