@@ -18,6 +18,17 @@ void Int32Tensor(const std::vector<int64_t>& shape, const int32_t* a, size_t na,
 
 }  // namespace
 
+tp::v1::TrainStepRequest MakeTrainStepRequest(const std::string& model, const nn::data::LabeledBatch& batch,
+                                              double learning_rate, double momentum) {
+  tp::v1::TrainStepRequest request;
+  request.set_model(model);
+  EncodeGraphBatch(batch.graphs, request.mutable_graphs());
+  EncodeFloat64(batch.targets, batch.graphs.num_graphs, batch.num_targets, request.mutable_targets());
+  request.set_learning_rate(learning_rate);
+  request.set_momentum(momentum);
+  return request;
+}
+
 void EncodeGraphBatch(const nn::GraphBatch& g, tp::v1::GraphBatch* out) {
   const int64_t nodes = g.num_nodes(), edges = g.num_edges();
   Int32Tensor({nodes}, g.species.data(), g.species.size(), nullptr, 0, out->mutable_species());

@@ -115,12 +115,7 @@ absl::Status Train(client::TpClient& client, const std::string& name, const Comm
     if (next + per_batch > molecules.size()) next = 0;
     ASSIGN_OR_RETURN(nn::data::LabeledBatch batch, nn::data::MakeBatch(molecules, next, per_batch));
     next += per_batch;
-    tp::v1::TrainStepRequest request;
-    request.set_model(name);
-    wire::EncodeGraphBatch(batch.graphs, request.mutable_graphs());
-    wire::EncodeFloat64(batch.targets, batch.graphs.num_graphs, batch.num_targets, request.mutable_targets());
-    request.set_learning_rate(lr);
-    request.set_momentum(momentum);
+    const tp::v1::TrainStepRequest request = wire::MakeTrainStepRequest(name, batch, lr, momentum);
     tp::v1::TrainStepResponse response;
     std::unique_ptr<grpc::ClientContext> context = client.NewContext();
     auto stub = tp::v1::NetworkService::NewStub(client.channel());

@@ -83,12 +83,7 @@ grpc::Status Predict(Stubs& stubs, const std::string& model, const nn::GraphBatc
 
 grpc::Status Train(Stubs& stubs, const std::string& model, const nn::data::LabeledBatch& batch,
                    tp::v1::TrainStepResponse* response) {
-  tp::v1::TrainStepRequest request;
-  request.set_model(model);
-  wire::EncodeGraphBatch(batch.graphs, request.mutable_graphs());
-  wire::EncodeFloat64(batch.targets, batch.graphs.num_graphs, batch.num_targets, request.mutable_targets());
-  request.set_learning_rate(kLr);
-  request.set_momentum(kMomentum);
+  const tp::v1::TrainStepRequest request = wire::MakeTrainStepRequest(model, batch, kLr, kMomentum);
   grpc::ClientContext context;
   return stubs.network->TrainStep(&context, request, response);
 }

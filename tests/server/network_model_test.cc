@@ -55,13 +55,7 @@ tp::v1::PredictRequest PredictRequest(const std::string& model, const nn::GraphB
 }
 
 tp::v1::TrainStepRequest TrainRequest(const std::string& model, const nn::data::LabeledBatch& batch) {
-  tp::v1::TrainStepRequest request;
-  request.set_model(model);
-  wire::EncodeGraphBatch(batch.graphs, request.mutable_graphs());
-  wire::EncodeFloat64(batch.targets, batch.graphs.num_graphs, batch.num_targets, request.mutable_targets());
-  request.set_learning_rate(1e-2);
-  request.set_momentum(0.9);
-  return request;
+  return wire::MakeTrainStepRequest(model, batch, /*learning_rate=*/1e-2, /*momentum=*/0.9);
 }
 
 grpc::Status Predict(Stubs& stubs, const tp::v1::PredictRequest& request, tp::v1::PredictResponse* response) {
