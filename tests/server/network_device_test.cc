@@ -455,6 +455,18 @@ INSTANTIATE_TEST_SUITE_P(Devices, NetworkDeviceTest, ::testing::Values("cpu", "c
                            return info.param == "cpu" ? std::string("cpu") : std::string("cuda0");
                          });
 
+// Starts tpserve (CPU backend, loopback) with `flag`, which it must refuse: no port, and an exit
+// within 10 s. Returns its exit code (-1 when it did not exit); its output is in `log`.
+int RefusedStartExitCode(const std::string& flag, const std::string& log) {
+  TpserveProcess::Options options{
+      TpservePath(), {"--listen=127.0.0.1:0", "--metrics_address=", "--backend=cpu", flag}, log};
+  options.start_timeout = std::chrono::seconds(20);
+  TpserveProcess server(options);
+  EXPECT_EQ(server.port(), 0) << flag;
+  EXPECT_TRUE(server.ExitsWithin(std::chrono::seconds(10))) << flag;
+  return server.exit_code();
+}
+
 // Values the server cannot start with: exit 2 with one line naming the flag.
 TEST(NetworkDeviceFlagTest, BadValues_AreAStartupErrorNamingTheFlag) {
   TempDir dir;
@@ -467,12 +479,7 @@ TEST(NetworkDeviceFlagTest, BadValues_AreAStartupErrorNamingTheFlag) {
   int i = 0;
   for (const auto& [value, words] : cases) {
     const std::string log = dir.path() + "/log." + std::to_string(i++);
-    TpserveProcess::Options options{
-        TpservePath(), {"--listen=127.0.0.1:0", "--metrics_address=", "--backend=cpu", "--network_device=" + value}, log};
-    options.start_timeout = std::chrono::seconds(20);
-    TpserveProcess server(options);
-    EXPECT_EQ(server.port(), 0) << value;
-    EXPECT_TRUE(server.ExitsWithin(std::chrono::seconds(10))) << value;
+    RefusedStartExitCode("--network_device=" + value, log);
     EXPECT_NE(ReadFile(log).find(words), std::string::npos) << ReadFile(log);
   }
 }
@@ -489,26 +496,13 @@ TEST(NetworkSaveEveryFlagTest, BadValues_AreAStartupErrorNamingTheFlag) {
   int i = 0;
   for (const auto& [value, words] : cases) {
     const std::string log = dir.path() + "/log." + std::to_string(i++);
-    TpserveProcess::Options options{
-        TpservePath(), {"--listen=127.0.0.1:0", "--metrics_address=", "--backend=cpu", "--network_save_every=" + value},
-        log};
-    options.start_timeout = std::chrono::seconds(20);
-    TpserveProcess server(options);
-    EXPECT_EQ(server.port(), 0) << value;
-    EXPECT_TRUE(server.ExitsWithin(std::chrono::seconds(10))) << value;
-    EXPECT_EQ(server.exit_code(), 2) << value;
+    EXPECT_EQ(RefusedStartExitCode("--network_save_every=" + value, log), 2) << value;
     EXPECT_NE(ReadFile(log).find(words), std::string::npos) << ReadFile(log);
   }
   // The config file's key: the same check.
   const std::string file = dir.path() + "/config.json";
   std::ofstream(file) << R"({"network_save_every": 0})";
-  TpserveProcess::Options options{
-      TpservePath(), {"--listen=127.0.0.1:0", "--metrics_address=", "--backend=cpu", "--config=" + file},
-      dir.path() + "/log.file"};
-  TpserveProcess server(options);
-  EXPECT_EQ(server.port(), 0);
-  EXPECT_TRUE(server.ExitsWithin(std::chrono::seconds(10)));
-  EXPECT_EQ(server.exit_code(), 2);
+  EXPECT_EQ(RefusedStartExitCode("--config=" + file, dir.path() + "/log.file"), 2);
   EXPECT_NE(ReadFile(dir.path() + "/log.file").find("network_save_every: expected >= 1, got 0"), std::string::npos)
       << ReadFile(dir.path() + "/log.file");
 }
