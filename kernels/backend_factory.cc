@@ -18,6 +18,13 @@ int CudaDeviceCount() {
 #endif
 }
 
+std::optional<int> ParseCudaDeviceName(absl::string_view name) {
+  if (name == "cuda") return 0;
+  int device = 0;
+  if (!absl::StartsWith(name, "cuda:") || !absl::SimpleAtoi(name.substr(5), &device)) return std::nullopt;
+  return device;
+}
+
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(absl::string_view name, const CudaBackendOptions& cuda_options) {
   if (name == "cpu") return std::unique_ptr<Backend>(std::make_unique<CpuBackend>());
   if (absl::StartsWith(name, "cpu:")) {
@@ -32,12 +39,12 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(absl::string_view name, con
     return std::unique_ptr<Backend>(std::make_unique<CpuBackend>(options));
   }
   if (name == "cuda" || absl::StartsWith(name, "cuda:")) {
-    int device = 0;
-    if (name.size() > 4 && !absl::SimpleAtoi(name.substr(5), &device)) {
+    const std::optional<int> device = ParseCudaDeviceName(name);
+    if (!device) {
       return absl::InvalidArgumentError(absl::StrCat("backend '", name, "': expected cuda:<device index>"));
     }
 #ifdef TPSERVE_HAVE_CUDA
-    return CudaBackend::Create(device, cuda_options);
+    return CudaBackend::Create(*device, cuda_options);
 #else
     (void)cuda_options;
     return absl::UnavailableError(absl::StrCat("backend '", name, "': this build has no CUDA support"));

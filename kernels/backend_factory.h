@@ -5,6 +5,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -17,6 +18,9 @@ namespace tpserve {
 // `cuda_options` apply to CUDA backends (the CPU backend has no kernel choices).
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(absl::string_view name,
                                                      const CudaBackendOptions& cuda_options = {});
+// The device index that "cuda" (0) or "cuda:N" names (N as written, negative included: MakeBackend
+// refuses it as no such device); nullopt for any other name.
+std::optional<int> ParseCudaDeviceName(absl::string_view name);
 // Number of CUDA devices usable here (0 when built without CUDA or without a GPU).
 int CudaDeviceCount();
 

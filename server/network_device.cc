@@ -1,7 +1,7 @@
 #include "server/network_device.h"
 
-#include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
+#include <optional>
+
 #include "absl/strings/str_cat.h"
 #include "kernels/backend_factory.h"
 #ifdef TPSERVE_HAVE_CUDA
@@ -11,12 +11,10 @@
 namespace tpserve::server {
 namespace {
 
-// The CUDA device index of "cuda" / "cuda:N"; -1 for any other name.
+// The CUDA device index of "cuda" / "cuda:N"; -1 for any other name and for a negative N.
 int CudaIndex(absl::string_view name) {
-  if (name == "cuda") return 0;
-  int index = -1;
-  if (!absl::StartsWith(name, "cuda:") || !absl::SimpleAtoi(name.substr(5), &index) || index < 0) return -1;
-  return index;
+  const std::optional<int> device = ParseCudaDeviceName(name);
+  return device && *device >= 0 ? *device : -1;
 }
 
 }  // namespace
