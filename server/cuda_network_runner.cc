@@ -45,7 +45,7 @@ class CudaNetworkRunner final : public NetworkRunner {
     cuda::DeviceScope scope(device_);
     RETURN_IF_ERROR(Load(state));
     RETURN_IF_ERROR(network_->SetBatch(graphs, ToFloat(targets)));
-    held_.reset();  // from here on the device holds a step in progress
+    held_version_.reset();  // from here on the device holds a step in progress
     RETURN_IF_ERROR(network_->EnqueueLossGradient());
     RETURN_IF_ERROR(network_->EnqueueSgdStep(sgd));
     NetworkStep step;
@@ -64,15 +64,11 @@ class CudaNetworkRunner final : public NetworkRunner {
     // names the state: this runner serves one model, whose steps are serialized and each commit
     // the version after the state they started from (a failed step leaves the model at `state`,
     // and the next call, from `state`, uploads it again), so no two states of one version meet here.
-    held_ = Held{state.version + 1};
+    held_version_ = state.version + 1;
     return step;
   }
 
  private:
-  struct Held {
-    uint64_t version = 0;
-  };
-
   // Makes the device network on first use and uploads `state` unless the device holds it.
   absl::Status Load(const NetworkState& state) {
     if (network_ == nullptr) {
@@ -85,13 +81,11 @@ class CudaNetworkRunner final : public NetworkRunner {
       }
       network_ = *std::move(network);
     }
-    if (held_ && held_->version == state.version) {
-      return absl::OkStatus();
-    }
-    held_.reset();
+    if (held_version_ == state.version) return absl::OkStatus();
+    held_version_.reset();
     RETURN_IF_ERROR(network_->SetParameters(ToFloat(*state.parameters)));
     RETURN_IF_ERROR(network_->SetVelocity(ToFloat(*state.velocity)));
-    held_ = Held{state.version};
+    held_version_ = state.version;
     return absl::OkStatus();
   }
 
@@ -99,7 +93,7 @@ class CudaNetworkRunner final : public NetworkRunner {
   const int device_;
   std::mutex mu_;  // everything below, and the device network's stream
   std::unique_ptr<nn::Qm9CudaNetwork> network_;
-  std::optional<Held> held_;  // the version on the device (none: unknown, upload before use)
+  std::optional<uint64_t> held_version_;  // the version on the device (none: unknown, upload before use)
 };
 
 class CudaNetworkRunners final : public NetworkRunnerFactory {
